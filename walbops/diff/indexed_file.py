@@ -1,0 +1,184 @@
+"""Reading and writing indexed wdiff files.
+
+The writer appends each IO's compressed image as it arrives and keeps only the index
+in memory; the reader reads the index from the end of the file and fetches images by
+offset, keeping recently decompressed ones in a small LRU cache (WalB keeps 32 MiB).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import BinaryIO, Iterator
+
+from ..errors import BadField, ChecksumMismatch, FormatError, TruncatedRecord
+from ..formats import checksum as csum
+from ..formats.compression import Compression, compress
+from ..formats.indexed import (
+    INDEX_RECORD_STRUCT,
+    INDEX_SUPER_STRUCT,
+    IndexRecord,
+    IndexSuper,
+    index_padding,
+    split_aligned,
+)
+from ..formats.ldev import LOGICAL_BLOCK_SIZE
+from ..formats.wdiff import DEFAULT_MAX_IO_LB, FILE_HEADER_STRUCT, DiffType, FileHeader
+from .io import MAX_IO_BYTES, DiffIo, IntervalMap, IoKind, StoredImage, is_all_zero
+from .sorted_file import FLAGS_OF, kind_of
+
+CACHE_BYTES = 32 << 20  # [bytes] decompressed images kept (walb-tools INDEXED_DIFF_CACHE_SIZE)
+_INDEX_BATCH = 4096  # index records read per pread
+_COMPRESSION_SLACK = 1 << 16  # [bytes] see sorted_file
+
+
+class IndexedDiffReader:
+    """Reads an indexed wdiff through a file descriptor (random access).
+
+    Iterating yields DiffIo in address order; their images are verified against
+    ``io_checksum`` when first loaded.
+
+    Args:
+        fd: an open file descriptor; the caller closes it.
+        source: name used in error messages.
+    """
+
+    def __init__(self, fd: int, source: str = "wdiff") -> None:
+        self.fd = fd
+        self.source = source
+        self.file_size = os.fstat(fd).st_size
+        try:
+            self.header = FileHeader.parse(os.pread(fd, FILE_HEADER_STRUCT.size, 0))
+            if self.header.type != DiffType.INDEXED:
+                raise BadField("not an indexed wdiff (type sorted)", 6)
+            if self.file_size < FILE_HEADER_STRUCT.size + INDEX_SUPER_STRUCT.size:
+                raise TruncatedRecord("indexed wdiff is too short for its index super", self.file_size)
+            super_at = self.file_size - INDEX_SUPER_STRUCT.size
+            self.index = IndexSuper.parse(os.pread(fd, INDEX_SUPER_STRUCT.size, super_at), self.file_size)
+        except FormatError as exc:
+            raise exc.located(source)
+        self.uuid = self.header.uuid
+        self._cache: OrderedDict[int, StoredImage] = OrderedDict()
+        self._cached_bytes = 0
+        self._verified: set[int] = set()
+
+    def records(self) -> Iterator[IndexRecord]:
+        """Yield the index records, checking order and bounds."""
+        previous_end = 0
+        for first in range(0, self.index.n_records, _INDEX_BATCH):
+            count = min(_INDEX_BATCH, self.index.n_records - first)
+            at = self.index.index_offset + first * INDEX_RECORD_STRUCT.size
+            raw = os.pread(self.fd, count * INDEX_RECORD_STRUCT.size, at)
+            if len(raw) < count * INDEX_RECORD_STRUCT.size:
+                raise TruncatedRecord("index is cut short", at, self.source)
+            for index in range(count):
+                offset = at + index * INDEX_RECORD_STRUCT.size
+                try:
+                    rec = IndexRecord.parse(raw, index * INDEX_RECORD_STRUCT.size)
+                except FormatError as exc:
+                    exc.offset = None
+                    raise exc.located(self.source, offset)
+                if rec.io_address < previous_end:
+                    raise BadField(f"index record at LB {rec.io_address} overlaps or precedes the one before",
+                                   offset, self.source)
+                previous_end = rec.end_address
+                if rec.is_normal:
+                    self._check_image_bounds(rec, offset)
+                yield rec
+
+    def _check_image_bounds(self, rec: IndexRecord, offset: int) -> None:
+        raw_size = rec.orig_blocks * LOGICAL_BLOCK_SIZE
+        if raw_size > MAX_IO_BYTES or rec.data_size > raw_size + _COMPRESSION_SLACK:
+            raise BadField(f"index record at LB {rec.io_address}: image of {rec.orig_blocks} LB / {rec.data_size} "
+                           f"stored bytes exceeds the {MAX_IO_BYTES >> 20} MiB IO bound", offset, self.source)
+        if rec.data_offset + rec.data_size > self.index.index_offset:
+            raise BadField(f"index record at LB {rec.io_address}: image at {rec.data_offset} runs into the index",
+                           offset, self.source)
+
+    def _image(self, rec: IndexRecord) -> StoredImage:
+        image = self._cache.get(rec.data_offset)
+        if image is not None:
+            self._cache.move_to_end(rec.data_offset)
+            return image
+        stored = os.pread(self.fd, rec.data_size, rec.data_offset)
+        if len(stored) < rec.data_size:
+            raise TruncatedRecord(f"image of LB {rec.io_address} is cut short", rec.data_offset, self.source)
+        if csum.checksum(stored) != rec.io_checksum:
+            raise ChecksumMismatch(f"image checksum mismatch for LB {rec.io_address}", rec.data_offset, self.source)
+        image = StoredImage(stored, rec.compression, rec.io_checksum, rec.orig_blocks, rec.data_offset)
+        try:
+            image.plain()
+        except FormatError as exc:
+            raise exc.located(self.source, rec.data_offset)
+        self._cache[rec.data_offset] = image
+        self._cached_bytes += rec.orig_blocks * LOGICAL_BLOCK_SIZE
+        while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= old.blocks * LOGICAL_BLOCK_SIZE
+        return image
+
+    def __iter__(self) -> Iterator[DiffIo]:
+        for rec in self.records():
+            kind = kind_of(rec.flags)
+            if kind != IoKind.NORMAL:
+                yield DiffIo(rec.io_address, rec.io_blocks, kind)
+            else:
+                yield DiffIo(rec.io_address, rec.io_blocks, kind, image=self._image(rec), image_offset=rec.io_offset)
+
+
+class IndexedDiffWriter:
+    """Writes an indexed wdiff from IOs in arrival order (later IOs win).
+
+    Args:
+        stream: the output stream (written sequentially).
+        uuid: wdev uuid for the file header.
+        compression: compression of new images (raw fallback).
+        level: compression level.
+        max_io_blocks: index records are split to at most this many LB.
+    """
+
+    def __init__(self, stream: BinaryIO, uuid: bytes, compression: Compression = Compression.LZ4, level: int = 0,
+                 max_io_blocks: int = DEFAULT_MAX_IO_LB) -> None:
+        self.stream = stream
+        self.compression = compression
+        self.level = level
+        self.max_io_blocks = max_io_blocks
+        self._index = IntervalMap(on_cut=lambda io: io)  # no data in memory, only image references
+        self._n_data = 0
+        self.offset = FILE_HEADER_STRUCT.size
+        stream.write(FileHeader(uuid, DiffType.INDEXED).serialize())
+
+    def add(self, io: DiffIo) -> None:
+        """Append one IO; it replaces whatever earlier IOs it overlaps."""
+        kind = io.kind
+        if kind == IoKind.NORMAL:
+            data = io.data()
+            if is_all_zero(data):
+                kind = IoKind.ALLZERO
+            else:
+                compression, stored = compress(self.compression, data, self.level)
+                image = StoredImage.reference(self.offset, len(stored), compression, csum.checksum(stored), io.blocks)
+                self.stream.write(stored)
+                self.offset += len(stored)
+                self._n_data += 1
+                self._index.add(DiffIo(io.address, io.blocks, IoKind.NORMAL, image=image))
+                return
+        self._index.add(DiffIo(io.address, io.blocks, kind))
+
+    def close(self) -> None:
+        """Write the alignment padding, the index and the index super."""
+        padding = index_padding(self.offset)
+        self.stream.write(b"\0" * padding)
+        index_offset = self.offset + padding
+        n_records = 0
+        for io in self._index:
+            for address, blocks in split_aligned(io.address, io.blocks, self.max_io_blocks):
+                if io.kind == IoKind.NORMAL and io.image is not None:
+                    rec = IndexRecord(address, blocks, 0, io.image.compression, io.image.file_offset,
+                                      io.image.size, io.image_offset + address - io.address,
+                                      io.image.blocks, io.image.checksum)
+                else:
+                    rec = IndexRecord(address, blocks, FLAGS_OF[io.kind])
+                self.stream.write(rec.serialize())
+                n_records += 1
+        self.stream.write(IndexSuper(index_offset, n_records, self._n_data).serialize())

@@ -1,0 +1,198 @@
+"""DiffIo, the IO the engine passes around, and the interval map that keeps IOs apart.
+
+A DiffIo covers ``blocks`` LB from ``address``. A normal one carries its data either
+decompressed or as the stored (compressed) image it came from, which is passed
+through untouched when a writer can reuse it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from ..errors import BadField
+from ..formats.compression import Compression, decompress
+from ..formats.ldev import LOGICAL_BLOCK_SIZE
+
+# The largest decompressed IO the engine accepts [bytes]: WalB logs at most 65535 LB
+# (32 MiB - 512) per IO; anything larger in a diff is refused before allocating.
+MAX_IO_BYTES = 64 << 20
+
+
+class IoKind(enum.IntEnum):
+    """What a DiffIo writes."""
+
+    NORMAL = 0
+    ALLZERO = 1
+    DISCARD = 2
+
+
+def is_all_zero(data: bytes | memoryview) -> bool:
+    """True if every byte is zero (numpy, ~10 GB/s; data is whole LBs)."""
+    view = memoryview(data).cast("B")
+    if len(view) % 8:
+        return not any(view)
+    return not np.frombuffer(view, dtype=np.uint64).any()
+
+
+@dataclass(slots=True, eq=False)
+class StoredImage:
+    """A compressed image as a file holds it, shared by the IOs that point into it.
+
+    A writer that has already put the image in a file keeps only its place
+    (``file_offset``, ``stored_size``) and no bytes.
+    """
+
+    stored: bytes | memoryview
+    compression: int
+    checksum: int
+    blocks: int  # [LB] decompressed size
+    file_offset: int = -1  # [bytes] where an indexed wdiff holds it, when known
+    stored_size: int = -1  # [bytes] when ``stored`` is not kept
+    _plain: memoryview | None = None
+
+    @classmethod
+    def reference(cls, file_offset: int, size: int, compression: int, checksum: int, blocks: int) -> "StoredImage":
+        """An image already written to a file: its place only."""
+        return cls(memoryview(b""), compression, checksum, blocks, file_offset, size)
+
+    @property
+    def size(self) -> int:
+        """Stored size [bytes]."""
+        return self.stored_size if self.stored_size >= 0 else len(self.stored)
+
+    def plain(self) -> memoryview:
+        if self._plain is None:
+            self._plain = memoryview(decompress(self.compression, self.stored, self.blocks * LOGICAL_BLOCK_SIZE))
+        return self._plain
+
+
+@dataclass(slots=True, eq=False)
+class DiffIo:
+    """One IO of a diff.
+
+    For a normal IO exactly one of ``plain`` (decompressed bytes of this IO) or
+    ``image`` (with ``image_offset`` in LB into it) is set.
+    """
+
+    address: int  # [LB]
+    blocks: int  # [LB]
+    kind: IoKind = IoKind.NORMAL
+    plain: memoryview | None = None
+    image: StoredImage | None = None
+    image_offset: int = 0  # [LB]
+
+    @property
+    def end(self) -> int:
+        return self.address + self.blocks
+
+    @property
+    def nbytes(self) -> int:
+        return self.blocks * LOGICAL_BLOCK_SIZE
+
+    @classmethod
+    def normal(cls, address: int, data: bytes | memoryview) -> "DiffIo":
+        view = memoryview(data).cast("B")
+        if not view.nbytes or view.nbytes % LOGICAL_BLOCK_SIZE:
+            raise BadField(f"IO at LB {address}: {view.nbytes} bytes is not a positive multiple of 512")
+        return cls(address, view.nbytes // LOGICAL_BLOCK_SIZE, IoKind.NORMAL, plain=view)
+
+    def data(self) -> memoryview:
+        """The decompressed data of a normal IO (blocks * 512 bytes)."""
+        if self.plain is not None:
+            return self.plain
+        if self.image is None:
+            raise BadField(f"IO at LB {self.address} has no data")
+        start = self.image_offset * LOGICAL_BLOCK_SIZE
+        return self.image.plain()[start:start + self.nbytes]
+
+    def whole_image(self) -> StoredImage | None:
+        """The stored image if this IO is exactly all of it (so it can be copied as is)."""
+        if self.image is not None and self.image_offset == 0 and self.image.blocks == self.blocks:
+            return self.image
+        return None
+
+    def cut(self, start: int, end: int) -> "DiffIo":
+        """The part of this IO covering [start, end) LB."""
+        if not self.address <= start < end <= self.end:
+            raise BadField(f"cut [{start}, {end}) outside IO [{self.address}, {self.end})")
+        if self.kind != IoKind.NORMAL:
+            return DiffIo(start, end - start, self.kind)
+        if self.plain is not None:
+            skip = (start - self.address) * LOGICAL_BLOCK_SIZE
+            return DiffIo(start, end - start, self.kind, plain=self.plain[skip:skip + (end - start) * LOGICAL_BLOCK_SIZE])
+        return replace(self, address=start, blocks=end - start, image_offset=self.image_offset + start - self.address)
+
+    def owned(self) -> "DiffIo":
+        """A copy whose data no longer shares a larger buffer (bounds memory after cuts)."""
+        if self.kind != IoKind.NORMAL or self.whole_image() is not None:
+            return self
+        return DiffIo(self.address, self.blocks, self.kind, plain=memoryview(bytes(self.data())))
+
+
+def split_max(io: DiffIo, max_blocks: int) -> Iterator[DiffIo]:
+    """Split an IO into consecutive pieces of at most ``max_blocks`` LB."""
+    if io.blocks <= max_blocks or io.kind != IoKind.NORMAL:
+        yield io
+        return
+    for start in range(io.address, io.end, max_blocks):
+        yield io.cut(start, min(start + max_blocks, io.end))
+
+
+class IntervalMap:
+    """Non-overlapping IOs sorted by address; a newer IO replaces what it covers.
+
+    ``held_bytes`` counts the data of normal IOs so callers can bound memory.
+    """
+
+    def __init__(self, on_cut: Callable[[DiffIo], DiffIo] = DiffIo.owned) -> None:
+        self._starts: list[int] = []
+        self._ios: list[DiffIo] = []
+        self._on_cut = on_cut
+        self.held_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._ios)
+
+    def __iter__(self) -> Iterator[DiffIo]:
+        return iter(self._ios)
+
+    def _weight(self, io: DiffIo) -> int:
+        return io.nbytes if io.kind == IoKind.NORMAL else 0
+
+    def add(self, io: DiffIo) -> None:
+        """Insert ``io``, cutting away the parts of older IOs it overlaps."""
+        first = bisect.bisect_right(self._starts, io.address) - 1
+        if first < 0 or self._ios[first].end <= io.address:
+            first += 1
+        last = first
+        left = right = None
+        # Only the first overlapped IO can stick out on the left, only the last on the right.
+        while last < len(self._ios) and self._ios[last].address < io.end:
+            old = self._ios[last]
+            self.held_bytes -= self._weight(old)
+            if old.address < io.address:
+                left = self._on_cut(old.cut(old.address, io.address))
+            if old.end > io.end:
+                right = self._on_cut(old.cut(io.end, old.end))
+            last += 1
+        pieces = [piece for piece in (left, io, right) if piece is not None]
+        for piece in pieces:
+            self.held_bytes += self._weight(piece)
+        self._ios[first:last] = pieces
+        self._starts[first:last] = [piece.address for piece in pieces]
+
+    def clear(self) -> None:
+        self._starts.clear()
+        self._ios.clear()
+        self.held_bytes = 0
+
+
+def add_all(target: IntervalMap, ios: Iterable[DiffIo]) -> IntervalMap:
+    for io in ios:
+        target.add(io)
+    return target

@@ -1,0 +1,199 @@
+"""Reading and writing sorted wdiff files as streams of DiffIo."""
+
+from __future__ import annotations
+
+from typing import BinaryIO, Iterator
+
+from ..errors import BadField, ChecksumMismatch, FormatError, TruncatedRecord
+from ..formats import checksum as csum
+from ..formats.compression import Compression, compress
+from ..formats.ldev import LOGICAL_BLOCK_SIZE
+from ..formats.wdiff import (
+    DEFAULT_MAX_IO_LB,
+    FILE_HEADER_STRUCT,
+    PACK_SIZE,
+    DiffFlag,
+    DiffType,
+    FileHeader,
+    PackBuilder,
+    PackHeader,
+    eof_pack,
+)
+from .io import MAX_IO_BYTES, DiffIo, IoKind, StoredImage, is_all_zero, split_max
+
+# Slack a compressor may add on incompressible data [bytes]; a stored image larger
+# than the raw IO plus this is refused as corrupt before it is read.
+_COMPRESSION_SLACK = 1 << 16
+
+
+def _read_exact(stream: BinaryIO, size: int) -> bytes:
+    parts = []
+    while size:
+        chunk = stream.read(size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
+
+
+def kind_of(flags: int) -> IoKind:
+    if flags & DiffFlag.ALLZERO:
+        return IoKind.ALLZERO
+    if flags & DiffFlag.DISCARD:
+        return IoKind.DISCARD
+    return IoKind.NORMAL
+
+
+FLAGS_OF = {IoKind.NORMAL: 0, IoKind.ALLZERO: int(DiffFlag.ALLZERO), IoKind.DISCARD: int(DiffFlag.DISCARD)}
+
+
+class SortedDiffReader:
+    """Reads a sorted wdiff, checking every header, checksum and the record order.
+
+    Iterating yields DiffIo whose data is decompressed on first use. A reader can
+    be iterated once.
+
+    Args:
+        stream: a binary stream at the start of the file (header already read is not allowed).
+        source: name used in error messages.
+        header: the file header, if the caller already parsed it (then ``stream`` is past it).
+    """
+
+    def __init__(self, stream: BinaryIO, source: str = "wdiff", header: FileHeader | None = None) -> None:
+        self.stream = stream
+        self.source = source
+        self.offset = 0
+        if header is None:
+            raw = self._read(FILE_HEADER_STRUCT.size)
+            try:
+                header = FileHeader.parse(raw)
+            except FormatError as exc:
+                raise exc.located(source)
+        else:
+            self.offset = FILE_HEADER_STRUCT.size
+        if header.type != DiffType.SORTED:
+            raise BadField("not a sorted wdiff (type indexed)", 6, source)
+        self.header = header
+        self.uuid = header.uuid
+
+    def _read(self, size: int) -> bytes:
+        data = _read_exact(self.stream, size)
+        self.offset += len(data)
+        return data
+
+    def __iter__(self) -> Iterator[DiffIo]:
+        previous_end = 0
+        while True:
+            at = self.offset
+            block = self._read(PACK_SIZE)
+            if not block:
+                return  # physical EOF also ends a sorted wdiff (walb-tools readers accept it)
+            try:
+                pack = PackHeader.parse(block)
+            except FormatError as exc:
+                raise exc.located(self.source, at)
+            if pack.is_end:
+                return
+            for rec in pack.records:
+                if rec.io_address < previous_end:
+                    raise BadField(f"diff record at LB {rec.io_address} overlaps or precedes the one before "
+                                   f"(ending at LB {previous_end})", at, self.source)
+                previous_end = rec.end_address
+                if rec.is_normal and (rec.io_blocks * LOGICAL_BLOCK_SIZE > MAX_IO_BYTES
+                                      or rec.data_size > rec.io_blocks * LOGICAL_BLOCK_SIZE + _COMPRESSION_SLACK):
+                    raise BadField(f"diff record at LB {rec.io_address}: {rec.io_blocks} LB / {rec.data_size} "
+                                   f"stored bytes exceed the {MAX_IO_BYTES >> 20} MiB IO bound", at, self.source)
+            data_at = self.offset
+            data = memoryview(self._read(pack.total_size))
+            if len(data) < pack.total_size:
+                raise TruncatedRecord(f"diff pack needs {pack.total_size} bytes of data", data_at, self.source)
+            for rec in pack.records:
+                kind = kind_of(rec.flags)
+                if kind != IoKind.NORMAL:
+                    yield DiffIo(rec.io_address, rec.io_blocks, kind)
+                    continue
+                stored = data[rec.data_offset:rec.data_offset + rec.data_size]
+                if csum.checksum(stored) != rec.checksum:
+                    raise ChecksumMismatch(f"data checksum mismatch in diff record at LB {rec.io_address}",
+                                           data_at + rec.data_offset, self.source)
+                image = StoredImage(stored, rec.compression, rec.checksum, rec.io_blocks)
+                yield DiffIo(rec.io_address, rec.io_blocks, IoKind.NORMAL, image=image)
+
+
+class SortedDiffWriter:
+    """Writes a sorted wdiff from IOs given in address order.
+
+    Normal IOs that are all zeros become ALLZERO records; IOs above ``max_io_blocks``
+    are split; data is compressed per record with a raw fallback, and a stored image
+    already in the target compression is copied as it is.
+
+    Args:
+        stream: the output stream.
+        uuid: the wdev uuid for the file header.
+        compression: compression for new records.
+        level: compression level (0 = the codec's default).
+        max_io_blocks: split normal IOs larger than this [LB].
+    """
+
+    def __init__(self, stream: BinaryIO, uuid: bytes, compression: Compression = Compression.LZ4, level: int = 0,
+                 max_io_blocks: int = DEFAULT_MAX_IO_LB) -> None:
+        self.stream = stream
+        self.compression = compression
+        self.level = level
+        self.max_io_blocks = max_io_blocks
+        self._builder = PackBuilder()
+        self._data: list[bytes | memoryview] = []
+        self._previous_end = 0
+        self.records = 0
+        self.bytes_written = FILE_HEADER_STRUCT.size
+        stream.write(FileHeader(uuid, DiffType.SORTED).serialize())
+
+    def write(self, io: DiffIo) -> None:
+        """Append an IO; it must start at or after the end of the previous one."""
+        if io.address < self._previous_end:
+            raise BadField(f"IO at LB {io.address} written after one ending at LB {self._previous_end}")
+        self._previous_end = io.end
+        for piece in split_max(io, self.max_io_blocks):
+            self._write_piece(piece)
+
+    def _write_piece(self, io: DiffIo) -> None:
+        kind = io.kind
+        stored: bytes | memoryview = b""
+        compression = Compression.NONE
+        checksum = 0
+        if kind == IoKind.NORMAL:
+            image = io.whole_image()
+            if image is not None and image.compression == self.compression:
+                stored, compression, checksum = image.stored, Compression(image.compression), image.checksum
+            else:
+                data = io.data()
+                if is_all_zero(data):
+                    kind = IoKind.ALLZERO
+                else:
+                    compression, stored = compress(self.compression, data, self.level)
+                    checksum = csum.checksum(stored)
+        args = (io.address, io.blocks, FLAGS_OF[kind], compression, len(stored), checksum)
+        if not self._builder.add(*args):
+            self._flush()
+            self._builder.add(*args)
+        if stored:
+            self._data.append(stored)
+        self.records += 1
+
+    def _flush(self) -> None:
+        if self._builder.empty:
+            return
+        pack = self._builder.finish()
+        self.stream.write(pack.serialize())
+        self.bytes_written += PACK_SIZE
+        for part in self._data:
+            self.stream.write(part)
+            self.bytes_written += len(part)
+        self._data = []
+
+    def close(self) -> None:
+        """Write the last pack and the EOF pack."""
+        self._flush()
+        self.stream.write(eof_pack())
+        self.bytes_written += PACK_SIZE
