@@ -24,7 +24,7 @@ from ..formats.indexed import (
 )
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..formats.wdiff import DEFAULT_MAX_IO_LB, FILE_HEADER_STRUCT, DiffType, FileHeader
-from .io import MAX_IO_BYTES, DiffIo, IntervalMap, IoKind, StoredImage, is_all_zero
+from .io import MAX_IO_BYTES, DiffIo, IntervalMap, IoKind, Stats, StoredImage, is_all_zero
 from .sorted_file import FLAGS_OF, kind_of
 
 CACHE_BYTES = 32 << 20  # [bytes] decompressed images kept (walb-tools INDEXED_DIFF_CACHE_SIZE)
@@ -145,6 +145,7 @@ class IndexedDiffWriter:
         self.max_io_blocks = max_io_blocks
         self._index = IntervalMap(on_cut=lambda io: io)  # no data in memory, only image references
         self._n_data = 0
+        self.stats = Stats()
         self.offset = FILE_HEADER_STRUCT.size
         stream.write(FileHeader(uuid, DiffType.INDEXED).serialize())
 
@@ -172,6 +173,7 @@ class IndexedDiffWriter:
         index_offset = self.offset + padding
         n_records = 0
         for io in self._index:
+            self.stats.count(io)
             for address, blocks in split_aligned(io.address, io.blocks, self.max_io_blocks):
                 if io.kind == IoKind.NORMAL and io.image is not None:
                     rec = IndexRecord(address, blocks, 0, io.image.compression, io.image.file_offset,
@@ -182,3 +184,5 @@ class IndexedDiffWriter:
                 self.stream.write(rec.serialize())
                 n_records += 1
         self.stream.write(IndexSuper(index_offset, n_records, self._n_data).serialize())
+        self.stats.extra.update(index_records=n_records, images=self._n_data,
+                                bytes=index_offset + n_records * INDEX_RECORD_STRUCT.size + INDEX_SUPER_STRUCT.size)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -196,3 +196,34 @@ def add_all(target: IntervalMap, ios: Iterable[DiffIo]) -> IntervalMap:
     for io in ios:
         target.add(io)
     return target
+
+
+@dataclass
+class Stats:
+    """What an operation saw, for ``--json`` output."""
+
+    normal_ios: int = 0
+    normal_lb: int = 0
+    allzero_ios: int = 0
+    allzero_lb: int = 0
+    discard_ios: int = 0
+    discard_lb: int = 0
+    padding_pb: int = 0
+    packs: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def count(self, io: DiffIo) -> None:
+        if io.kind == IoKind.NORMAL:
+            self.normal_ios += 1
+            self.normal_lb += io.blocks
+        elif io.kind == IoKind.ALLZERO:
+            self.allzero_ios += 1
+            self.allzero_lb += io.blocks
+        else:
+            self.discard_ios += 1
+            self.discard_lb += io.blocks
+
+    def as_dict(self) -> dict[str, int]:
+        result = {key: value for key, value in vars(self).items() if key != "extra"}
+        result.update(self.extra)
+        return result

@@ -19,7 +19,7 @@ from ..formats.wdiff import (
     PackHeader,
     eof_pack,
 )
-from .io import MAX_IO_BYTES, DiffIo, IoKind, StoredImage, is_all_zero, split_max
+from .io import MAX_IO_BYTES, DiffIo, IoKind, Stats, StoredImage, is_all_zero, split_max
 
 # Slack a compressor may add on incompressible data [bytes]; a stored image larger
 # than the raw IO plus this is refused as corrupt before it is read.
@@ -145,7 +145,7 @@ class SortedDiffWriter:
         self._builder = PackBuilder()
         self._data: list[bytes | memoryview] = []
         self._previous_end = 0
-        self.records = 0
+        self.stats = Stats()
         self.bytes_written = FILE_HEADER_STRUCT.size
         stream.write(FileHeader(uuid, DiffType.SORTED).serialize())
 
@@ -179,7 +179,7 @@ class SortedDiffWriter:
             self._builder.add(*args)
         if stored:
             self._data.append(stored)
-        self.records += 1
+        self.stats.count(DiffIo(io.address, io.blocks, kind))
 
     def _flush(self) -> None:
         if self._builder.empty:
@@ -197,3 +197,4 @@ class SortedDiffWriter:
         self._flush()
         self.stream.write(eof_pack())
         self.bytes_written += PACK_SIZE
+        self.stats.extra["bytes"] = self.bytes_written

@@ -1,0 +1,84 @@
+"""Block device and image file primitives: size, discard, zeroing, hole punching."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import os
+import stat
+import struct
+
+BLKGETSIZE64 = 0x80081272  # _IOR(0x12, 114, size_t)
+BLKDISCARD = 0x1277  # _IO(0x12, 119)
+BLKZEROOUT = 0x127F  # _IO(0x12, 127)
+BLKSSZGET = 0x1268  # logical sector size
+BLKPBSZGET = 0x127B  # physical sector size
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+ZERO_CHUNK = bytes(1 << 20)  # [bytes] reused for writing zeros
+
+
+def is_block_device(fd: int) -> bool:
+    return stat.S_ISBLK(os.fstat(fd).st_mode)
+
+
+def size_of(fd: int) -> int:
+    """Size in bytes of a block device or regular file."""
+    if is_block_device(fd):
+        raw = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
+        return int(struct.unpack("<Q", raw)[0])
+    return os.fstat(fd).st_size
+
+
+def physical_block_size(fd: int) -> int | None:
+    """The device's physical block size, or None for a regular file."""
+    if not is_block_device(fd):
+        return None
+    raw = fcntl.ioctl(fd, BLKPBSZGET, b"\0" * 4)
+    return int(struct.unpack("<I", raw)[0])
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Deallocate a byte range of a regular file; it reads back as zeros."""
+    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def write_zeros(fd: int, offset: int, length: int) -> None:
+    """Write zeros over a byte range."""
+    end = offset + length
+    while offset < end:
+        count = min(len(ZERO_CHUNK), end - offset)
+        os.pwrite(fd, memoryview(ZERO_CHUNK)[:count], offset)
+        offset += count
+
+
+def zero_range(fd: int, offset: int, length: int) -> None:
+    """Make a byte range read as zeros, as cheaply as the target allows."""
+    if is_block_device(fd):
+        try:
+            fcntl.ioctl(fd, BLKZEROOUT, struct.pack("<QQ", offset, length))
+            return
+        except OSError:
+            pass
+    else:
+        try:
+            punch_hole(fd, offset, length)
+            return
+        except OSError:
+            pass
+    write_zeros(fd, offset, length)
+
+
+def discard_range(fd: int, offset: int, length: int) -> None:
+    """Pass a discard down: BLKDISCARD on a block device, a punched hole in a file."""
+    if is_block_device(fd):
+        fcntl.ioctl(fd, BLKDISCARD, struct.pack("<QQ", offset, length))
+    else:
+        punch_hole(fd, offset, length)

@@ -1,0 +1,1 @@
+"""The ``walbops`` command line: one module per command group (``<group>_cmd.py``)."""

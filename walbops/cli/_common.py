@@ -1,0 +1,137 @@
+"""Shared pieces of the command line: sizes, output, atomic files, opening diffs."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from typing import Any, BinaryIO, Callable, Iterator
+
+from ..diff.indexed_file import IndexedDiffReader
+from ..diff.io import DiffIo
+from ..diff.sorted_file import SortedDiffReader
+from ..errors import FormatError, UsageError
+from ..formats.compression import CompressOpt
+from ..formats.ldev import LOGICAL_BLOCK_SIZE
+from ..formats.wdiff import FILE_HEADER_STRUCT, DiffType, FileHeader
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte size with an optional k/m/g/t/p suffix (powers of 1024), as walb-tools does."""
+    raw = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = raw[-1:] if raw[-1:] in _UNITS and raw[-1:] else ""
+    number = raw[:-1] if unit else raw
+    try:
+        value = int(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 4096, 64K, 16M, 1G)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size cannot be negative")
+    return value
+
+
+def parse_lb_size(text: str) -> int:
+    """A byte size that must be a positive multiple of 512; returned in LB."""
+    value = parse_size(text)
+    if value == 0 or value % LOGICAL_BLOCK_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive multiple of 512 bytes")
+    return value // LOGICAL_BLOCK_SIZE
+
+
+def parse_compression(text: str) -> CompressOpt:
+    try:
+        return CompressOpt.parse(text)
+    except FormatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str] | None = None) -> None:
+    """Print a command's result, as JSON or as ``key: value`` lines."""
+    if as_json:
+        json.dump(result, sys.stdout, sort_keys=True)
+        sys.stdout.write("\n")
+    elif human is not None:
+        print(human(result))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str) -> Iterator[BinaryIO]:
+    """Write ``path`` via a temporary file, fsync and rename; '-' writes to stdout.
+
+    A failure leaves no partial output behind.
+    """
+    if path == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def open_input(path: str) -> Iterator[BinaryIO]:
+    """Open an input file for reading; '-' is stdin."""
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    with open(path, "rb") as stream:
+        yield stream
+
+
+def diff_type(path: str) -> DiffType:
+    """Read a wdiff's header and return its type."""
+    with open(path, "rb") as stream:
+        try:
+            return FileHeader.parse(stream.read(FILE_HEADER_STRUCT.size)).type
+        except FormatError as exc:
+            raise exc.located(path)
+
+
+def iter_diff(path: str) -> Iterator[DiffIo]:
+    """Open a wdiff of either type and yield its IOs (the file closes at the end)."""
+    if diff_type(path) == DiffType.INDEXED:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            yield from IndexedDiffReader(fd, path)
+        finally:
+            os.close(fd)
+    else:
+        with open(path, "rb", buffering=1 << 20) as stream:
+            yield from SortedDiffReader(stream, path)
+
+
+def diff_uuid(path: str) -> bytes:
+    with open(path, "rb") as stream:
+        return FileHeader.parse(stream.read(FILE_HEADER_STRUCT.size)).uuid
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise a UsageError unless ``condition`` holds."""
+    if not condition:
+        raise UsageError(message)

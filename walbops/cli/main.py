@@ -1,0 +1,45 @@
+"""Entry point of the ``walbops`` command.
+
+Exit codes: 0 success; 1 an operating-system error (a missing file, a full disk);
+2 bad usage; 3 a format error in the input; 4 a missing optional dependency; 5 an
+operation refused in the current state; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from ..errors import WalbopsError
+from . import wdiff_cmd, wlog_cmd
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="walbops", description="Continuous block-level backup in the manner of WalB.")
+    parser.add_argument("--version", action="version", version=f"walbops {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wlog_cmd.register(commands)
+    wdiff_cmd.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except WalbopsError as exc:
+        print(f"walbops: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"walbops: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("walbops: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Convert, merge and apply: the operations of the diff engine.
+
+* wlog → wdiff: padding records are dropped, discards kept as DISCARD, all-zero IOs
+  stored as ALLZERO, IOs above the maximum IO size split; a later IO wins where IOs
+  overlap. Sorted output keeps at most ``memory_budget`` bytes of IO data in memory
+  and spills sorted runs to temporary files beyond that, merged at the end.
+* merge: N diffs, oldest first; later wins; the output is sorted and non-overlapping.
+* apply/redo: every input is read and verified completely before the first byte is
+  written, so a corrupt log or diff changes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import tempfile
+from contextlib import ExitStack
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+from ..blockdev import ZERO_CHUNK, discard_range, zero_range
+from ..errors import BadField, OperationError
+from ..formats.compression import Compression
+from ..formats.ldev import LOGICAL_BLOCK_SIZE
+from ..formats.wdiff import DEFAULT_MAX_IO_LB
+from .indexed_file import IndexedDiffWriter
+from .io import DiffIo, IntervalMap, IoKind, Stats
+from .logs import LogPack
+from .sorted_file import SortedDiffReader, SortedDiffWriter
+
+DEFAULT_MEMORY_BUDGET = 64 << 20  # [bytes] IO data held in memory while sorting a wlog
+
+
+class DiscardPolicy(str, enum.Enum):
+    """What applying a DISCARD record does (walb-archive's -discard)."""
+
+    IGNORE = "ignore"  # leave the blocks as they are
+    ZERO = "zero"  # make them read as zeros
+    PASSDOWN = "passdown"  # BLKDISCARD (a punched hole for image files)
+
+
+def log_ios(packs: Iterable[LogPack], stats: Stats | None = None) -> Iterator[DiffIo]:
+    """The IOs of log packs in log order: padding dropped, discards as DISCARD."""
+    for pack in packs:
+        if stats is not None:
+            stats.packs += 1
+        for rec in pack.header.records:
+            if rec.is_padding:
+                if stats is not None:
+                    stats.padding_pb += rec.data_pb(pack.pbs)
+                continue
+            if rec.is_discard:
+                io = DiffIo(rec.offset, rec.io_size, IoKind.DISCARD)
+            else:
+                io = DiffIo.normal(rec.offset, pack.record_data(rec))
+            if stats is not None:
+                stats.count(io)
+            yield io
+
+
+def merge_ios(sources: list[Iterator[DiffIo]]) -> Iterator[DiffIo]:
+    """Merge sorted, non-overlapping IO streams, oldest first; newer data wins.
+
+    Memory is one IO per source: the merge sweeps the address space and at each
+    point emits the newest IO covering it, cut where a newer one begins.
+    """
+    heads: list[DiffIo | None] = [next(source, None) for source in sources]
+    position = 0
+    while True:
+        live: list[tuple[int, DiffIo]] = []
+        for index, source in enumerate(sources):
+            head = heads[index]
+            while head is not None and head.end <= position:
+                head = next(source, None)
+            heads[index] = head
+            if head is not None:
+                live.append((index, head))
+        if not live:
+            return
+        covering = [(index, head) for index, head in live if head.address <= position]
+        if not covering:
+            position = min(head.address for _, head in live)
+            continue
+        winner_index, winner = covering[-1]
+        # Only a newer source can take over before the winner ends.
+        end = min([winner.end] + [head.address for index, head in live if index > winner_index])
+        yield winner if position == winner.address and end == winner.end else winner.cut(position, end)
+        position = end
+
+
+def write_sorted(ios: Iterable[DiffIo], writer: SortedDiffWriter) -> Stats:
+    for io in ios:
+        writer.write(io)
+    writer.close()
+    return writer.stats
+
+
+def convert_to_sorted(ios: Iterable[DiffIo], out: BinaryIO, uuid: bytes, compression: Compression = Compression.LZ4,
+                      level: int = 0, max_io_blocks: int = DEFAULT_MAX_IO_LB,
+                      memory_budget: int = DEFAULT_MEMORY_BUDGET, tmp_dir: str | None = None) -> Stats:
+    """Turn IOs in log order into a sorted wdiff, spilling sorted runs past the budget."""
+    table = IntervalMap()
+    with ExitStack() as stack:
+        runs: list[BinaryIO] = []
+
+        def spill() -> None:
+            run = stack.enter_context(tempfile.TemporaryFile(dir=tmp_dir, prefix="walbops-run-"))
+            write_sorted(iter(table), SortedDiffWriter(run, uuid, compression, level, max_io_blocks))
+            run.seek(0)
+            runs.append(run)
+            table.clear()
+
+        for io in ios:
+            table.add(io.owned())
+            if table.held_bytes > memory_budget:
+                spill()
+        writer = SortedDiffWriter(out, uuid, compression, level, max_io_blocks)
+        if not runs:
+            return write_sorted(iter(table), writer)
+        if len(table):
+            spill()
+        readers = [iter(SortedDiffReader(run, f"run {index}")) for index, run in enumerate(runs)]
+        stats = write_sorted(merge_ios(readers), writer)
+        stats.extra["spilled_runs"] = len(runs)
+        return stats
+
+
+def convert_to_indexed(ios: Iterable[DiffIo], out: BinaryIO, uuid: bytes, compression: Compression = Compression.LZ4,
+                       level: int = 0, max_io_blocks: int = DEFAULT_MAX_IO_LB) -> Stats:
+    """Turn IOs in log order into an indexed wdiff (images in arrival order)."""
+    writer = IndexedDiffWriter(out, uuid, compression, level, max_io_blocks)
+    for io in ios:
+        writer.add(io)
+    writer.close()
+    return writer.stats
+
+
+class BlockTarget:
+    """An image file or block device that IOs are applied to.
+
+    Args:
+        fd: open for writing.
+        size_lb: size of the target [LB]; IOs past it are refused before applying.
+        discard: what DISCARD records do.
+    """
+
+    def __init__(self, fd: int, size_lb: int, discard: DiscardPolicy = DiscardPolicy.IGNORE) -> None:
+        self.fd = fd
+        self.size_lb = size_lb
+        self.discard = discard
+
+    def check(self, io: DiffIo) -> None:
+        if io.end > self.size_lb and not (io.kind == IoKind.DISCARD and self.discard == DiscardPolicy.IGNORE):
+            raise OperationError(f"IO [{io.address}, {io.end}) LB lies beyond the target's {self.size_lb} LB")
+
+    def apply(self, io: DiffIo) -> None:
+        offset = io.address * LOGICAL_BLOCK_SIZE
+        if io.kind == IoKind.NORMAL:
+            data = io.data()
+            written = 0
+            while written < len(data):
+                written += os.pwrite(self.fd, data[written:], offset + written)
+        elif io.kind == IoKind.ALLZERO or self.discard == DiscardPolicy.ZERO:
+            zero_range(self.fd, offset, io.nbytes)
+        elif self.discard == DiscardPolicy.PASSDOWN:
+            discard_range(self.fd, offset, io.nbytes)
+
+
+def verify_then_apply(make_ios: Callable[[], Iterator[DiffIo]], target: BlockTarget) -> Stats:
+    """Read every IO (checksums, decompression, bounds), then apply them in a second pass.
+
+    Args:
+        make_ios: opens the input afresh each time it is called.
+        target: where to write.
+    """
+    stats = Stats()
+    for io in make_ios():
+        target.check(io)
+        if io.kind == IoKind.NORMAL:
+            io.data()
+        stats.count(io)
+    for io in make_ios():
+        target.apply(io)
+    os.fsync(target.fd)
+    return stats
+
+
+def full_image(ios: Iterator[DiffIo], size_lb: int, base_fd: int | None = None,
+               bulk_lb: int = DEFAULT_MAX_IO_LB) -> Iterator[memoryview]:
+    """Stream the image ``base + ios`` in bulks; DISCARD and ALLZERO read as zeros.
+
+    Args:
+        ios: sorted, non-overlapping IOs (e.g. a merged chain of diffs).
+        size_lb: image size [LB].
+        base_fd: the base image, or None for zeros.
+        bulk_lb: bulk size [LB].
+    """
+    pending = next(ios, None)
+    for start in range(0, size_lb, bulk_lb):
+        end = min(start + bulk_lb, size_lb)
+        length = (end - start) * LOGICAL_BLOCK_SIZE
+        if base_fd is not None:
+            buffer = bytearray(os.pread(base_fd, length, start * LOGICAL_BLOCK_SIZE))
+            if len(buffer) < length:
+                buffer.extend(bytes(length - len(buffer)))
+        else:
+            buffer = bytearray(length)
+        while pending is not None and pending.address < end:
+            piece_start = max(pending.address, start)
+            piece_end = min(pending.end, end)
+            if piece_end > piece_start:
+                into = (piece_start - start) * LOGICAL_BLOCK_SIZE
+                size = (piece_end - piece_start) * LOGICAL_BLOCK_SIZE
+                if pending.kind == IoKind.NORMAL:
+                    skip = (piece_start - pending.address) * LOGICAL_BLOCK_SIZE
+                    buffer[into:into + size] = pending.data()[skip:skip + size]
+                else:
+                    buffer[into:into + size] = memoryview(ZERO_CHUNK)[:size] if size <= len(ZERO_CHUNK) \
+                        else bytes(size)
+            if pending.end > end:
+                break
+            pending = next(ios, None)
+        yield memoryview(buffer)
+    if pending is not None:
+        raise BadField(f"IO [{pending.address}, {pending.end}) LB lies beyond the image's {size_lb} LB")
