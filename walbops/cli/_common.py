@@ -7,7 +7,8 @@ import contextlib
 import json
 import os
 import sys
-from typing import Any, BinaryIO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 from ..diff.indexed_file import IndexedDiffReader
 from ..diff.io import DiffIo

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ..diff.engine import BlockTarget, full_image, merge_ios, verify_then_apply, write_sorted
 from ..diff.indexed_file import IndexedDiffReader

@@ -14,8 +14,9 @@ from __future__ import annotations
 import enum
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO
 
 from ..blockdev import ZERO_CHUNK, discard_range, zero_range
 from ..errors import BadField, OperationError
@@ -30,7 +31,7 @@ from .sorted_file import SortedDiffReader, SortedDiffWriter
 DEFAULT_MEMORY_BUDGET = 64 << 20  # [bytes] IO data held in memory while sorting a wlog
 
 
-class DiscardPolicy(str, enum.Enum):
+class DiscardPolicy(enum.StrEnum):
     """What applying a DISCARD record does (walb-archive's -discard)."""
 
     IGNORE = "ignore"  # leave the blocks as they are

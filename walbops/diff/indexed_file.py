@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from ..errors import BadField, ChecksumMismatch, FormatError, TruncatedRecord
 from ..formats import checksum as csum
@@ -151,6 +152,8 @@ class IndexedDiffWriter:
 
     def add(self, io: DiffIo) -> None:
         """Append one IO; it replaces whatever earlier IOs it overlaps."""
+        # walb-tools counts every IO it accepts in n_data, discards and zero writes included.
+        self._n_data += 1
         kind = io.kind
         if kind == IoKind.NORMAL:
             data = io.data()
@@ -161,7 +164,6 @@ class IndexedDiffWriter:
                 image = StoredImage.reference(self.offset, len(stored), compression, csum.checksum(stored), io.blocks)
                 self.stream.write(stored)
                 self.offset += len(stored)
-                self._n_data += 1
                 self._index.add(DiffIo(io.address, io.blocks, IoKind.NORMAL, image=image))
                 return
         self._index.add(DiffIo(io.address, io.blocks, kind))
@@ -184,5 +186,5 @@ class IndexedDiffWriter:
                 self.stream.write(rec.serialize())
                 n_records += 1
         self.stream.write(IndexSuper(index_offset, n_records, self._n_data).serialize())
-        self.stats.extra.update(index_records=n_records, images=self._n_data,
+        self.stats.extra.update(index_records=n_records, n_data=self._n_data,
                                 bytes=index_offset + n_records * INDEX_RECORD_STRUCT.size + INDEX_SUPER_STRUCT.size)

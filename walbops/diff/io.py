@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import bisect
 import enum
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from ..errors import BadField
-from ..formats.compression import Compression, decompress
+from ..formats.compression import decompress
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 
 # The largest decompressed IO the engine accepts [bytes]: WalB logs at most 65535 LB
@@ -124,7 +124,8 @@ class DiffIo:
             return DiffIo(start, end - start, self.kind)
         if self.plain is not None:
             skip = (start - self.address) * LOGICAL_BLOCK_SIZE
-            return DiffIo(start, end - start, self.kind, plain=self.plain[skip:skip + (end - start) * LOGICAL_BLOCK_SIZE])
+            size = (end - start) * LOGICAL_BLOCK_SIZE
+            return DiffIo(start, end - start, self.kind, plain=self.plain[skip:skip + size])
         return replace(self, address=start, blocks=end - start, image_offset=self.image_offset + start - self.address)
 
     def owned(self) -> "DiffIo":

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from ..errors import ChecksumMismatch, FormatError, TruncatedRecord
 from ..formats import checksum as csum
@@ -142,7 +143,7 @@ class WlogWriter:
     def write_built(self, header: LogpackHeader, record_data: list[bytes | memoryview]) -> None:
         """Write a pack from LogpackBuilder.finish(): data per record, padded to PBs here."""
         parts = bytearray(header.total_io_size * self.pbs)
-        for rec, data in zip(header.records, record_data):
+        for rec, data in zip(header.records, record_data, strict=True):
             if rec.is_normal:
                 start = (rec.lsid_local - 1) * self.pbs
                 parts[start:start + len(data)] = data

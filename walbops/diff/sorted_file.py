@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from ..errors import BadField, ChecksumMismatch, FormatError, TruncatedRecord
 from ..formats import checksum as csum

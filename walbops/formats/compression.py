@@ -42,8 +42,12 @@ class Compression(enum.IntEnum):
     ZSTD = 5
 
 
-# Levels a CompressOpt string may carry (walb-tools accepts 0-9; zstd up to 19).
-MAX_LEVEL = 19
+# Highest level per codec. lzma stops at 6: WalB's xz decoder has a 16 MiB memory
+# limit that the dictionaries of levels 7-9 exceed. lz4 and snappy ignore the level.
+MAX_LEVEL = {
+    Compression.NONE: 9, Compression.GZIP: 9, Compression.SNAPPY: 9,
+    Compression.LZMA: 6, Compression.LZ4: 9, Compression.ZSTD: 19,
+}
 # The xz decoder's memory limit in walb-tools [bytes].
 _LZMA_MEMLIMIT = 16 << 20
 
@@ -89,8 +93,8 @@ class CompressOpt:
             num_cpu = int(fields[2]) if len(fields) > 2 else 1
         except ValueError:
             raise BadField(f"compression option {text!r}: level and numCpu must be integers") from None
-        if not 0 <= level <= MAX_LEVEL:
-            raise BadField(f"compression option {text!r}: level must be 0..{MAX_LEVEL}")
+        if not 0 <= level <= MAX_LEVEL[kind]:
+            raise BadField(f"compression option {text!r}: {kind.name.lower()} level must be 0..{MAX_LEVEL[kind]}")
         if num_cpu < 1:
             raise BadField(f"compression option {text!r}: numCpu must be >= 1")
         return cls(kind, level, num_cpu)

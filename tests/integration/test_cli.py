@@ -1,0 +1,143 @@
+"""The command line as a user meets it: one-line errors, exit codes, JSON, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import sha1_of
+
+
+def walbops(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "walbops.cli.main", *args], capture_output=True, input=stdin)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
+    stderr = result.stderr.decode()
+    assert result.returncode == code, stderr
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 or code == 2, stderr
+    for fragment in fragments:
+        assert fragment in stderr, stderr
+    return stderr
+
+
+def test_version():
+    result = walbops("--version")
+    assert result.returncode == 0 and result.stdout.decode().startswith("walbops ")
+
+
+def test_gen_show_convert_redo_roundtrip(tmp_path: Path):
+    wlog = tmp_path / "x.wlog"
+    gen = walbops("wlog", "gen", str(wlog), "--device-size", "2M", "--log-size", "1M", "--seed", "7", "--json")
+    assert gen.returncode == 0, gen.stderr
+    shown = json.loads(walbops("wlog", "show", str(wlog), "--json").stdout)
+    generated = json.loads(gen.stdout)
+    assert shown["normal_lb"] == generated["normal_lb"] and shown["discard_lb"] == generated["discard_lb"]
+    assert walbops("wlog", "gen", str(tmp_path / "y.wlog"), "--device-size", "2M", "--log-size", "1M",
+                   "--seed", "7").returncode == 0
+    assert (tmp_path / "y.wlog").read_bytes() == wlog.read_bytes(), "same seed, same bytes"
+
+    for flag in ([], ["--indexed"]):
+        wdiff = tmp_path / f"x{len(flag)}.wdiff"
+        converted = walbops("wlog", "to-wdiff", str(wlog), "-o", str(wdiff), "--json", *flag)
+        assert converted.returncode == 0, converted.stderr
+        assert json.loads(walbops("wdiff", "verify", str(wdiff), "--json").stdout)["ok"] is True
+        image = tmp_path / f"d{len(flag)}.img"
+        assert walbops("wdiff", "redo", str(wdiff), "--target", str(image), "--size", "2M",
+                       "--discard", "zero").returncode == 0
+    redone = tmp_path / "r.img"
+    assert walbops("wlog", "redo", str(wlog), "--target", str(redone), "--size", "2M",
+                   "--discard", "zero").returncode == 0
+    assert sha1_of(redone) == sha1_of(tmp_path / "d0.img") == sha1_of(tmp_path / "d1.img")
+
+
+def test_stdin_and_stdout_pipes(tmp_path: Path):
+    raw = walbops("wlog", "gen", "-", "--device-size", "1M", "--log-size", "256K").stdout
+    converted = walbops("wlog", "to-wdiff", "-", "-o", "-", stdin=raw)
+    assert converted.returncode == 0
+    (tmp_path / "p.wdiff").write_bytes(converted.stdout)
+    assert walbops("wdiff", "verify", str(tmp_path / "p.wdiff")).returncode == 0
+
+
+def test_corrupt_wlog_is_one_line_with_file_and_offset(tmp_path: Path, vectors: Path):
+    raw = bytearray((vectors / "s1.wlog").read_bytes())
+    raw[4096 + 512 + 100] ^= 0xFF  # inside the data of the first record
+    bad = tmp_path / "bad.wlog"
+    bad.write_bytes(bytes(raw))
+    image = tmp_path / "img"
+    image.write_bytes(bytes(16 << 20))
+    result = walbops("wlog", "redo", str(bad), "--target", str(image))
+    assert_one_line_error(result, 3, "bad.wlog", "offset 4608", "IO checksum mismatch")
+    assert image.read_bytes() == bytes(16 << 20), "nothing applied"
+
+
+def test_truncated_wlog(tmp_path: Path, vectors: Path):
+    bad = tmp_path / "cut.wlog"
+    bad.write_bytes((vectors / "s2.wlog").read_bytes()[:-4096])
+    assert_one_line_error(walbops("wlog", "show", str(bad)), 3, "cut.wlog", "end marker")
+
+
+def test_not_a_wlog(tmp_path: Path, vectors: Path):
+    result = walbops("wlog", "show", str(vectors / "s1.sorted.wdiff"))
+    assert_one_line_error(result, 3, "s1.sorted.wdiff", "not a wlog")
+
+
+@pytest.mark.parametrize("name", ["s1.sorted.wdiff", "s1.indexed.wdiff"])
+def test_corrupt_wdiff_refused_before_applying(tmp_path: Path, vectors: Path, name: str):
+    raw = bytearray((vectors / name).read_bytes())
+    raw[len(raw) // 2] ^= 0x55
+    bad = tmp_path / name
+    bad.write_bytes(bytes(raw))
+    image = tmp_path / "img"
+    image.write_bytes(bytes(16 << 20))
+    result = walbops("wdiff", "redo", str(bad), "--target", str(image))
+    assert_one_line_error(result, 3, name, "offset")
+    assert image.read_bytes() == bytes(16 << 20)
+    verify = walbops("wdiff", "verify", str(bad), "--json")
+    assert verify.returncode == 3 and json.loads(verify.stdout)["ok"] is False
+
+
+def test_truncated_wdiff(tmp_path: Path, vectors: Path):
+    bad = tmp_path / "cut.wdiff"
+    bad.write_bytes((vectors / "s2.sorted.wdiff").read_bytes()[:50000])
+    assert_one_line_error(walbops("wdiff", "verify", str(bad)), 3, "cut.wdiff")
+
+
+def test_missing_file_is_exit_1(tmp_path: Path):
+    assert_one_line_error(walbops("wdiff", "show", str(tmp_path / "nope.wdiff")), 1, "nope.wdiff")
+
+
+@pytest.mark.parametrize("args", [
+    ["wlog", "gen", "x", "--device-size", "1000", "--log-size", "1M"],
+    ["wlog", "gen", "x", "--device-size", "1M", "--log-size", "lots"],
+    ["wlog", "to-wdiff", "x", "-o", "y", "--compression", "brotli"],
+    ["wlog", "to-wdiff", "x", "-o", "y", "--compression", "lzma:9"],
+    ["wdiff", "redo", "x", "--target", "t", "--discard", "shred"],
+])
+def test_bad_arguments_are_usage_errors(tmp_path: Path, args):
+    result = subprocess.run([sys.executable, "-m", "walbops.cli.main", *args], capture_output=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert b"Traceback" not in result.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_output_is_atomic_on_failure(tmp_path: Path, vectors: Path):
+    raw = bytearray((vectors / "s2.wlog").read_bytes())
+    raw[-4096 - 8192] ^= 0x01
+    bad = tmp_path / "bad.wlog"
+    bad.write_bytes(bytes(raw))
+    out = tmp_path / "out.wdiff"
+    result = walbops("wlog", "to-wdiff", str(bad), "-o", str(out))
+    assert result.returncode == 3
+    assert not out.exists() and not list(tmp_path.glob(".out.wdiff.tmp*"))
+
+
+def test_merge_refuses_to_overwrite_an_input(tmp_path: Path, vectors: Path):
+    copy = tmp_path / "a.wdiff"
+    copy.write_bytes((vectors / "s2.sorted.wdiff").read_bytes())
+    assert_one_line_error(walbops("wdiff", "merge", str(copy), "-o", str(copy)), 2, "inputs")
