@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from .. import __version__
+from ..allocator import tune_for_streaming
 from ..errors import WalbopsError
 from . import wdiff_cmd, wlog_cmd
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_for_streaming()
     try:
         return int(args.handler(args))
     except WalbopsError as exc:

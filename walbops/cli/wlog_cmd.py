@@ -173,8 +173,10 @@ def cmd_to_wdiff(args: argparse.Namespace) -> int:
     require(args.output != args.wlog or args.output == "-", "the output must not be the input")
     source = Stats()
     with open_input(args.wlog) as stream, atomic_output(args.output) as out:
-        reader = WlogReader(stream, args.wlog)
-        ios = log_ios(reader, source)
+        seekable = args.wlog != "-" and stream.seekable()
+        # From a file, IOs refer to their data in the wlog instead of copying it.
+        reader = WlogReader(stream, args.wlog, reuse_buffer=seekable)
+        ios = log_ios(reader, source, stream.fileno() if seekable else None)
         opt: CompressOpt = args.compression
         if args.indexed:
             written = convert_to_indexed(ios, out, reader.header.uuid, opt.kind, opt.level, args.max_io_size)

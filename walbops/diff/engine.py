@@ -24,11 +24,14 @@ from ..formats.compression import Compression
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..formats.wdiff import DEFAULT_MAX_IO_LB
 from .indexed_file import IndexedDiffWriter
-from .io import DiffIo, IntervalMap, IoKind, Stats
+from .io import DiffIo, IntervalMap, IoKind, Stats, StoredImage
 from .logs import LogPack
 from .sorted_file import SortedDiffReader, SortedDiffWriter
 
 DEFAULT_MEMORY_BUDGET = 64 << 20  # [bytes] IO data held in memory while sorting a wlog
+# IOs held while sorting, whatever their data: ~250 bytes of Python objects each, so
+# this bounds the table at ~75 MiB when IOs only refer to data in the wlog file.
+MAX_TABLE_ENTRIES = 300_000
 
 
 class DiscardPolicy(enum.StrEnum):
@@ -39,8 +42,15 @@ class DiscardPolicy(enum.StrEnum):
     PASSDOWN = "passdown"  # BLKDISCARD (a punched hole for image files)
 
 
-def log_ios(packs: Iterable[LogPack], stats: Stats | None = None) -> Iterator[DiffIo]:
-    """The IOs of log packs in log order: padding dropped, discards as DISCARD."""
+def log_ios(packs: Iterable[LogPack], stats: Stats | None = None, in_file: int | None = None) -> Iterator[DiffIo]:
+    """The IOs of log packs in log order: padding dropped, discards as DISCARD.
+
+    Args:
+        packs: verified log packs.
+        stats: counts what goes by, if given.
+        in_file: fd of the seekable wlog the packs come from; the IOs then refer to
+            their data there instead of holding it (see StoredImage.in_file).
+    """
     for pack in packs:
         if stats is not None:
             stats.packs += 1
@@ -51,6 +61,9 @@ def log_ios(packs: Iterable[LogPack], stats: Stats | None = None) -> Iterator[Di
                 continue
             if rec.is_discard:
                 io = DiffIo(rec.offset, rec.io_size, IoKind.DISCARD)
+            elif in_file is not None and pack.file_offset >= 0:
+                image = StoredImage.in_file(in_file, pack.file_offset + (rec.lsid_local - 1) * pack.pbs, rec.io_size)
+                io = DiffIo(rec.offset, rec.io_size, IoKind.NORMAL, image=image)
             else:
                 io = DiffIo.normal(rec.offset, pack.record_data(rec))
             if stats is not None:
@@ -97,8 +110,13 @@ def write_sorted(ios: Iterable[DiffIo], writer: SortedDiffWriter) -> Stats:
 
 def convert_to_sorted(ios: Iterable[DiffIo], out: BinaryIO, uuid: bytes, compression: Compression = Compression.LZ4,
                       level: int = 0, max_io_blocks: int = DEFAULT_MAX_IO_LB,
-                      memory_budget: int = DEFAULT_MEMORY_BUDGET, tmp_dir: str | None = None) -> Stats:
-    """Turn IOs in log order into a sorted wdiff, spilling sorted runs past the budget."""
+                      memory_budget: int = DEFAULT_MEMORY_BUDGET, tmp_dir: str | None = None,
+                      max_entries: int = MAX_TABLE_ENTRIES) -> Stats:
+    """Turn IOs in log order into a sorted wdiff, spilling sorted runs past the budget.
+
+    IOs whose data stays in the input file (``log_ios(..., in_file=fd)``) cost only
+    their table entry, so a seekable wlog is usually sorted in one pass with no runs.
+    """
     table = IntervalMap()
     with ExitStack() as stack:
         runs: list[BinaryIO] = []
@@ -112,7 +130,7 @@ def convert_to_sorted(ios: Iterable[DiffIo], out: BinaryIO, uuid: bytes, compres
 
         for io in ios:
             table.add(io.owned())
-            if table.held_bytes > memory_budget:
+            if table.held_bytes > memory_budget or len(table) > max_entries:
                 spill()
         writer = SortedDiffWriter(out, uuid, compression, level, max_io_blocks)
         if not runs:

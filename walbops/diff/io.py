@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import bisect
 import enum
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..errors import BadField
+from ..errors import BadField, TruncatedRecord
 from ..formats.compression import decompress
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 
@@ -44,7 +45,9 @@ class StoredImage:
     """A compressed image as a file holds it, shared by the IOs that point into it.
 
     A writer that has already put the image in a file keeps only its place
-    (``file_offset``, ``stored_size``) and no bytes.
+    (``file_offset``, ``stored_size``) and no bytes. An image with an ``fd`` is read
+    from that file each time its data is needed and never cached, so a table of
+    millions of such IOs costs no data memory (used for IOs still inside a wlog).
     """
 
     stored: bytes | memoryview
@@ -53,6 +56,7 @@ class StoredImage:
     blocks: int  # [LB] decompressed size
     file_offset: int = -1  # [bytes] where an indexed wdiff holds it, when known
     stored_size: int = -1  # [bytes] when ``stored`` is not kept
+    fd: int = -1  # read ``stored_size`` bytes at ``file_offset`` from here when needed
     _plain: memoryview | None = None
 
     @classmethod
@@ -60,12 +64,27 @@ class StoredImage:
         """An image already written to a file: its place only."""
         return cls(memoryview(b""), compression, checksum, blocks, file_offset, size)
 
+    @classmethod
+    def in_file(cls, fd: int, file_offset: int, blocks: int) -> "StoredImage":
+        """Uncompressed data that stays in a file until it is needed."""
+        return cls(memoryview(b""), 0, 0, blocks, file_offset, blocks * LOGICAL_BLOCK_SIZE, fd)
+
     @property
     def size(self) -> int:
         """Stored size [bytes]."""
         return self.stored_size if self.stored_size >= 0 else len(self.stored)
 
+    @property
+    def in_memory(self) -> bool:
+        """Whether ``stored`` holds the image's bytes (so they can be copied as they are)."""
+        return self.stored_size < 0
+
     def plain(self) -> memoryview:
+        if self.fd >= 0:
+            data = os.pread(self.fd, self.stored_size, self.file_offset)
+            if len(data) != self.stored_size:
+                raise TruncatedRecord(f"{self.stored_size} bytes at offset {self.file_offset} are gone from the file")
+            return memoryview(decompress(self.compression, data, self.blocks * LOGICAL_BLOCK_SIZE))
         if self._plain is None:
             self._plain = memoryview(decompress(self.compression, self.stored, self.blocks * LOGICAL_BLOCK_SIZE))
         return self._plain
@@ -94,6 +113,15 @@ class DiffIo:
     def nbytes(self) -> int:
         return self.blocks * LOGICAL_BLOCK_SIZE
 
+    @property
+    def memory_bytes(self) -> int:
+        """Data bytes this IO keeps alive in memory (0 for data still in a file)."""
+        if self.plain is not None:
+            return self.plain.nbytes
+        if self.image is not None and self.image.in_memory:
+            return self.image.size
+        return 0
+
     @classmethod
     def normal(cls, address: int, data: bytes | memoryview) -> "DiffIo":
         view = memoryview(data).cast("B")
@@ -112,8 +140,9 @@ class DiffIo:
 
     def whole_image(self) -> StoredImage | None:
         """The stored image if this IO is exactly all of it (so it can be copied as is)."""
-        if self.image is not None and self.image_offset == 0 and self.image.blocks == self.blocks:
-            return self.image
+        image = self.image
+        if image is not None and image.in_memory and self.image_offset == 0 and image.blocks == self.blocks:
+            return image
         return None
 
     def cut(self, start: int, end: int) -> "DiffIo":
@@ -130,8 +159,8 @@ class DiffIo:
 
     def owned(self) -> "DiffIo":
         """A copy whose data no longer shares a larger buffer (bounds memory after cuts)."""
-        if self.kind != IoKind.NORMAL or self.whole_image() is not None:
-            return self
+        if self.plain is None:
+            return self  # image-backed IOs share at most their own image
         return DiffIo(self.address, self.blocks, self.kind, plain=memoryview(bytes(self.data())))
 
 
@@ -147,7 +176,7 @@ def split_max(io: DiffIo, max_blocks: int) -> Iterator[DiffIo]:
 class IntervalMap:
     """Non-overlapping IOs sorted by address; a newer IO replaces what it covers.
 
-    ``held_bytes`` counts the data of normal IOs so callers can bound memory.
+    ``held_bytes`` counts the data the IOs keep in memory so callers can bound it.
     """
 
     def __init__(self, on_cut: Callable[[DiffIo], DiffIo] = DiffIo.owned) -> None:
@@ -163,7 +192,7 @@ class IntervalMap:
         return iter(self._ios)
 
     def _weight(self, io: DiffIo) -> int:
-        return io.nbytes if io.kind == IoKind.NORMAL else 0
+        return io.memory_bytes
 
     def add(self, io: DiffIo) -> None:
         """Insert ``io``, cutting away the parts of older IOs it overlaps."""

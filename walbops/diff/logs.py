@@ -27,6 +27,7 @@ class LogPack:
     header: LogpackHeader
     data: memoryview
     pbs: int
+    file_offset: int = -1  # [bytes] where the data lies in a seekable wlog file, if known
 
     def record_data(self, rec: LogRecord) -> memoryview:
         """The ``io_size * 512`` bytes of a normal record (the checksummed part)."""
@@ -45,7 +46,7 @@ class LogPack:
         records = self.header.records[:count]
         total = max((rec.lsid_local - 1 + rec.data_pb(self.pbs) for rec in records if rec.has_data), default=0)
         header = LogpackHeader(self.header.logpack_lsid, total, records)
-        return LogPack(header, self.data[:total * self.pbs], self.pbs)
+        return LogPack(header, self.data[:total * self.pbs], self.pbs, self.file_offset)
 
     def serialize_header(self, salt: int) -> bytes:
         return self.header.serialize(self.pbs, salt)
@@ -69,12 +70,15 @@ class WlogReader:
     Args:
         stream: a binary stream positioned at the walblog header.
         source: name used in error messages.
+        reuse_buffer: read every pack into one buffer; a pack's data is then valid
+            only until the next pack is read (saves an allocation per pack).
     """
 
-    def __init__(self, stream: BinaryIO, source: str = "wlog") -> None:
+    def __init__(self, stream: BinaryIO, source: str = "wlog", reuse_buffer: bool = False) -> None:
         self.stream = stream
         self.source = source
         self.offset = 0
+        self._buffer = bytearray() if reuse_buffer else None
         try:
             self.header = WlogHeader.parse(self._read(WLOG_HEADER_SIZE))
         except FormatError as exc:
@@ -87,6 +91,21 @@ class WlogReader:
         data = _read_exact(self.stream, size)
         self.offset += len(data)
         return data
+
+    def _read_data(self, size: int) -> memoryview:
+        if self._buffer is None:
+            return memoryview(self._read(size))
+        if len(self._buffer) < size:
+            self._buffer = bytearray(size)
+        view = memoryview(self._buffer)[:size]
+        got = 0
+        while got < size:
+            count = self.stream.readinto(view[got:])  # type: ignore[attr-defined]
+            if not count:
+                break
+            got += count
+        self.offset += got
+        return view[:got]
 
     def __iter__(self) -> Iterator[LogPack]:
         lsid = self.header.begin_lsid
@@ -105,11 +124,11 @@ class WlogReader:
             if header.logpack_lsid != lsid:
                 raise ChecksumMismatch(f"log pack lsid {header.logpack_lsid}, expected {lsid}", at, self.source)
             size = header.total_io_size * self.pbs
-            data = self._read(size)
+            data = self._read_data(size)
             if len(data) < size:
                 raise TruncatedRecord(f"log pack at lsid {lsid} needs {size} bytes of data", at + self.pbs,
                                       self.source)
-            pack = LogPack(header, memoryview(data), self.pbs)
+            pack = LogPack(header, data, self.pbs, at + self.pbs)
             bad = pack.first_bad_record(self.salt)
             if bad is not None:
                 rec = header.records[bad]

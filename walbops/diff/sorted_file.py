@@ -105,19 +105,20 @@ class SortedDiffReader:
                                       or rec.data_size > rec.io_blocks * LOGICAL_BLOCK_SIZE + _COMPRESSION_SLACK):
                     raise BadField(f"diff record at LB {rec.io_address}: {rec.io_blocks} LB / {rec.data_size} "
                                    f"stored bytes exceed the {MAX_IO_BYTES >> 20} MiB IO bound", at, self.source)
-            data_at = self.offset
-            data = memoryview(self._read(pack.total_size))
-            if len(data) < pack.total_size:
-                raise TruncatedRecord(f"diff pack needs {pack.total_size} bytes of data", data_at, self.source)
+            # Read record by record so a merge of many inputs holds one IO per input.
             for rec in pack.records:
                 kind = kind_of(rec.flags)
                 if kind != IoKind.NORMAL:
                     yield DiffIo(rec.io_address, rec.io_blocks, kind)
                     continue
-                stored = data[rec.data_offset:rec.data_offset + rec.data_size]
+                data_at = self.offset
+                stored = self._read(rec.data_size)
+                if len(stored) < rec.data_size:
+                    raise TruncatedRecord(f"diff record at LB {rec.io_address} needs {rec.data_size} bytes of data",
+                                          data_at, self.source)
                 if csum.checksum(stored) != rec.checksum:
                     raise ChecksumMismatch(f"data checksum mismatch in diff record at LB {rec.io_address}",
-                                           data_at + rec.data_offset, self.source)
+                                           data_at, self.source)
                 image = StoredImage(stored, rec.compression, rec.checksum, rec.io_blocks)
                 yield DiffIo(rec.io_address, rec.io_blocks, IoKind.NORMAL, image=image)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from ..errors import BadField, ChecksumMismatch, TruncatedRecord
 from . import checksum as csum
 from .compression import Compression
-from .wdiff import DEFAULT_MAX_IO_LB, FILE_HEADER_STRUCT, DiffFlag
+from .wdiff import _ALLZERO, _DISCARD, DEFAULT_MAX_IO_LB, FILE_HEADER_STRUCT, DiffFlag
 
 INDEX_RECORD_STRUCT = struct.Struct("<QIBBHQIIIIII")
 INDEX_SUPER_STRUCT = struct.Struct("<QIIII")
@@ -73,15 +73,15 @@ class IndexRecord:
 
     @property
     def is_all_zero(self) -> bool:
-        return bool(self.flags & DiffFlag.ALLZERO)
+        return bool(self.flags & _ALLZERO)
 
     @property
     def is_discard(self) -> bool:
-        return bool(self.flags & DiffFlag.DISCARD)
+        return bool(self.flags & _DISCARD)
 
     @property
     def is_normal(self) -> bool:
-        return not self.flags & (DiffFlag.ALLZERO | DiffFlag.DISCARD)
+        return not self.flags & (_ALLZERO | _DISCARD)
 
     @property
     def end_address(self) -> int:

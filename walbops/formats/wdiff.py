@@ -62,6 +62,11 @@ class DiffFlag(enum.IntFlag):
     DISCARD = 1 << 2
 
 
+# Plain ints for the per-record path (IntFlag arithmetic is slow).
+_ALLZERO = int(DiffFlag.ALLZERO)
+_DISCARD = int(DiffFlag.DISCARD)
+
+
 @dataclass(frozen=True)
 class FileHeader:
     """The 32-byte header both wdiff formats start with."""
@@ -111,15 +116,15 @@ class DiffRecord:
 
     @property
     def is_all_zero(self) -> bool:
-        return bool(self.flags & DiffFlag.ALLZERO)
+        return bool(self.flags & _ALLZERO)
 
     @property
     def is_discard(self) -> bool:
-        return bool(self.flags & DiffFlag.DISCARD)
+        return bool(self.flags & _DISCARD)
 
     @property
     def is_normal(self) -> bool:
-        return not self.flags & (DiffFlag.ALLZERO | DiffFlag.DISCARD)
+        return not self.flags & (_ALLZERO | _DISCARD)
 
     @property
     def end_address(self) -> int:
