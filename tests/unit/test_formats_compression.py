@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from walbops.errors import BadField, CompressionError, FormatError
 from walbops.formats.compression import (
-    CompressOpt,
     Compression,
+    CompressOpt,
     compress,
     compress_exact,
     decompress,

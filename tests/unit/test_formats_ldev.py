@@ -25,7 +25,6 @@ from walbops.formats.ldev import (
     LogpackBuilder,
     LogpackHeader,
     LogRecord,
-    RecordFlag,
     SuperSector,
     capacity_pb,
     end_marker,
