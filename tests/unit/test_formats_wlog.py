@@ -151,8 +151,6 @@ def test_begin_after_end_is_bad_field() -> None:
         WlogHeader.parse(raw_header(begin=0x2001, end=0x2000))
 
 
-@pytest.mark.xfail(strict=True, reason="walbops bug: begin_lsid == end_lsid is accepted "
-                                       "(docs/formats.md §4.1 and App. B.7 require begin_lsid < end_lsid)")
 def test_begin_equal_to_end_is_bad_field() -> None:
     with pytest.raises(BadField):
         WlogHeader.parse(raw_header(begin=0x2000, end=0x2000))

@@ -105,6 +105,8 @@ class CompressOpt:
 
 def compress_exact(kind: Compression, data: bytes | memoryview, level: int = 0) -> bytes:
     """Compress ``data`` with ``kind``, with no fallback to raw."""
+    if not 0 <= level <= MAX_LEVEL.get(kind, 0):
+        raise BadField(f"{Compression(kind).name.lower()} level {level} is out of 0..{MAX_LEVEL.get(kind, 0)}")
     if kind == Compression.NONE:
         return bytes(data)
     if kind == Compression.LZ4:
@@ -172,14 +174,14 @@ def _decompress(kind: Compression, data: bytes | memoryview, expected_size: int)
     if kind == Compression.GZIP:
         inflater = zlib.decompressobj()
         out = inflater.decompress(data, expected_size + 1)
-        if not inflater.eof:
-            raise CompressionError("gzip (zlib) stream is truncated or longer than expected")
+        if not inflater.eof or inflater.unused_data:
+            raise CompressionError("gzip (zlib) stream is truncated, longer than expected or followed by junk")
         return out
     if kind == Compression.LZMA:
         unpacker = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=_LZMA_MEMLIMIT)
         out = unpacker.decompress(data, expected_size + 1)
-        if not unpacker.eof:
-            raise CompressionError("lzma (xz) stream is truncated or longer than expected")
+        if not unpacker.eof or unpacker.unused_data:
+            raise CompressionError("lzma (xz) stream is truncated, longer than expected or followed by junk")
         return out
     # ZSTD
     return _zstd().ZstdDecompressor().decompress(data, max_output_size=expected_size)

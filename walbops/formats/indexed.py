@@ -34,6 +34,7 @@ from .wdiff import _ALLZERO, _DISCARD, DEFAULT_MAX_IO_LB, FILE_HEADER_STRUCT, Di
 INDEX_RECORD_STRUCT = struct.Struct("<QIBBHQIIIIII")
 INDEX_SUPER_STRUCT = struct.Struct("<QIIII")
 INDEX_ALIGNMENT = 8  # [bytes] the index starts at a multiple of this file offset
+MAX_ALIGNED_BLOCKS = 1 << 31  # [LB] the largest power of two io_blocks (a u32) holds
 
 
 def split_aligned(address: int, blocks: int, max_blocks: int = DEFAULT_MAX_IO_LB) -> list[tuple[int, int]]:
@@ -41,11 +42,12 @@ def split_aligned(address: int, blocks: int, max_blocks: int = DEFAULT_MAX_IO_LB
 
     Each piece's size is the largest power of two that divides its address, fits
     the remaining length and does not exceed ``max_blocks`` rounded down to a power
-    of two (walb-tools' splitIoToAligned).
+    of two (walb-tools' splitIoToAligned); 0 means no limit but the u32 field's 2**31.
     """
-    if max_blocks <= 0:
-        raise BadField(f"maximum IO size {max_blocks} LB must be positive")
-    max_blocks = 1 << (max_blocks.bit_length() - 1)
+    if max_blocks < 0:
+        raise BadField(f"maximum IO size {max_blocks} LB must not be negative")
+    max_blocks = MAX_ALIGNED_BLOCKS if max_blocks == 0 else min(1 << (max_blocks.bit_length() - 1),
+                                                                 MAX_ALIGNED_BLOCKS)
     pieces = []
     end = address + blocks
     while address < end:

@@ -104,10 +104,8 @@ def _text_name(raw: bytes, offset: int | None) -> str:
     end = raw.find(b"\0")
     if end < 0:
         raise BadField("device name is not NUL-terminated", offset)
-    try:
-        return raw[:end].decode()
-    except UnicodeDecodeError:
-        raise BadField("device name is not UTF-8", offset) from None
+    # The field is bytes to WalB; undecodable bytes survive a round trip.
+    return raw[:end].decode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True)
@@ -147,7 +145,7 @@ class SuperSector:
             raise BadField(f"super sector metadata_size is {self.metadata_size}, expected 0")
         if len(self.uuid) != UUID_SIZE:
             raise BadField(f"uuid must be {UUID_SIZE} bytes")
-        if len(self.name.encode()) >= DISK_NAME_LEN:
+        if len(self.name.encode("utf-8", "surrogateescape")) >= DISK_NAME_LEN:
             raise BadField(f"device name {self.name!r} is longer than {DISK_NAME_LEN - 1} bytes")
         if INVALID_LSID in (self.oldest_lsid, self.written_lsid):
             raise BadField("super sector oldest_lsid or written_lsid is INVALID_LSID")
@@ -162,7 +160,7 @@ class SuperSector:
         block = bytearray(self.physical_bs)
         SUPER_STRUCT.pack_into(
             block, 0, SECTOR_TYPE_SUPER, WALB_LOG_VERSION, 0, self.logical_bs, self.physical_bs,
-            self.metadata_size, self.log_checksum_salt, self.uuid, self.name.encode(), self.ring_buffer_size,
+            self.metadata_size, self.log_checksum_salt, self.uuid, self.name.encode("utf-8", "surrogateescape"), self.ring_buffer_size,
             self.oldest_lsid, self.written_lsid, self.device_size,
         )
         struct.pack_into("<I", block, 4, csum.checksum(block))
@@ -222,6 +220,7 @@ class RecordFlag(enum.IntFlag):
 
 _PADDING = int(RecordFlag.PADDING)
 _DISCARD = int(RecordFlag.DISCARD)
+_KNOWN_FLAGS = int(RecordFlag.EXIST | RecordFlag.PADDING | RecordFlag.DISCARD)
 
 
 @dataclass(frozen=True)
@@ -263,6 +262,8 @@ class LogRecord:
 
     @classmethod
     def parse(cls, raw: bytes | memoryview, offset: int = 0) -> "LogRecord":
+        if len(raw) - offset < LOG_RECORD_STRUCT.size:
+            raise TruncatedRecord(f"log record needs {LOG_RECORD_STRUCT.size} bytes, got {max(0, len(raw) - offset)}")
         checksum_, flags, io_offset, io_size, lsid_local, _reserved, lsid = LOG_RECORD_STRUCT.unpack_from(raw, offset)
         return cls(io_offset, io_size, lsid_local, lsid, flags, checksum_)
 
@@ -305,6 +306,8 @@ class LogpackHeader:
             if self.total_io_size != 0:
                 raise BadField("log pack without records has total_io_size != 0")
             return
+        if self.logpack_lsid + 1 + self.total_io_size > MAX_LSID:
+            raise BadField(f"log pack at lsid {self.logpack_lsid}: lsid overflows")
         if self.n_padding > 1:
             raise BadField(f"log pack has {self.n_padding} padding records, at most 1")
         for index, rec in enumerate(self.records):
@@ -314,6 +317,10 @@ class LogpackHeader:
         where = f"log record {index} of pack at lsid {self.logpack_lsid}"
         if not rec.flags & RecordFlag.EXIST:
             raise BadField(f"{where}: EXIST flag not set")
+        if rec.flags & ~_KNOWN_FLAGS:
+            raise BadField(f"{where}: unknown flag bits {rec.flags:#x}")
+        if rec.lsid > MAX_LSID:
+            raise BadField(f"{where}: lsid {rec.lsid} beyond MAX_LSID")
         if rec.is_padding and rec.is_discard:
             raise BadField(f"{where}: both PADDING and DISCARD set")
         if rec.lsid_local < 1 or rec.lsid - rec.lsid_local != self.logpack_lsid:
@@ -321,7 +328,7 @@ class LogpackHeader:
         if rec.io_size == 0 and not rec.is_padding:
             # walb-tools' wlog-gen writes zero-size padding records; the driver accepts them.
             raise BadField(f"{where}: io_size is 0")
-        if rec.is_normal and rec.io_size > MAX_NORMAL_IO_LB:
+        if not rec.is_discard and rec.io_size > MAX_NORMAL_IO_LB:
             raise BadField(f"{where}: io_size {rec.io_size} LB exceeds {MAX_NORMAL_IO_LB}")
         if rec.is_padding and rec.io_size * LOGICAL_BLOCK_SIZE % pbs:
             raise BadField(f"{where}: padding of {rec.io_size} LB is not whole PBs")
@@ -347,6 +354,7 @@ class LogpackHeader:
         Raises:
             TruncatedRecord, BadMagic, ChecksumMismatch, BadField.
         """
+        check_pbs(pbs)
         if len(block) < pbs:
             raise TruncatedRecord(f"log pack header needs {pbs} bytes, got {len(block)}")
         _checksum, sector_type, total_io_size, lsid, n_records, n_padding, _reserved = \
@@ -361,10 +369,8 @@ class LogpackHeader:
             LogRecord.parse(block, LOGPACK_HEADER_STRUCT.size + index * LOG_RECORD_STRUCT.size)
             for index in range(n_records)
         )
-        if n_padding > 1:
-            raise BadField(f"log pack at lsid {lsid}: n_padding {n_padding}, at most 1")
-        if lsid + 1 + total_io_size > MAX_LSID and n_records:
-            raise BadField(f"log pack at lsid {lsid}: lsid overflows")
+        if n_padding > min(1, n_records):
+            raise BadField(f"log pack at lsid {lsid}: n_padding {n_padding} with {n_records} records")
         header = cls(lsid, total_io_size, records)
         header.check(pbs)
         return header

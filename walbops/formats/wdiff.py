@@ -77,7 +77,11 @@ class FileHeader:
     def serialize(self) -> bytes:
         if len(self.uuid) != 16:
             raise BadField("wdiff uuid must be 16 bytes")
-        raw = bytearray(FILE_HEADER_STRUCT.pack(0, WALB_DIFF_VERSION, self.type, 0, 0, 0, self.uuid))
+        try:
+            kind = DiffType(self.type)
+        except ValueError:
+            raise BadField(f"wdiff type {self.type} is neither sorted (0) nor indexed (1)") from None
+        raw = bytearray(FILE_HEADER_STRUCT.pack(0, WALB_DIFF_VERSION, kind, 0, 0, 0, self.uuid))
         struct.pack_into("<I", raw, 0, csum.checksum(raw))
         return bytes(raw)
 
@@ -154,6 +158,8 @@ class DiffRecord:
 
     @classmethod
     def parse(cls, raw: bytes | memoryview, offset: int = 0) -> "DiffRecord":
+        if len(raw) - offset < DIFF_RECORD_STRUCT.size:
+            raise TruncatedRecord(f"diff record needs {DIFF_RECORD_STRUCT.size} bytes, got {max(0, len(raw) - offset)}")
         address, blocks, flags, compression, _r1, data_offset, data_size, checksum_, _r2 = \
             DIFF_RECORD_STRUCT.unpack_from(raw, offset)
         return cls(address, blocks, flags & ~DiffFlag.EXIST, compression, data_offset, data_size, checksum_)

@@ -51,8 +51,8 @@ class WlogHeader:
             raise BadField(f"wlog header logical_bs is {self.logical_bs}, expected 512")
         if len(self.uuid) != UUID_SIZE:
             raise BadField(f"wlog uuid must be {UUID_SIZE} bytes")
-        if self.begin_lsid > self.end_lsid:
-            raise BadField(f"wlog begin_lsid {self.begin_lsid} > end_lsid {self.end_lsid}")
+        if self.begin_lsid >= self.end_lsid:
+            raise BadField(f"wlog begin_lsid {self.begin_lsid} is not below end_lsid {self.end_lsid}")
 
     def serialize(self) -> bytes:
         self.check()
