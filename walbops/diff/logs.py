@@ -149,7 +149,7 @@ class WlogWriter:
         self.next_lsid = header.begin_lsid
         stream.write(header.serialize())
 
-    def write_pack(self, header: LogpackHeader, data: bytes | memoryview) -> None:
+    def write_pack(self, header: LogpackHeader, data: bytes | bytearray | memoryview) -> None:
         """Write one pack; ``data`` is its ``total_io_size`` PBs."""
         if header.logpack_lsid != self.next_lsid:
             raise FormatError(f"log pack lsid {header.logpack_lsid} does not continue the wlog at {self.next_lsid}")

@@ -158,9 +158,10 @@ class SuperSector:
         """Return the whole PB, checksummed with salt 0."""
         self.check()
         block = bytearray(self.physical_bs)
+        name = self.name.encode("utf-8", "surrogateescape")
         SUPER_STRUCT.pack_into(
             block, 0, SECTOR_TYPE_SUPER, WALB_LOG_VERSION, 0, self.logical_bs, self.physical_bs,
-            self.metadata_size, self.log_checksum_salt, self.uuid, self.name.encode("utf-8", "surrogateescape"), self.ring_buffer_size,
+            self.metadata_size, self.log_checksum_salt, self.uuid, name, self.ring_buffer_size,
             self.oldest_lsid, self.written_lsid, self.device_size,
         )
         struct.pack_into("<I", block, 4, csum.checksum(block))
