@@ -12,6 +12,7 @@ import enum
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import BinaryIO
 
 import numpy as np
 
@@ -30,6 +31,18 @@ class IoKind(enum.IntEnum):
     NORMAL = 0
     ALLZERO = 1
     DISCARD = 2
+
+
+def read_exact(stream: BinaryIO, size: int) -> bytes:
+    """Read ``size`` bytes unless the stream ends first (then fewer)."""
+    parts = []
+    while size:
+        chunk = stream.read(size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
 
 
 def is_all_zero(data: bytes | memoryview) -> bool:

@@ -18,6 +18,7 @@ from ..formats.ldev import (
     super_sector_offset_pb,
 )
 from ..formats.wlog import WLOG_HEADER_SIZE, WlogHeader
+from .io import read_exact
 
 
 @dataclass(frozen=True)
@@ -52,18 +53,6 @@ class LogPack:
         return self.header.serialize(self.pbs, salt)
 
 
-def _read_exact(stream: BinaryIO, size: int) -> bytes:
-    chunks = []
-    remaining = size
-    while remaining:
-        chunk = stream.read(remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
 class WlogReader:
     """Reads a wlog file pack by pack, verifying every checksum.
 
@@ -88,7 +77,7 @@ class WlogReader:
         self.end_lsid = self.header.begin_lsid
 
     def _read(self, size: int) -> bytes:
-        data = _read_exact(self.stream, size)
+        data = read_exact(self.stream, size)
         self.offset += len(data)
         return data
 

@@ -20,22 +20,11 @@ from ..formats.wdiff import (
     PackHeader,
     eof_pack,
 )
-from .io import MAX_IO_BYTES, DiffIo, IoKind, Stats, StoredImage, is_all_zero, split_max
+from .io import MAX_IO_BYTES, DiffIo, IoKind, Stats, StoredImage, is_all_zero, read_exact, split_max
 
 # Slack a compressor may add on incompressible data [bytes]; a stored image larger
 # than the raw IO plus this is refused as corrupt before it is read.
 _COMPRESSION_SLACK = 1 << 16
-
-
-def _read_exact(stream: BinaryIO, size: int) -> bytes:
-    parts = []
-    while size:
-        chunk = stream.read(size)
-        if not chunk:
-            break
-        parts.append(chunk)
-        size -= len(chunk)
-    return b"".join(parts)
 
 
 def kind_of(flags: int) -> IoKind:
@@ -79,7 +68,7 @@ class SortedDiffReader:
         self.uuid = header.uuid
 
     def _read(self, size: int) -> bytes:
-        data = _read_exact(self.stream, size)
+        data = read_exact(self.stream, size)
         self.offset += len(data)
         return data
 

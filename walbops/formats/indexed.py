@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from ..errors import BadField, ChecksumMismatch, TruncatedRecord
 from . import checksum as csum
 from .compression import Compression
-from .wdiff import _ALLZERO, _DISCARD, DEFAULT_MAX_IO_LB, FILE_HEADER_STRUCT, DiffFlag
+from .wdiff import DEFAULT_MAX_IO_LB, FILE_HEADER_STRUCT, DiffFlag, RecordKind
 
 INDEX_RECORD_STRUCT = struct.Struct("<QIBBHQIIIIII")
 INDEX_SUPER_STRUCT = struct.Struct("<QIIII")
@@ -60,7 +60,7 @@ def split_aligned(address: int, blocks: int, max_blocks: int = DEFAULT_MAX_IO_LB
 
 
 @dataclass(frozen=True)
-class IndexRecord:
+class IndexRecord(RecordKind):
     """One aligned piece of an IO, pointing into a compressed image."""
 
     io_address: int  # [LB]
@@ -72,22 +72,6 @@ class IndexRecord:
     io_offset: int = 0  # [LB] where this piece starts inside the decompressed image
     orig_blocks: int = 0  # [LB] size of the decompressed image
     io_checksum: int = 0  # of the stored image, salt 0
-
-    @property
-    def is_all_zero(self) -> bool:
-        return bool(self.flags & _ALLZERO)
-
-    @property
-    def is_discard(self) -> bool:
-        return bool(self.flags & _DISCARD)
-
-    @property
-    def is_normal(self) -> bool:
-        return not self.flags & (_ALLZERO | _DISCARD)
-
-    @property
-    def end_address(self) -> int:
-        return self.io_address + self.io_blocks
 
     def check(self, max_io_blocks: int | None = None) -> None:
         """Raise BadField if the record is not aligned or inconsistent."""

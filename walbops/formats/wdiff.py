@@ -106,17 +106,12 @@ class FileHeader:
         return cls(bytes(raw_uuid), kind)
 
 
-@dataclass(frozen=True)
-class DiffRecord:
-    """One IO of a sorted wdiff."""
+class RecordKind:
+    """What the flags of a diff record say; shared by sorted and indexed records."""
 
-    io_address: int  # [LB]
-    io_blocks: int  # [LB]
-    flags: int = 0
-    compression: int = Compression.NONE
-    data_offset: int = 0  # [bytes] from the end of the pack block
-    data_size: int = 0  # [bytes] stored
-    checksum: int = 0  # of the stored bytes, salt 0
+    io_address: int
+    io_blocks: int
+    flags: int
 
     @property
     def is_all_zero(self) -> bool:
@@ -133,6 +128,19 @@ class DiffRecord:
     @property
     def end_address(self) -> int:
         return self.io_address + self.io_blocks
+
+
+@dataclass(frozen=True)
+class DiffRecord(RecordKind):
+    """One IO of a sorted wdiff."""
+
+    io_address: int  # [LB]
+    io_blocks: int  # [LB]
+    flags: int = 0
+    compression: int = Compression.NONE
+    data_offset: int = 0  # [bytes] from the end of the pack block
+    data_size: int = 0  # [bytes] stored
+    checksum: int = 0  # of the stored bytes, salt 0
 
     def check(self) -> None:
         """Raise BadField if the record breaks WalB's rules."""
