@@ -141,3 +141,31 @@ def test_merge_refuses_to_overwrite_an_input(tmp_path: Path, vectors: Path):
     copy = tmp_path / "a.wdiff"
     copy.write_bytes((vectors / "s2.sorted.wdiff").read_bytes())
     assert_one_line_error(walbops("wdiff", "merge", str(copy), "-o", str(copy)), 2, "inputs")
+
+
+def test_to_wdiff_of_consecutive_wlogs_equals_to_wdiff_of_the_whole(tmp_path: Path):
+    from io import BytesIO
+
+    from walbops.diff.logs import WlogReader, WlogWriter
+    from walbops.formats.wlog import WlogHeader
+
+    whole = tmp_path / "whole.wlog"
+    assert walbops("wlog", "gen", str(whole), "--device-size", "2M", "--log-size", "2M", "--seed", "3").returncode == 0
+    reader = WlogReader(BytesIO(whole.read_bytes()))
+    packs = list(reader)
+    parts = []
+    for index, chunk in enumerate((packs[:len(packs) // 2], packs[len(packs) // 2:])):
+        part = tmp_path / f"part{index}.wlog"
+        with open(part, "wb") as out:
+            writer = WlogWriter(out, WlogHeader(reader.pbs, reader.salt, reader.header.uuid,
+                                                chunk[0].header.logpack_lsid))
+            for pack in chunk:
+                writer.write_pack(pack.header, pack.data)
+            writer.close()
+        parts.append(str(part))
+    assert walbops("wlog", "to-wdiff", str(whole), "-o", str(tmp_path / "a.wdiff")).returncode == 0
+    assert walbops("wlog", "to-wdiff", *parts, "-o", str(tmp_path / "b.wdiff")).returncode == 0
+    assert (tmp_path / "a.wdiff").read_bytes() == (tmp_path / "b.wdiff").read_bytes()
+    reversed_order = walbops("wlog", "to-wdiff", parts[1], parts[0], "-o", str(tmp_path / "c.wdiff"))
+    assert_one_line_error(reversed_order, 3, "part0.wlog", "does not continue")
+    assert not (tmp_path / "c.wdiff").exists()

@@ -21,6 +21,7 @@ from ..diff.engine import (
 from ..diff.gen import GenConfig, generate_wlog
 from ..diff.io import DiffIo, Stats
 from ..diff.logs import LogPack, WlogReader
+from ..errors import BadField
 from ..formats.compression import CompressOpt
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..formats.wdiff import DEFAULT_MAX_IO_LB
@@ -67,8 +68,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_json_flag(gen)
     gen.set_defaults(handler=cmd_gen)
 
-    to_wdiff = sub.add_parser("to-wdiff", help="convert a wlog to a wdiff")
-    to_wdiff.add_argument("wlog", help="wlog file, or - for stdin")
+    to_wdiff = sub.add_parser("to-wdiff", help="convert wlogs (consecutive, oldest first) to one wdiff")
+    to_wdiff.add_argument("wlogs", nargs="+", help="wlog files in lsid order, or - for stdin")
     to_wdiff.add_argument("-o", "--output", required=True, help="output wdiff, or - for stdout")
     to_wdiff.add_argument("--indexed", action="store_true", help="write an indexed wdiff (as the proxy does)")
     add_diff_writer_flags(to_wdiff)
@@ -169,24 +170,42 @@ def cmd_gen(args: argparse.Namespace) -> int:
     return 0
 
 
+def consecutive_ios(readers: list[WlogReader], stats: Stats, in_file: bool) -> Iterator[DiffIo]:
+    """The IOs of wlogs of one device, each continuing where the one before ended."""
+    next_lsid: int | None = None
+    for reader in readers:
+        if reader.header.uuid != readers[0].header.uuid:
+            raise BadField(f"uuid {reader.header.uuid.hex()} differs from the first wlog's", 24, reader.source)
+        if next_lsid is not None and reader.header.begin_lsid != next_lsid:
+            raise BadField(f"begin lsid {reader.header.begin_lsid} does not continue the previous wlog "
+                           f"(ending at lsid {next_lsid})", 40, reader.source)
+        yield from log_ios(reader, stats, reader.stream.fileno() if in_file else None)
+        next_lsid = reader.end_lsid
+
+
 def cmd_to_wdiff(args: argparse.Namespace) -> int:
-    require(args.output != args.wlog or args.output == "-", "the output must not be the input")
+    require(args.output == "-" or args.output not in args.wlogs, "the output must not be one of the inputs")
+    require(args.wlogs == ["-"] or "-" not in args.wlogs, "stdin cannot be mixed with wlog files")
+    # From files, IOs refer to their data in the wlogs instead of copying it, so every
+    # input stays open until the output is written.
+    in_file = args.wlogs != ["-"]
     source = Stats()
-    with open_input(args.wlog) as stream, atomic_output(args.output) as out:
-        seekable = args.wlog != "-" and stream.seekable()
-        # From a file, IOs refer to their data in the wlog instead of copying it.
-        reader = WlogReader(stream, args.wlog, reuse_buffer=seekable)
-        ios = log_ios(reader, source, stream.fileno() if seekable else None)
-        opt: CompressOpt = args.compression
-        if args.indexed:
-            written = convert_to_indexed(ios, out, reader.header.uuid, opt.kind, opt.level, args.max_io_size)
-        else:
-            written = convert_to_sorted(ios, out, reader.header.uuid, opt.kind, opt.level, args.max_io_size,
-                                        args.memory, os.path.dirname(os.path.abspath(args.output))
-                                        if args.output != "-" else None)
+    opt: CompressOpt = args.compression
+    with contextlib.ExitStack() as inputs:
+        readers = [WlogReader(inputs.enter_context(open_input(path)), path, reuse_buffer=in_file)
+                   for path in args.wlogs]
+        ios = consecutive_ios(readers, source, in_file)
+        uuid = readers[0].header.uuid
+        with atomic_output(args.output) as out:
+            if args.indexed:
+                written = convert_to_indexed(ios, out, uuid, opt.kind, opt.level, args.max_io_size)
+            else:
+                tmp_dir = os.path.dirname(os.path.abspath(args.output)) if args.output != "-" else None
+                written = convert_to_sorted(ios, out, uuid, opt.kind, opt.level, args.max_io_size, args.memory,
+                                            tmp_dir)
     if args.output != "-":
         emit({"input": source.as_dict(), "output": written.as_dict(), "type": "indexed" if args.indexed else "sorted",
-              "compression": str(args.compression)}, args.json)
+              "compression": str(args.compression), "inputs": len(args.wlogs)}, args.json)
     return 0
 
 
