@@ -179,12 +179,19 @@ def test_redo_equals_apply_of_sorted_indexed_and_merged(tmp_path, pbs, ring):
     stats = convert_to_sorted(log_ios(WlogReader(iolib.BytesIO(raw))), spilled_out, UUID, memory_budget=64 << 10,
                               tmp_dir=str(tmp_path))
     assert stats.extra["spilled_runs"] > 1
+    assert spilled_out.getvalue() == sorted_out.getvalue(), "spilling runs changes nothing"
     assert apply_to(tmp_path / "spilled.img", lambda: iter(SortedDiffReader(iolib.BytesIO(spilled_out.getvalue())))) \
         == redone
 
     indexed_path = tmp_path / "x.indexed.wdiff"
     with open(indexed_path, "wb") as out:
         convert_to_indexed(log_ios(WlogReader(iolib.BytesIO(raw))), out, UUID, Compression.SNAPPY)
+    spilled_index = tmp_path / "spilled.indexed.wdiff"
+    with open(spilled_index, "wb") as out:
+        stats = convert_to_indexed(log_ios(WlogReader(iolib.BytesIO(raw))), out, UUID, Compression.SNAPPY,
+                                   max_entries=40)
+    assert stats.extra["spilled_runs"] > 1
+    assert spilled_index.read_bytes() == indexed_path.read_bytes(), "spilling the index changes nothing"
 
     def indexed_ios():
         fd = os.open(indexed_path, os.O_RDONLY)

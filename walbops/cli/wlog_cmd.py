@@ -197,10 +197,10 @@ def cmd_to_wdiff(args: argparse.Namespace) -> int:
         ios = consecutive_ios(readers, source, in_file)
         uuid = readers[0].header.uuid
         with atomic_output(args.output) as out:
+            tmp_dir = os.path.dirname(os.path.abspath(args.output)) if args.output != "-" else None
             if args.indexed:
-                written = convert_to_indexed(ios, out, uuid, opt.kind, opt.level, args.max_io_size)
+                written = convert_to_indexed(ios, out, uuid, opt.kind, opt.level, args.max_io_size, tmp_dir)
             else:
-                tmp_dir = os.path.dirname(os.path.abspath(args.output)) if args.output != "-" else None
                 written = convert_to_sorted(ios, out, uuid, opt.kind, opt.level, args.max_io_size, args.memory,
                                             tmp_dir)
     if args.output != "-":

@@ -24,14 +24,11 @@ from ..formats.compression import Compression
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..formats.wdiff import DEFAULT_MAX_IO_LB
 from .indexed_file import IndexedDiffWriter
-from .io import DiffIo, IntervalMap, IoKind, Stats, StoredImage
+from .io import MAX_TABLE_ENTRIES, DiffIo, IntervalMap, IoKind, Stats, StoredImage, merge_ios
 from .logs import LogPack
 from .sorted_file import SortedDiffReader, SortedDiffWriter
 
 DEFAULT_MEMORY_BUDGET = 64 << 20  # [bytes] IO data held in memory while sorting a wlog
-# IOs held while sorting, whatever their data: ~250 bytes of Python objects each, so
-# this bounds the table at ~75 MiB when IOs only refer to data in the wlog file.
-MAX_TABLE_ENTRIES = 300_000
 
 
 class DiscardPolicy(enum.StrEnum):
@@ -69,36 +66,6 @@ def log_ios(packs: Iterable[LogPack], stats: Stats | None = None, in_file: int |
             if stats is not None:
                 stats.count(io)
             yield io
-
-
-def merge_ios(sources: list[Iterator[DiffIo]]) -> Iterator[DiffIo]:
-    """Merge sorted, non-overlapping IO streams, oldest first; newer data wins.
-
-    Memory is one IO per source: the merge sweeps the address space and at each
-    point emits the newest IO covering it, cut where a newer one begins.
-    """
-    heads: list[DiffIo | None] = [next(source, None) for source in sources]
-    position = 0
-    while True:
-        live: list[tuple[int, DiffIo]] = []
-        for index, source in enumerate(sources):
-            head = heads[index]
-            while head is not None and head.end <= position:
-                head = next(source, None)
-            heads[index] = head
-            if head is not None:
-                live.append((index, head))
-        if not live:
-            return
-        covering = [(index, head) for index, head in live if head.address <= position]
-        if not covering:
-            position = min(head.address for _, head in live)
-            continue
-        winner_index, winner = covering[-1]
-        # Only a newer source can take over before the winner ends.
-        end = min([winner.end] + [head.address for index, head in live if index > winner_index])
-        yield winner if position == winner.address and end == winner.end else winner.cut(position, end)
-        position = end
 
 
 def write_sorted(ios: Iterable[DiffIo], writer: SortedDiffWriter) -> Stats:
@@ -144,9 +111,10 @@ def convert_to_sorted(ios: Iterable[DiffIo], out: BinaryIO, uuid: bytes, compres
 
 
 def convert_to_indexed(ios: Iterable[DiffIo], out: BinaryIO, uuid: bytes, compression: Compression = Compression.LZ4,
-                       level: int = 0, max_io_blocks: int = DEFAULT_MAX_IO_LB) -> Stats:
+                       level: int = 0, max_io_blocks: int = DEFAULT_MAX_IO_LB, tmp_dir: str | None = None,
+                       max_entries: int = MAX_TABLE_ENTRIES) -> Stats:
     """Turn IOs in log order into an indexed wdiff (images in arrival order)."""
-    writer = IndexedDiffWriter(out, uuid, compression, level, max_io_blocks)
+    writer = IndexedDiffWriter(out, uuid, compression, level, max_io_blocks, max_entries, tmp_dir)
     for io in ios:
         writer.add(io)
     writer.close()

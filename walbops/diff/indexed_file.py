@@ -8,6 +8,8 @@ offset, keeping recently decompressed ones in a small LRU cache (WalB keeps 32 M
 from __future__ import annotations
 
 import os
+import struct
+import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -25,7 +27,17 @@ from ..formats.indexed import (
 )
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..formats.wdiff import DEFAULT_MAX_IO_LB, FILE_HEADER_STRUCT, DiffType, FileHeader
-from .io import MAX_IO_BYTES, DiffIo, IntervalMap, IoKind, Stats, StoredImage, is_all_zero
+from .io import (
+    MAX_IO_BYTES,
+    MAX_TABLE_ENTRIES,
+    DiffIo,
+    IntervalMap,
+    IoKind,
+    Stats,
+    StoredImage,
+    is_all_zero,
+    merge_ios,
+)
 from .sorted_file import FLAGS_OF, kind_of
 
 CACHE_BYTES = 32 << 20  # [bytes] decompressed images kept (walb-tools INDEXED_DIFF_CACHE_SIZE)
@@ -130,17 +142,27 @@ class IndexedDiffReader:
 class IndexedDiffWriter:
     """Writes an indexed wdiff from IOs in arrival order (later IOs win).
 
+    Images go to the file at once; only the index stays in memory, and past
+    ``max_entries`` it is written out to temporary sorted runs that ``close`` merges
+    (later runs win), so memory is bounded however many IOs arrive.
+
     Args:
         stream: the output stream (written sequentially).
         uuid: wdev uuid for the file header.
         compression: compression of new images (raw fallback).
         level: compression level.
         max_io_blocks: index records are split to at most this many LB.
+        max_entries: index entries kept in memory before spilling a run.
+        tmp_dir: where runs go (default: the system's temporary directory).
     """
 
     def __init__(self, stream: BinaryIO, uuid: bytes, compression: Compression = Compression.LZ4, level: int = 0,
-                 max_io_blocks: int = DEFAULT_MAX_IO_LB) -> None:
+                 max_io_blocks: int = DEFAULT_MAX_IO_LB, max_entries: int = MAX_TABLE_ENTRIES,
+                 tmp_dir: str | None = None) -> None:
         self.stream = stream
+        self.max_entries = max_entries
+        self.tmp_dir = tmp_dir
+        self._runs: list[BinaryIO] = []
         self.compression = compression
         self.level = level
         self.max_io_blocks = max_io_blocks
@@ -155,6 +177,7 @@ class IndexedDiffWriter:
         # walb-tools counts every IO it accepts in n_data, discards and zero writes included.
         self._n_data += 1
         kind = io.kind
+        image = None
         if kind == IoKind.NORMAL:
             data = io.data()
             if is_all_zero(data):
@@ -164,9 +187,29 @@ class IndexedDiffWriter:
                 image = StoredImage.reference(self.offset, len(stored), compression, csum.checksum(stored), io.blocks)
                 self.stream.write(stored)
                 self.offset += len(stored)
-                self._index.add(DiffIo(io.address, io.blocks, IoKind.NORMAL, image=image))
-                return
-        self._index.add(DiffIo(io.address, io.blocks, kind))
+        self._index.add(DiffIo(io.address, io.blocks, kind, image=image))
+        if len(self._index) > self.max_entries:
+            self._spill()
+
+    def _spill(self) -> None:
+        run = tempfile.TemporaryFile(dir=self.tmp_dir, prefix="walbops-index-")
+        for io in self._index:
+            image = io.image
+            if image is None:
+                run.write(_RUN_ENTRY.pack(io.address, io.blocks, io.kind, 0, 0, 0, 0, 0, 0))
+            else:
+                run.write(_RUN_ENTRY.pack(io.address, io.blocks, io.kind, image.compression, image.file_offset,
+                                          image.size, image.checksum, image.blocks, io.image_offset))
+        run.seek(0)
+        self._runs.append(run)
+        self._index.clear()
+
+    def _merged_index(self) -> Iterator[DiffIo]:
+        if not self._runs:
+            return iter(self._index)
+        if len(self._index):
+            self._spill()
+        return merge_ios([_read_run(run) for run in self._runs])
 
     def close(self) -> None:
         """Write the alignment padding, the index and the index super."""
@@ -174,7 +217,7 @@ class IndexedDiffWriter:
         self.stream.write(b"\0" * padding)
         index_offset = self.offset + padding
         n_records = 0
-        for io in self._index:
+        for io in self._merged_index():
             self.stats.count(io)
             for address, blocks in split_aligned(io.address, io.blocks, self.max_io_blocks):
                 if io.kind == IoKind.NORMAL and io.image is not None:
@@ -186,5 +229,27 @@ class IndexedDiffWriter:
                 self.stream.write(rec.serialize())
                 n_records += 1
         self.stream.write(IndexSuper(index_offset, n_records, self._n_data).serialize())
-        self.stats.extra.update(index_records=n_records, n_data=self._n_data,
+        self.stats.extra.update(index_records=n_records, n_data=self._n_data, spilled_runs=len(self._runs),
                                 bytes=index_offset + n_records * INDEX_RECORD_STRUCT.size + INDEX_SUPER_STRUCT.size)
+        for run in self._runs:
+            run.close()
+        self._runs.clear()
+
+
+# A spilled index entry: address u64, blocks u32, kind u8, compression u8, image file
+# offset u64, stored size u32, checksum u32, image blocks u32, offset in image u32 (LB).
+_RUN_ENTRY = struct.Struct("<QIBBQIIII")
+
+
+def _read_run(run: BinaryIO) -> Iterator[DiffIo]:
+    while True:
+        raw = run.read(_RUN_ENTRY.size * 4096)
+        if not raw:
+            return
+        for fields in _RUN_ENTRY.iter_unpack(raw):
+            address, blocks, kind, compression, file_offset, size, checksum, image_blocks, image_offset = fields
+            if kind == IoKind.NORMAL:
+                image = StoredImage.reference(file_offset, size, compression, checksum, image_blocks)
+                yield DiffIo(address, blocks, IoKind.NORMAL, image=image, image_offset=image_offset)
+            else:
+                yield DiffIo(address, blocks, IoKind(kind))

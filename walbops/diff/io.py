@@ -23,6 +23,9 @@ from ..formats.ldev import LOGICAL_BLOCK_SIZE
 # The largest decompressed IO the engine accepts [bytes]: WalB logs at most 65535 LB
 # (32 MiB - 512) per IO; anything larger in a diff is refused before allocating.
 MAX_IO_BYTES = 64 << 20
+# IOs a table holds before it is written out as a sorted run: ~250 bytes of Python
+# objects each, so this bounds a table at ~75 MiB when IOs hold no data themselves.
+MAX_TABLE_ENTRIES = 300_000
 
 
 class IoKind(enum.IntEnum):
@@ -233,6 +236,36 @@ class IntervalMap:
         self._starts.clear()
         self._ios.clear()
         self.held_bytes = 0
+
+
+def merge_ios(sources: list[Iterator[DiffIo]]) -> Iterator[DiffIo]:
+    """Merge sorted, non-overlapping IO streams, oldest first; newer data wins.
+
+    Memory is one IO per source: the merge sweeps the address space and at each
+    point emits the newest IO covering it, cut where a newer one begins.
+    """
+    heads: list[DiffIo | None] = [next(source, None) for source in sources]
+    position = 0
+    while True:
+        live: list[tuple[int, DiffIo]] = []
+        for index, source in enumerate(sources):
+            head = heads[index]
+            while head is not None and head.end <= position:
+                head = next(source, None)
+            heads[index] = head
+            if head is not None:
+                live.append((index, head))
+        if not live:
+            return
+        covering = [(index, head) for index, head in live if head.address <= position]
+        if not covering:
+            position = min(head.address for _, head in live)
+            continue
+        winner_index, winner = covering[-1]
+        # Only a newer source can take over before the winner ends.
+        end = min([winner.end] + [head.address for index, head in live if index > winner_index])
+        yield winner if position == winner.address and end == winner.end else winner.cut(position, end)
+        position = end
 
 
 def add_all(target: IntervalMap, ios: Iterable[DiffIo]) -> IntervalMap:
