@@ -93,13 +93,14 @@ def test_ldev_super_sector_and_logs_give_s1_wlog_byte_for_byte(l512_ldev, vector
     assert out.getvalue() == (vectors / "s1.wlog").read_bytes()
 
 
-def test_converting_s1_with_snappy_reproduces_walb_tools_bytes(vectors):
+@pytest.mark.parametrize("name", ["s1", "s2"])
+def test_converting_with_snappy_reproduces_walb_tools_bytes(vectors, name):
     """The stretch goal: walb-tools' wlog-to-wdiff is deterministic, and so is walbops."""
-    with open(vectors / "s1.wlog", "rb") as stream:
+    with open(vectors / f"{name}.wlog", "rb") as stream:
         reader = WlogReader(stream)
         out = io.BytesIO()
         convert_to_sorted(log_ios(reader), out, reader.header.uuid, Compression.SNAPPY)
-    assert out.getvalue() == (vectors / "s1.sorted.wdiff").read_bytes()
+    assert out.getvalue() == (vectors / f"{name}.sorted.wdiff").read_bytes()
 
 
 @pytest.mark.parametrize("name, sha1", [("s1", S1_SHA1), ("s2", S2_SHA1)])
@@ -129,3 +130,13 @@ def test_merging_our_conversions_matches_walb_merge(tmp_path, vectors):
         assert walbops("wlog", "redo", str(vectors / name), "--target", str(layered), "--size", IMAGE,
                        "--discard", "zero").returncode == 0
     assert sha1_of(merged) == sha1_of(layered)
+
+
+@pytest.mark.parametrize("name", ["s1", "s2"])
+def test_indexed_conversion_with_snappy_reproduces_walb_tools_bytes(vectors, name):
+    """The proxy's format too: same images, same aligned index, same index super."""
+    with open(vectors / f"{name}.wlog", "rb") as stream:
+        reader = WlogReader(stream)
+        out = io.BytesIO()
+        convert_to_indexed(log_ios(reader), out, reader.header.uuid, Compression.SNAPPY)
+    assert out.getvalue() == (vectors / f"{name}.indexed.wdiff").read_bytes()

@@ -28,6 +28,7 @@ from walbops.diff.logs import WlogReader, WlogWriter
 from walbops.diff.sorted_file import SortedDiffReader, SortedDiffWriter
 from walbops.errors import ChecksumMismatch, OperationError
 from walbops.formats.compression import Compression
+from walbops.formats.ldev import LogpackBuilder
 from walbops.formats.wlog import WlogHeader
 
 LB = 512
@@ -277,7 +278,7 @@ def test_apply_refuses_io_past_the_target(tmp_path):
     assert target.read_bytes() == bytes(8 * LB)
 
 
-def test_sorted_writer_turns_zero_writes_into_allzero_and_splits_large_ios():
+def test_sorted_writer_splits_large_ios_and_keeps_zero_writes_normal():
     out = iolib.BytesIO()
     writer = SortedDiffWriter(out, UUID, Compression.LZ4, max_io_blocks=8)
     writer.write(DiffIo.normal(0, bytes(4 * LB)))
@@ -285,4 +286,21 @@ def test_sorted_writer_turns_zero_writes_into_allzero_and_splits_large_ios():
     writer.close()
     ios = list(SortedDiffReader(iolib.BytesIO(out.getvalue())))
     assert [(x.address, x.blocks, x.kind) for x in ios] == [
-        (0, 4, IoKind.ALLZERO), (10, 8, IoKind.NORMAL), (18, 8, IoKind.NORMAL), (26, 4, IoKind.NORMAL)]
+        (0, 4, IoKind.NORMAL), (10, 8, IoKind.NORMAL), (18, 8, IoKind.NORMAL), (26, 4, IoKind.NORMAL)]
+
+
+def test_conversion_marks_whole_zero_writes_allzero_but_not_zero_remainders():
+    """WalB decides ALLZERO per logged IO: a zero part left after a cut stays normal."""
+    out = iolib.BytesIO()
+    writer = WlogWriter(out, WlogHeader(512, 7, UUID, 0))
+    builder = LogpackBuilder(512, 7, 0)
+    builder.add_normal(0, bytes(2 * LB))  # all zeros: ALLZERO
+    builder.add_normal(10, bytes(LB) + b"\1" * LB)  # zero first block, cut away below
+    builder.add_normal(11, b"\2" * LB)
+    writer.write_built(*builder.finish())
+    writer.close()
+    converted = iolib.BytesIO()
+    convert_to_sorted(log_ios(WlogReader(iolib.BytesIO(out.getvalue()))), converted, UUID)
+    ios = list(SortedDiffReader(iolib.BytesIO(converted.getvalue())))
+    assert [(x.address, x.blocks, x.kind) for x in ios] == [
+        (0, 2, IoKind.ALLZERO), (10, 1, IoKind.NORMAL), (11, 1, IoKind.NORMAL)]

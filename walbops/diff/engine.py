@@ -24,7 +24,7 @@ from ..formats.compression import Compression
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..formats.wdiff import DEFAULT_MAX_IO_LB
 from .indexed_file import IndexedDiffWriter
-from .io import MAX_TABLE_ENTRIES, DiffIo, IntervalMap, IoKind, Stats, StoredImage, merge_ios
+from .io import MAX_TABLE_ENTRIES, DiffIo, IntervalMap, IoKind, Stats, StoredImage, is_all_zero, merge_ios
 from .logs import LogPack
 from .sorted_file import SortedDiffReader, SortedDiffWriter
 
@@ -39,14 +39,18 @@ class DiscardPolicy(enum.StrEnum):
     PASSDOWN = "passdown"  # BLKDISCARD (a punched hole for image files)
 
 
-def log_ios(packs: Iterable[LogPack], stats: Stats | None = None, in_file: int | None = None) -> Iterator[DiffIo]:
+def log_ios(packs: Iterable[LogPack], stats: Stats | None = None, in_file: int | None = None,
+            zero_as_allzero: bool = True) -> Iterator[DiffIo]:
     """The IOs of log packs in log order: padding dropped, discards as DISCARD.
 
     Args:
         packs: verified log packs.
-        stats: counts what goes by, if given.
+        stats: counts what goes by, as the log has it (zero writes count as normal).
         in_file: fd of the seekable wlog the packs come from; the IOs then refer to
             their data there instead of holding it (see StoredImage.in_file).
+        zero_as_allzero: a write whose data is all zeros becomes ALLZERO. WalB decides
+            this once per logged IO: a part of an IO that is zero after a later IO cut
+            the rest away stays a normal record.
     """
     for pack in packs:
         if stats is not None:
@@ -58,13 +62,15 @@ def log_ios(packs: Iterable[LogPack], stats: Stats | None = None, in_file: int |
                 continue
             if rec.is_discard:
                 io = DiffIo(rec.offset, rec.io_size, IoKind.DISCARD)
+            elif zero_as_allzero and is_all_zero(pack.record_data(rec)):
+                io = DiffIo(rec.offset, rec.io_size, IoKind.ALLZERO)
             elif in_file is not None and pack.file_offset >= 0:
                 image = StoredImage.in_file(in_file, pack.file_offset + (rec.lsid_local - 1) * pack.pbs, rec.io_size)
                 io = DiffIo(rec.offset, rec.io_size, IoKind.NORMAL, image=image)
             else:
                 io = DiffIo.normal(rec.offset, pack.record_data(rec))
             if stats is not None:
-                stats.count(io)
+                stats.count(io if io.kind != IoKind.ALLZERO else DiffIo(io.address, io.blocks))
             yield io
 
 

@@ -177,7 +177,10 @@ class IndexedDiffWriter:
         # walb-tools counts every IO it accepts in n_data, discards and zero writes included.
         self._n_data += 1
         kind = io.kind
-        image = None
+        # WalB gives every index record the file offset its IO arrived at, and its LB
+        # offset inside that IO, whether or not the IO has an image; readers ignore both
+        # for ALLZERO and DISCARD, but keeping them makes the files byte-identical.
+        image = StoredImage.reference(self.offset, 0, 0, 0, 0)
         if kind == IoKind.NORMAL:
             data = io.data()
             if is_all_zero(data):
@@ -220,12 +223,13 @@ class IndexedDiffWriter:
         for io in self._merged_index():
             self.stats.count(io)
             for address, blocks in split_aligned(io.address, io.blocks, self.max_io_blocks):
-                if io.kind == IoKind.NORMAL and io.image is not None:
-                    rec = IndexRecord(address, blocks, 0, io.image.compression, io.image.file_offset,
-                                      io.image.size, io.image_offset + address - io.address,
-                                      io.image.blocks, io.image.checksum)
-                else:
+                image = io.image
+                if image is None:
                     rec = IndexRecord(address, blocks, FLAGS_OF[io.kind])
+                else:
+                    rec = IndexRecord(address, blocks, FLAGS_OF[io.kind], image.compression, image.file_offset,
+                                      image.size, io.image_offset + address - io.address, image.blocks,
+                                      image.checksum)
                 self.stream.write(rec.serialize())
                 n_records += 1
         self.stream.write(IndexSuper(index_offset, n_records, self._n_data).serialize())
@@ -248,8 +252,5 @@ def _read_run(run: BinaryIO) -> Iterator[DiffIo]:
             return
         for fields in _RUN_ENTRY.iter_unpack(raw):
             address, blocks, kind, compression, file_offset, size, checksum, image_blocks, image_offset = fields
-            if kind == IoKind.NORMAL:
-                image = StoredImage.reference(file_offset, size, compression, checksum, image_blocks)
-                yield DiffIo(address, blocks, IoKind.NORMAL, image=image, image_offset=image_offset)
-            else:
-                yield DiffIo(address, blocks, IoKind(kind))
+            image = StoredImage.reference(file_offset, size, compression, checksum, image_blocks)
+            yield DiffIo(address, blocks, IoKind(kind), image=image, image_offset=image_offset)

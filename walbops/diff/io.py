@@ -166,7 +166,9 @@ class DiffIo:
         if not self.address <= start < end <= self.end:
             raise BadField(f"cut [{start}, {end}) outside IO [{self.address}, {self.end})")
         if self.kind != IoKind.NORMAL:
-            return DiffIo(start, end - start, self.kind)
+            # An indexed writer keeps a place for these too (WalB records it in the index).
+            offset = self.image_offset + start - self.address if self.image is not None else 0
+            return DiffIo(start, end - start, self.kind, image=self.image, image_offset=offset)
         if self.plain is not None:
             skip = (start - self.address) * LOGICAL_BLOCK_SIZE
             size = (end - start) * LOGICAL_BLOCK_SIZE

@@ -20,7 +20,7 @@ from ..formats.wdiff import (
     PackHeader,
     eof_pack,
 )
-from .io import MAX_IO_BYTES, DiffIo, IoKind, Stats, StoredImage, is_all_zero, read_exact, split_max
+from .io import MAX_IO_BYTES, DiffIo, IoKind, Stats, StoredImage, read_exact, split_max
 
 # Slack a compressor may add on incompressible data [bytes]; a stored image larger
 # than the raw IO plus this is refused as corrupt before it is read.
@@ -115,9 +115,10 @@ class SortedDiffReader:
 class SortedDiffWriter:
     """Writes a sorted wdiff from IOs given in address order.
 
-    Normal IOs that are all zeros become ALLZERO records; IOs above ``max_io_blocks``
-    are split; data is compressed per record with a raw fallback, and a stored image
-    already in the target compression is copied as it is.
+    IOs above ``max_io_blocks`` are split; data is compressed per record with a raw
+    fallback, and a stored image already in the target compression is copied as it
+    is. Zero data is not looked for here: as in WalB, a write becomes ALLZERO when it
+    enters a diff (conversion, hash sync), not when a diff is written or merged.
 
     Args:
         stream: the output stream.
@@ -158,12 +159,8 @@ class SortedDiffWriter:
             if image is not None and image.compression == self.compression:
                 stored, compression, checksum = image.stored, Compression(image.compression), image.checksum
             else:
-                data = io.data()
-                if is_all_zero(data):
-                    kind = IoKind.ALLZERO
-                else:
-                    compression, stored = compress(self.compression, data, self.level)
-                    checksum = csum.checksum(stored)
+                compression, stored = compress(self.compression, io.data(), self.level)
+                checksum = csum.checksum(stored)
         args = (io.address, io.blocks, FLAGS_OF[kind], compression, len(stored), checksum)
         if not self._builder.add(*args):
             self._flush()
