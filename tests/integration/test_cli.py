@@ -169,3 +169,49 @@ def test_to_wdiff_of_consecutive_wlogs_equals_to_wdiff_of_the_whole(tmp_path: Pa
     reversed_order = walbops("wlog", "to-wdiff", parts[1], parts[0], "-o", str(tmp_path / "c.wdiff"))
     assert_one_line_error(reversed_order, 3, "part0.wlog", "does not continue")
     assert not (tmp_path / "c.wdiff").exists()
+
+
+def test_full_image_up_to_a_gid_picks_the_chain_by_walb_names(tmp_path: Path):
+    """Three diffs named as an archive names them; `full --gid` lays the right ones over the base."""
+    from io import BytesIO
+
+    from walbops.diff.logs import WlogReader, WlogWriter
+    from walbops.formats.meta import MetaDiff, diff_file_name
+    from walbops.formats.wlog import WlogHeader
+
+    whole = tmp_path / "whole.wlog"
+    assert walbops("wlog", "gen", str(whole), "--device-size", "2M", "--log-size", "3M", "--seed", "5").returncode == 0
+    reader = WlogReader(BytesIO(whole.read_bytes()))
+    packs = list(reader)
+    third = -(-len(packs) // 3)
+    diffs = tmp_path / "diffs"
+    diffs.mkdir()
+    for gid in range(3):
+        part = tmp_path / f"part{gid}.wlog"
+        chunk = packs[gid * third:(gid + 1) * third]
+        with open(part, "wb") as out:
+            writer = WlogWriter(out, WlogHeader(reader.pbs, reader.salt, reader.header.uuid,
+                                                chunk[0].header.logpack_lsid))
+            for pack in chunk:
+                writer.write_pack(pack.header, pack.data)
+            writer.close()
+        name = diff_file_name(MetaDiff(gid, gid + 1, is_mergeable=gid == 1, timestamp=1_700_000_000 + gid))
+        assert walbops("wlog", "to-wdiff", str(part), "-o", str(diffs / name)).returncode == 0
+        redone = tmp_path / f"redo{gid + 1}.img"
+        if gid:
+            redone.write_bytes((tmp_path / f"redo{gid}.img").read_bytes())
+        assert walbops("wlog", "redo", str(part), "--target", str(redone), "--size", "2M",
+                       "--discard", "zero").returncode == 0
+    for gid in (1, 2, 3):
+        image = tmp_path / f"full{gid}.img"
+        result = walbops("wdiff", "full", "--diff-dir", str(diffs), "--gid", str(gid), "--size", "2M",
+                         "-o", str(image), "--json")
+        assert result.returncode == 0, result.stderr
+        assert len(json.loads(result.stdout)["diffs"]) == gid
+        assert sha1_of(image) == sha1_of(tmp_path / f"redo{gid}.img")
+    missing = walbops("wdiff", "full", "--diff-dir", str(diffs), "--gid", "7", "--size", "2M", "-o",
+                      str(tmp_path / "none.img"))
+    assert_one_line_error(missing, 5, "snapshot 7 is not restorable")
+    (diffs / "not-a-walb-name.wdiff").write_bytes(b"")
+    assert_one_line_error(walbops("wdiff", "full", "--diff-dir", str(diffs), "--gid", "1", "--size", "2M", "-o",
+                                  str(tmp_path / "x.img")), 3, "not-a-walb-name.wdiff")

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from ..diff.chain import DiffDirectory
 from ..diff.engine import BlockTarget, full_image, merge_ios, verify_then_apply, write_sorted
 from ..diff.indexed_file import IndexedDiffReader
 from ..diff.io import DiffIo, IoKind, Stats
@@ -14,6 +15,7 @@ from ..diff.sorted_file import SortedDiffWriter
 from ..errors import FormatError
 from ..formats.compression import Compression, CompressOpt
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
+from ..formats.meta import MetaState
 from ..formats.wdiff import DiffType
 from ._common import (
     add_json_flag,
@@ -60,6 +62,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     full.add_argument("wdiffs", nargs="*", help="diffs applied to the base, oldest first")
     full.add_argument("--size", type=parse_lb_size, required=True, metavar="SIZE", help="image size")
     full.add_argument("--base", help="base image (default: zeros)")
+    full.add_argument("--diff-dir", metavar="DIR",
+                      help="pick the diffs from the WalB-named wdiffs in DIR by the gid model (with --gid)")
+    full.add_argument("--gid", type=int, help="the clean snapshot to build (with --diff-dir)")
+    full.add_argument("--base-state", default="<|0|>", metavar="STATE",
+                      help="the base image's MetaState, e.g. '<|0|>' or '<|0,5|>' (default <|0|>)")
     full.add_argument("-o", "--output", required=True, help="output image, or - for stdout")
     add_json_flag(full)
     full.set_defaults(handler=cmd_full)
@@ -152,6 +159,10 @@ def cmd_redo(args: argparse.Namespace) -> int:
 
 
 def cmd_full(args: argparse.Namespace) -> int:
+    require((args.diff_dir is None) == (args.gid is None), "--diff-dir and --gid go together")
+    require(not (args.diff_dir and args.wdiffs), "give diff files or --diff-dir, not both")
+    if args.diff_dir is not None:
+        args.wdiffs = DiffDirectory.scan(args.diff_dir).restore_paths(MetaState.parse(args.base_state), args.gid)
     base_fd = os.open(args.base, os.O_RDONLY) if args.base else None
     try:
         # Verify every diff completely first: no partial image from a corrupt chain.
@@ -169,5 +180,5 @@ def cmd_full(args: argparse.Namespace) -> int:
         if base_fd is not None:
             os.close(base_fd)
     if args.output != "-":
-        emit({"output": args.output, "size_lb": written // LOGICAL_BLOCK_SIZE, "diffs": len(args.wdiffs)}, args.json)
+        emit({"output": args.output, "size_lb": written // LOGICAL_BLOCK_SIZE, "diffs": args.wdiffs}, args.json)
     return 0
