@@ -13,7 +13,7 @@ import sys
 from .. import __version__
 from ..allocator import tune_for_streaming
 from ..errors import WalbopsError
-from . import wdiff_cmd, wlog_cmd
+from . import wdev_cmd, wdiff_cmd, wlog_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wlog_cmd.register(commands)
     wdiff_cmd.register(commands)
+    wdev_cmd.register(commands)
     return parser
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import enum
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
@@ -234,6 +234,15 @@ class IntervalMap:
         self._ios[first:last] = pieces
         self._starts[first:last] = [piece.address for piece in pieces]
 
+    def overlapping(self, start: int, end: int) -> Iterator[DiffIo]:
+        """The IOs that intersect [start, end) LB, in address order."""
+        index = bisect.bisect_right(self._starts, start) - 1
+        if index < 0 or self._ios[index].end <= start:
+            index += 1
+        while index < len(self._ios) and self._ios[index].address < end:
+            yield self._ios[index]
+            index += 1
+
     def clear(self) -> None:
         self._starts.clear()
         self._ios.clear()
@@ -268,12 +277,6 @@ def merge_ios(sources: list[Iterator[DiffIo]]) -> Iterator[DiffIo]:
         end = min([winner.end] + [head.address for index, head in live if index > winner_index])
         yield winner if position == winner.address and end == winner.end else winner.cut(position, end)
         position = end
-
-
-def add_all(target: IntervalMap, ios: Iterable[DiffIo]) -> IntervalMap:
-    for io in ios:
-        target.add(io)
-    return target
 
 
 @dataclass

@@ -1,0 +1,217 @@
+"""The device daemon: one process per walb device (``walbops wdev create`` starts it).
+
+Lifecycle: open the device (redoing logs after a crash) → control socket → FUSE mount
+on the volume file → loop device and ``/dev/walbops/NAME`` → report ready to the parent
+through a pipe → serve until ``stop`` → detach the loop device, unmount, final flush and
+checkpoint, remove the runtime files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import mfusepy
+
+from ..errors import OperationError, WalbopsError
+from .control import Controller, ControlServer
+from .core import LB, DeviceConfig, OverflowPolicy, WalbDevice
+from .frontend import VolumeFile
+from .registry import DevicePaths, check_name, device_using, read_info, write_info
+
+log = logging.getLogger("walbops.device")
+
+MOUNT_TIMEOUT = 20.0  # [s] for the FUSE mount to appear
+POLL = 0.01  # [s]
+
+
+def run(command: list[str]) -> str:
+    """Run a system tool; its stderr becomes the error message."""
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise OperationError(f"{' '.join(command)}: {result.stderr.strip() or f'exit {result.returncode}'}")
+    return result.stdout.strip()
+
+
+def loop_busy(loop: str) -> bool:
+    """Whether something holds the loop device exclusively (a mount, another exclusive open)."""
+    try:
+        fd = os.open(loop, os.O_RDONLY | os.O_EXCL)
+    except OSError:
+        return True
+    os.close(fd)
+    return False
+
+
+def clear_stale(paths: DevicePaths) -> None:
+    """Remove what a dead daemon left behind: a loop device, a FUSE mount, files."""
+    info_loop = None
+    try:
+        with open(paths.info) as stream:
+            info_loop = json.load(stream).get("loop")
+    except (OSError, json.JSONDecodeError):
+        pass
+    if info_loop:
+        subprocess.run(["losetup", "-d", info_loop], capture_output=True)
+    # A dead daemon's FUSE mount answers ENOTCONN to everything, exists() included.
+    subprocess.run(["umount", "-l", paths.volume], capture_output=True)
+    for path in (paths.info, paths.control, paths.volume):
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+        except OSError:
+            pass
+    if os.path.islink(paths.link):
+        os.unlink(paths.link)
+
+
+class Daemon:
+    """Owns the device, the control server, the FUSE mount and the loop device."""
+
+    def __init__(self, config: DeviceConfig, ready_fd: int | None) -> None:
+        self.config = config
+        self.paths = DevicePaths(config.name)
+        self.ready_fd = ready_fd
+        self.loop: str | None = None
+        self.device: WalbDevice | None = None
+        self._stopping = threading.Event()
+
+    def report(self, message: dict[str, Any]) -> None:
+        if self.ready_fd is None:
+            return
+        os.write(self.ready_fd, json.dumps(message).encode() + b"\n")
+        os.close(self.ready_fd)
+        self.ready_fd = None
+
+    def status(self) -> dict[str, Any]:
+        device = self.device
+        if device is None:
+            raise OperationError("device is not open")
+        return {
+            "name": self.config.name, "pid": os.getpid(), "path": self.paths.link, "loop": self.loop,
+            "ldev": self.config.ldev, "ddev": self.config.ddev, "uuid": device.super.uuid.hex(),
+            "pbs": device.pbs, "size_lb": device.size_lb, "lsids": device.lsids().as_dict(),
+            "log_usage_pb": device.log_usage(), "log_capacity_pb": device.log_capacity(),
+            "overflow": device.overflow, "overflow_policy": str(self.config.overflow), "frozen": device.frozen,
+            "checkpoint_interval_ms": device.checkpoint_interval_ms,
+        }
+
+    def serve(self) -> int:
+        os.makedirs(self.paths.run_dir, exist_ok=True)
+        try:
+            self.device = WalbDevice(self.config)
+        except (WalbopsError, OSError) as exc:
+            self.report({"ok": False, "error": str(exc)})
+            return 1
+        with open(self.paths.volume, "a"):
+            pass  # the FUSE mount point is a file
+        server = ControlServer(self.paths.control, Controller(self.device, self.status, self.stop))
+        server.start()
+        threading.Thread(target=self._attach, args=(self.device,), name="walb-attach", daemon=True).start()
+        try:
+            mfusepy.FUSE(VolumeFile(self.device), self.paths.volume, foreground=True, nothreads=False,
+                         fsname=f"walbops-{self.config.name}", subtype="walbops")
+        except RuntimeError as exc:
+            self.report({"ok": False, "error": f"FUSE mount failed: {exc}"})
+        finally:
+            server.shutdown()
+            self._detach_loop()
+            self.device.close()
+            clear_stale(self.paths)
+            try:
+                os.rmdir(self.paths.run_dir)
+            except OSError:
+                pass
+            log.info("%s: stopped", self.config.name)
+        return 0
+
+    def _attach(self, device: WalbDevice) -> None:
+        """Once the FUSE file is mounted: loop device, symlink, info, ready."""
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while not os.path.ismount(self.paths.volume):
+            if time.monotonic() > deadline:
+                self.report({"ok": False, "error": "the FUSE mount did not appear"})
+                self._unmount()
+                return
+            time.sleep(POLL)
+        try:
+            self.loop = run(["losetup", "--find", "--show", "--sector-size", "512", self.paths.volume])
+            os.makedirs(os.path.dirname(self.paths.link), exist_ok=True)
+            if os.path.islink(self.paths.link):
+                os.unlink(self.paths.link)
+            os.symlink(self.loop, self.paths.link)
+            write_info(self.config.name, {
+                "name": self.config.name, "pid": os.getpid(), "loop": self.loop, "path": self.paths.link,
+                "ldev": self.config.ldev, "ddev": self.config.ddev, "volume": self.paths.volume,
+                "size_bytes": device.size_lb * LB,
+            })
+        except (OperationError, OSError) as exc:
+            self.report({"ok": False, "error": str(exc)})
+            self._unmount()
+            return
+        log.info("%s: ready as %s -> %s", self.config.name, self.paths.link, self.loop)
+        self.report({"ok": True, "path": self.paths.link, "loop": self.loop})
+
+    def stop(self, force: bool) -> None:
+        """Detach and unmount; the FUSE loop then returns and serve() closes the device."""
+        if self.loop and loop_busy(self.loop) and not force:
+            raise OperationError(f"{self.paths.link} ({self.loop}) is in use (mounted or open); "
+                                 "unmount it or use --force")
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._detach_loop()
+        threading.Thread(target=self._unmount, name="walb-unmount", daemon=True).start()
+
+    def _detach_loop(self) -> None:
+        if self.loop:
+            loop, self.loop = self.loop, None
+            subprocess.run(["losetup", "-d", loop], capture_output=True)
+        if os.path.islink(self.paths.link):
+            os.unlink(self.paths.link)
+
+    def _unmount(self) -> None:
+        for _ in range(100):
+            if subprocess.run(["fusermount3", "-u", self.paths.volume], capture_output=True).returncode == 0:
+                return
+            time.sleep(0.05)
+        subprocess.run(["fusermount3", "-u", "-z", self.paths.volume], capture_output=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="walbops-device-daemon")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--ldev", required=True)
+    parser.add_argument("--ddev", required=True)
+    parser.add_argument("--overflow", choices=[p.value for p in OverflowPolicy], default="overwrite")
+    parser.add_argument("--checkpoint-interval-ms", type=int, default=10_000)
+    parser.add_argument("--flush-interval-ms", type=int, default=100)
+    parser.add_argument("--ready-fd", type=int)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = DeviceConfig(name=check_name(args.name), ldev=os.path.abspath(args.ldev),
+                          ddev=os.path.abspath(args.ddev), overflow=OverflowPolicy(args.overflow),
+                          checkpoint_interval_ms=args.checkpoint_interval_ms,
+                          flush_interval_ms=args.flush_interval_ms)
+    daemon = Daemon(config, args.ready_fd)
+    if read_info(config.name) is not None or device_using(config.ldev) or device_using(config.ddev):
+        daemon.report({"ok": False, "error": f"device {config.name} or its ldev/ddev is already in use"})
+        return 1
+    clear_stale(daemon.paths)
+    return daemon.serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
