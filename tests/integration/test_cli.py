@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import sha1_of
+from helpers import sha1_of
 
 
 def walbops(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import sha1_of
+from helpers import sha1_of
 
 from walbops.diff.engine import convert_to_indexed, convert_to_sorted, log_ios
 from walbops.diff.logs import LdevLogReader, WlogReader, WlogWriter, read_super

@@ -14,7 +14,8 @@ from typing import Any
 from ..blockdev import is_block_device, size_of
 from ..device.control import DeviceClient
 from ..device.core import OverflowPolicy, format_ldev
-from ..device.registry import DevicePaths, check_name, device_using, read_info, running_devices
+from ..device.registry import DevicePaths, check_name, device_using, pid_alive, read_info, running_devices
+from ..device.system import clear_stale
 from ..diff.logs import LdevLogReader, WlogWriter, read_super
 from ..errors import OperationError, UsageError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
@@ -211,16 +212,22 @@ def _await_ready(fd: int, process: subprocess.Popen[bytes]) -> dict[str, Any]:
 def cmd_delete(args: argparse.Namespace) -> int:
     name = check_name(args.name)
     info = read_info(name)
+    paths = DevicePaths(name)
     if info is None:
-        raise OperationError(f"walb device {name!r} is not running")
+        if not os.path.exists(paths.info) and not os.path.lexists(paths.link):
+            raise OperationError(f"walb device {name!r} is not running")
+        if not args.force:
+            raise OperationError(f"walb device {name!r} is not running but its daemon left files behind; "
+                                 "--force cleans them up")
+        clear_stale(paths)  # a dead daemon's loop device, FUSE mount and files
+        emit({"name": name, "deleted": True, "was_running": False}, args.json)
+        return 0
     with DeviceClient(name) as client:
         client.call("stop", force=args.force)
     deadline = time.monotonic() + STOP_TIMEOUT
     pid = int(info["pid"])
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(pid):
             break
         time.sleep(0.05)
     else:

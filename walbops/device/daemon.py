@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -25,52 +26,13 @@ from .control import Controller, ControlServer
 from .core import LB, DeviceConfig, OverflowPolicy, WalbDevice
 from .frontend import VolumeFile
 from .registry import DevicePaths, check_name, device_using, read_info, write_info
+from .system import clear_stale, loop_busy, run
 
 log = logging.getLogger("walbops.device")
 
 MOUNT_TIMEOUT = 20.0  # [s] for the FUSE mount to appear
+UNMOUNT_ATTEMPTS = 100  # 5 s of tries at 50 ms before a stop falls back to a lazy unmount
 POLL = 0.01  # [s]
-
-
-def run(command: list[str]) -> str:
-    """Run a system tool; its stderr becomes the error message."""
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise OperationError(f"{' '.join(command)}: {result.stderr.strip() or f'exit {result.returncode}'}")
-    return result.stdout.strip()
-
-
-def loop_busy(loop: str) -> bool:
-    """Whether something holds the loop device exclusively (a mount, another exclusive open)."""
-    try:
-        fd = os.open(loop, os.O_RDONLY | os.O_EXCL)
-    except OSError:
-        return True
-    os.close(fd)
-    return False
-
-
-def clear_stale(paths: DevicePaths) -> None:
-    """Remove what a dead daemon left behind: a loop device, a FUSE mount, files."""
-    info_loop = None
-    try:
-        with open(paths.info) as stream:
-            info_loop = json.load(stream).get("loop")
-    except (OSError, json.JSONDecodeError):
-        pass
-    if info_loop:
-        subprocess.run(["losetup", "-d", info_loop], capture_output=True)
-    # A dead daemon's FUSE mount answers ENOTCONN to everything, exists() included.
-    subprocess.run(["umount", "-l", paths.volume], capture_output=True)
-    for path in (paths.info, paths.control, paths.volume):
-        try:
-            os.unlink(path)
-        except (FileNotFoundError, IsADirectoryError):
-            pass
-        except OSError:
-            pass
-    if os.path.islink(paths.link):
-        os.unlink(paths.link)
 
 
 class Daemon:
@@ -118,7 +80,8 @@ class Daemon:
         threading.Thread(target=self._attach, args=(self.device,), name="walb-attach", daemon=True).start()
         try:
             mfusepy.FUSE(VolumeFile(self.device), self.paths.volume, foreground=True, nothreads=False,
-                         fsname=f"walbops-{self.config.name}", subtype="walbops")
+                         fsname=f"walbops-{self.config.name}", subtype="walbops",
+                         attr_timeout=0)  # a resize must show at once (losetup --set-capacity)
         except RuntimeError as exc:
             self.report({"ok": False, "error": f"FUSE mount failed: {exc}"})
         finally:
@@ -169,7 +132,7 @@ class Daemon:
             return
         self._stopping.set()
         self._detach_loop()
-        threading.Thread(target=self._unmount, name="walb-unmount", daemon=True).start()
+        threading.Thread(target=self._unmount, args=(force,), name="walb-unmount", daemon=True).start()
 
     def _detach_loop(self) -> None:
         if self.loop:
@@ -178,12 +141,17 @@ class Daemon:
         if os.path.islink(self.paths.link):
             os.unlink(self.paths.link)
 
-    def _unmount(self) -> None:
-        for _ in range(100):
+    def _unmount(self, force: bool = False) -> None:
+        """Unmount the volume so the FUSE loop returns; forced, also while a user holds it."""
+        attempts = 1 if force else UNMOUNT_ATTEMPTS
+        for _ in range(attempts):
             if subprocess.run(["fusermount3", "-u", self.paths.volume], capture_output=True).returncode == 0:
                 return
             time.sleep(0.05)
+        # Still busy (a deferred loop detach, a mount on it): detach the mount lazily and
+        # end the FUSE loop with the signal libfuse handles; users then see EIO.
         subprocess.run(["fusermount3", "-u", "-z", self.paths.volume], capture_output=True)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
