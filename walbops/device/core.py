@@ -142,6 +142,7 @@ class WalbDevice:
         self._lock = threading.Condition()  # lsids, overlays, super sector, freeze state
         self._write_lock = threading.Lock()  # the leader
         self._flush_lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
         self._queue: list[_Request] = []
         self._pending = IntervalMap(on_cut=lambda io: io)  # logged, not yet permanent+applied
         self._applying: IntervalMap | None = None
@@ -342,27 +343,30 @@ class WalbDevice:
             self._wake_flusher.set()
 
     def _write_pack(self, header: LogpackHeader, record_data: list[bytes | memoryview]) -> None:
-        """Write header and data PBs at their ring positions (the data may wrap once)."""
+        """Write header and data PBs at their ring positions, one pwritev per contiguous run.
+
+        The data may wrap to the ring start once, at a record boundary; padding records'
+        PBs are not written (their content is never read).
+        """
         pbs = self.pbs
-        os.pwrite(self.ldev_fd, header.serialize(pbs, self.super.log_checksum_salt),
-                  self.super.offset_pb(header.logpack_lsid) * pbs)
-        runs: list[tuple[int, list[bytes | memoryview]]] = []  # (lsid, buffers) of contiguous normal data
+        runs: list[tuple[int, list[bytes | memoryview], int]] = []  # (lsid, buffers, PBs)
+        runs.append((header.logpack_lsid, [header.serialize(pbs, self.super.log_checksum_salt)], 1))
         for rec, data in zip(header.records, record_data, strict=True):
             if not rec.is_normal:
                 continue
             tail = -len(data) % pbs
             parts = [data, bytes(tail)] if tail else [data]
-            contiguous = runs and runs[-1][0] + sum(len(p) for p in runs[-1][1]) // pbs == rec.lsid \
-                and self.super.offset_pb(rec.lsid) != self.super.ring_buffer_offset
-            if contiguous:
-                runs[-1][1].extend(parts)
+            count = (len(data) + tail) // pbs
+            lsid, buffers, run_pb = runs[-1]
+            if lsid + run_pb == rec.lsid and self.super.offset_pb(rec.lsid) != self.super.ring_buffer_offset:
+                buffers.extend(parts)
+                runs[-1] = (lsid, buffers, run_pb + count)
             else:
-                runs.append((rec.lsid, parts))
-        for lsid, parts in runs:
+                runs.append((rec.lsid, parts, count))
+        for lsid, buffers, run_pb in runs:
             offset = self.super.offset_pb(lsid) * pbs
-            written = os.pwritev(self.ldev_fd, parts, offset)
-            if written != sum(len(p) for p in parts):
-                raise DeviceIoError(f"{self.config.ldev}: short write of log data at {offset}")
+            if os.pwritev(self.ldev_fd, buffers, offset) != run_pb * pbs:
+                raise DeviceIoError(f"{self.config.ldev}: short write of log at {offset}")
 
     def _wait_for_room(self) -> None:
         """Writers wait while too much data waits to be applied (bounds memory)."""
@@ -455,16 +459,17 @@ class WalbDevice:
 
     def _checkpoint(self) -> None:
         """Save ``written`` (after syncing the ddev) and ``oldest`` in the super sector."""
-        with self._lock:
-            written = self._written
-            oldest = self._oldest
-        if written == self.super.written_lsid and oldest == self.super.oldest_lsid:
-            return
-        os.fdatasync(self.ddev_fd)
-        with self._lock:
-            self.super = replace(self.super, written_lsid=written, oldest_lsid=min(oldest, written))
-            self._write_super()
-            self._prev_written = written
+        with self._checkpoint_lock:  # two at once could save an older written lsid last
+            with self._lock:
+                written = self._written
+                oldest = self._oldest
+            if written == self.super.written_lsid and oldest == self.super.oldest_lsid:
+                return
+            os.fdatasync(self.ddev_fd)
+            with self._lock:
+                self.super = replace(self.super, written_lsid=written, oldest_lsid=min(oldest, written))
+                self._write_super()
+                self._prev_written = written
 
     def _write_super(self) -> None:
         block = self.super.serialize()

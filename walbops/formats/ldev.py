@@ -219,6 +219,7 @@ class RecordFlag(enum.IntFlag):
     DISCARD = 1 << 2
 
 
+_EXIST = int(RecordFlag.EXIST)
 _PADDING = int(RecordFlag.PADDING)
 _DISCARD = int(RecordFlag.DISCARD)
 _KNOWN_FLAGS = int(RecordFlag.EXIST | RecordFlag.PADDING | RecordFlag.DISCARD)
@@ -232,7 +233,7 @@ class LogRecord:
     io_size: int  # [LB]
     lsid_local: int  # [PB] position of the data after the header, >= 1
     lsid: int  # logpack_lsid + lsid_local
-    flags: int = RecordFlag.EXIST
+    flags: int = _EXIST
     checksum: int = 0  # of the io_size * 512 data bytes, salted; 0 for padding and discard
 
     # Plain ints: IntFlag arithmetic costs ~1 us a call on the per-IO path.
@@ -316,7 +317,7 @@ class LogpackHeader:
 
     def _check_record(self, index: int, rec: LogRecord, pbs: int) -> None:
         where = f"log record {index} of pack at lsid {self.logpack_lsid}"
-        if not rec.flags & RecordFlag.EXIST:
+        if not rec.flags & _EXIST:
             raise BadField(f"{where}: EXIST flag not set")
         if rec.flags & ~_KNOWN_FLAGS:
             raise BadField(f"{where}: unknown flag bits {rec.flags:#x}")
@@ -442,10 +443,10 @@ class LogpackBuilder:
         room = self._room_pb(self.lsid + 1 + self._total_io_size)
         if room is not None and room < need_pb:
             self._append(LogRecord(0, room * self.pbs // LOGICAL_BLOCK_SIZE, self._total_io_size + 1,
-                                   self.lsid + self._total_io_size + 1, RecordFlag.EXIST | RecordFlag.PADDING),
+                                   self.lsid + self._total_io_size + 1, _EXIST | _PADDING),
                          b"", room)
         lsid_local = self._total_io_size + 1
-        rec = LogRecord(offset_lb, io_size, lsid_local, self.lsid + lsid_local, RecordFlag.EXIST,
+        rec = LogRecord(offset_lb, io_size, lsid_local, self.lsid + lsid_local, _EXIST,
                         csum.checksum(data, self.salt))
         self._append(rec, data, need_pb)
 
@@ -457,7 +458,7 @@ class LogpackBuilder:
             raise BadField("discard does not fit in the current log pack")
         lsid_local = self._total_io_size + 1
         self._append(LogRecord(offset_lb, io_size_lb, lsid_local, self.lsid + lsid_local,
-                               RecordFlag.EXIST | RecordFlag.DISCARD), b"", 0)
+                               _EXIST | _DISCARD), b"", 0)
 
     def _append(self, rec: LogRecord, data: bytes | memoryview, pb: int) -> None:
         self._records.append(rec)
