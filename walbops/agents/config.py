@@ -1,0 +1,219 @@
+"""One Config per agent process: a YAML file validated with jsonschema, every key also a flag.
+
+The table ``OPTIONS`` is the single source: it gives each key its type, default, the
+roles that take it and its help, and both the JSON schema and the command-line flags are
+made from it. A bad value is refused with the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+import yaml
+
+from ..errors import UsageError
+
+ROLES = ("storage", "proxy", "archive")
+DEFAULT_PORTS = {"storage": 10000, "proxy": 10100, "archive": 10200}  # the WalB tutorial's ports
+
+_SIZE = {"type": ["integer", "string"], "pattern": r"^[0-9]+[kKmMgGtT]?$", "minimum": 0}
+_SECONDS = {"type": "number", "minimum": 0}
+_HOST_PORT = {"type": "string", "pattern": r"^[^\s:]+:[0-9]{1,5}$"}
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    schema: dict[str, Any]
+    default: Any
+    roles: tuple[str, ...]
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("id", {"type": "string", "minLength": 1}, None, ROLES, "node id sent in the handshake (default: hostname)"),
+    Option("listen", {"type": "string"}, "0.0.0.0", ROLES, "address to listen on"),
+    Option("port", {"type": "integer", "minimum": 1, "maximum": 65535}, None, ROLES,
+           "port (default storage 10000, proxy 10100, archive 10200)"),
+    Option("base_dir", {"type": "string"}, None, ROLES, "directory for volume metadata (default /var/lib/walbops/ROLE)"),
+    Option("log_file", {"type": "string"}, "-", ROLES, "log file, - for stderr; relative to base_dir"),
+    Option("max_connections", {"type": "integer", "minimum": 1, "maximum": 10000}, 10, ROLES,
+           "connections served at once; more wait"),
+    Option("socket_timeout", _SECONDS, 10.0, ROLES, "seconds a peer may stay silent [s]"),
+    Option("cluster_key_file", {"type": "string"}, None, ROLES, "the cluster key (walbops keygen)"),
+    Option("shutdown_timeout", _SECONDS, 30.0, ROLES, "graceful shutdown waits this long for work to end [s]"),
+    Option("debug", {"type": "boolean"}, False, ROLES, "debug logging"),
+    # storage
+    Option("archive", _HOST_PORT, None, ("storage",), "primary archive, HOST:PORT"),
+    Option("proxies", {"type": "array", "items": _HOST_PORT, "minItems": 1}, None, ("storage",),
+           "proxies in priority order, HOST:PORT each"),
+    Option("implicit_snapshot_interval", _SECONDS, 10.0, ("storage",), "implicit snapshot every [s]"),
+    Option("max_wlog_send", _SIZE, "128M", ("storage",), "most log sent in one transfer; also the gid step"),
+    Option("bulk_size", _SIZE, "256K", ("storage",), "full backup bulk size"),
+    Option("retry_delay", _SECONDS, 1.0, ("storage", "proxy"), "first retry delay [s]"),
+    Option("retry_max_delay", _SECONDS, 300.0, ("storage", "proxy"), "longest retry delay (exponential backoff) [s]"),
+    # proxy
+    Option("give_up_timeout", _SECONDS, 1800.0, ("proxy",), "stop retrying a send when no log arrived for [s]"),
+    Option("max_wdiff_send", _SIZE, "128M", ("proxy",), "most diff data merged into one send"),
+    Option("max_wdiff_send_count", {"type": "integer", "minimum": 1}, 1000, ("proxy",), "most diff files in one send"),
+    # archive
+    Option("store", {
+        "oneOf": [
+            {"type": "object", "properties": {"kind": {"const": "dir"}, "directory": {"type": "string"}},
+             "required": ["kind"], "additionalProperties": False},
+            {"type": "object", "properties": {"kind": {"const": "lvm"}, "vg": {"type": "string"},
+                                              "thinpool": {"type": "string"}},
+             "required": ["kind", "vg"], "additionalProperties": False},
+        ]}, {"kind": "dir"}, ("archive",), "dir (default: base_dir/images) or lvm with a VG and optional thin pool"),
+    # A walbops device reads discarded blocks back as zeros, so zeroing them on apply
+    # restores exactly what the volume held; WalB's own default is ignore.
+    Option("discard", {"enum": ["ignore", "zero", "passdown"]}, "zero", ("archive",),
+           "what applying a DISCARD does"),
+)
+
+REQUIRED = {"storage": ("cluster_key_file", "archive", "proxies"), "proxy": ("cluster_key_file",),
+            "archive": ("cluster_key_file",)}
+
+
+def schema_for(role: str) -> dict[str, Any]:
+    """The JSON schema of a ``role`` config file."""
+    return {
+        "type": "object",
+        "properties": {option.key: option.schema for option in OPTIONS if role in option.roles},
+        "additionalProperties": False,
+    }
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def size_bytes(value: int | str) -> int:
+    text = str(value).strip().lower()
+    unit = text[-1] if text[-1:] in _UNITS and not text[-1:].isdigit() else ""
+    return int(text[:-1] if unit else text) * _UNITS[unit]
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one agent process is told."""
+
+    role: str
+    values: dict[str, Any] = field(default_factory=dict)
+    source: str = "<flags>"
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    @property
+    def key_file(self) -> str:
+        return str(self.values["cluster_key_file"])
+
+    def log_path(self) -> str | None:
+        path = self.values["log_file"]
+        if path in ("-", "", None):
+            return None
+        return path if os.path.isabs(path) else os.path.join(self.values["base_dir"], path)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    return f"key {where!r}: {error.message}"
+
+
+def load(role: str, path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, validate and complete an agent's configuration.
+
+    Args:
+        role: storage, proxy or archive.
+        path: YAML file, or None for flags only.
+        overrides: values given as flags; they win over the file.
+
+    Raises:
+        UsageError: naming the file, the key and what was expected.
+    """
+    if role not in ROLES:
+        raise UsageError(f"unknown agent role {role!r} (expected {', '.join(ROLES)})")
+    source = path or "<flags>"
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path) as stream:
+                loaded = yaml.safe_load(stream)
+        except OSError as exc:
+            raise UsageError(f"{path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UsageError(f"{path}: expected a mapping of options")
+        values.update(loaded or {})
+    values.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    validator = jsonschema.Draft202012Validator(schema_for(role))
+    errors = sorted(validator.iter_errors(values), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise UsageError(f"{source}: {_describe(errors[0])}")
+    missing = [key for key in REQUIRED[role] if key not in values]
+    if missing:
+        raise UsageError(f"{source}: key {missing[0]!r} is required for the {role} agent")
+    for option in OPTIONS:
+        if role in option.roles and option.key not in values and option.default is not None:
+            values[option.key] = option.default
+    values.setdefault("id", socket.gethostname())
+    values.setdefault("port", DEFAULT_PORTS[role])
+    values.setdefault("base_dir", f"/var/lib/walbops/{role}")
+    for option in OPTIONS:
+        if role in option.roles and option.schema is _SIZE:
+            values[option.key] = size_bytes(values[option.key])
+    return Config(role, values, source)
+
+
+def add_flags(parser: argparse.ArgumentParser, role: str) -> None:
+    """One flag per option (``--max-connections``), for the options a role takes."""
+    parser.add_argument("--config", "-c", help="YAML configuration file")
+    for option in OPTIONS:
+        if role not in option.roles:
+            continue
+        flag = "--" + option.key.replace("_", "-")
+        kind = option.schema.get("type")
+        if kind == "boolean":
+            parser.add_argument(flag, dest=option.key, action="store_const", const=True, default=None,
+                                help=option.help)
+        elif kind == "array":
+            parser.add_argument(flag, dest=option.key, type=lambda text: text.split(","), default=None,
+                                metavar="HOST:PORT[,HOST:PORT...]", help=option.help)
+        elif option.key == "store":
+            parser.add_argument(flag, dest=option.key, type=_parse_store, default=None,
+                                metavar="dir:DIRECTORY|lvm:VG[/THINPOOL]", help=option.help)
+        elif kind == "integer":
+            parser.add_argument(flag, dest=option.key, type=int, default=None, help=option.help)
+        elif kind == "number":
+            parser.add_argument(flag, dest=option.key, type=float, default=None, help=option.help)
+        else:
+            parser.add_argument(flag, dest=option.key, default=None, help=option.help)
+
+
+def _parse_store(text: str) -> dict[str, str]:
+    kind, _, rest = text.partition(":")
+    if kind == "dir":
+        return {"kind": "dir", **({"directory": rest} if rest else {})}
+    if kind == "lvm" and rest:
+        vg, _, pool = rest.partition("/")
+        return {"kind": "lvm", "vg": vg, **({"thinpool": pool} if pool else {})}
+    raise argparse.ArgumentTypeError(f"{text!r}: expected dir[:DIRECTORY] or lvm:VG[/THINPOOL]")
+
+
+def from_args(role: str, args: argparse.Namespace) -> Config:
+    overrides = {option.key: getattr(args, option.key, None) for option in OPTIONS if role in option.roles}
+    return load(role, args.config, overrides)

@@ -1,0 +1,171 @@
+"""Volume state machines with WalB's transactions, and action counters.
+
+A transition always goes steady → transient → steady, and only along the pairs a
+machine declares. ``transaction(from, via)`` moves to the transient state; leaving the
+``with`` block without ``commit(to)`` rolls back to where it started, so any failure
+restores the previous steady state (WalB's StateMachineTransaction).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from types import TracebackType
+
+from ..errors import OperationError
+
+Transition = tuple[str, str, str]  # (from, via, to)
+
+
+class StateMachine:
+    """The state of one volume on one agent.
+
+    Args:
+        transitions: every allowed (from, via, to).
+        state: the starting state.
+        on_steady: called with each steady state committed (to persist it).
+    """
+
+    def __init__(self, transitions: Iterable[Transition], state: str,
+                 on_steady: Callable[[str], None] | None = None) -> None:
+        self.transitions = tuple(transitions)
+        self._edges = {(source, via) for source, via, _ in self.transitions}
+        self._ends = {(via, target) for _, via, target in self.transitions}
+        self.steady_states = {source for source, _, _ in self.transitions} | {t for _, _, t in self.transitions}
+        self.transient_states = {via for _, via, _ in self.transitions}
+        self.state = state
+        self.on_steady = on_steady
+
+    @property
+    def is_steady(self) -> bool:
+        return self.state in self.steady_states and self.state not in self.transient_states
+
+    def transaction(self, sources: str | Iterable[str], via: str) -> "StateTransaction":
+        """Enter transient state ``via`` from one of ``sources``.
+
+        Raises:
+            OperationError: the volume is in another state (the message says which).
+        """
+        allowed = {sources} if isinstance(sources, str) else set(sources)
+        if self.state not in allowed or (self.state, via) not in self._edges:
+            wanted = " or ".join(sorted(allowed))
+            raise OperationError(f"bad state {self.state} (needs {wanted})")
+        return StateTransaction(self, self.state, via)
+
+    def _finish(self, via: str, target: str) -> None:
+        if (via, target) not in self._ends:
+            raise OperationError(f"no transition from {via} to {target}")
+        self.state = target
+        if self.on_steady is not None:
+            self.on_steady(target)
+
+    def force(self, state: str) -> None:
+        """Set a state without a transition (loading persisted state, debugging)."""
+        self.state = state
+
+
+class StateTransaction:
+    """A move through a transient state; rolls back unless committed."""
+
+    def __init__(self, machine: StateMachine, source: str, via: str) -> None:
+        self.machine = machine
+        self.source = source
+        self.via = via
+        self.committed = False
+        machine.state = via
+
+    def commit(self, target: str) -> None:
+        self.machine._finish(self.via, target)
+        self.committed = True
+
+    def __enter__(self) -> "StateTransaction":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if not self.committed and self.machine.state == self.via:
+            self.machine.state = self.source  # roll back: nothing is persisted for transient states
+
+
+class ActionCounter:
+    """Running background actions per name, and when each last ran."""
+
+    def __init__(self) -> None:
+        self._running: Counter[str] = Counter()
+        self.last_started: dict[str, float] = {}
+
+    def count(self, name: str) -> int:
+        return self._running[name]
+
+    def any_running(self, names: Iterable[str]) -> list[str]:
+        return [name for name in names if self._running[name]]
+
+    def refuse_if_running(self, names: Iterable[str]) -> None:
+        running = self.any_running(names)
+        if running:
+            raise OperationError(f"busy: {', '.join(running)} running")
+
+    def begin(self, name: str) -> "_Action":
+        self._running[name] += 1
+        self.last_started[name] = time.time()
+        return _Action(self, name)
+
+    def idle(self) -> bool:
+        return not any(self._running.values())
+
+
+class _Action:
+    def __init__(self, counter: ActionCounter, name: str) -> None:
+        self.counter = counter
+        self.name = name
+
+    def __enter__(self) -> "_Action":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.counter._running[self.name] -= 1
+
+
+# WalB's machines (walb.md §3): (from, via, to).
+STORAGE_TRANSITIONS: tuple[Transition, ...] = (
+    ("Clear", "InitVol", "SyncReady"),
+    ("SyncReady", "ClearVol", "Clear"),
+    ("SyncReady", "StartStandby", "Standby"),
+    ("Standby", "StopStandby", "SyncReady"),
+    ("SyncReady", "FullSync", "Stopped"),
+    ("SyncReady", "HashSync", "Stopped"),
+    ("Stopped", "Reset", "SyncReady"),
+    ("Stopped", "StartTarget", "Target"),
+    ("Target", "StopTarget", "Stopped"),
+)
+
+PROXY_TRANSITIONS: tuple[Transition, ...] = (
+    ("Clear", "AddArchiveInfo", "Stopped"),
+    ("Stopped", "AddArchiveInfo", "Stopped"),
+    ("Stopped", "DeleteArchiveInfo", "Stopped"),
+    ("Stopped", "DeleteArchiveInfo", "Clear"),
+    ("Stopped", "ClearVol", "Clear"),
+    ("Stopped", "Start", "Started"),
+    ("Started", "Stop", "Stopped"),
+    ("Started", "WaitForEmpty", "Stopped"),
+    ("Started", "WlogRecv", "Started"),
+)
+
+ARCHIVE_TRANSITIONS: tuple[Transition, ...] = (
+    ("Clear", "InitVol", "SyncReady"),
+    ("SyncReady", "ClearVol", "Clear"),
+    ("Stopped", "ClearVol", "Clear"),
+    ("SyncReady", "FullSync", "Archived"),
+    ("SyncReady", "Resync", "Archived"),
+    ("Archived", "HashSync", "Archived"),
+    ("Archived", "WdiffRecv", "Archived"),
+    ("Archived", "ReplSyncAsServer", "Archived"),
+    ("Archived", "Stop", "Stopped"),
+    ("Stopped", "Start", "Archived"),
+    ("Stopped", "ResetVol", "SyncReady"),
+    ("SyncReady", "ResetVol", "SyncReady"),
+)
+
+# Archive states in which the volume serves restores and accepts diffs (WalB's aActive).
+ARCHIVE_ACTIVE = frozenset({"Archived", "HashSync", "WdiffRecv", "ReplSyncAsServer"})
