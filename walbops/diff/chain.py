@@ -18,6 +18,10 @@ class DiffDirectory:
     files: dict[tuple[object, object], str]  # MetaDiff.key -> file path
 
     @classmethod
+    def empty(cls, path: str) -> "DiffDirectory":
+        return cls(path, DiffChain(), {})
+
+    @classmethod
     def scan(cls, path: str) -> "DiffDirectory":
         """Read every ``*.wdiff`` name in ``path``; a name that is not WalB's is an error."""
         chain = DiffChain()

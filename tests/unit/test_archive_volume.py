@@ -1,0 +1,140 @@
+"""The archive's per-volume logic: states, full-backup bookkeeping, WalB's diff checks, reload."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from walbops.agents.archive_volume import ArchiveVolume, Refused
+from walbops.diff.io import DiffIo
+from walbops.diff.sorted_file import SortedDiffWriter
+from walbops.errors import FormatError, OperationError, UsageError
+from walbops.formats.meta import MetaDiff
+
+UUID = bytes(range(16))
+
+
+def no_images(vol: str) -> None:
+    """This volume has no block images yet (the store is not under test here)."""
+
+
+def archived(tmp_path, gid_e: int = 3) -> ArchiveVolume:
+    volume = ArchiveVolume(str(tmp_path), "vol0")
+    volume.init_vol()
+    tx = volume.begin_full_sync()
+    with tx:
+        volume.finish_full_sync(tx, UUID, 2048, gid_e, 1_700_000_000)
+    return volume
+
+
+def diff_file(path, uuid: bytes = UUID, fill: int = 1) -> str:
+    with open(path, "wb") as out:
+        writer = SortedDiffWriter(out, uuid)
+        writer.write(DiffIo.normal(8, bytes([fill]) * 4096))
+        writer.close()
+    return str(path)
+
+
+def test_init_full_sync_and_reload(tmp_path):
+    volume = archived(tmp_path)
+    assert volume.state == "Archived" and str(volume.base).startswith("<|0,3|>")
+    assert volume.archive_uuid != bytes(16)
+    again = ArchiveVolume(str(tmp_path), "vol0")
+    assert (again.state, str(again.base), again.uuid, again.size_lb) == ("Archived", str(volume.base), UUID, 2048)
+
+
+def test_failed_full_sync_rolls_back_to_sync_ready(tmp_path):
+    volume = ArchiveVolume(str(tmp_path), "vol0")
+    volume.init_vol()
+    with pytest.raises(ConnectionError):
+        with volume.begin_full_sync():
+            raise ConnectionError("cut")
+    assert volume.state == "SyncReady"
+    assert ArchiveVolume(str(tmp_path), "vol0").state == "SyncReady"
+
+
+def test_full_sync_on_an_archived_volume_is_refused(tmp_path):
+    volume = archived(tmp_path)
+    with pytest.raises(Refused, match="SyncReady"):
+        volume.begin_full_sync()
+
+
+def test_wdiff_checks_give_walb_reasons(tmp_path):
+    volume = archived(tmp_path, gid_e=3)
+    volume.check_diff(MetaDiff(0, 4), UUID, 2048)  # applicable to |0,3|
+    cases = [
+        (MetaDiff(0, 4), bytes(16), 2048, "different-uuid"),
+        (MetaDiff(0, 4), UUID, 4096, "smaller-lv-size"),
+        (MetaDiff(5, 6), UUID, 2048, "too-new-diff"),
+    ]
+    for diff, uuid, size, reason in cases:
+        with pytest.raises(Refused) as caught:
+            volume.check_diff(diff, uuid, size)
+        assert caught.value.reason == reason
+    tmp = volume.receiving_path()
+    diff_file(tmp)
+    volume.add_received_diff(tmp, MetaDiff(0, 4, timestamp=1_700_000_100))
+    with pytest.raises(Refused) as caught:
+        volume.check_diff(MetaDiff(0, 4), UUID, 2048)
+    assert caught.value.reason == "too-old-diff"
+    volume.stop()
+    with pytest.raises(Refused) as caught:
+        volume.check_diff(MetaDiff(4, 5), UUID, 2048)
+    assert caught.value.reason == "stopped"
+
+
+def test_received_diffs_get_walb_names_and_make_snapshots_restorable(tmp_path):
+    volume = archived(tmp_path, gid_e=0)
+    for gid in range(3):
+        tmp = volume.receiving_path()
+        diff_file(tmp, fill=gid + 1)
+        volume.add_received_diff(tmp, MetaDiff(gid, gid + 1, is_mergeable=gid == 1,
+                                               timestamp=1_700_000_000 + gid))
+    names = sorted(name for name in os.listdir(volume.directory) if name.endswith(".wdiff"))
+    assert names[0] == "20231114221320----0-1.wdiff"
+    assert [r.gid for r in volume.restorable()] == [0, 2, 3]
+    assert [r.gid for r in volume.restorable(include_implicit=True)] == [0, 1, 2, 3]
+    assert len(volume.restore_paths(3)) == 3
+    with pytest.raises(OperationError, match="not restorable"):
+        volume.restore_paths(7)
+    reloaded = ArchiveVolume(str(tmp_path), "vol0")
+    assert [r.gid for r in reloaded.restorable()] == [0, 2, 3]
+
+
+def test_corrupt_received_diff_is_refused_and_removed(tmp_path):
+    volume = archived(tmp_path)
+    tmp = volume.receiving_path()
+    diff_file(tmp)
+    with open(tmp, "r+b") as stream:
+        stream.seek(40)
+        byte = stream.read(1)
+        stream.seek(40)
+        stream.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(FormatError):
+        volume.add_received_diff(tmp, MetaDiff(0, 4))
+    assert not os.path.exists(tmp) and len(volume.diffs.chain) == 0
+
+
+def test_leftover_partial_transfer_is_removed_at_load(tmp_path):
+    volume = archived(tmp_path)
+    with open(volume.receiving_path(), "wb") as stream:
+        stream.write(b"partial")
+    ArchiveVolume(str(tmp_path), "vol0")
+    assert not os.path.exists(volume.receiving_path())
+
+
+def test_clear_and_reset(tmp_path):
+    volume = archived(tmp_path)
+    with pytest.raises(OperationError, match="bad state Archived"):
+        volume.clear_vol(no_images)
+    volume.stop()
+    volume.reset_vol(no_images)
+    assert volume.state == "SyncReady" and volume.uuid == bytes(16)
+    volume.clear_vol(no_images)
+    assert volume.state == "Clear" and not os.path.exists(volume.directory)
+
+
+def test_volume_ids_follow_walb(tmp_path):
+    with pytest.raises(UsageError):
+        ArchiveVolume(str(tmp_path), "bad/vol")
