@@ -1,0 +1,66 @@
+"""The proxy's per-volume logic: archive-info, storing received logs for every archive, batches."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from walbops.agents.proxy_volume import ArchiveInfo, ProxyVolume
+from walbops.diff.gen import GenConfig, generate_wlog
+from walbops.errors import ChecksumMismatch, OperationError, UsageError
+from walbops.formats.meta import MetaDiff
+
+
+def started(tmp_path) -> ProxyVolume:
+    volume = ProxyVolume(str(tmp_path), "vol0")
+    volume.add_archive(ArchiveInfo("a0", "127.0.0.1", 10200))
+    volume.add_archive(ArchiveInfo("a1", "127.0.0.1", 10201))
+    volume.start()
+    return volume
+
+
+def wlog(path, seed: int = 0) -> str:
+    with open(path, "wb") as out:
+        generate_wlog(out, GenConfig(device_lb=4096, log_pb=2000, seed=seed))
+    return str(path)
+
+
+def test_archive_info_lifecycle(tmp_path):
+    volume = ProxyVolume(str(tmp_path), "vol0")
+    assert volume.state == "Clear"
+    volume.add_archive(ArchiveInfo("a0", "h", 1))
+    with pytest.raises(OperationError, match="already"):
+        volume.add_archive(ArchiveInfo("a0", "h", 1))
+    volume.add_archive(ArchiveInfo("a0", "h2", 2, "zstd:3:1", 5.0), update=True)
+    assert ProxyVolume(str(tmp_path), "vol0").archives["a0"].host == "h2"
+    volume.delete_archive("a0")
+    assert volume.state == "Clear" and not os.path.exists(volume.directory)
+    with pytest.raises(UsageError):
+        ArchiveInfo.from_dict({"name": "bad name", "host": "h", "port": 1})
+
+
+def test_received_logs_are_queued_for_every_archive(tmp_path):
+    volume = started(tmp_path)
+    for gid in range(3):
+        volume.store_wlog(wlog(tmp_path / f"{gid}.wlog", gid), MetaDiff(gid, gid + 1, is_mergeable=gid > 0,
+                                                                        timestamp=100 + gid), 4096)
+    for archive in ("a0", "a1"):
+        assert [str(d.snap_e) for d in volume.pending(archive)] == ["|1|", "|2|", "|3|"]
+    batch = volume.next_batch("a0", max_bytes=1 << 30, max_count=10)
+    assert len(batch) == 3, "the second and third diffs merge into the first"
+    assert len(volume.next_batch("a0", max_bytes=1 << 30, max_count=2)) == 2
+    volume.sent("a0", batch)
+    assert volume.pending("a0") == [] and len(volume.pending("a1")) == 3
+    assert os.stat(volume.paths("a1", volume.pending("a1"))[0]).st_nlink == 1
+
+
+def test_corrupt_wlog_is_not_stored(tmp_path):
+    volume = started(tmp_path)
+    path = wlog(tmp_path / "bad.wlog")
+    with open(path, "r+b") as stream:
+        stream.seek(4096 + 512 + 7)
+        stream.write(b"\xff")
+    with pytest.raises(ChecksumMismatch):
+        volume.store_wlog(path, MetaDiff(0, 1), 4096)
+    assert volume.pending("a0") == []
