@@ -10,13 +10,11 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
-from ..diff.indexed_file import IndexedDiffReader
-from ..diff.io import DiffIo
-from ..diff.sorted_file import SortedDiffReader
+from ..diff.files import read_header
 from ..errors import FormatError, UsageError
 from ..formats.compression import CompressOpt
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
-from ..formats.wdiff import FILE_HEADER_STRUCT, DiffType, FileHeader
+from ..formats.wdiff import DiffType
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
@@ -107,29 +105,11 @@ def open_input(path: str) -> Iterator[BinaryIO]:
 
 def diff_type(path: str) -> DiffType:
     """Read a wdiff's header and return its type."""
-    with open(path, "rb") as stream:
-        try:
-            return FileHeader.parse(stream.read(FILE_HEADER_STRUCT.size)).type
-        except FormatError as exc:
-            raise exc.located(path)
-
-
-def iter_diff(path: str) -> Iterator[DiffIo]:
-    """Open a wdiff of either type and yield its IOs (the file closes at the end)."""
-    if diff_type(path) == DiffType.INDEXED:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            yield from IndexedDiffReader(fd, path)
-        finally:
-            os.close(fd)
-    else:
-        with open(path, "rb", buffering=1 << 20) as stream:
-            yield from SortedDiffReader(stream, path)
+    return read_header(path).type
 
 
 def diff_uuid(path: str) -> bytes:
-    with open(path, "rb") as stream:
-        return FileHeader.parse(stream.read(FILE_HEADER_STRUCT.size)).uuid
+    return read_header(path).uuid
 
 
 def require(condition: bool, message: str) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterator
 from typing import Any
 
 from ..diff.chain import DiffDirectory
 from ..diff.engine import BlockTarget, full_image, merge_ios, verify_then_apply, write_sorted
+from ..diff.files import iter_diff, merged_ios
 from ..diff.indexed_file import IndexedDiffReader
 from ..diff.io import DiffIo, IoKind, Stats
 from ..diff.sorted_file import SortedDiffWriter
@@ -23,7 +23,6 @@ from ._common import (
     diff_type,
     diff_uuid,
     emit,
-    iter_diff,
     parse_lb_size,
     require,
 )
@@ -70,13 +69,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     full.add_argument("-o", "--output", required=True, help="output image, or - for stdout")
     add_json_flag(full)
     full.set_defaults(handler=cmd_full)
-
-
-def merged(paths: list[str]) -> Iterator[DiffIo]:
-    """The IOs of several diffs, oldest first, merged (a single diff is passed through)."""
-    if len(paths) == 1:
-        return iter_diff(paths[0])
-    return merge_ios([iter_diff(path) for path in paths])
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -153,7 +145,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_redo(args: argparse.Namespace) -> int:
     target: BlockTarget
     with open_target(args) as target:
-        stats = verify_then_apply(lambda: merged(args.wdiffs), target)
+        stats = verify_then_apply(lambda: merged_ios(args.wdiffs), target)
     emit({"target": args.target, "discard": args.discard, **stats.as_dict()}, args.json)
     return 0
 
@@ -170,7 +162,7 @@ def cmd_full(args: argparse.Namespace) -> int:
             for io in iter_diff(path):
                 if io.kind == IoKind.NORMAL:
                     io.data()
-        ios = merged(args.wdiffs) if args.wdiffs else iter(())
+        ios = merged_ios(args.wdiffs) if args.wdiffs else iter(())
         written = 0
         with atomic_output(args.output) as out:
             for chunk in full_image(ios, args.size, base_fd):

@@ -1,0 +1,435 @@
+"""The ``lvm`` store: WalB's layout, a base LV per volume and restored snapshots as LVs.
+
+LVs in the volume group (walb-tools ``src/archive_vol_info.cpp``)::
+
+    wb_<vol>              base image (thick, or thin in ``thinpool``)
+    wr_<vol>_<gid>        restored snapshot gid: an LVM snapshot of wb_<vol> with the diffs applied
+    wr_<vol>_<gid>_tmp    restore in progress
+
+Metadata operations (create, extend, rename, remove, list) only edit the VG and work
+wherever lvm2 does, even with activation disabled. Data IO — writing the base,
+applying diffs, snapshots for restores, attaching — needs active LVs, which need the
+kernel's device-mapper; without it these raise an OperationError that says so
+(docs/stores.md lists which is which).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import math
+import os
+import re
+import stat
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from ..blockdev import size_of, zero_range
+from ..diff.engine import BlockTarget, DiscardPolicy
+from ..diff.io import Stats
+from ..errors import OperationError, UsageError
+from ..formats.ldev import LOGICAL_BLOCK_SIZE
+from . import Restored, Store, loop
+from .clone import CloneMethod
+from .diffs import apply_diffs, verify_or_refuse
+from .names import (
+    BASE_PREFIX,
+    VOLUME_ID_RE,
+    base_name,
+    check_gid,
+    check_size_lb,
+    check_volume_id,
+    parse_restored_name,
+    restored_name,
+)
+
+logger = logging.getLogger("walbops.store")
+
+# Copy-on-write area of a classic snapshot relative to its origin: what walb-archive
+# allocates for wr_<vol>_<gid> on a non-thin base (walb.md §5.6), room for the restored
+# diffs plus later writes to the base.
+CLASSIC_SNAPSHOT_COW_RATIO = 1.2
+
+# VG and LV names lvm2 accepts (lvm(8) "VALID NAMES"); 127 is NAME_LEN - 1.
+_LVM_NAME_RE = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}")
+
+
+def check_lvm_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or _LVM_NAME_RE.fullmatch(name) is None or name in (".", ".."):
+        raise UsageError(f"{what} {name!r} is not a valid LVM name ([A-Za-z0-9+_.-], not starting with '-')")
+    return name
+
+
+def device_mapper_missing() -> str | None:
+    """Why this kernel cannot activate LVs, or None if device-mapper answers.
+
+    Opening /dev/mapper/control is what lvm2 does first; on a kernel with dm_mod as a
+    module the open also loads it.
+    """
+    try:
+        fd = os.open("/dev/mapper/control", os.O_RDWR)
+    except FileNotFoundError:
+        try:
+            with open("/proc/misc") as stream:
+                if any(line.split()[1:] == ["device-mapper"] for line in stream):
+                    return None  # the driver is there; lvm2 creates the node itself
+        except OSError:
+            pass
+        return "this kernel has no device-mapper (no /dev/mapper/control, none in /proc/misc)"
+    except OSError as exc:
+        if exc.errno in (errno.ENODEV, errno.ENXIO):
+            return f"this kernel has no device-mapper (/dev/mapper/control: {exc.strerror})"
+        return f"device-mapper cannot be used (/dev/mapper/control: {exc.strerror})"
+    os.close(fd)
+    return None
+
+
+def is_block_device(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class LvInfo:
+    """One row of ``lvs``."""
+
+    name: str
+    size: int  # [bytes]
+    attr: str  # lv_attr, e.g. "-wi-a-----" ("X" in the state column when activation is off)
+    pool: str  # thin pool, "" for a thick LV
+    origin: str  # origin of a snapshot, ""
+
+    @property
+    def is_thin(self) -> bool:
+        return bool(self.pool)
+
+
+class Lvm:
+    """lvm2 commands on one volume group, with the configuration given at construction.
+
+    Args:
+        vg: the volume group.
+        config: an ``--config`` override passed to every command, e.g.
+            ``'global{activation=0}'``.
+        command_prefix: prepended to every command, e.g. ``["sudo"]`` or ``["nsenter", ...]``.
+        env: extra environment, e.g. ``{"LVM_SYSTEM_DIR": "/etc/walbops/lvm"}``.
+    """
+
+    def __init__(self, vg: str, config: str | None = None, command_prefix: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None) -> None:
+        self.vg = check_lvm_name(vg, "volume group")
+        self.config = config
+        self.command_prefix = list(command_prefix)
+        self.env = dict(env or {})
+
+    def argv(self, command: str, *args: str) -> list[str]:
+        config = ["--config", self.config] if self.config else []
+        return [*self.command_prefix, "lvm", command, *config, *args]
+
+    def _execute(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        # lvm2 warns about every inherited fd; the warning is noise in an agent.
+        env = {**os.environ, "LVM_SUPPRESS_FD_WARNINGS": "1", **self.env}
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise OperationError(f"{argv[0]}: command not found (install lvm2)") from None
+
+    def run(self, command: str, *args: str) -> str:
+        """Run ``lvm <command> <args>``; a failure is an OperationError with lvm2's message."""
+        argv = self.argv(command, *args)
+        result = self._execute(argv)
+        if result.returncode != 0:
+            lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+            errors = [line for line in lines if not line.startswith("WARNING:")] or lines
+            raise OperationError(f"{' '.join(argv)}: {'; '.join(errors) or f'exit {result.returncode}'}")
+        return result.stdout
+
+    def path(self, lv: str) -> str:
+        """The LV's device node (present only while it is active)."""
+        return f"/dev/{self.vg}/{lv}"
+
+    def lvs(self) -> dict[str, LvInfo]:
+        """The LVs of the VG by name."""
+        output = self.run("lvs", "--reportformat", "json", "--units", "b", "--nosuffix",
+                          "--options", "lv_name,lv_size,lv_attr,pool_lv,origin", self.vg)
+        try:
+            rows = [row for report in json.loads(output)["report"] for row in report.get("lv", [])]
+            return {row["lv_name"]: LvInfo(row["lv_name"], int(row["lv_size"]), row["lv_attr"],
+                                           row.get("pool_lv", ""), row.get("origin", "")) for row in rows}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise OperationError(f"lvs {self.vg}: unexpected output ({exc}): {output[:200]!r}") from None
+
+    def create(self, lv: str, size: int, thinpool: str | None = None) -> None:
+        if thinpool:
+            self.run("lvcreate", "--yes", "--name", lv, "--virtualsize", f"{size}B", "--thinpool", thinpool, self.vg)
+        else:
+            self.run("lvcreate", "--yes", "--name", lv, "--size", f"{size}B", self.vg)
+
+    def snapshot(self, origin: str, lv: str, cow_size: int | None = None) -> None:
+        """A snapshot of ``origin``: thin (no ``cow_size``) or classic with a ``cow_size`` CoW area."""
+        if cow_size is None:
+            # Thin snapshots are created with the activation-skip flag; clear it so they activate.
+            self.run("lvcreate", "--snapshot", "--setactivationskip", "n", "--name", lv, f"{self.vg}/{origin}")
+        else:
+            self.run("lvcreate", "--snapshot", "--size", f"{cow_size}B", "--name", lv, f"{self.vg}/{origin}")
+
+    def extend(self, lv: str, size: int) -> None:
+        self.run("lvextend", "--size", f"{size}B", f"{self.vg}/{lv}")
+
+    def rename(self, old: str, new: str) -> None:
+        self.run("lvrename", self.vg, old, new)
+
+    def remove(self, lv: str) -> None:
+        self.run("lvremove", "--yes", f"{self.vg}/{lv}")
+
+    def activate(self, lv: str) -> None:
+        self.run("lvchange", "--activate", "y", "--ignoreactivationskip", f"{self.vg}/{lv}")
+
+
+class LvmStore(Store):
+    """Base and restored images as LVs in volume group ``vg``, named as WalB names them.
+
+    Args:
+        vg: the volume group.
+        thinpool: a thin pool in ``vg`` for new bases (restores then make thin snapshots);
+            None for thick LVs and classic snapshots.
+        config, command_prefix, env: how lvm2 is run (see :class:`Lvm`).
+    """
+
+    kind = "lvm"
+
+    def __init__(self, vg: str, thinpool: str | None = None, config: str | None = None,
+                 command_prefix: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
+        self.lvm = Lvm(vg, config, command_prefix, env)
+        self.vg = vg
+        self.thinpool = check_lvm_name(thinpool, "thin pool") if thinpool is not None else None
+
+    def __repr__(self) -> str:
+        return f"LvmStore({self.vg!r}, thinpool={self.thinpool!r})"
+
+    # -- LVs and their devices ------------------------------------------------------------
+
+    def _lv(self, name: str) -> LvInfo | None:
+        return self.lvm.lvs().get(name)
+
+    def _require_base(self, vol: str) -> LvInfo:
+        info = self._lv(base_name(vol))
+        if info is None:
+            raise OperationError(f"volume {vol}: no base LV {self.vg}/{base_name(vol)}")
+        return info
+
+    def _require_restored(self, vol: str, gid: int) -> LvInfo:
+        info = self._lv(restored_name(vol, gid))
+        if info is None:
+            raise OperationError(f"volume {vol}: gid {gid} is not restored (no LV {self.vg}/{restored_name(vol, gid)})")
+        return info
+
+    def activated(self, lv: str, what: str) -> str:
+        """Activate ``lv`` and return its device node.
+
+        Raises:
+            OperationError: the kernel has no device-mapper, or activation produced no
+                device (activation disabled in the LVM configuration).
+        """
+        node = self.lvm.path(lv)
+        missing = device_mapper_missing()
+        if missing is not None:
+            raise OperationError(f"{what}: LV {self.vg}/{lv} must be active as {node}, but {missing}; "
+                                 "data IO on the lvm store needs a kernel with device-mapper (docs/stores.md)")
+        self.lvm.activate(lv)
+        if not is_block_device(node):
+            raise OperationError(f"{what}: LV {self.vg}/{lv} has no device {node} after activation "
+                                 "(activation disabled in the LVM configuration, or device-mapper unusable)")
+        return node
+
+    @contextlib.contextmanager
+    def _open_lv(self, lv: str, what: str, writable: bool,
+                 discard: DiscardPolicy = DiscardPolicy.IGNORE) -> Iterator[BlockTarget]:
+        node = self.activated(lv, what)
+        fd = os.open(node, os.O_RDWR if writable else os.O_RDONLY)
+        try:
+            yield BlockTarget(fd, size_of(fd) // LOGICAL_BLOCK_SIZE, discard)
+            if writable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _zero(self, lv: str, what: str, start: int, end: int) -> None:
+        """Make bytes [start, end) of ``lv`` read as zeros (BLKZEROOUT)."""
+        with self._open_lv(lv, what, writable=True) as target:
+            zero_range(target.fd, start, end - start)
+
+    # -- base -----------------------------------------------------------------------------
+
+    def base_path(self, vol: str) -> str:
+        return self.lvm.path(base_name(vol))
+
+    def create_base(self, vol: str, size_lb: int, zero: bool = False) -> str:
+        # Zeroing a thick LV is data IO: it needs device-mapper.
+        lv = base_name(vol)
+        size = check_size_lb(size_lb) * LOGICAL_BLOCK_SIZE
+        if self._lv(lv) is not None:
+            raise OperationError(f"volume {vol}: a base LV {self.vg}/{lv} exists already")
+        self.lvm.create(lv, size, self.thinpool)
+        if zero and not self.thinpool:
+            try:
+                self._zero(lv, f"volume {vol}: zeroing the new base", 0, self._require_base(vol).size)
+            except BaseException:
+                # An unzeroed base must not stay behind looking like a created one.
+                with contextlib.suppress(OperationError):
+                    self.lvm.remove(lv)
+                raise
+        logger.info("volume %s: created base LV %s/%s (%d LB%s)", vol, self.vg, lv, size_lb,
+                    f", thin in {self.thinpool}" if self.thinpool else "")
+        return self.base_path(vol)
+
+    def base_exists(self, vol: str) -> bool:
+        return self._lv(base_name(vol)) is not None
+
+    def base_size_lb(self, vol: str) -> int:
+        return self._require_base(vol).size // LOGICAL_BLOCK_SIZE
+
+    def grow_base(self, vol: str, size_lb: int, zero_new: bool = False) -> int:
+        info = self._require_base(vol)
+        current = info.size // LOGICAL_BLOCK_SIZE
+        if check_size_lb(size_lb) <= current:
+            return current
+        zero = zero_new and not info.is_thin  # a thin pool hands out zeroed blocks
+        what = f"volume {vol}: zeroing the grown base"
+        if zero:
+            # Fail before extending: a retry would find the size reached and zero nothing.
+            self.activated(info.name, what)
+        self.lvm.extend(info.name, size_lb * LOGICAL_BLOCK_SIZE)
+        grown = self._require_base(vol).size
+        if zero:
+            self._zero(info.name, what, info.size, grown)
+        logger.info("volume %s: grew base LV %s/%s from %d to %d LB", vol, self.vg, info.name, current,
+                    grown // LOGICAL_BLOCK_SIZE)
+        return grown // LOGICAL_BLOCK_SIZE
+
+    @contextlib.contextmanager
+    def open_base(self, vol: str, writable: bool = True,
+                  discard: DiscardPolicy = DiscardPolicy.IGNORE) -> Iterator[BlockTarget]:
+        lv = self._require_base(vol).name
+        with self._open_lv(lv, f"volume {vol}: opening the base", writable, discard) as target:
+            yield target
+
+    def apply_to_base(self, vol: str, diff_paths: Sequence[str],
+                      discard: DiscardPolicy = DiscardPolicy.IGNORE) -> Stats:
+        info = self._require_base(vol)
+        what = f"volume {vol}: cannot apply to the base LV {self.vg}/{info.name}"
+        stats = verify_or_refuse(what, diff_paths, info.size // LOGICAL_BLOCK_SIZE, discard)
+        with self._open_lv(info.name, what, writable=True, discard=discard) as target:
+            apply_diffs(diff_paths, target)
+        logger.info("volume %s: applied %d diffs to base LV %s/%s", vol, len(diff_paths), self.vg, info.name)
+        return stats
+
+    # -- restored images ------------------------------------------------------------------
+
+    def restore(self, vol: str, gid: int, diff_paths: Sequence[str],
+                discard: DiscardPolicy = DiscardPolicy.IGNORE) -> Restored:
+        final, tmp = restored_name(vol, check_gid(gid)), restored_name(vol, gid, tmp=True)
+        lvs = self.lvm.lvs()
+        if final in lvs:
+            raise OperationError(f"volume {vol}: gid {gid} is restored already as LV {self.vg}/{final}")
+        base = lvs.get(base_name(vol))
+        if base is None:
+            raise OperationError(f"volume {vol}: no base LV {self.vg}/{base_name(vol)} to restore gid {gid} from")
+        what = f"volume {vol}: cannot restore gid {gid}"
+        stats = verify_or_refuse(what, diff_paths, base.size // LOGICAL_BLOCK_SIZE, discard)
+        missing = device_mapper_missing()
+        if missing is not None:
+            raise OperationError(f"{what}: a snapshot of LV {self.vg}/{base.name} needs device-mapper, but {missing}; "
+                                 "data IO on the lvm store needs a kernel with device-mapper (docs/stores.md)")
+        if tmp in lvs:
+            self.lvm.remove(tmp)  # left by a restore that died
+        if base.is_thin:
+            method, cow_size = CloneMethod.LVM_THIN_SNAPSHOT, None
+        else:
+            method = CloneMethod.LVM_SNAPSHOT
+            cow_size = math.ceil(base.size * CLASSIC_SNAPSHOT_COW_RATIO / LOGICAL_BLOCK_SIZE) * LOGICAL_BLOCK_SIZE
+        self.lvm.snapshot(base.name, tmp, cow_size)
+        try:
+            with self._open_lv(tmp, what, writable=True, discard=discard) as target:
+                apply_diffs(diff_paths, target)
+            self.lvm.rename(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OperationError):
+                self.lvm.remove(tmp)
+            raise
+        logger.info("volume %s: restored gid %d as LV %s/%s (%s, %d diffs)", vol, gid, self.vg, final, method,
+                    len(diff_paths))
+        return Restored(vol, gid, self.lvm.path(final), method, stats)
+
+    def _volume_lvs(self, vol: str) -> Iterator[tuple[str, int, bool]]:
+        """(LV name, gid, is_tmp) of the restored LVs of ``vol``."""
+        check_volume_id(vol)
+        for name in self.lvm.lvs():
+            parsed = parse_restored_name(name)
+            if parsed is not None and parsed[0] == vol:
+                yield name, parsed[1], parsed[2]
+
+    def restored(self, vol: str) -> list[int]:
+        return sorted(gid for _, gid, is_tmp in self._volume_lvs(vol) if not is_tmp)
+
+    def restored_path(self, vol: str, gid: int) -> str:
+        return self.lvm.path(restored_name(vol, gid))
+
+    def _detach_lvs(self, names: Sequence[str]) -> None:
+        """Detach loop devices over the active ones among ``names`` (an inactive LV has none)."""
+        loop.detach(*[self.lvm.path(name) for name in names if os.path.exists(self.lvm.path(name))])
+
+    def delete_restored(self, vol: str, gid: int) -> None:
+        lv = self._require_restored(vol, gid).name
+        self._detach_lvs([lv])
+        self.lvm.remove(lv)
+        logger.info("volume %s: deleted restored gid %d (LV %s/%s)", vol, gid, self.vg, lv)
+
+    def attach(self, vol: str, gid: int, read_only: bool = True) -> str:
+        lv = self._require_restored(vol, gid).name
+        return loop.attach(self.activated(lv, f"volume {vol}: attaching gid {gid}"), read_only)
+
+    def detach(self, vol: str, gid: int) -> list[str]:
+        node = self.restored_path(vol, gid)
+        return loop.detach(node) if os.path.exists(node) else []
+
+    # -- whole volumes --------------------------------------------------------------------
+
+    def cleanup(self, vol: str) -> list[str]:
+        removed = []
+        for name, _, is_tmp in list(self._volume_lvs(vol)):
+            if is_tmp:
+                self.lvm.remove(name)
+                removed.append(f"{self.vg}/{name}")
+        if removed:
+            logger.info("volume %s: removed leftover LVs %s", vol, ", ".join(removed))
+        return removed
+
+    def remove_volume(self, vol: str) -> None:
+        restored = [name for name, _, _ in self._volume_lvs(vol)]
+        base = base_name(vol)
+        has_base = base in self.lvm.lvs()
+        self._detach_lvs(restored)
+        # Snapshots first: lvm2 refuses to remove a classic snapshot's origin.
+        for name in restored:
+            self.lvm.remove(name)
+        if has_base:
+            self.lvm.remove(base)
+        if restored or has_base:
+            logger.info("volume %s: removed LVs %s", vol, ", ".join(restored + [base] * has_base))
+
+    def volumes(self) -> list[str]:
+        found = set()
+        for name in self.lvm.lvs():
+            parsed = parse_restored_name(name)
+            if parsed is not None:
+                found.add(parsed[0])
+            elif name.startswith(BASE_PREFIX) and VOLUME_ID_RE.fullmatch(name[len(BASE_PREFIX):]):
+                found.add(name[len(BASE_PREFIX):])
+        return sorted(found)
+
