@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from walbops.agents.archive_volume import ArchiveVolume, Refused
+from walbops.agents.archive_volume import ArchiveVolume
+from walbops.agents.state import Refused
 from walbops.diff.io import DiffIo
 from walbops.diff.sorted_file import SortedDiffWriter
 from walbops.errors import FormatError, OperationError, UsageError

@@ -30,17 +30,9 @@ from ..formats.meta import (
 )
 from ..formats.wdiff import FILE_HEADER_STRUCT, FileHeader
 from . import metadata
-from .state import ARCHIVE_ACTIVE, ARCHIVE_TRANSITIONS, ActionCounter, StateMachine
+from .state import ARCHIVE_ACTIVE, ARCHIVE_TRANSITIONS, ActionCounter, Refused, StateMachine
 
 TMP_SUFFIX = ".receiving"
-
-
-class Refused(OperationError):
-    """A transfer the archive turns down with one of WalB's reason strings."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass

@@ -18,6 +18,14 @@ from ..errors import OperationError
 Transition = tuple[str, str, str]  # (from, via, to)
 
 
+class Refused(OperationError):
+    """A request an agent turns down with one of WalB's reason strings (``stopped``, ``too-old-diff`` …)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class StateMachine:
     """The state of one volume on one agent.
 

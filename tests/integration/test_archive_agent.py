@@ -1,0 +1,192 @@
+"""The archive agent as a process on loopback: full backup, diffs with WalB's refusals, restore."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from walbops.agents.transfers import file_chunks, send_full_backup, send_wdiff
+from walbops.diff.engine import convert_to_sorted, log_ios
+from walbops.diff.gen import GenConfig, generate_wlog
+from walbops.diff.logs import WlogReader
+from walbops.errors import AuthenticationError, RemoteError
+from walbops.formats.meta import MetaDiff
+from walbops.net.auth import load_key, write_key
+from walbops.net.transport import open_connection
+
+SIZE_LB = 8192  # 4 MiB volume
+MiB = 1 << 20
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def archive(tmp_path):
+    key = tmp_path / "cluster.key"
+    write_key(key)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "walbops.cli.main", "agent", "archive", "--listen", "127.0.0.1", "--port", str(port),
+         "--id", "a0", "--base-dir", str(tmp_path / "a0"), "--cluster-key-file", str(key),
+         "--log-file", str(tmp_path / "a0.log")])
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise AssertionError((tmp_path / "a0.log").read_text())
+            time.sleep(0.05)
+    yield port, load_key(key), tmp_path
+    process.terminate()
+    process.wait(timeout=30)
+
+
+async def ctl(port: int, key: bytes, command: str, **args):
+    channel = await open_connection("127.0.0.1", port, key, "test", "controller")
+    async with channel:
+        return await channel.request(command, args)
+
+
+def image_with_data(path: Path) -> bytes:
+    rng = random.Random(3)
+    data = bytearray(SIZE_LB * 512)
+    for _ in range(40):
+        offset = rng.randrange(0, SIZE_LB - 64) * 512
+        data[offset:offset + 16384] = rng.randbytes(16384)
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def wdiff_of_random_log(tmp_path: Path, index: int, uuid: bytes) -> tuple[Path, bytes]:
+    """A sorted wdiff, and the wlog it came from, both for the test's volume."""
+    raw = io.BytesIO()
+    generate_wlog(raw, GenConfig(device_lb=SIZE_LB, log_pb=3000, seed=100 + index))
+    wlog = tmp_path / f"{index}.wlog"
+    wlog.write_bytes(raw.getvalue())
+    path = tmp_path / f"{index}.wdiff"
+    with open(wlog, "rb") as stream, open(path, "wb") as out:
+        convert_to_sorted(log_ios(WlogReader(stream)), out, uuid)
+    return path, raw.getvalue()
+
+
+def test_full_backup_diffs_and_restore_over_the_network(archive):
+    port, key, tmp_path = archive
+    volume = image_with_data(tmp_path / "volume.img")
+    uuid = os.urandom(16)
+    asyncio.run(ctl(port, key, "init-vol", vol="vol0"))
+
+    async def full_backup() -> int:
+        fd = os.open(tmp_path / "volume.img", os.O_RDONLY)
+        channel = await open_connection("127.0.0.1", port, key, "s0", "storage")
+        try:
+            async with channel:
+                async def accepted() -> bytes:
+                    return uuid
+
+                async def streamed() -> int:
+                    return 0
+
+                return await send_full_backup(channel, "vol0", fd, SIZE_LB, 512, int(time.time()), accepted,
+                                              streamed)
+        finally:
+            os.close(fd)
+
+    assert asyncio.run(full_backup()) == 0
+    assert asyncio.run(ctl(port, key, "get", target="state", vol="vol0")) == "Archived"
+    again = subprocess.run([sys.executable, "-m", "walbops.cli.main", "ctl", "-a", "127.0.0.1", "-p", str(port),
+                            "--key", str(tmp_path / "cluster.key"), "get", "restorable", "vol0"],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and '"gid": 0' in again.stdout
+
+    expected = {0: hashlib.sha1(volume).hexdigest()}
+    image = bytearray(volume)
+    for gid in range(3):
+        path, raw = wdiff_of_random_log(tmp_path, gid, uuid)
+        for io_ in log_ios(WlogReader(io.BytesIO(raw))):
+            start, end = io_.address * 512, io_.end * 512
+            image[start:end] = io_.data() if io_.kind == 0 else bytes(end - start)
+
+        async def send(path=path, gid=gid) -> None:
+            channel = await open_connection("127.0.0.1", port, key, "p0", "proxy")
+            async with channel:
+                await send_wdiff(channel, "vol0", uuid, SIZE_LB, MetaDiff(gid, gid + 1, timestamp=1700000000 + gid),
+                                 file_chunks(str(path)))
+
+        asyncio.run(send())
+        expected[gid + 1] = hashlib.sha1(image).hexdigest()
+
+    async def refused(diff: MetaDiff, uuid_: bytes = uuid, size: int = SIZE_LB) -> str | None:
+        channel = await open_connection("127.0.0.1", port, key, "p0", "proxy")
+        async with channel:
+            try:
+                await send_wdiff(channel, "vol0", uuid_, size, diff, [b""])
+            except RemoteError as exc:
+                return exc.reason
+        return None
+
+    assert asyncio.run(refused(MetaDiff(0, 1))) == "too-old-diff"
+    assert asyncio.run(refused(MetaDiff(7, 8))) == "too-new-diff"
+    assert asyncio.run(refused(MetaDiff(3, 4), uuid_=bytes(16))) == "different-uuid"
+    assert asyncio.run(refused(MetaDiff(3, 4), size=SIZE_LB * 2)) == "smaller-lv-size"
+
+    restorable = asyncio.run(ctl(port, key, "get", target="restorable", vol="vol0"))
+    assert [entry["gid"] for entry in restorable] == [0, 1, 2, 3]
+    for gid in (0, 2, 3):
+        assert asyncio.run(ctl(port, key, "restore", vol="vol0", gid=gid)) == {"accepted": True}
+        deadline = time.monotonic() + 30
+        while gid not in asyncio.run(ctl(port, key, "get", target="restored", vol="vol0")):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        path = tmp_path / "a0" / "images" / "vol0" / "restored" / f"wr_vol0_{gid}.img"
+        assert hashlib.sha1(path.read_bytes()).hexdigest() == expected[gid], f"snapshot {gid}"
+        asyncio.run(ctl(port, key, "del-restored", vol="vol0", gid=gid))
+
+
+def test_full_backup_to_an_archived_volume_fails_clearly(archive):
+    """WalB's m1: a second full backup while the archive is Archived is refused."""
+    port, key, tmp_path = archive
+    image_with_data(tmp_path / "volume.img")
+    asyncio.run(ctl(port, key, "init-vol", vol="vol0"))
+
+    async def full_backup() -> None:
+        fd = os.open(tmp_path / "volume.img", os.O_RDONLY)
+        channel = await open_connection("127.0.0.1", port, key, "s0", "storage")
+        try:
+            async with channel:
+                async def accepted() -> bytes:
+                    return bytes(16)
+
+                async def streamed() -> int:
+                    return 0
+
+                await send_full_backup(channel, "vol0", fd, SIZE_LB, 512, 1, accepted, streamed)
+        finally:
+            os.close(fd)
+
+    asyncio.run(full_backup())
+    with pytest.raises(RemoteError, match="SyncReady"):
+        asyncio.run(full_backup())
+    assert asyncio.run(ctl(port, key, "get", target="state", vol="vol0")) == "Archived"
+
+
+def test_a_client_without_the_key_is_refused_and_the_agent_serves_on(archive, tmp_path):
+    port, key, _ = archive
+    with pytest.raises(AuthenticationError):
+        asyncio.run(ctl(port, os.urandom(32), "status"))
+    assert asyncio.run(ctl(port, key, "get", target="host-type")) == "archive"

@@ -1,0 +1,274 @@
+"""What every agent shares: lifecycle, signals, connections, command dispatch, background tasks.
+
+The lifecycle is uvicorn's: ``startup()`` → ``main_loop()`` (a 0.1 s tick until asked to
+exit) → ``shutdown()``. Signal handlers only set flags. A graceful shutdown stops taking
+connections, lets running work finish for ``shutdown_timeout`` seconds, then cancels what
+is left and says so in the log; a second signal (or ``shutdown force``) cancels at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+from .. import __version__
+from ..errors import OperationError, ProtocolError, RemoteError, UsageError, WalbopsError
+from ..net import messages
+from ..net.auth import load_key
+from ..net.transport import Channel, serve
+from .config import Config
+from .state import Refused
+
+HANDLED_SIGNALS = (
+    signal.SIGINT,  # Ctrl+C
+    signal.SIGTERM,  # kill <pid>
+)
+TICK = 0.1  # [s] main loop period
+
+
+@dataclass
+class Request:
+    """One request being served."""
+
+    channel: Channel
+    id: int
+    command: str
+    args: dict[str, Any]
+    answered: bool = False
+
+    async def accept(self) -> None:
+        """Answer ``accepted``: the work goes on (a transfer's stream follows on this channel)."""
+        await self.channel.accept(self.id)
+        self.answered = True
+
+
+Handler = Callable[[Request], Awaitable[Any]]
+
+
+@dataclass
+class Command:
+    handler: Handler
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+    help: str = ""
+
+
+def args_schema(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON schema for a command's arguments."""
+    return {"type": "object", "properties": {**required, **(optional or {})}, "required": list(required),
+            "additionalProperties": False}
+
+
+VOL = {"type": "string", "pattern": "^[0-9A-Za-z-]{1,64}$"}
+GID = {"type": "integer", "minimum": 0, "maximum": messages.U64_MAX}
+
+
+class Agent:
+    """Base of the storage, proxy and archive agents."""
+
+    host_type = "agent"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.log = logging.getLogger(f"walbops.{config.role}")
+        self.should_exit = False
+        self.force_exit = False
+        self.started_at = time.time()
+        self.commands: dict[str, Command] = {
+            "status": Command(self.cmd_status, args_schema({}, {"vol": VOL}), "agent or volume status"),
+            "get": Command(self.cmd_get, args_schema({"target": {"type": "string"}}, {"vol": VOL, "args": {}}),
+                           "a value (walbc get TARGET)"),
+            "shutdown": Command(self.cmd_shutdown, args_schema({}, {"mode": {"enum": ["graceful", "force"]}}),
+                                "stop the agent"),
+            "version": Command(self.cmd_version, args_schema({}), "walbops version"),
+        }
+        self.getters: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "host-type": lambda args: self.host_type,
+            "pid": lambda args: os.getpid(),
+            "vol": lambda args: self.volume_ids(),
+        }
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._slots = asyncio.Semaphore(int(config.max_connections))
+        self.server: asyncio.Server | None = None
+        self.key = b""
+
+    # ------------------------------------------------------------------ to be provided by agents
+
+    def volume_ids(self) -> list[str]:
+        return []
+
+    def volume_status(self, vol: str) -> dict[str, Any]:
+        raise OperationError(f"volume {vol!r} not found")
+
+    async def on_start(self) -> None:
+        """Reload state, resume work (after the server listens)."""
+
+    async def on_tick(self) -> None:
+        """Periodic work, every TICK seconds."""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def serve(self) -> None:
+        await self.startup()
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+
+    async def startup(self) -> None:
+        self.key = load_key(self.config.key_file)
+        os.makedirs(self.config.base_dir, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        for sig in HANDLED_SIGNALS:
+            loop.add_signal_handler(sig, self.handle_exit, sig)
+        self.server = await serve(self.config.listen, int(self.config.port), self.key, str(self.config.id),
+                                  self.host_type, self._serve_channel, timeout=float(self.config.socket_timeout))
+        await self.on_start()
+        self.log.info("%s agent %s listening on %s:%s (pid %d)", self.host_type, self.config.id, self.config.listen,
+                      self.port, os.getpid())
+
+    @property
+    def port(self) -> int:
+        if self.server is None or not self.server.sockets:
+            return int(self.config.port)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def handle_exit(self, sig: int | None = None) -> None:
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
+
+    async def main_loop(self) -> None:
+        while not self.should_exit:
+            await asyncio.sleep(TICK)
+            try:
+                await self.on_tick()
+            except Exception:
+                self.log.exception("periodic work failed")
+
+    async def shutdown(self) -> None:
+        # Stop accepting connections.
+        if self.server is not None:
+            self.server.close()
+        pending = self._tasks | self._connections
+        if pending and not self.force_exit:
+            self.log.info("waiting up to %.0f s for %d tasks", float(self.config.shutdown_timeout), len(pending))
+            done, pending = await asyncio.wait(pending, timeout=float(self.config.shutdown_timeout))
+        if pending:
+            self.log.warning("cancelling %d unfinished tasks", len(pending))
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=5)
+        self.log.info("%s agent %s stopped", self.host_type, self.config.id)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run background work that shutdown waits for; failures are logged."""
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+
+        def finished(done: asyncio.Task[Any]) -> None:
+            self._tasks.discard(done)
+            if not done.cancelled() and done.exception() is not None:
+                self.log.error("%s failed: %s", name, done.exception())
+
+        task.add_done_callback(finished)
+        return task
+
+    # ------------------------------------------------------------------ requests
+
+    async def _serve_channel(self, channel: Channel) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            async with self._slots:
+                while not self.should_exit:
+                    request = await channel.recv_request()
+                    if request is None:
+                        return
+                    await self.dispatch(Request(channel, request["id"], request["command"], request["args"]))
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+
+    async def dispatch(self, request: Request) -> None:
+        command = self.commands.get(request.command)
+        channel = request.channel
+        if command is None:
+            await channel.refuse(request.id, f"unknown command {request.command!r} for the {self.host_type} agent",
+                                 "unknown-command")
+            return
+        try:
+            messages.validate_args(request.command, request.args)
+            error = jsonschema.exceptions.best_match(
+                jsonschema.Draft202012Validator(command.schema).iter_errors(request.args))
+            if error is not None:
+                where = ".".join(str(p) for p in error.absolute_path)
+                raise UsageError(f"{request.command}: {'args.' + where if where else 'args'}: {error.message}")
+            result = await command.handler(request)
+        except Refused as exc:
+            await self._refuse(request, str(exc), exc.reason)
+        except RemoteError as exc:
+            await self._refuse(request, str(exc), exc.reason)
+        except ProtocolError:
+            raise  # the connection is broken; the transport closes it
+        except WalbopsError as exc:
+            await self._refuse(request, str(exc), "bad-args" if isinstance(exc, UsageError) else None)
+        except OSError as exc:
+            self.log.error("%s: %s", request.command, exc)
+            await self._refuse(request, f"{request.command}: {exc.strerror or exc}", "io-error")
+        else:
+            if not request.answered:
+                await channel.respond(request.id, result)
+
+    async def _refuse(self, request: Request, error: str, reason: str | None) -> None:
+        if request.answered:
+            # An accepted transfer: its handler already told the peer with abort.
+            self.log.warning("%s failed after it was accepted: %s", request.command, error)
+            return
+        await request.channel.refuse(request.id, error[: messages.MAX_TEXT], reason)
+
+    # ------------------------------------------------------------------ built-in commands
+
+    async def cmd_status(self, request: Request) -> Any:
+        vol = request.args.get("vol")
+        if vol is not None:
+            return self.volume_status(vol)
+        return {"host_type": self.host_type, "id": self.config.id, "pid": os.getpid(), "version": __version__,
+                "uptime": round(time.time() - self.started_at, 1),
+                "volumes": {vol: self.volume_status(vol) for vol in self.volume_ids()}}
+
+    async def cmd_get(self, request: Request) -> Any:
+        target = request.args["target"]
+        getter = self.getters.get(target)
+        if getter is None:
+            raise UsageError(f"get: unknown target {target!r} for the {self.host_type} agent "
+                             f"(known: {', '.join(sorted(self.getters))})")
+        return getter(request.args)
+
+    async def cmd_shutdown(self, request: Request) -> Any:
+        self.handle_exit()
+        if request.args.get("mode") == "force":
+            self.force_exit = True
+        return messages.ACCEPTED
+
+    async def cmd_version(self, request: Request) -> Any:
+        return {"version": __version__, "protocol": messages.PROTOCOL_VERSION}
+
+
+def run(agent: Agent) -> int:
+    """Run an agent until it is told to stop; the process's exit code."""
+    try:
+        asyncio.run(agent.serve())
+    except (WalbopsError, OSError) as exc:
+        agent.log.error("%s", exc)
+        return getattr(exc, "exit_code", 1)
+    return 0

@@ -1,0 +1,33 @@
+"""``walbops agent storage|proxy|archive``: run an agent in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..agents import config as agent_config
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    group = commands.add_parser("agent", help="run the storage, proxy or archive agent")
+    sub = group.add_subparsers(dest="role", required=True, metavar="ROLE")
+    for role in agent_config.ROLES:
+        parser = sub.add_parser(role, help=f"the {role} agent")
+        agent_config.add_flags(parser, role)
+        parser.set_defaults(handler=cmd_agent)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    config = agent_config.from_args(args.role, args)
+    log_path = config.log_path()
+    handlers: list[logging.Handler] = [logging.FileHandler(log_path) if log_path else logging.StreamHandler(sys.stderr)]
+    logging.basicConfig(level=logging.DEBUG if config.debug else logging.INFO, handlers=handlers,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from ..agents._server import run  # imported late: the agents pull in asyncio servers and stores
+
+    if args.role == "archive":
+        from ..agents.archive import ArchiveAgent
+
+        return run(ArchiveAgent(config))
+    raise SystemExit(f"walbops: the {args.role} agent is not available yet")

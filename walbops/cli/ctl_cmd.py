@@ -1,0 +1,99 @@
+"""``walbops ctl``: walbc's commands against one agent, positional arguments as walbc takes them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+from ..controller import Layout, Server, call
+from ..errors import UsageError
+from ..net.auth import load_key
+from ._common import emit
+
+# walbc's positional arguments, by command: (required names, optional names).
+POSITIONAL: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "status": ((), ("vol",)),
+    "init-vol": (("vol",), ("wdev",)),
+    "clear-vol": (("vol",), ()),
+    "reset-vol": (("vol",), ("gid",)),
+    "start": (("vol",), ("role",)),
+    "stop": (("vol",), ("mode",)),
+    "restore": (("vol", "gid"), ()),
+    "del-restored": (("vol", "gid"), ()),
+    "full-bkp": (("vol",), ("bulk_size",)),
+    "snapshot": (("vol",), ()),
+    "kick": ((), ("vol", "archive")),
+    "shutdown": ((), ("mode",)),
+    "version": ((), ()),
+}
+INTEGER_ARGS = {"gid", "bulk_size"}
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("ctl", help="send a command to an agent (walbc)")
+    where = parser.add_argument_group("where")
+    where.add_argument("--layout", help="layout file (servers and key_file)")
+    where.add_argument("-s", "--server", help="server name from the layout")
+    where.add_argument("-a", "--address", help="server address (without a layout)")
+    where.add_argument("-p", "--port", type=int, help="server port (without a layout)")
+    where.add_argument("--key", help="cluster key file (without a layout)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="socket timeout [s]")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("command", help="walbc command: " + ", ".join(sorted(POSITIONAL)) + ", get")
+    parser.add_argument("args", nargs="*", help="its arguments, as walbc takes them")
+    parser.set_defaults(handler=cmd_ctl)
+
+
+def request_args(command: str, words: list[str]) -> dict[str, Any]:
+    """walbc's positional words as the request's named arguments."""
+    if command == "get":
+        if not words:
+            raise UsageError("get: which target? (state, restorable, base, ...)")
+        args: dict[str, Any] = {"target": words[0]}
+        if len(words) > 1:
+            args["vol"] = words[1]
+        if len(words) > 2:
+            rest: Any = words[2:] if len(words) > 3 else words[2]
+            args["args"] = rest
+        return args
+    if command not in POSITIONAL:
+        return {}
+    required, optional = POSITIONAL[command]
+    if not len(required) <= len(words) <= len(required) + len(optional):
+        names = " ".join(required) + "".join(f" [{name}]" for name in optional)
+        raise UsageError(f"{command}: expected {names}")
+    result: dict[str, Any] = {}
+    for name, word in zip(required + optional, words, strict=False):
+        if name in INTEGER_ARGS:
+            try:
+                result[name] = int(word)
+            except ValueError:
+                raise UsageError(f"{command}: {name} must be an integer, not {word!r}") from None
+        else:
+            result[name] = word
+    return result
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    if args.layout:
+        layout = Layout.load(args.layout)
+        server = layout.get(args.server) if args.server else None
+        if server is None:
+            raise UsageError("--server NAME is needed with --layout")
+        key_file = args.key or layout.key_file
+    else:
+        if not (args.address and args.port and args.key):
+            raise UsageError("give --layout and --server, or --address, --port and --key")
+        server = Server("-", args.address, args.port, "?")
+        key_file = args.key
+    result = asyncio.run(call(server, load_key(key_file), args.command, request_args(args.command, args.args),
+                              args.timeout))
+    if args.json:
+        emit({"result": result}, True)
+    elif isinstance(result, (dict, list)):
+        print(json.dumps(result, indent=1, sort_keys=True))
+    elif result is not None:
+        print(result)
+    return 0

@@ -1,0 +1,331 @@
+"""The cluster key and the mutual handshake (docs/protocol.md §4); pure, no sockets.
+
+::
+
+    client → server  hello     {version, id: C, role, nonce: Nc}
+    server → client  challenge {version, id: S, host_type, nonce: Ns,
+                                proof: HMAC-SHA256(K, "walbops-server\\0" || Nc || Ns || S)}
+    client → server  auth      {proof: HMAC-SHA256(K, "walbops-client\\0" || Ns || Nc || C)}
+    server → client  welcome   {}   or   error {reason: "authentication failed"}
+
+The two labels keep server proofs and client proofs in disjoint domains, so a proof one side
+computes can never be reflected back as the other side's (§4.4). :class:`ClientHandshake` and
+:class:`ServerHandshake` consume messages and return the messages to send; the asyncio shell in
+:mod:`walbops.net.transport` only moves them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import re
+import stat
+import tempfile
+from typing import Any
+
+from ..errors import (
+    AuthenticationError,
+    BadField,
+    FrameTooLarge,
+    InvalidMessage,
+    OperationError,
+    PeerTimeout,
+    ProtocolError,
+    VersionMismatch,
+)
+from . import messages
+
+KEY_SIZE = 32  # [bytes] the cluster key: as long as the SHA-256 block's security level needs
+NONCE_SIZE = 32  # [bytes] per side and connection; from os.urandom, so never repeated in practice
+SERVER_LABEL = b"walbops-server\0"
+CLIENT_LABEL = b"walbops-client\0"
+KEY_FILE_MODE = 0o600
+_KEY_FILE_RE = re.compile(rb"([0-9a-fA-F]{%d})\n?" % (2 * KEY_SIZE))
+_KEY_FILE_READ = 2 * KEY_SIZE + 2  # [bytes] 64 digits, a newline, and one more to notice junk
+
+
+def generate_key() -> bytes:
+    """A new random cluster key."""
+    return os.urandom(KEY_SIZE)
+
+
+def format_key(key: bytes) -> bytes:
+    """The key file's content: 64 lowercase hex digits and a newline."""
+    _check_key(key)
+    return key.hex().encode("ascii") + b"\n"
+
+
+def parse_key(content: bytes, source: str | None = None) -> bytes:
+    """Parse a key file's content (the final newline is optional).
+
+    Raises:
+        BadField: anything but 64 hex digits and an optional newline.
+    """
+    match = _KEY_FILE_RE.fullmatch(content)
+    if match is None:
+        raise BadField(f"a key file holds {2 * KEY_SIZE} hex digits and a newline", source=source)
+    return bytes.fromhex(match[1].decode("ascii"))
+
+
+def load_key(path: str | os.PathLike[str]) -> bytes:
+    """Read the cluster key from a key file.
+
+    Raises:
+        OperationError: the file grants any permission to group or others, or is not a regular file.
+        BadField: the content is not a key.
+        OSError: the file cannot be opened or read.
+    """
+    name = os.fspath(path)
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        # fstat the open file, not the path, so what we check is what we read.
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OperationError(f"{name}: a key file must be a regular file")
+        if info.st_mode & 0o077:
+            raise OperationError(f"{name}: key file mode {stat.S_IMODE(info.st_mode):04o} gives group or others "
+                                 f"access; run chmod 600 {name}")
+        content = os.read(fd, _KEY_FILE_READ)
+    finally:
+        os.close(fd)
+    return parse_key(content, name)
+
+
+def write_key(path: str | os.PathLike[str], key: bytes | None = None, *, force: bool = False) -> bytes:
+    """Write a key file atomically with mode 0600 and return the key (a new one unless given).
+
+    The file appears complete or not at all. Without ``force`` an existing file is never
+    replaced: the new file is hard-linked into place, which fails if the name exists.
+
+    Raises:
+        OperationError: ``path`` exists and ``force`` is false.
+        OSError: the directory is not writable, or another file system error.
+    """
+    key = generate_key() if key is None else key
+    content = format_key(key)
+    name = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(name)
+    # mkstemp creates the file with mode 0600 and O_EXCL.
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(name)}.", suffix=".tmp", dir=directory)
+    try:
+        try:
+            os.fchmod(fd, KEY_FILE_MODE)
+            os.write(fd, content)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if force:
+            os.replace(tmp, name)
+        else:
+            try:
+                os.link(tmp, name)
+            except FileExistsError:
+                raise OperationError(f"{name} exists; refusing to overwrite a key file") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return key
+
+
+def make_nonce() -> bytes:
+    """A fresh handshake nonce."""
+    return os.urandom(NONCE_SIZE)
+
+
+def server_proof(key: bytes, client_nonce: bytes, server_nonce: bytes, server_id: str) -> bytes:
+    """HMAC-SHA256(key, SERVER_LABEL || client_nonce || server_nonce || server_id)."""
+    _check_key(key)
+    return hmac.digest(key, SERVER_LABEL + client_nonce + server_nonce + server_id.encode("utf-8"), hashlib.sha256)
+
+
+def client_proof(key: bytes, server_nonce: bytes, client_nonce: bytes, client_id: str) -> bytes:
+    """HMAC-SHA256(key, CLIENT_LABEL || server_nonce || client_nonce || client_id)."""
+    _check_key(key)
+    return hmac.digest(key, CLIENT_LABEL + server_nonce + client_nonce + client_id.encode("utf-8"), hashlib.sha256)
+
+
+def _check_key(key: bytes) -> None:
+    if len(key) != KEY_SIZE:
+        raise BadField(f"a cluster key is {KEY_SIZE} bytes, not {len(key)}")
+
+
+def _verify(expected: bytes, proof_hex: str) -> bool:
+    # The schema has checked the hex; compare_digest keeps the time independent of the content.
+    return hmac.compare_digest(expected, bytes.fromhex(proof_hex))
+
+
+def _version_of(message: dict[str, Any]) -> int | None:
+    """``version`` if it is an integer; read before the schema, which may differ between versions."""
+    version = message.get("version")
+    return version if type(version) is int else None
+
+
+_PEER_ERRORS: dict[str, type[ProtocolError]] = {
+    AuthenticationError.reason: AuthenticationError,
+    VersionMismatch.reason: VersionMismatch,
+    PeerTimeout.reason: PeerTimeout,
+    FrameTooLarge.reason: FrameTooLarge,
+}
+
+
+class _Handshake:
+    """What both sides share: the peer's refusals and what to send when we refuse."""
+
+    def __init__(self, key: bytes, nonce: bytes | None) -> None:
+        _check_key(key)
+        self._key = key
+        self._nonce = make_nonce() if nonce is None else nonce
+        if len(self._nonce) != NONCE_SIZE:
+            raise BadField(f"a nonce is {NONCE_SIZE} bytes, not {len(self._nonce)}")
+        self._peer_refused = False
+        self.done = False
+
+    def refusal(self, exc: Exception) -> dict[str, Any] | None:
+        """The ``error`` message to send after ``exc``; None when the peer refused us (never answer an error)."""
+        if self._peer_refused:
+            return None
+        return error_message(exc)
+
+    def _expect(self, message: dict[str, Any], type_name: str) -> None:
+        """Raise the peer's refusal, or InvalidMessage if ``message`` is not a ``type_name``."""
+        got = message.get("type")
+        if got == "error":
+            self._peer_refused = True
+            raise peer_error(message)
+        if self.done:
+            raise InvalidMessage(f"{got!r} after the handshake has finished")
+        if got != type_name:
+            raise InvalidMessage(f"expected {type_name} during the handshake, got {got!r}")
+
+
+class ClientHandshake(_Handshake):
+    """The client's side: :meth:`hello` first, then :meth:`receive` the challenge and the welcome.
+
+    Args:
+        key: the cluster key.
+        client_id: this client's id (the ``id`` of ``hello``, covered by the client proof).
+        role: one of :data:`messages.ROLES`.
+        nonce: for tests only; a fresh random nonce otherwise.
+    """
+
+    def __init__(self, key: bytes, client_id: str, role: str, nonce: bytes | None = None) -> None:
+        super().__init__(key, nonce)
+        self.client_id = client_id
+        self.role = role
+        self.server_id: str | None = None
+        self.host_type: str | None = None
+        self._server_nonce: bytes | None = None
+
+    def hello(self) -> dict[str, Any]:
+        """The first message."""
+        message = messages.hello(self.client_id, self.role, self._nonce.hex())
+        messages.validate(message)  # a bad id or role is our bug: fail before sending it
+        return message
+
+    def receive(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """Take the server's next message; return ``auth`` after the challenge, None after ``welcome``.
+
+        Raises:
+            AuthenticationError: the server cannot prove the key, or refused ours.
+            VersionMismatch: the server speaks another version, or refused ours.
+            InvalidMessage: a message out of turn or against its schema.
+            ProtocolError: any other refusal by the server.
+        """
+        if self._server_nonce is None:
+            self._expect(message, "challenge")
+            version = _version_of(message)
+            if version is not None and version != messages.PROTOCOL_VERSION:
+                raise VersionMismatch(f"server speaks protocol version {version}; "
+                                      f"this client speaks {messages.PROTOCOL_VERSION}")
+            messages.validate(message)
+            server_nonce = bytes.fromhex(message["nonce"])
+            expected = server_proof(self._key, self._nonce, server_nonce, message["id"])
+            if not _verify(expected, message["proof"]):
+                raise AuthenticationError(f"server {message['id']} ({message['host_type']}) "
+                                          "cannot prove the cluster key")
+            self._server_nonce = server_nonce
+            self.server_id = message["id"]
+            self.host_type = message["host_type"]
+            return messages.auth(client_proof(self._key, server_nonce, self._nonce, self.client_id).hex())
+        self._expect(message, "welcome")
+        messages.validate(message)
+        self.done = True
+        return None
+
+
+class ServerHandshake(_Handshake):
+    """The server's side: :meth:`receive` the hello (→ challenge), then the auth (→ welcome).
+
+    Args:
+        key: the cluster key.
+        server_id: this server's id (the ``id`` of ``challenge``, covered by the server proof).
+        host_type: one of :data:`messages.HOST_TYPES`.
+        nonce: for tests only; a fresh random nonce otherwise.
+    """
+
+    def __init__(self, key: bytes, server_id: str, host_type: str, nonce: bytes | None = None) -> None:
+        super().__init__(key, nonce)
+        self.server_id = server_id
+        self.host_type = host_type
+        self.client_id: str | None = None
+        self.role: str | None = None
+        self._hello: tuple[bytes, str] | None = None  # the client's nonce and id, once hello is in
+
+    def receive(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Take the client's next message; return ``challenge`` after hello, ``welcome`` after auth.
+
+        Raises:
+            AuthenticationError: the client's proof does not verify, or it refused ours.
+            VersionMismatch: the client speaks another version.
+            InvalidMessage: a message out of turn (a request before auth) or against its schema.
+            ProtocolError: any other refusal by the client.
+        """
+        if self._hello is None:
+            self._expect(message, "hello")
+            version = _version_of(message)
+            if version is not None and version not in messages.SUPPORTED_VERSIONS:
+                raise VersionMismatch(f"client speaks protocol version {version}; "
+                                      f"this server speaks protocol version {messages.PROTOCOL_VERSION}")
+            messages.validate(message)
+            client_nonce = bytes.fromhex(message["nonce"])
+            self._hello = (client_nonce, message["id"])
+            self.client_id = message["id"]
+            self.role = message["role"]
+            proof = server_proof(self._key, client_nonce, self._nonce, self.server_id)
+            reply = messages.challenge(self.server_id, self.host_type, self._nonce.hex(), proof.hex())
+            messages.validate(reply)  # a bad server id or host type is our bug
+            return reply
+        self._expect(message, "auth")
+        messages.validate(message)
+        client_nonce, client_id = self._hello
+        expected = client_proof(self._key, self._nonce, client_nonce, client_id)
+        if not _verify(expected, message["proof"]):
+            raise AuthenticationError(f"client {client_id} ({self.role}) cannot prove the cluster key")
+        self.done = True
+        return messages.welcome()
+
+
+def error_message(exc: Exception) -> dict[str, Any]:
+    """The ``error`` message that tells the peer why we close after ``exc`` (docs/protocol.md §9)."""
+    reason = exc.reason if isinstance(exc, ProtocolError) else ProtocolError.reason
+    return messages.error(reason, str(exc))
+
+
+def peer_error(message: dict[str, Any]) -> ProtocolError:
+    """The exception for an ``error`` message the peer sent during the handshake.
+
+    Raises:
+        InvalidMessage: the error message itself breaks its schema.
+    """
+    messages.validate(message)
+    reason = message["reason"]
+    detail = message.get("detail")
+    text = f"peer refused the handshake: {reason}" + (f" ({detail})" if detail else "")
+    return _PEER_ERRORS.get(reason, ProtocolError)(text)

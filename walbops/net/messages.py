@@ -1,0 +1,214 @@
+"""Control messages: their JSON Schemas, validation, and builders (docs/protocol.md §3–§8).
+
+Every control message is a JSON object whose ``type`` member names it. :func:`validate` checks
+a message against the schema of its type and raises :class:`InvalidMessage` naming the field;
+:func:`validate_args` does the same for the arguments of the transfers of section 8. The
+builders return plain dicts that pass :func:`validate`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+from ..errors import FormatError, InvalidMessage
+from ..formats.meta import MetaDiff
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
+
+ROLES = ("controller", "storage", "proxy", "archive")  # what a client says it is in hello
+HOST_TYPES = ("storage", "proxy", "archive")  # what a server says it is in challenge
+ACCEPTED = {"accepted": True}  # the result of an accepted asynchronous command or transfer
+
+# Commands whose accepted response opens a stream (section 8).
+WLOG_TRANSFER = "wlog-transfer"
+WDIFF_TRANSFER = "wdiff-transfer"
+DIRTY_FULL_SYNC = "dirty-full-sync"
+
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+MAX_TEXT = 4096  # [characters] of an error text or abort reason
+
+_U32 = {"type": "integer", "minimum": 0, "maximum": U32_MAX}
+_U64 = {"type": "integer", "minimum": 0, "maximum": U64_MAX}
+_HEX32 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}  # nonces, proofs, checksums
+_UUID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+_ID = {"type": "string", "pattern": "^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$"}
+_VOL = {"type": "string", "pattern": "^[0-9A-Za-z-]{1,64}$"}  # WalB's volume id rule
+_REASON = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,63}$"}
+_TEXT = {"type": "string", "maxLength": MAX_TEXT}
+_SNAP = r"\|[0-9]+(,[0-9]+)?\|"
+_DIFF = {"type": "string", "maxLength": 256, "pattern": rf"^{_SNAP}-->{_SNAP} [M-][C-] \S+ [0-9]+$"}
+
+
+def _message(type_name: str, properties: dict[str, Any], required: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The schema of one message type: ``type`` plus the given members, nothing else."""
+    return {
+        "type": "object",
+        "properties": {"type": {"const": type_name}, **properties},
+        "required": ["type", *(properties if required is None else required)],
+        "additionalProperties": False,
+    }
+
+
+def _args(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+_RESPONSE_OK = _message("response", {"id": _U32, "ok": {"const": True}, "result": {}})
+_RESPONSE_FAILED = _message("response", {"id": _U32, "ok": {"const": False}, "error": _TEXT, "reason": _REASON},
+                            required=("id", "ok", "error"))
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "hello": _message("hello", {"version": _U32, "id": _ID, "role": {"enum": list(ROLES)}, "nonce": _HEX32}),
+    "challenge": _message("challenge", {"version": _U32, "id": _ID, "host_type": {"enum": list(HOST_TYPES)},
+                                        "nonce": _HEX32, "proof": _HEX32}),
+    "auth": _message("auth", {"proof": _HEX32}),
+    "welcome": _message("welcome", {}),
+    "error": _message("error", {"reason": {"type": "string", "minLength": 1, "maxLength": 64}, "detail": _TEXT},
+                      required=("reason",)),
+    "request": _message("request", {"id": _U32, "command": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,63}$"},
+                                    "args": {"type": "object"}}),
+    # ok selects the branch, so a failure names the field of the right one.
+    "response": {"if": {"properties": {"ok": {"const": False}}, "required": ["ok"]},
+                 "then": _RESPONSE_FAILED, "else": _RESPONSE_OK},
+    "begin": _message("begin", {"uuid": _UUID}),
+    "chunk": _message("chunk", {"offset_lb": _U64, "count_lb": {**_U32, "minimum": 1}}),
+    "zero": _message("zero", {"offset_lb": _U64, "count_lb": {**_U64, "minimum": 1}}),
+    "end": _message("end", {"size": _U64, "checksum": _HEX32, "gid": _U64}, required=("size", "checksum")),
+    "ack": _message("ack", {}),
+    "abort": _message("abort", {"reason": _TEXT}),
+    "keepalive": _message("keepalive", {}),
+}
+
+ARGS_SCHEMAS: dict[str, dict[str, Any]] = {
+    WLOG_TRANSFER: _args({"vol": _VOL, "uuid": _UUID, "pbs": {"enum": [512, 4096]}, "salt": _U32,
+                          "size_lb": _U64, "diff": _DIFF, "max_log_pb": _U64}),
+    WDIFF_TRANSFER: _args({"vol": _VOL, "uuid": _UUID, "size_lb": _U64, "diff": _DIFF}),
+    DIRTY_FULL_SYNC: _args({"vol": _VOL, "size_lb": _U64, "bulk_lb": {**_U32, "minimum": 1, "maximum": 8192},
+                            "timestamp": _U64}),
+}
+
+_VALIDATORS = {name: Draft202012Validator(schema) for name, schema in SCHEMAS.items()}
+_ARGS_VALIDATORS = {name: Draft202012Validator(schema) for name, schema in ARGS_SCHEMAS.items()}
+
+
+def _field(error: ValidationError, prefix: str) -> str:
+    path = ".".join(str(part) for part in error.absolute_path)
+    return f"{prefix}.{path}" if path else prefix
+
+
+def _check(validator: Draft202012Validator, instance: Any, where: str) -> None:
+    error = best_match(validator.iter_errors(instance))
+    if error is not None:
+        raise InvalidMessage(f"{_field(error, where)}: {error.message}")
+
+
+def validate(message: Any) -> str:
+    """Check a control message against the schema of its type; return the type.
+
+    Raises:
+        InvalidMessage: not an object, an unknown type, or a member that breaks the schema
+            (the error names it, e.g. ``hello.nonce``).
+    """
+    if not isinstance(message, dict):
+        raise InvalidMessage(f"a control message is an object, not {type(message).__name__}")
+    type_name = message.get("type")
+    if not isinstance(type_name, str) or type_name not in _VALIDATORS:
+        raise InvalidMessage(f"unknown message type {type_name!r}")
+    _check(_VALIDATORS[type_name], message, type_name)
+    return type_name
+
+
+def validate_args(command: str, args: dict[str, Any]) -> None:
+    """Check the arguments of a transfer request (section 8); other commands pass unchecked.
+
+    Raises:
+        InvalidMessage: a missing, extra or malformed argument (named as ``args.diff`` …).
+    """
+    validator = _ARGS_VALIDATORS.get(command)
+    if validator is None:
+        return
+    _check(validator, args, "args")
+    if "diff" in args:
+        try:
+            MetaDiff.parse(args["diff"])
+        except FormatError as exc:
+            raise InvalidMessage(f"args.diff: {exc}") from exc
+
+
+# Builders. Each returns a message that passes validate().
+
+def hello(client_id: str, role: str, nonce: str, version: int = PROTOCOL_VERSION) -> dict[str, Any]:
+    return {"type": "hello", "version": version, "id": client_id, "role": role, "nonce": nonce}
+
+
+def challenge(server_id: str, host_type: str, nonce: str, proof: str,
+              version: int = PROTOCOL_VERSION) -> dict[str, Any]:
+    return {"type": "challenge", "version": version, "id": server_id, "host_type": host_type,
+            "nonce": nonce, "proof": proof}
+
+
+def auth(proof: str) -> dict[str, Any]:
+    return {"type": "auth", "proof": proof}
+
+
+def welcome() -> dict[str, Any]:
+    return {"type": "welcome"}
+
+
+def error(reason: str, detail: str | None = None) -> dict[str, Any]:
+    """A connection-level error; the sender closes right after it."""
+    message: dict[str, Any] = {"type": "error", "reason": reason}
+    if detail:
+        message["detail"] = detail[:MAX_TEXT]
+    return message
+
+
+def request(request_id: int, command: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"type": "request", "id": request_id, "command": command, "args": {} if args is None else args}
+
+
+def response(request_id: int, result: Any = None, *, error: str | None = None,
+             reason: str | None = None) -> dict[str, Any]:
+    """A success (``result``) or, when ``error`` is given, a refusal with an optional ``reason``."""
+    if error is None:
+        return {"type": "response", "id": request_id, "ok": True, "result": result}
+    message: dict[str, Any] = {"type": "response", "id": request_id, "ok": False, "error": error[:MAX_TEXT]}
+    if reason is not None:
+        message["reason"] = reason
+    return message
+
+
+def begin(uuid: bytes) -> dict[str, Any]:
+    return {"type": "begin", "uuid": uuid.hex()}
+
+
+def chunk(offset_lb: int, count_lb: int) -> dict[str, Any]:
+    return {"type": "chunk", "offset_lb": offset_lb, "count_lb": count_lb}
+
+
+def zero(offset_lb: int, count_lb: int) -> dict[str, Any]:
+    return {"type": "zero", "offset_lb": offset_lb, "count_lb": count_lb}
+
+
+def end(size: int, checksum: str, gid: int | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": "end", "size": size, "checksum": checksum}
+    if gid is not None:
+        message["gid"] = gid
+    return message
+
+
+def ack() -> dict[str, Any]:
+    return {"type": "ack"}
+
+
+def abort(reason: str) -> dict[str, Any]:
+    return {"type": "abort", "reason": reason[:MAX_TEXT]}
+
+
+def keepalive() -> dict[str, Any]:
+    return {"type": "keepalive"}

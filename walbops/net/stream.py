@@ -1,0 +1,108 @@
+"""Bookkeeping for the two ends of a stream (docs/protocol.md §7, §8.3); pure, no I/O.
+
+:class:`StreamDigest` counts and hashes a stream's data on both sides and checks the ``end``
+message. :class:`ImageCursor` enforces the order of a dirty-full-sync stream: ``chunk`` and
+``zero`` items contiguous from LB 0, each chunk followed by exactly its bytes, covering the
+volume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from ..errors import BadField, ChecksumMismatch, InvalidMessage
+from ..formats.ldev import LOGICAL_BLOCK_SIZE
+from . import messages
+
+
+class StreamDigest:
+    """The size and SHA-256 of the data frames of one stream, in order."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.size = 0  # [bytes]
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+
+    @property
+    def checksum(self) -> str:
+        return self._hash.hexdigest()
+
+    def end(self, gid: int | None = None) -> dict[str, Any]:
+        """The ``end`` message that closes the stream (with ``gid`` for dirty-full-sync)."""
+        return messages.end(self.size, self.checksum, gid)
+
+    def check(self, end: dict[str, Any]) -> None:
+        """Compare what was received with the sender's ``end``.
+
+        Raises:
+            BadField: the sizes differ.
+            ChecksumMismatch: the checksums differ.
+        """
+        if end["size"] != self.size:
+            raise BadField(f"stream carried {self.size} bytes, its end says {end['size']}")
+        if end["checksum"] != self.checksum:
+            raise ChecksumMismatch(f"stream checksum {self.checksum} differs from its end's {end['checksum']}")
+
+
+class ImageCursor:
+    """Where the next item of a dirty-full-sync stream must start, and the bytes still owed.
+
+    Args:
+        size_lb: the volume size from the request.
+        bulk_lb: the bulk size from the request; a chunk is at most this long.
+    """
+
+    def __init__(self, size_lb: int, bulk_lb: int) -> None:
+        self.size_lb = size_lb
+        self.bulk_lb = bulk_lb
+        self.position_lb = 0  # [LB] the next item starts here
+        self.pending = 0  # [bytes] still owed by the current chunk
+
+    def item(self, message: dict[str, Any]) -> None:
+        """Take a ``chunk`` or ``zero`` message.
+
+        Raises:
+            InvalidMessage: out of order, past the end, too long, or the previous chunk is short.
+        """
+        kind = message["type"]
+        if kind not in ("chunk", "zero"):
+            raise InvalidMessage(f"expected chunk or zero in an image stream, got {kind}")
+        if self.pending:
+            raise InvalidMessage(f"{kind} while the chunk before it still owes {self.pending} bytes")
+        offset, count = message["offset_lb"], message["count_lb"]
+        if offset != self.position_lb:
+            raise InvalidMessage(f"{kind} at LB {offset}, expected LB {self.position_lb}")
+        if offset + count > self.size_lb:
+            raise InvalidMessage(f"{kind} [{offset}, {offset + count}) runs past the volume's {self.size_lb} LB")
+        if kind == "chunk":
+            if count > self.bulk_lb:
+                raise InvalidMessage(f"chunk of {count} LB is longer than the bulk size of {self.bulk_lb} LB")
+            self.pending = count * LOGICAL_BLOCK_SIZE
+        self.position_lb = offset + count
+
+    def data(self, length: int) -> int:
+        """Account for ``length`` data bytes; return the byte offset in the volume where they go.
+
+        Raises:
+            InvalidMessage: data outside a chunk, or more than the chunk announced.
+        """
+        if length > self.pending:
+            raise InvalidMessage(f"{length} data bytes where the current chunk owes {self.pending}")
+        offset = self.position_lb * LOGICAL_BLOCK_SIZE - self.pending
+        self.pending -= length
+        return offset
+
+    def finish(self) -> None:
+        """Check, at ``end``, that the items covered the volume.
+
+        Raises:
+            InvalidMessage: a chunk is short, or the items stop before the volume's end.
+        """
+        if self.pending:
+            raise InvalidMessage(f"stream ends while a chunk still owes {self.pending} bytes")
+        if self.position_lb != self.size_lb:
+            raise InvalidMessage(f"stream covers {self.position_lb} LB of the volume's {self.size_lb}")

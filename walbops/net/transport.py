@@ -1,0 +1,405 @@
+"""The asyncio shell around frames, messages and the handshake (docs/protocol.md).
+
+This module only moves bytes: :mod:`.frames` cuts them into frames, :mod:`.auth` decides the
+handshake, :mod:`.messages` validates. A :class:`Channel` is an authenticated connection;
+:func:`open_connection` makes one as a client, :func:`accept_channel` as a server, and
+:func:`serve` runs a handler for every client that authenticates.
+
+Every read and write is bounded by the channel's socket timeout; the handshake as a whole by
+``handshake_timeout``. When this side finds the peer at fault it sends an ``error`` message
+(best effort) and closes; the exception is raised to the caller either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn
+
+from ..errors import (
+    FormatError,
+    InvalidMessage,
+    PeerClosed,
+    PeerTimeout,
+    ProtocolError,
+    RemoteError,
+    WalbopsError,
+)
+from . import messages
+from .auth import ClientHandshake, ServerHandshake, error_message, peer_error
+from .frames import (
+    MAX_HANDSHAKE_PAYLOAD,
+    MAX_PAYLOAD_SIZE,
+    DataFrame,
+    Frame,
+    FrameDecoder,
+    JsonFrame,
+    encode_data,
+    encode_json,
+    split_data,
+)
+
+HANDSHAKE_TIMEOUT = 10.0  # [s] for connect + the whole handshake: a trickling peer cannot hold a slot
+DEFAULT_TIMEOUT = 10.0  # [s] for any one read or write (walb-tools' -to default)
+KEEPALIVE_INTERVAL = 2.0  # [s] between keepalives while the peer waits for us
+LINGER_TIMEOUT = 1.0  # [s] to drain the peer's bytes after our error, so it reads the error, not a reset
+READ_SIZE = 256 << 10  # [bytes] per read from the socket
+
+logger = logging.getLogger("walbops.net")
+
+Handler = Callable[["Channel"], Awaitable[None]]
+PEER_ERRORS = (ProtocolError, FormatError, OSError)  # what a conversation can fail with, besides refusals
+
+
+class Channel:
+    """One authenticated connection; made by :func:`open_connection` and :func:`accept_channel`.
+
+    Until the handshake has run, the channel accepts only handshake-sized frames.
+
+    Args:
+        reader, writer: the asyncio streams of the connection.
+        timeout: the socket timeout [s] for every read and write.
+        name: how logs and errors name the peer (``host:port`` by default).
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                 timeout: float = DEFAULT_TIMEOUT, name: str | None = None) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._decoder = FrameDecoder(MAX_HANDSHAKE_PAYLOAD)  # raised once the peer authenticates
+        self._next_id = 1
+        self._closed = False
+        self.timeout = timeout
+        self.name = name if name is not None else _peer_name(writer)
+        self.peer_id: str | None = None  # the peer's id and role, known after the handshake
+        self.peer_role: str | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def __aenter__(self) -> Channel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # Sending.
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        """Validate and send a control message.
+
+        Raises:
+            InvalidMessage: the message breaks its schema (our bug; nothing is sent).
+            PeerTimeout, PeerClosed: the peer does not read, or is gone.
+        """
+        messages.validate(message)
+        await self._write(encode_json(message))
+
+    async def send_data(self, data: bytes | memoryview, compress: bool = True) -> None:
+        """Send data as frames of at most ``DATA_FRAME_SIZE`` bytes, lz4 where it pays."""
+        for piece in split_data(data):
+            await self._write(encode_data(piece, compress))
+
+    async def respond(self, request_id: int, result: Any = None) -> None:
+        await self.send_json(messages.response(request_id, result))
+
+    async def accept(self, request_id: int) -> None:
+        """Answer an asynchronous command or a transfer with ``{"accepted": true}``."""
+        await self.send_json(messages.response(request_id, messages.ACCEPTED))
+
+    async def refuse(self, request_id: int, error: str, reason: str | None = None) -> None:
+        """Answer a request with ``ok: false``; the connection stays open."""
+        await self.send_json(messages.response(request_id, error=error, reason=reason))
+
+    # Receiving.
+
+    async def recv(self) -> Frame:
+        """The next frame: a validated control message or data. Skips ``keepalive``.
+
+        Raises:
+            PeerClosed, PeerTimeout: the connection ended or went silent.
+            FormatError, ProtocolError: the peer broke the protocol, or sent ``error``
+                (the connection is closed then).
+        """
+        frame = await self._recv(eof_ok=False)
+        if frame is None:  # unreachable with eof_ok=False; keeps the type exact
+            raise PeerClosed(f"{self.name} closed the connection")
+        return frame
+
+    async def recv_json(self, expect: str | None = None) -> dict[str, Any]:
+        """The next control message, of type ``expect`` if given.
+
+        Raises:
+            RemoteError: the peer sent ``abort`` instead.
+            InvalidMessage: data or another type came (the connection is closed then).
+        """
+        return await self._expect(await self.recv(), expect)
+
+    async def recv_request(self) -> dict[str, Any] | None:
+        """The next ``request``, or None if the client closed the connection between requests."""
+        frame = await self._recv(eof_ok=True)
+        return None if frame is None else await self._expect(frame, "request")
+
+    async def request(self, command: str, args: dict[str, Any] | None = None) -> Any:
+        """Send a request and return the result of its response.
+
+        Raises:
+            RemoteError: the response is a refusal (``error``, ``reason``).
+            InvalidMessage: the response answers another request.
+        """
+        request_id = self._next_id
+        self._next_id = request_id % messages.U32_MAX + 1
+        await self.send_json(messages.request(request_id, command, args))
+        response = await self.recv_json("response")
+        if response["id"] != request_id:
+            await self._refuse(InvalidMessage(f"response to request {response['id']}, expected {request_id}"))
+        if not response["ok"]:
+            raise RemoteError(response["error"], response.get("reason"))
+        return response["result"]
+
+    @contextlib.asynccontextmanager
+    async def keepalive(self, interval: float = KEEPALIVE_INTERVAL) -> AsyncIterator[None]:
+        """Send ``keepalive`` every ``interval`` seconds while the body runs (a slow step the peer waits for)."""
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                await self.send_json(messages.keepalive())
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                # The body notices a dead connection on its next send or receive.
+                logger.debug("%s: keepalive stopped: %s", self.name, task.exception())
+
+    # Closing.
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(LINGER_TIMEOUT):
+                await self._writer.wait_closed()
+
+    async def fail(self, exc: Exception) -> None:
+        """Tell the peer why we give up (``error``), let it read that, and close."""
+        if self._closed:
+            return
+        with contextlib.suppress(OSError):
+            self._writer.write(encode_json(error_message(exc)))
+            if self._writer.can_write_eof():
+                self._writer.write_eof()
+        # Closing with unread input makes the kernel send a reset, which can destroy the error
+        # before the peer reads it: drain the peer's bytes for a moment first (a lingering close).
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(LINGER_TIMEOUT):
+                while await self._reader.read(READ_SIZE):
+                    pass
+        await self.close()
+
+    # The handshake.
+
+    async def _client_handshake(self, handshake: ClientHandshake) -> None:
+        await self._write(encode_json(handshake.hello()))
+        while not handshake.done:
+            reply = handshake.receive(await self._handshake_message())
+            if reply is not None:
+                await self._write(encode_json(reply))
+        self._authenticated(handshake.server_id, handshake.host_type)
+
+    async def _server_handshake(self, handshake: ServerHandshake) -> None:
+        while not handshake.done:
+            await self._write(encode_json(handshake.receive(await self._handshake_message())))
+        self._authenticated(handshake.client_id, handshake.role)
+
+    async def _handshake_message(self) -> dict[str, Any]:
+        frame = await self._read_frame(eof_ok=False)
+        if not isinstance(frame, JsonFrame):
+            raise InvalidMessage("data frame during the handshake")
+        return frame.message
+
+    def _authenticated(self, peer_id: str | None, peer_role: str | None) -> None:
+        self.peer_id, self.peer_role = peer_id, peer_role
+        self._decoder.max_payload = MAX_PAYLOAD_SIZE
+
+    # Internals.
+
+    async def _recv(self, eof_ok: bool) -> Frame | None:
+        while True:
+            try:
+                frame = await self._read_frame(eof_ok)
+                if frame is None or isinstance(frame, DataFrame):
+                    return frame
+                kind = messages.validate(frame.message)
+            except PeerClosed:
+                await self.close()
+                raise
+            except (FormatError, ProtocolError) as exc:
+                if isinstance(exc, FormatError):
+                    exc.located(self.name)
+                await self.fail(exc)
+                raise
+            if kind == "error":
+                await self.close()  # never answer an error
+                raise peer_error(frame.message)
+            if kind != "keepalive":
+                return frame
+
+    async def _expect(self, frame: Frame, expect: str | None) -> dict[str, Any]:
+        if isinstance(frame, DataFrame):
+            await self._refuse(InvalidMessage(f"expected {expect or 'a control message'}, got data"))
+        message = frame.message
+        if expect is None or message["type"] == expect:
+            return message
+        if message["type"] == "abort":
+            raise RemoteError(message["reason"], "aborted")
+        await self._refuse(InvalidMessage(f"expected {expect}, got {message['type']}"))
+
+    async def _refuse(self, exc: ProtocolError) -> NoReturn:
+        await self.fail(exc)
+        raise exc
+
+    async def _read_frame(self, eof_ok: bool) -> Frame | None:
+        while (frame := self._decoder.next_frame()) is None:
+            data = await self._read()
+            if not data:
+                self._decoder.eof()  # TruncatedRecord if inside a frame
+                if eof_ok:
+                    await self.close()
+                    return None
+                raise PeerClosed(f"{self.name} closed the connection")
+            self._decoder.feed(data)
+        return frame
+
+    async def _read(self) -> bytes:
+        if self._closed:
+            raise PeerClosed(f"connection to {self.name} is closed")
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._reader.read(READ_SIZE)
+        except TimeoutError:
+            raise PeerTimeout(f"{self.name} sent nothing for {self.timeout:g} s") from None
+        except ConnectionError as exc:
+            raise PeerClosed(f"{self.name}: {exc}") from exc
+
+    async def _write(self, frame: bytes) -> None:
+        if self._closed:
+            raise PeerClosed(f"connection to {self.name} is closed")
+        try:
+            self._writer.write(frame)
+            async with asyncio.timeout(self.timeout):
+                await self._writer.drain()
+        except TimeoutError:
+            await self.close()
+            raise PeerTimeout(f"{self.name} read nothing for {self.timeout:g} s") from None
+        except ConnectionError as exc:
+            await self.close()
+            raise PeerClosed(f"{self.name}: {exc}") from exc
+
+
+def _peer_name(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
+
+
+async def _handshake(channel: Channel, run: Awaitable[None], handshake: ClientHandshake | ServerHandshake,
+                     deadline: float) -> None:
+    """Run one side of the handshake within ``deadline`` [s]; on failure tell the peer and close."""
+    try:
+        async with asyncio.timeout(deadline):
+            await run
+    except TimeoutError:
+        exc = PeerTimeout(f"handshake with {channel.name} did not finish within {deadline:g} s")
+        await channel.fail(exc)
+        raise exc from None
+    except (FormatError, ProtocolError) as exc:
+        if isinstance(exc, FormatError):
+            exc.located(channel.name)
+        if handshake.refusal(exc) is None or isinstance(exc, PeerClosed):
+            await channel.close()
+        else:
+            await channel.fail(exc)
+        raise
+
+
+async def open_connection(host: str, port: int, key: bytes, client_id: str, role: str,
+                          timeout: float = DEFAULT_TIMEOUT, *,
+                          handshake_timeout: float = HANDSHAKE_TIMEOUT) -> Channel:
+    """Connect to a walbops server and authenticate both ways.
+
+    Args:
+        key: the cluster key.
+        client_id: this client's id; role: one of ``messages.ROLES``.
+        timeout: the socket timeout of the channel [s].
+        handshake_timeout: deadline for connecting and the whole handshake [s].
+
+    Raises:
+        AuthenticationError: the server cannot prove the key, or refused ours.
+        VersionMismatch, PeerTimeout, PeerClosed, InvalidMessage, FormatError: the handshake failed.
+        OSError: the connection cannot be made (refused, unreachable).
+    """
+    handshake = ClientHandshake(key, client_id, role)
+    try:
+        async with asyncio.timeout(handshake_timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        raise PeerTimeout(f"connecting to {host}:{port} took longer than {handshake_timeout:g} s") from None
+    channel = Channel(reader, writer, timeout=timeout, name=f"{host}:{port}")
+    await _handshake(channel, channel._client_handshake(handshake), handshake, handshake_timeout)
+    return channel
+
+
+async def accept_channel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes, server_id: str,
+                         host_type: str, timeout: float = DEFAULT_TIMEOUT, *,
+                         handshake_timeout: float = HANDSHAKE_TIMEOUT) -> Channel:
+    """Run the server's side of the handshake on a new connection.
+
+    On failure the client is sent an ``error`` and the connection is closed before the
+    exception is raised; no request is read.
+
+    Raises:
+        AuthenticationError, VersionMismatch, PeerTimeout, PeerClosed, InvalidMessage,
+        FrameTooLarge, FormatError: the client did not complete the handshake.
+    """
+    channel = Channel(reader, writer, timeout=timeout)
+    handshake = ServerHandshake(key, server_id, host_type)
+    await _handshake(channel, channel._server_handshake(handshake), handshake, handshake_timeout)
+    return channel
+
+
+async def serve(host: str, port: int, key: bytes, server_id: str, host_type: str, handler: Handler, *,
+                timeout: float = DEFAULT_TIMEOUT, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> asyncio.Server:
+    """Listen on ``host:port`` and run ``handler(channel)`` for every client that authenticates.
+
+    A client that fails the handshake never reaches the handler. A handler's failure closes its
+    connection and is logged; the server goes on serving. The channel is closed when the
+    handler returns. Port 0 picks a free port (see ``server.sockets``).
+    """
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            channel = await accept_channel(reader, writer, key, server_id, host_type, timeout=timeout,
+                                           handshake_timeout=handshake_timeout)
+        except PEER_ERRORS as exc:
+            logger.warning("%s: handshake refused: %s", _peer_name(writer), exc)
+            return
+        try:
+            await handler(channel)
+        except (WalbopsError, OSError) as exc:
+            logger.warning("%s (%s): %s", channel.name, channel.peer_id, exc)
+        except Exception:
+            logger.exception("%s (%s): handler failed", channel.name, channel.peer_id)
+        finally:
+            await channel.close()
+
+    return await asyncio.start_server(on_connect, host, port)
