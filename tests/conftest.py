@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 from helpers import VECTORS
+from hypothesis import HealthCheck, settings
+
+# Shared machines are noisy: no per-example deadline, and slow data generation is no failure.
+settings.register_profile("walbops", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("walbops")
 
 
 @pytest.fixture(scope="session")
