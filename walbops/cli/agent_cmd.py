@@ -30,4 +30,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
         from ..agents.archive import ArchiveAgent
 
         return run(ArchiveAgent(config))
-    raise SystemExit(f"walbops: the {args.role} agent is not available yet")
+    if args.role == "proxy":
+        from ..agents.proxy import ProxyAgent
+
+        return run(ProxyAgent(config))
+    from ..agents.storage import StorageAgent
+
+    return run(StorageAgent(config))

@@ -1,0 +1,349 @@
+"""The proxy agent (walb-proxy): receives logs, keeps them as wdiffs, forwards them to archives.
+
+Commands: archive-info (add|update|delete|list|get), start, stop (graceful|force|empty),
+clear-vol, kick, get; transfer: wlog-transfer. A received wlog is verified, converted to
+an indexed wdiff and linked into every archive's queue before ``ack``; a forwarder task per
+(volume, archive) merges consecutive mergeable diffs, sends them, and deletes them only
+after the archive's ``ack``, reacting to its refusal reasons as WalB does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from ..diff.files import merged_ios, read_header
+from ..diff.sorted_file import SortedDiffWriter
+from ..errors import BadField, OperationError, ProtocolError, RemoteError, WalbopsError
+from ..formats.compression import CompressOpt
+from ..formats.meta import MetaDiff, merge
+from ..net import messages
+from ..net.frames import DataFrame
+from ..net.stream import StreamDigest
+from ..net.transport import open_connection
+from . import metadata
+from ._server import VOL, Agent, Command, Request, args_schema
+from .config import Config
+from .proxy_volume import ArchiveInfo, ProxyVolume
+from .state import Refused
+from .transfers import file_chunks, send_wdiff
+
+# Reasons after which the archive holds (or never will need) the diffs: delete them.
+DROP_REASONS = {"different-uuid", "too-old-diff"}
+# Reasons that need an operator: stop retrying until kick.
+GIVE_UP_REASONS = {"smaller-lv-size", "archive-not-found"}
+# Reasons that never give up however long it takes.
+PATIENT_REASONS = {"too-new-diff", "syncing"}
+
+
+class ProxyAgent(Agent):
+    host_type = "proxy"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.volumes: dict[str, ProxyVolume] = {}
+        self.forwarders: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        self.wakeups: dict[tuple[str, str], asyncio.Event] = {}
+        self.last_received: dict[str, float] = {}
+        info_schema = args_schema(
+            {"cmd": {"enum": ["add", "update", "delete", "list", "get"]}, "vol": VOL},
+            {"archive": {"type": "string"}, "host": {"type": "string"}, "port": {"type": "integer"},
+             "compression": {"type": "string"}, "delay": {"type": "number", "minimum": 0}})
+        self.commands.update({
+            "archive-info": Command(self.cmd_archive_info, info_schema, "manage the archives a volume goes to"),
+            "start": Command(self.cmd_start, args_schema({"vol": VOL}, {"role": {}}), "Stopped -> Started"),
+            "stop": Command(self.cmd_stop, args_schema({"vol": VOL}, {"mode": {"enum": ["graceful", "force",
+                                                                                          "empty"]}}),
+                            "Started -> Stopped (empty: after sending everything)"),
+            "clear-vol": Command(self.cmd_clear_vol, args_schema({"vol": VOL}), "Stopped -> Clear"),
+            "kick": Command(self.cmd_kick, args_schema({}, {"vol": VOL, "archive": {"type": "string"}}),
+                            "send now; clear send errors"),
+            messages.WLOG_TRANSFER: Command(self.recv_wlog, {"type": "object"}, "wlog receiver"),
+        })
+        self.getters.update({
+            "state": self._vol(lambda v, a: v.state),
+            "archive-info": self._vol(lambda v, a: [info.as_dict() for info in v.archives.values()]),
+            "proxy-diff": self._vol(lambda v, a: {name: [str(d) for d in v.pending(name)] for name in v.archives}),
+            "is-wdiff-send-error": self._vol(lambda v, a: int(bool(v.send_error.get(str(a)))) if a
+                                             else v.send_error),
+        })
+
+    def _vol(self, read: Any) -> Any:
+        def getter(args: dict[str, Any]) -> Any:
+            vol = args.get("vol")
+            if vol is None:
+                raise OperationError(f"get {args['target']}: needs a volume")
+            return read(self.volume(vol), args.get("args"))
+        return getter
+
+    def volume(self, vol: str, create: bool = False) -> ProxyVolume:
+        volume = self.volumes.get(vol)
+        if volume is None:
+            volume = ProxyVolume(self.config.base_dir, vol)
+            if volume.state == "Clear" and not create:
+                raise OperationError(f"volume {vol!r} not found on proxy {self.config.id}")
+            self.volumes[vol] = volume
+        return volume
+
+    def volume_ids(self) -> list[str]:
+        return sorted(set(metadata.volume_dirs(self.config.base_dir)) |
+                      {vol for vol, v in self.volumes.items() if v.state != "Clear"})
+
+    def volume_status(self, vol: str) -> dict[str, Any]:
+        return self.volume(vol).status()
+
+    async def on_start(self) -> None:
+        # WalB: the proxy starts every volume that has a directory.
+        for vol in metadata.volume_dirs(self.config.base_dir):
+            volume = self.volume(vol)
+            if volume.state not in ("Stopped", "Started"):
+                volume.machine.force("Stopped")
+            if volume.state == "Stopped" and volume.archives:
+                volume.start()
+            self.start_forwarders(volume)
+
+    # ------------------------------------------------------------------ commands
+
+    async def cmd_archive_info(self, request: Request) -> Any:
+        args = request.args
+        cmd = args["cmd"]
+        if cmd == "list":
+            return sorted(self.volume(args["vol"]).archives)
+        if "archive" not in args:
+            raise BadField(f"archive-info {cmd}: needs an archive id")
+        name = args["archive"]
+        if cmd == "get":
+            info = self.volume(args["vol"]).archives.get(name)
+            if info is None:
+                raise OperationError(f"{args['vol']}: archive {name!r} is not registered")
+            return info.as_dict()
+        if cmd == "delete":
+            volume = self.volume(args["vol"])
+            await self.stop_forwarder(volume.vol, name)
+            volume.delete_archive(name)
+            if volume.state == "Clear":
+                self.volumes.pop(volume.vol, None)
+            return {"state": volume.state}
+        if "host" not in args or "port" not in args:
+            raise BadField(f"archive-info {cmd}: needs host and port")
+        info = ArchiveInfo.from_dict({"name": name, "host": args["host"], "port": args["port"],
+                                      "compression": args.get("compression", "lz4:0:1"),
+                                      "delay": args.get("delay", 0.0)})
+        volume = self.volume(args["vol"], create=True)
+        volume.add_archive(info, update=cmd == "update")
+        return {"state": volume.state}
+
+    async def cmd_start(self, request: Request) -> Any:
+        volume = self.volume(request.args["vol"])
+        volume.start()
+        self.start_forwarders(volume)
+        return {"state": volume.state}
+
+    async def cmd_stop(self, request: Request) -> Any:
+        volume = self.volume(request.args["vol"])
+        mode = request.args.get("mode", "graceful")
+        if mode == "empty":
+            with volume.machine.transaction("Started", "WaitForEmpty") as tx:
+                while not volume.is_empty():
+                    for name in volume.archives:
+                        self.wake(volume.vol, name)
+                    await asyncio.sleep(0.2)
+                await self.stop_forwarders(volume, force=False)
+                tx.commit("Stopped")
+        else:
+            with volume.machine.transaction("Started", "Stop") as tx:
+                await self.stop_forwarders(volume, force=mode == "force")
+                tx.commit("Stopped")
+        return {"state": volume.state}
+
+    async def cmd_clear_vol(self, request: Request) -> Any:
+        volume = self.volume(request.args["vol"])
+        volume.clear_vol()
+        self.volumes.pop(volume.vol, None)
+        return {"state": "Clear"}
+
+    async def cmd_kick(self, request: Request) -> Any:
+        kicked = []
+        for (vol, archive) in list(self.wakeups):
+            if request.args.get("vol", vol) == vol and request.args.get("archive", archive) == archive:
+                self.volume(vol).send_error.pop(archive, None)
+                self.wake(vol, archive)
+                kicked.append(f"{vol}/{archive}")
+        return {"kicked": kicked}
+
+    # ------------------------------------------------------------------ receiving logs
+
+    async def recv_wlog(self, request: Request) -> Any:
+        args = request.args
+        volume = self.volume(args["vol"])
+        if volume.state != "Started":
+            raise Refused("stopped", f"{volume.vol}: proxy volume is {volume.state}")
+        free = os.statvfs(volume.directory)
+        needed = args["max_log_pb"] * args["pbs"] * 2  # the wlog and its diff
+        if free.f_bavail * free.f_frsize < needed:
+            raise Refused("no-space", f"{volume.vol}: not enough free space for {needed} bytes")
+        diff = MetaDiff.parse(args["diff"])
+        tmp = os.path.join(volume.directory, "incoming.wlog")
+        with volume.machine.transaction("Started", "WlogRecv") as tx:
+            await request.accept()
+            channel = request.channel
+            digest = StreamDigest()
+            limit = (args["max_log_pb"] + 2) * args["pbs"] + 4096  # packs, end marker and the wlog header
+            try:
+                with open(tmp, "wb") as out:
+                    while True:
+                        frame = await channel.recv()
+                        if isinstance(frame, DataFrame):
+                            digest.update(frame.data)
+                            if digest.size > limit:
+                                raise BadField(f"wlog stream exceeds the announced {args['max_log_pb']} PB")
+                            out.write(frame.data)
+                            continue
+                        message = frame.message
+                        if message["type"] == "abort":
+                            raise OperationError(f"{volume.vol}: the storage aborted: {message['reason']}")
+                        if message["type"] != "end":
+                            raise BadField(f"unexpected {message['type']} in a wlog stream")
+                        digest.check(message)
+                        break
+                    out.flush()
+                    os.fsync(out.fileno())
+                stored = await asyncio.to_thread(self._store, volume, tmp, diff, args)
+            except (WalbopsError, OSError) as exc:
+                if not isinstance(exc, ProtocolError):
+                    try:
+                        await channel.send_json(messages.abort(str(exc)[: messages.MAX_TEXT]))
+                    except (WalbopsError, OSError):
+                        pass
+                raise
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            tx.commit("Started")
+        await channel.send_json(messages.ack())
+        self.last_received[volume.vol] = time.monotonic()
+        for name in volume.archives:
+            self.wake(volume.vol, name)
+        self.log.info("%s: received %s (%d bytes as wdiff)", volume.vol, stored, stored.data_size)
+        return None
+
+    def _store(self, volume: ProxyVolume, tmp: str, diff: MetaDiff, args: dict[str, Any]) -> MetaDiff:
+        from ..diff.logs import WlogReader
+
+        with open(tmp, "rb") as stream:
+            header = WlogReader(stream, tmp).header
+        if (header.uuid.hex(), header.physical_bs, header.log_checksum_salt) != (args["uuid"], args["pbs"],
+                                                                                 args["salt"]):
+            raise BadField(f"{volume.vol}: the wlog's header disagrees with the request (uuid, pbs or salt)")
+        return volume.store_wlog(tmp, diff, args["size_lb"])
+
+    # ------------------------------------------------------------------ forwarding diffs
+
+    def wake(self, vol: str, archive: str) -> None:
+        event = self.wakeups.get((vol, archive))
+        if event is not None:
+            event.set()
+
+    def start_forwarders(self, volume: ProxyVolume) -> None:
+        if volume.state != "Started":
+            return
+        for name in volume.archives:
+            key = (volume.vol, name)
+            task = self.forwarders.get(key)
+            if task is None or task.done():
+                self.wakeups[key] = asyncio.Event()
+                self.forwarders[key] = self.spawn(self._forward(volume, name), f"forward {volume.vol} to {name}")
+
+    async def stop_forwarders(self, volume: ProxyVolume, force: bool) -> None:
+        for name in list(volume.archives):
+            await self.stop_forwarder(volume.vol, name, force)
+
+    async def stop_forwarder(self, vol: str, archive: str, force: bool = False) -> None:
+        task = self.forwarders.pop((vol, archive), None)
+        self.wake(vol, archive)
+        if task is not None:
+            if force:
+                task.cancel()
+            await asyncio.wait([task])
+
+    async def _sleep(self, vol: str, archive: str, seconds: float) -> None:
+        event = self.wakeups.get((vol, archive))
+        if event is None:
+            await asyncio.sleep(seconds)
+            return
+        try:
+            await asyncio.wait_for(event.wait(), seconds)
+        except TimeoutError:
+            pass
+        event.clear()
+
+    async def _forward(self, volume: ProxyVolume, archive: str) -> None:
+        delay = float(self.config.retry_delay)
+        while not self.should_exit and volume.state in ("Started", "WlogRecv", "WaitForEmpty") \
+                and (volume.vol, archive) in self.forwarders:
+            if volume.send_error.get(archive):
+                await self._sleep(volume.vol, archive, 3600)
+                continue
+            batch = volume.next_batch(archive, int(self.config.max_wdiff_send),
+                                      int(self.config.max_wdiff_send_count))
+            if not batch:
+                await self._sleep(volume.vol, archive, 1.0)
+                continue
+            info = volume.archives.get(archive)
+            if info is None:
+                return
+            if info.delay and time.time() - batch[-1].timestamp < info.delay:
+                await self._sleep(volume.vol, archive, info.delay)
+                continue
+            try:
+                await self._send_batch(volume, info, batch)
+                delay = float(self.config.retry_delay)
+            except RemoteError as exc:
+                reason = exc.reason or ""
+                if reason in DROP_REASONS:
+                    self.log.info("%s: %s refused %s (%s); dropping them", volume.vol, archive,
+                                  merge(*batch).range_str(), reason)
+                    volume.sent(archive, batch)
+                    continue
+                if reason in GIVE_UP_REASONS:
+                    volume.send_error[archive] = reason
+                    self.log.error("%s: %s refused diffs (%s); waiting for kick", volume.vol, archive, reason)
+                    continue
+                self._backoff_log(volume, archive, exc, delay)
+                await self._sleep(volume.vol, archive, delay)
+                delay = min(delay * 2, float(self.config.retry_max_delay))
+            except (WalbopsError, OSError) as exc:
+                self._backoff_log(volume, archive, exc, delay)
+                await self._sleep(volume.vol, archive, delay)
+                delay = min(delay * 2, float(self.config.retry_max_delay))
+
+    def _backoff_log(self, volume: ProxyVolume, archive: str, exc: Exception, delay: float) -> None:
+        self.log.warning("%s: sending to %s failed, retrying in %.0f s: %s", volume.vol, archive, delay, exc)
+
+    async def _send_batch(self, volume: ProxyVolume, info: ArchiveInfo, batch: list[MetaDiff]) -> None:
+        paths = volume.paths(info.name, batch)
+        uuid = read_header(paths[0]).uuid
+        merged = merge(*batch)
+        tmp = os.path.join(volume.sendto_dir(info.name), f".sending-{os.getpid()}")
+        option = CompressOpt.parse(info.compression)
+
+        def write_merged() -> None:
+            with open(tmp, "wb") as out:
+                writer = SortedDiffWriter(out, uuid, option.kind, option.level)
+                for io in merged_ios(paths):
+                    writer.write(io)
+                writer.close()
+
+        try:
+            await asyncio.to_thread(write_merged)
+            channel = await open_connection(info.host, info.port, self.key, str(self.config.id), "proxy",
+                                            timeout=float(self.config.socket_timeout))
+            async with channel:
+                await send_wdiff(channel, volume.vol, uuid, volume.size_lb, merged, file_chunks(tmp))
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        volume.sent(info.name, batch)
+        self.log.info("%s: sent %s (%d files) to %s", volume.vol, merged.range_str(), len(batch), info.name)

@@ -1,0 +1,370 @@
+"""The storage agent (walb-storage): protected volumes, snapshots, log shipping, full backup.
+
+Commands: init-vol, clear-vol, reset-vol, start (target|standby), stop, snapshot,
+full-bkp, kick, get. For every volume in Target a shipper task extracts permanent logs
+from the walb device, sends them to the first proxy that takes them (in priority order),
+and only after the proxy's ``ack`` advances ``done`` and lets the ring reuse the space.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from ..device.control import DeviceClient
+from ..device.wlogs import RingLogs
+from ..errors import OperationError, WalbopsError
+from ..formats.ldev import LOGICAL_BLOCK_SIZE
+from ..net import messages
+from ..net.transport import open_connection
+from . import metadata
+from ._server import VOL, Agent, Command, Request, args_schema
+from .config import Config, host_port
+from .storage_volume import StorageVolume
+from .transfers import send_full_backup, send_wlog
+
+IDLE_WAIT = 1.0  # [s] a shipper waits this long for new permanent logs before looking again
+
+
+class StorageAgent(Agent):
+    host_type = "storage"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.volumes: dict[str, StorageVolume] = {}
+        self.shippers: dict[str, asyncio.Task[Any]] = {}
+        self.wakeups: dict[str, asyncio.Event] = {}
+        vol_only = args_schema({"vol": VOL})
+        self.commands.update({
+            "init-vol": Command(self.cmd_init_vol, args_schema({"vol": VOL, "wdev": {"type": "string"}}),
+                                "bind a volume to a walb device: Clear -> SyncReady"),
+            "clear-vol": Command(self.cmd_clear_vol, vol_only, "SyncReady -> Clear"),
+            "reset-vol": Command(self.cmd_reset_vol, args_schema({"vol": VOL}, {"gid": {"type": "integer"}}),
+                                 "Stopped -> SyncReady, WAL reset"),
+            "start": Command(self.cmd_start, args_schema({"vol": VOL}, {"role": {"enum": ["target", "standby"]}}),
+                             "Stopped -> Target or SyncReady -> Standby"),
+            "stop": Command(self.cmd_stop, args_schema({"vol": VOL}, {"mode": {"enum": ["graceful", "force"]}}),
+                            "Target -> Stopped, Standby -> SyncReady"),
+            "snapshot": Command(self.cmd_snapshot, vol_only, "take an explicit snapshot; returns its gid"),
+            "full-bkp": Command(self.cmd_full_backup, args_schema({"vol": VOL}, {"bulk_size": {"type": "integer"}}),
+                                "full backup to the primary archive (asynchronous)"),
+            "kick": Command(self.cmd_kick, args_schema({}, {"vol": VOL, "archive": {"type": "string"}}),
+                            "ship now, retry now"),
+        })
+        self.getters.update({
+            "state": self._vol(lambda v: v.state),
+            "uuid": self._vol(lambda v: v.uuid.hex()),
+            "progress": self._vol(lambda v: v.progress_lb),
+            "is-overflow": self._vol(lambda v: int(self.device(v).call("is_overflow")["overflow"])),
+            "log-usage": self._vol(lambda v: self.device(v).call("log_usage")),
+            "latest-snap": self._vol(lambda v: {"gid": (v.queue[-1] if v.queue else v.done).gid,
+                                                "lsid": (v.queue[-1] if v.queue else v.done).lsid}),
+            "vol-size": self._vol(lambda v: self.device(v).call("status")["size_lb"]),
+        })
+
+    def _vol(self, read: Any) -> Any:
+        def getter(args: dict[str, Any]) -> Any:
+            vol = args.get("vol")
+            if vol is None:
+                raise OperationError(f"get {args['target']}: needs a volume")
+            return read(self.volume(vol))
+        return getter
+
+    # ------------------------------------------------------------------ volumes and devices
+
+    def volume(self, vol: str, create: bool = False) -> StorageVolume:
+        volume = self.volumes.get(vol)
+        if volume is None:
+            volume = StorageVolume(self.config.base_dir, vol)
+            if volume.state == "Clear" and not create:
+                raise OperationError(f"volume {vol!r} not found on storage {self.config.id}")
+            self.volumes[vol] = volume
+        return volume
+
+    def volume_ids(self) -> list[str]:
+        return sorted(set(metadata.volume_dirs(self.config.base_dir)) |
+                      {vol for vol, v in self.volumes.items() if v.state != "Clear"})
+
+    def volume_status(self, vol: str) -> dict[str, Any]:
+        volume = self.volume(vol)
+        status = volume.status()
+        try:
+            device = self.device(volume).call("status")
+            status.update(lsids=device["lsids"], overflow=device["overflow"], log_usage_pb=device["log_usage_pb"],
+                          log_capacity_pb=device["log_capacity_pb"], device=device["path"])
+        except OperationError as exc:
+            status["device_error"] = str(exc)
+        return status
+
+    def device(self, volume: StorageVolume) -> DeviceClient:
+        if not volume.wdev:
+            raise OperationError(f"{volume.vol}: no walb device bound")
+        return DeviceClient(volume.wdev, timeout=float(self.config.socket_timeout))
+
+    async def device_call(self, volume: StorageVolume, op: str, **args: Any) -> dict[str, Any]:
+        def call() -> dict[str, Any]:
+            with self.device(volume) as client:
+                return client.call(op, **args)
+        return await asyncio.to_thread(call)
+
+    def max_send_pb(self, pbs: int) -> int:
+        return max(1, int(self.config.max_wlog_send) // pbs)
+
+    async def on_start(self) -> None:
+        for vol in metadata.volume_dirs(self.config.base_dir):
+            volume = self.volume(vol)
+            if volume.state in ("FullSync", "HashSync", "InitVol", "ClearVol", "Reset", "StartTarget",
+                                "StopTarget", "StartStandby", "StopStandby"):
+                volume.machine.force("SyncReady")  # WalB: a transient state never survives a restart
+            if volume.state in ("Target", "Standby"):
+                self.start_shipper(volume)
+
+    # ------------------------------------------------------------------ commands
+
+    async def cmd_init_vol(self, request: Request) -> Any:
+        vol, wdev = request.args["vol"], request.args["wdev"]
+        for other in self.volumes.values():
+            if other.wdev == wdev and other.state != "Clear" and other.vol != vol:
+                raise OperationError(f"walb device {wdev!r} is already used by volume {other.vol!r}")
+        volume = self.volume(vol, create=True)
+        probe = StorageVolume(self.config.base_dir, vol)
+        probe.wdev = wdev
+        status = await self.device_call(probe, "status")  # the device must be running
+        volume.init_vol(wdev)
+        volume.uuid = bytes.fromhex(status["uuid"])
+        volume.save()
+        return {"state": volume.state}
+
+    async def cmd_clear_vol(self, request: Request) -> Any:
+        volume = self.volume(request.args["vol"])
+        volume.clear_vol()
+        del self.volumes[volume.vol]
+        return {"state": "Clear"}
+
+    async def cmd_reset_vol(self, request: Request) -> Any:
+        volume = self.volume(request.args["vol"])
+        with volume.machine.transaction("Stopped", "Reset") as tx:
+            reset = await self.device_call(volume, "reset_wal")
+            volume.reset(bytes.fromhex(reset["uuid"]), int(request.args.get("gid", 0)))
+            tx.commit("SyncReady")
+        return {"state": volume.state}
+
+    async def cmd_start(self, request: Request) -> Any:
+        volume = self.volume(request.args["vol"])
+        role = request.args.get("role", "target")
+        if role == "target":
+            if (await self.device_call(volume, "is_overflow"))["overflow"]:
+                raise OperationError(f"{volume.vol}: the walb device overflowed; reset it (reset-vol) and back up "
+                                     "again")
+            with volume.machine.transaction("Stopped", "StartTarget") as tx:
+                tx.commit("Target")
+        else:
+            with volume.machine.transaction("SyncReady", "StartStandby") as tx:
+                if (await self.device_call(volume, "is_overflow"))["overflow"]:
+                    await self.device_call(volume, "reset_wal")
+                tx.commit("Standby")
+        self.start_shipper(volume)
+        return {"state": volume.state}
+
+    async def cmd_stop(self, request: Request) -> Any:
+        volume = self.volume(request.args["vol"])
+        force = request.args.get("mode") == "force"
+        source = volume.state
+        moves = {"Target": ("StopTarget", "Stopped"), "Standby": ("StopStandby", "SyncReady")}
+        if source not in moves:
+            raise OperationError(f"{volume.vol}: bad state {source} (needs Target or Standby)")
+        via, target = moves[source]
+        with volume.machine.transaction(source, via) as tx:
+            await self.stop_shipper(volume.vol, force)
+            tx.commit(target)
+        return {"state": volume.state}
+
+    async def cmd_snapshot(self, request: Request) -> Any:
+        volume = self.volume(request.args["vol"])
+        status = await self.device_call(volume, "status")
+        gid = volume.take_snapshot(status["lsids"]["latest"], self.max_send_pb(status["pbs"]))
+        self.wake(volume.vol)
+        return {"gid": gid}
+
+    async def cmd_kick(self, request: Request) -> Any:
+        targets = [request.args["vol"]] if "vol" in request.args else list(self.wakeups)
+        for vol in targets:
+            self.wake(vol)
+        return {"kicked": targets}
+
+    async def cmd_full_backup(self, request: Request) -> Any:
+        volume = self.volume(request.args["vol"])
+        bulk_lb = max(1, int(request.args.get("bulk_size", self.config.bulk_size)) // LOGICAL_BLOCK_SIZE)
+        if bulk_lb > 8192:
+            raise OperationError("bulk size is at most 4 MiB")
+        tx = volume.machine.transaction("SyncReady", "FullSync")
+        self.spawn(self._full_backup(volume, tx, bulk_lb), f"full backup {volume.vol}")
+        return messages.ACCEPTED
+
+    async def _full_backup(self, volume: StorageVolume, tx: Any, bulk_lb: int) -> None:
+        with tx:
+            status = await self.device_call(volume, "status")
+            size_lb, pbs = status["size_lb"], status["pbs"]
+            host, port = host_port(self.config.archive)
+            channel = await open_connection(host, port, self.key, str(self.config.id), "storage",
+                                            timeout=float(self.config.socket_timeout))
+
+            async def accepted() -> bytes:
+                reset = await self.device_call(volume, "reset_wal")
+                volume.reset(bytes.fromhex(reset["uuid"]), gid=0)
+                volume.save()
+                return volume.uuid
+
+            async def streamed() -> int:
+                lsids = await self.device_call(volume, "lsids")
+                return volume.take_snapshot(lsids["latest"], self.max_send_pb(pbs))
+
+            def progress(done_lb: int) -> None:
+                volume.progress_lb = done_lb
+
+            fd = await asyncio.to_thread(os.open, status["path"], os.O_RDONLY)
+            try:
+                async with channel:
+                    gid = await send_full_backup(channel, volume.vol, fd, size_lb, bulk_lb, int(time.time()),
+                                                 accepted, streamed, progress)
+            finally:
+                os.close(fd)
+                volume.progress_lb = 0
+            tx.commit("Stopped")
+        with volume.machine.transaction("Stopped", "StartTarget") as start:
+            start.commit("Target")
+        self.start_shipper(volume)
+        self.log.info("%s: full backup done, base |0,%d|; now Target", volume.vol, gid)
+
+    # ------------------------------------------------------------------ shipping logs
+
+    def wake(self, vol: str) -> None:
+        event = self.wakeups.get(vol)
+        if event is not None:
+            event.set()
+
+    def start_shipper(self, volume: StorageVolume) -> None:
+        task = self.shippers.get(volume.vol)
+        if task is not None and not task.done():
+            return
+        self.wakeups[volume.vol] = asyncio.Event()
+        self.shippers[volume.vol] = self.spawn(self._ship(volume), f"shipper {volume.vol}")
+
+    async def stop_shipper(self, vol: str, force: bool) -> None:
+        task = self.shippers.pop(vol, None)
+        if task is None:
+            return
+        if force:
+            task.cancel()
+        self.wake(vol)
+        await asyncio.wait([task], timeout=None if not force else 5)
+
+    async def _ship(self, volume: StorageVolume) -> None:
+        delay = float(self.config.retry_delay)
+        while not self.should_exit and volume.state in ("Target", "Standby"):
+            try:
+                shipped = await (self._ship_once(volume) if volume.state == "Target" else self._discard_once(volume))
+                delay = float(self.config.retry_delay)
+            except (WalbopsError, OSError) as exc:
+                self.log.warning("%s: log shipping failed, retrying in %.0f s: %s", volume.vol, delay, exc)
+                shipped = False
+                await self._sleep(volume.vol, delay)
+                delay = min(delay * 2, float(self.config.retry_max_delay))
+                continue
+            if not shipped:
+                await self._wait_for_logs(volume)
+
+    async def _sleep(self, vol: str, seconds: float) -> None:
+        event = self.wakeups.get(vol)
+        if event is None:
+            await asyncio.sleep(seconds)
+            return
+        try:
+            await asyncio.wait_for(event.wait(), seconds)
+        except TimeoutError:
+            pass
+        event.clear()
+
+    async def _wait_for_logs(self, volume: StorageVolume) -> None:
+        lsids = await self.device_call(volume, "lsids")
+        if lsids["permanent"] > volume.done.lsid and volume.queue:
+            await self._sleep(volume.vol, 0.05)  # logs wait for their snapshot record
+            return
+        waiter = asyncio.create_task(asyncio.to_thread(self._wait_permanent, volume, lsids["permanent"]))
+        event = self.wakeups[volume.vol]
+        woke = asyncio.create_task(event.wait())
+        await asyncio.wait([waiter, woke], return_when=asyncio.FIRST_COMPLETED)
+        woke.cancel()
+        event.clear()
+        await asyncio.wait([waiter])
+
+    def _wait_permanent(self, volume: StorageVolume, after: int) -> None:
+        with self.device(volume) as client:
+            client.wait_permanent(after, IDLE_WAIT)
+
+    async def _discard_once(self, volume: StorageVolume) -> bool:
+        """Standby: nothing is shipped; logs are let go as soon as the checkpoint allows."""
+        lsids = await self.device_call(volume, "lsids")
+        if lsids["prev_written"] > lsids["oldest"]:
+            await self.device_call(volume, "set_oldest_lsid", lsid=lsids["prev_written"])
+        return False
+
+    async def _ship_once(self, volume: StorageVolume) -> bool:
+        """Send one transfer if logs are ready; returns whether something was sent."""
+        status = await self.device_call(volume, "status")
+        if status["overflow"]:
+            with volume.machine.transaction("Target", "StopTarget") as tx:
+                tx.commit("Stopped")
+            raise OperationError(f"{volume.vol}: the walb device overflowed; stopped (reset-vol and full-bkp "
+                                 "to recover)")
+        lsids, pbs = status["lsids"], status["pbs"]
+        max_pb = self.max_send_pb(pbs)
+        volume.maybe_implicit_snapshot(lsids["latest"], max_pb, float(self.config.implicit_snapshot_interval))
+        transfer = volume.next_transfer(max_pb, lsids["permanent"])
+        if transfer is None:
+            return False
+        rec_e, limit = transfer
+        with RingLogs(status["ldev"]) as ring:
+            if ring.super.uuid != volume.uuid:
+                raise OperationError(f"{volume.vol}: the walb device's uuid changed behind the agent's back")
+            begin = volume.done.lsid
+            end = await asyncio.to_thread(ring.end_of, begin, limit)
+            if end < limit:
+                raise OperationError(f"{volume.vol}: valid logs end at lsid {end}, before {limit}")
+            diff = volume.transfer_diff(rec_e, end)
+            await self._send_to_a_proxy(volume, ring, begin, end, diff, status)
+        volume.finish_transfer(rec_e, end)
+        await self._release(volume, pbs)
+        return True
+
+    async def _send_to_a_proxy(self, volume: StorageVolume, ring: RingLogs, begin: int, end: int, diff: Any,
+                               status: dict[str, Any]) -> None:
+        errors = []
+        for proxy in self.config.proxies:
+            host, port = host_port(proxy)
+            try:
+                channel = await open_connection(host, port, self.key, str(self.config.id), "storage",
+                                                timeout=float(self.config.socket_timeout))
+            except (WalbopsError, OSError) as exc:
+                errors.append(f"{proxy}: {exc}")
+                continue
+            async with channel:
+                await send_wlog(channel, volume.vol, volume.uuid, ring.super.physical_bs,
+                                ring.super.log_checksum_salt, status["size_lb"], diff, end - begin,
+                                ring.wlog(begin, end))
+            self.log.info("%s: shipped %s (lsids %d..%d) to %s", volume.vol, diff.range_str(), begin, end, proxy)
+            return
+        raise OperationError(f"{volume.vol}: no proxy took the logs: {'; '.join(errors)}")
+
+    async def _release(self, volume: StorageVolume, pbs: int) -> None:
+        """Let the ring reuse shipped logs: oldest = min(done, prev_written), as WalB does."""
+        lsids = await self.device_call(volume, "lsids")
+        if lsids["prev_written"] < volume.done.lsid:
+            usage = await self.device_call(volume, "log_usage")
+            if usage["usage_pb"] * 2 > usage["capacity_pb"]:
+                lsids = await self.device_call(volume, "force_checkpoint")
+        oldest = min(volume.done.lsid, lsids["prev_written"])
+        if oldest > lsids["oldest"]:
+            await self.device_call(volume, "set_oldest_lsid", lsid=oldest)
