@@ -23,7 +23,7 @@ from . import metadata
 from ._server import VOL, Agent, Command, Request, args_schema
 from .config import Config, host_port
 from .storage_volume import StorageVolume
-from .transfers import send_full_backup, send_wlog
+from .transfers import open_for_backup, send_full_backup, send_wlog
 
 IDLE_WAIT = 1.0  # [s] a shipper waits this long for new permanent logs before looking again
 
@@ -224,7 +224,7 @@ class StorageAgent(Agent):
             def progress(done_lb: int) -> None:
                 volume.progress_lb = done_lb
 
-            fd = await asyncio.to_thread(os.open, status["path"], os.O_RDONLY)
+            fd = await asyncio.to_thread(open_for_backup, status["path"])
             try:
                 async with channel:
                     gid = await send_full_backup(channel, volume.vol, fd, size_lb, bulk_lb, int(time.time()),

@@ -8,6 +8,7 @@ space, delete a diff, move to Target). A refusal raises RemoteError with WalB's 
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -56,11 +57,12 @@ async def send_full_backup(channel: Channel, vol: str, fd: int, size_lb: int, bu
     await channel.send_json(messages.begin(uuid))
     digest = StreamDigest()
     zero_from: int | None = None
+    # Page-aligned, so an O_DIRECT descriptor can read into it.
+    buffer = mmap.mmap(-1, bulk_lb * LOGICAL_BLOCK_SIZE)
     for offset_lb in range(0, size_lb, bulk_lb):
         count = min(bulk_lb, size_lb - offset_lb)
-        data = await asyncio.to_thread(os.pread, fd, count * LOGICAL_BLOCK_SIZE, offset_lb * LOGICAL_BLOCK_SIZE)
-        if len(data) < count * LOGICAL_BLOCK_SIZE:
-            data += bytes(count * LOGICAL_BLOCK_SIZE - len(data))
+        data = await asyncio.to_thread(_read_bulk, fd, buffer, count * LOGICAL_BLOCK_SIZE,
+                                       offset_lb * LOGICAL_BLOCK_SIZE)
         if is_all_zero(data):
             zero_from = offset_lb if zero_from is None else zero_from
             continue
@@ -77,6 +79,23 @@ async def send_full_backup(channel: Channel, vol: str, fd: int, size_lb: int, bu
     gid = await on_streamed()
     await _finish(channel, digest, gid)
     return gid
+
+
+def _read_bulk(fd: int, buffer: mmap.mmap, size: int, offset: int) -> bytes:
+    """Read ``size`` bytes at ``offset`` (zeros past the end of the device)."""
+    view = memoryview(buffer)[:size]
+    got = os.preadv(fd, [view], offset)
+    data = bytes(view[:got])
+    return data + bytes(size - got) if got < size else data
+
+
+def open_for_backup(path: str) -> int:
+    """Open a device for a full backup with O_DIRECT, so its page cache (which a filesystem's
+    direct writes bypass) cannot hand us stale blocks; plain reads where O_DIRECT is refused."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        return os.open(path, os.O_RDONLY)
 
 
 async def _send_chunks(channel: Channel, chunks: AsyncIterator[bytes] | Iterable[bytes], digest: StreamDigest) -> None:
