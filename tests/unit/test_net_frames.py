@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import lz4.block
 import pytest
@@ -17,6 +18,7 @@ from walbops.net.frames import (
     MAX_FRAME_SIZE,
     MAX_HANDSHAKE_PAYLOAD,
     MAX_PAYLOAD_SIZE,
+    PROBE_SIZE,
     DataFrame,
     FrameDecoder,
     FrameType,
@@ -41,6 +43,7 @@ GOLDEN_DATA = [
     # 64 zero bytes pay to compress: original_size 64, then the lz4 block.
     (b"\0" * 64, bytes.fromhex("10000000 03 40000000 1f00010027500000000000")),
     (b"ab" * 32, bytes.fromhex("11000000 03 40000000 2f6162020026506261626162")),
+    (b"\0" * 13, bytes.fromhex("0e000000 02") + b"\0" * 13),  # lz4 would not pay
 ]
 
 
@@ -79,6 +82,16 @@ def test_lz4_only_when_it_pays():
     # 13 zero bytes make a 4 + 10 byte payload, one more than the data: sent raw.
     assert encode_data(b"\0" * 13)[4] == FrameType.DATA
     assert encode_data(b"\0" * 15)[4] == FrameType.DATA_LZ4
+
+
+def test_large_incompressible_buffers_skip_compression():
+    noise = os.urandom(DATA_FRAME_SIZE)
+    assert encode_data(noise) == HEADER.pack(1 + len(noise), FrameType.DATA) + noise
+    # Compressible somewhere in the samples: compressed whole, and only used because it pays.
+    mostly_noise = noise[:-PROBE_SIZE] + bytes(PROBE_SIZE)
+    assert encode_data(mostly_noise)[4] == FrameType.DATA_LZ4
+    assert decode_all(encode_data(mostly_noise)) == [DataFrame(mostly_noise)]
+    assert encode_data(bytes(DATA_FRAME_SIZE))[4] == FrameType.DATA_LZ4
 
 
 def test_fed_byte_by_byte_equals_fed_at_once():

@@ -366,7 +366,7 @@ def test_sender_abort_and_receiver_abort():
 
             await channel.request("upload")
             await channel.send_data(b"some data")
-            await channel.send_json(messages.end(9, "00" * 32))  # wrong checksum
+            await channel.send_json(messages.end(9, "00" * 4))  # wrong checksum
             with pytest.raises(RemoteError) as info:
                 await channel.recv_json("ack")
             assert info.value.reason == "aborted" and "checksum" in info.value.error
@@ -437,3 +437,24 @@ def test_version_mismatch_from_a_future_server():
             server.close()
             await server.wait_closed()
     run(scenario())
+
+
+def test_cancelled_handler_closes_its_connection_quietly(caplog):
+    async def scenario():
+        running: asyncio.Queue = asyncio.Queue()
+
+        async def stuck(channel: Channel) -> None:
+            await running.put(asyncio.current_task())
+            await asyncio.sleep(3600)
+
+        async with archive_server(stuck) as (_, port):
+            channel = await connect(port)
+            task = await running.get()
+            task.cancel()  # what an agent's shutdown does to a handler that will not finish
+            await asyncio.wait([task])
+            assert not task.cancelled()  # ended normally: nothing for asyncio to log
+            with pytest.raises(ProtocolError):
+                await channel.recv()
+    with caplog.at_level(logging.ERROR):
+        run(scenario())
+    assert "Exception in callback" not in caplog.text

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 an operating-system error (a missing file, a full disk);
 2 bad usage; 3 a format error in the input; 4 a missing optional dependency; 5 an
-operation refused in the current state; 130 interrupted.
+operation refused in the current state; 6 a conversation with a peer failed (protocol,
+authentication, a closed or silent connection); 130 interrupted.
 """
 
 from __future__ import annotations

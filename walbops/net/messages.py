@@ -34,7 +34,8 @@ MAX_TEXT = 4096  # [characters] of an error text or abort reason
 
 _U32 = {"type": "integer", "minimum": 0, "maximum": U32_MAX}
 _U64 = {"type": "integer", "minimum": 0, "maximum": U64_MAX}
-_HEX32 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}  # nonces, proofs, checksums
+_HEX32 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}  # nonces and proofs: 32 bytes
+_CRC32 = {"type": "string", "pattern": "^[0-9a-f]{8}$"}  # a stream checksum
 _UUID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 _ID = {"type": "string", "pattern": "^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$"}
 _VOL = {"type": "string", "pattern": "^[0-9A-Za-z-]{1,64}$"}  # WalB's volume id rule
@@ -78,7 +79,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "begin": _message("begin", {"uuid": _UUID}),
     "chunk": _message("chunk", {"offset_lb": _U64, "count_lb": {**_U32, "minimum": 1}}),
     "zero": _message("zero", {"offset_lb": _U64, "count_lb": {**_U64, "minimum": 1}}),
-    "end": _message("end", {"size": _U64, "checksum": _HEX32, "gid": _U64}, required=("size", "checksum")),
+    "end": _message("end", {"size": _U64, "checksum": _CRC32, "gid": _U64}, required=("size", "checksum")),
     "ack": _message("ack", {}),
     "abort": _message("abort", {"reason": _TEXT}),
     "keepalive": _message("keepalive", {}),

@@ -8,7 +8,7 @@ volume.
 
 from __future__ import annotations
 
-import hashlib
+import zlib
 from typing import Any
 
 from ..errors import BadField, ChecksumMismatch, InvalidMessage
@@ -17,19 +17,20 @@ from . import messages
 
 
 class StreamDigest:
-    """The size and SHA-256 of the data frames of one stream, in order."""
+    """The size and CRC-32 of the data frames of one stream, in order."""
 
     def __init__(self) -> None:
-        self._hash = hashlib.sha256()
+        self._crc = 0
         self.size = 0  # [bytes]
 
     def update(self, data: bytes | memoryview) -> None:
-        self._hash.update(data)
+        self._crc = zlib.crc32(data, self._crc)
         self.size += len(data)
 
     @property
     def checksum(self) -> str:
-        return self._hash.hexdigest()
+        """CRC-32 (zlib's, ISO-HDLC) of the data so far, as 8 lowercase hex digits."""
+        return f"{self._crc:08x}"
 
     def end(self, gid: int | None = None) -> dict[str, Any]:
         """The ``end`` message that closes the stream (with ``gid`` for dirty-full-sync)."""

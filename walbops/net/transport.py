@@ -378,28 +378,39 @@ async def accept_channel(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     return channel
 
 
-async def serve(host: str, port: int, key: bytes, server_id: str, host_type: str, handler: Handler, *,
-                timeout: float = DEFAULT_TIMEOUT, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> asyncio.Server:
+async def serve(host: str, port: int, key: bytes, server_id: str, host_type: str, handler: Handler,
+                timeout: float = DEFAULT_TIMEOUT, *, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> asyncio.Server:
     """Listen on ``host:port`` and run ``handler(channel)`` for every client that authenticates.
 
     A client that fails the handshake never reaches the handler. A handler's failure closes its
     connection and is logged; the server goes on serving. The channel is closed when the
-    handler returns. Port 0 picks a free port (see ``server.sockets``).
+    handler returns. Port 0 picks a free port (``server.sockets[0].getsockname()``). Closing
+    the server stops new connections only: the caller tracks and cancels running handlers.
     """
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            channel = await accept_channel(reader, writer, key, server_id, host_type, timeout=timeout,
-                                           handshake_timeout=handshake_timeout)
-        except PEER_ERRORS as exc:
-            logger.warning("%s: handshake refused: %s", _peer_name(writer), exc)
-            return
-        try:
-            await handler(channel)
-        except (WalbopsError, OSError) as exc:
-            logger.warning("%s (%s): %s", channel.name, channel.peer_id, exc)
-        except Exception:
-            logger.exception("%s (%s): handler failed", channel.name, channel.peer_id)
-        finally:
-            await channel.close()
+            await _serve_one(reader, writer, key, server_id, host_type, handler, timeout, handshake_timeout)
+        except asyncio.CancelledError:
+            # Only a shutdown cancels a connection, and nobody awaits this task: Python 3.11's
+            # start_server would log a cancelled one as an error. The channel is closed already.
+            pass
 
     return await asyncio.start_server(on_connect, host, port)
+
+
+async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes, server_id: str,
+                     host_type: str, handler: Handler, timeout: float, handshake_timeout: float) -> None:
+    try:
+        channel = await accept_channel(reader, writer, key, server_id, host_type, timeout,
+                                       handshake_timeout=handshake_timeout)
+    except PEER_ERRORS as exc:
+        logger.warning("%s: handshake refused: %s", _peer_name(writer), exc)
+        return
+    try:
+        await handler(channel)
+    except (WalbopsError, OSError) as exc:
+        logger.warning("%s (%s): %s", channel.name, channel.peer_id, exc)
+    except Exception:
+        logger.exception("%s (%s): handler failed", channel.name, channel.peer_id)
+    finally:
+        await channel.close()
