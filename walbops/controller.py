@@ -166,3 +166,101 @@ class Controller:
 
     def shutdown(self, server: Server | str, mode: str = "graceful") -> None:
         self.run(server, "shutdown", mode=mode)
+
+    # walblib's workflows -------------------------------------------------------------
+
+    def init_storage(self, storage: Server | str, vol: str, wdev: str) -> None:
+        """Bind a volume to a walb device and let it run standby (logs discarded until a backup)."""
+        self.run(storage, "init-vol", vol=vol, wdev=wdev)
+        self.run(storage, "start", vol=vol, role="standby")
+
+    def start_synchronizing(self, archive: Server | str, vol: str, compression: str = "lz4:0:1") -> None:
+        """Make every proxy send the volume's diffs to ``archive``."""
+        target = self.layout.get(archive) if isinstance(archive, str) else archive
+        for proxy in self.layout.by_role("proxy"):
+            state = self._state_or_clear(proxy, vol)
+            if state == "Started":
+                self.run(proxy, "stop", vol=vol, mode="graceful")
+            known = self.run(proxy, "archive-info", cmd="list", vol=vol) if state != "Clear" else []
+            if target.name not in known:
+                self.run(proxy, "archive-info", cmd="add", vol=vol, archive=target.name, host=target.address,
+                         port=target.port, compression=compression)
+            self.run(proxy, "start", vol=vol)
+
+    def _state_or_clear(self, server: Server | str, vol: str) -> str:
+        try:
+            return self.get_state(server, vol)
+        except OperationError:
+            return "Clear"
+
+    def full_backup(self, storage: Server | str, vol: str, timeout: float = DEFAULT_WAIT,
+                    bulk_size: int | None = None) -> int:
+        """Back the volume up in full to the primary archive; returns the first restorable gid.
+
+        As walblib's _prepare_backup: the storage is brought to SyncReady, the primary
+        archive initialised if it has no volume, and the proxies told to send to it.
+        """
+        archive = self.layout.primary_archive
+        state = self.get_state(storage, vol)
+        if state == "Standby":
+            self.run(storage, "stop", vol=vol)
+        elif state == "Target":
+            self.run(storage, "stop", vol=vol, mode="force")
+            self.run(storage, "reset-vol", vol=vol)
+        if self._state_or_clear(archive, vol) == "Clear":
+            self.run(archive, "init-vol", vol=vol)
+        self.start_synchronizing(archive, vol)
+        self.run(storage, "full-bkp", vol=vol, **({"bulk_size": bulk_size} if bulk_size else {}))
+        state = self.wait_for_state(storage, vol, {"Target", "SyncReady"}, timeout)
+        if state != "Target":
+            raise OperationError(f"{vol}: the full backup failed (storage back in SyncReady; see its log)")
+        restorable = self.get_restorable(archive, vol, include_implicit=True)
+        if not restorable:
+            raise OperationError(f"{vol}: the full backup finished but nothing is restorable yet")
+        return restorable[0]
+
+    def snapshot(self, storage: Server | str, vol: str, archives: list[Server | str] | None = None,
+                 timeout: float = DEFAULT_WAIT) -> int:
+        """Take a snapshot and wait until it is restorable on ``archives`` (default: the primary)."""
+        gid = int(self.run(storage, "snapshot", vol=vol)["gid"])
+        for archive in archives or [self.layout.primary_archive]:
+            self.kick_proxies(vol)
+            self.wait_for_restorable(archive, vol, gid, timeout)
+        return gid
+
+    def kick_proxies(self, vol: str | None = None) -> None:
+        for proxy in self.layout.by_role("proxy"):
+            self.run(proxy, "kick", **({"vol": vol} if vol else {}))
+
+    def kick(self, server: Server | str, vol: str | None = None) -> None:
+        self.run(server, "kick", **({"vol": vol} if vol else {}))
+
+    def stop(self, server: Server | str, vol: str, mode: str = "graceful") -> None:
+        self.run(server, "stop", vol=vol, mode=mode)
+
+    def start(self, server: Server | str, vol: str) -> None:
+        """Start a volume; a storage starts as target."""
+        target = self.layout.get(server) if isinstance(server, str) else server
+        if target.role == "storage":
+            self.run(target, "start", vol=vol, role="target")
+        else:
+            self.run(target, "start", vol=vol)
+
+    def clear(self, server: Server | str, vol: str) -> None:
+        """Bring a volume to Clear on one server, stopping or resetting it first as needed."""
+        target = self.layout.get(server) if isinstance(server, str) else server
+        state = self._state_or_clear(target, vol)
+        if state == "Clear":
+            return
+        if target.role == "storage":
+            if state in ("Target", "Standby"):
+                self.run(target, "stop", vol=vol, mode="force")
+                state = self.get_state(target, vol)
+            if state == "Stopped":
+                self.run(target, "reset-vol", vol=vol)
+        elif target.role == "proxy":
+            if state == "Started":
+                self.run(target, "stop", vol=vol, mode="force")
+        elif state == "Archived":
+            self.run(target, "stop", vol=vol)
+        self.run(target, "clear-vol", vol=vol)

@@ -75,3 +75,25 @@ def test_full_backup_then_snapshot_and_restore(cluster):
             subprocess.run(["umount", str(mnt)], check=True)
     finally:
         ctl.del_restored("a0", "vol0", gid)
+
+
+def test_walblib_workflows(cluster):
+    """init_storage, full_backup and snapshot as walblib's Controller runs them."""
+    device = cluster.make_device("tut1")
+    cluster.start_all()
+    ctl = cluster.ctl
+    ctl.init_storage("s0", "vol1", "tut1")
+    assert ctl.get_state("s0", "vol1") == "Standby"
+    rng = random.Random(5)
+    write_random(device, rng)
+    first = ctl.full_backup("s0", "vol1", timeout=120)
+    assert ctl.get_state_all("vol1") == {"s0": "Target", "p0": "Started", "a0": "Archived"}
+    write_random(device, rng)
+    expected = sha1_of_device(device)
+    gid = ctl.snapshot("s0", "vol1", timeout=120)
+    assert gid > first
+    assert restored_sha1(cluster, "vol1", gid) == expected
+    for server in ("s0", "p0", "a0"):
+        ctl.clear(server, "vol1")
+    # Cleared everywhere: no server knows the volume any more.
+    assert all("not found" in state for state in ctl.get_state_all("vol1").values())
