@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
+import time
 from typing import Any
 
-from ..controller import Layout, Server, call
-from ..errors import UsageError
+from ..controller import POLL, Layout, Server, call
+from ..errors import OperationError, UsageError
 from ..net.auth import load_key
 from ._common import emit
 
@@ -41,6 +43,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     where.add_argument("--key", help="cluster key file (without a layout)")
     parser.add_argument("--timeout", type=float, default=30.0, help="socket timeout [s]")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--wait", action="store_true",
+                        help="full-bkp, restore: wait until done, with a progress bar on a terminal")
     parser.add_argument("command", help="walbc command: " + ", ".join(sorted(POSITIONAL)) + ", get")
     parser.add_argument("args", nargs="*", help="its arguments, as walbc takes them")
     parser.set_defaults(handler=cmd_ctl)
@@ -76,6 +80,48 @@ def request_args(command: str, words: list[str]) -> dict[str, Any]:
     return result
 
 
+def wait_until_done(server: Server, key: bytes, command: str, arguments: dict[str, Any], timeout: float) -> Any:
+    """Poll until a full backup reaches Target or a restore shows up; draw progress on a terminal."""
+    vol = arguments["vol"]
+
+    def get(target: str, extra: Any = None) -> Any:
+        request: dict[str, Any] = {"target": target, "vol": vol}
+        if extra is not None:
+            request["args"] = extra
+        return asyncio.run(call(server, key, "get", request, timeout))
+
+    total = 0
+    while True:
+        if command == "full-bkp":
+            state = get("state")
+            if state == "Target":
+                break
+            if state == "SyncReady":
+                raise OperationError(f"{vol}: the full backup failed (the storage is back in SyncReady)")
+            total = total or int(get("vol-size"))
+            done = int(get("progress"))
+        else:
+            if arguments["gid"] in get("restored"):
+                break
+            done = 0
+        progress_bar(done, total)
+        time.sleep(POLL)
+    progress_bar(total, total, final=True)
+    return {"done": True, "state": "Target"} if command == "full-bkp" else {"restored": arguments["gid"]}
+
+
+def progress_bar(done: int, total: int, final: bool = False) -> None:
+    """A one-line bar on stderr when it is a terminal (scripts use get progress)."""
+    if not sys.stderr.isatty() or not total:
+        return
+    width = 40
+    filled = min(width, width * done // total)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {100 * done // total:3d}%")
+    if final:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
 def cmd_ctl(args: argparse.Namespace) -> int:
     if args.layout:
         layout = Layout.load(args.layout)
@@ -88,8 +134,11 @@ def cmd_ctl(args: argparse.Namespace) -> int:
             raise UsageError("give --layout and --server, or --address, --port and --key")
         server = Server("-", args.address, args.port, "?")
         key_file = args.key
-    result = asyncio.run(call(server, load_key(key_file), args.command, request_args(args.command, args.args),
-                              args.timeout))
+    key = load_key(key_file)
+    arguments = request_args(args.command, args.args)
+    result = asyncio.run(call(server, key, args.command, arguments, args.timeout))
+    if args.wait and args.command in ("full-bkp", "restore"):
+        result = wait_until_done(server, key, args.command, arguments, args.timeout)
     if args.json:
         emit({"result": result}, True)
     elif isinstance(result, (dict, list)):
