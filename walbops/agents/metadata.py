@@ -12,6 +12,7 @@ import os
 import re
 from typing import Any
 
+from ..durable import atomic_write, fsync_dir  # noqa: F401  (fsync_dir: for the volumes)
 from ..errors import UsageError
 
 VOLUME_ID = re.compile(r"[0-9A-Za-z-]{1,64}")  # WalB's command_param_parser rule
@@ -22,25 +23,6 @@ def check_volume_id(vol: str) -> str:
     if not isinstance(vol, str) or not VOLUME_ID.fullmatch(vol):
         raise UsageError(f"volume id {vol!r}: 1-64 characters of [0-9A-Za-z-]")
     return vol
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def save(directory: str, meta: dict[str, Any]) -> None:

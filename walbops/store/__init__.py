@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import abc
 import inspect
-import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any
 
 from ..diff.engine import BlockTarget, DiscardPolicy
 from ..diff.io import Stats
+from ..durable import fsync_dir  # noqa: F401  (the store's modules import it from here)
 from ..errors import UsageError
 from .clone import CloneMethod, ClonePolicy
 from .names import check_gid, check_volume_id
@@ -234,13 +234,3 @@ def open_store(kind: str, **options: Any) -> Store:
         raise UsageError(f"store {kind}: {exc}") from None
     store: Store = factory(**options)
     return store
-
-
-def fsync_dir(path: str) -> None:
-    """fsync a directory, so the names created or renamed in it are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
