@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import mmap
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +20,21 @@ from pathlib import Path
 import yaml
 
 from walbops.controller import Controller, Layout
+from walbops.errors import WalbopsError
 from walbops.net.auth import write_key
 
 MiB = 1 << 20
 ROLES = ("archive", "proxy", "storage")
+
+
+def kind(role: str) -> str:
+    """The agent type of a role name: ``proxy1`` is a proxy."""
+    return role.rstrip("0123456789")
+
+
+def agent_id(role: str) -> str:
+    """The id of the agent a role name runs: storage s0, proxy p0, proxy1 p1, archive a0."""
+    return f"{role[0]}{role[len(kind(role)):] or 0}"
 
 
 def free_port() -> int:
@@ -38,8 +54,6 @@ def sha1_of_device(path: str) -> str:
     digest = hashlib.sha1()
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     try:
-        import mmap
-
         buffer = mmap.mmap(-1, MiB)
         offset = 0
         while True:
@@ -53,6 +67,231 @@ def sha1_of_device(path: str) -> str:
     return digest.hexdigest()
 
 
+def block_size(path: str) -> int:
+    """The size of a block device (or file) in bytes."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def describe(path: str) -> str:
+    """Where a device path leads and how big it is, for failure messages."""
+    try:
+        return f"{path} -> {os.path.realpath(path)}, {block_size(path)} bytes"
+    except OSError as exc:
+        return f"{path}: {exc}"
+
+
+def write_random(path: str, rng: random.Random, count: int = 64, size: int = 32 * MiB,
+                 block: int = 4096) -> None:
+    """``count`` O_DIRECT writes of 4-64 KiB of random bytes at random aligned offsets below ``size``."""
+    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    try:
+        buffer = mmap.mmap(-1, 16 * block)
+        for _ in range(count):
+            length = rng.randint(1, 16) * block
+            buffer[:length] = rng.randbytes(length)
+            os.pwrite(fd, memoryview(buffer)[:length], rng.randrange(0, (size - length) // block + 1) * block)
+    finally:
+        os.close(fd)
+
+
+def fill_random(path: str, rng: random.Random, size: int) -> None:
+    """Write random bytes over the first ``size`` bytes (O_DIRECT, 1 MiB at a time)."""
+    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    try:
+        buffer = mmap.mmap(-1, MiB)
+        for offset in range(0, size, MiB):
+            buffer[:] = rng.randbytes(MiB)
+            os.pwrite(fd, buffer, offset)
+    finally:
+        os.close(fd)
+
+
+def fill_random_at(path: str, rng: random.Random, offset: int, length: int = MiB) -> None:
+    """Write ``length`` random bytes at ``offset`` (O_DIRECT, one write)."""
+    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    try:
+        buffer = mmap.mmap(-1, length)
+        buffer[:] = rng.randbytes(length)
+        os.pwrite(fd, buffer, offset)
+    finally:
+        os.close(fd)
+
+
+def write_zeros(path: str, offset: int, length: int) -> None:
+    """Overwrite ``length`` bytes at ``offset`` with zeros (O_DIRECT, 1 MiB at a time)."""
+    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    try:
+        buffer = mmap.mmap(-1, MiB)
+        end = offset + length
+        while offset < end:
+            count = min(MiB, end - offset)
+            os.pwrite(fd, memoryview(buffer)[:count], offset)
+            offset += count
+    finally:
+        os.close(fd)
+
+
+class RandomWriter:
+    """A background thread writing random data to a device until stopped (WalB's stest writer).
+
+    It writes at a bounded rate (``pause`` after every 4 writes of 4-64 KiB: at most ~2.7 MB/s) so
+    that the 64 MiB log ring does not overflow while agents are down for several seconds.
+    ``stop()`` returns once the last write is done, so the device holds every acknowledged write
+    when the caller takes its sha1.
+    """
+
+    def __init__(self, path: str, seed: int, size: int = 32 * MiB, pause: float = 0.05) -> None:
+        self.path, self.size, self.pause = path, size, pause
+        self.rng = random.Random(seed)
+        self.writes = 0
+        self.error: BaseException | None = None
+        self.where = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"writer {path}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                write_random(self.path, self.rng, count=4, size=self.size)
+                self.writes += 4
+                self._stop.wait(self.pause)
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+            self.where = describe(self.path)
+
+    def start(self) -> "RandomWriter":
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        """Stop writing; returns the number of writes. Raises what the writer failed with."""
+        self._stop.set()
+        self._thread.join(timeout=60)
+        if self._thread.is_alive():
+            raise AssertionError("the writer did not stop")
+        if self.error is not None:
+            raise AssertionError(f"the writer failed: {self.error!r} ({self.where})")
+        return self.writes
+
+    def wait_for_writes(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        target = self.writes + count
+        while self.writes < target:
+            if self.error is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the writer stalled at {self.writes} writes ({self.error!r})")
+            time.sleep(0.02)
+
+    def __enter__(self) -> "RandomWriter":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def loop_devices_under(root: Path) -> list[str]:
+    """Loop devices whose backing file lies under ``root`` (restored images left attached)."""
+    result = subprocess.run(["losetup", "--json", "--list", "--output", "NAME,BACK-FILE"], capture_output=True,
+                            text=True)
+    found = []
+    for entry in json.loads(result.stdout or "{}").get("loopdevices", []):
+        back = str(entry.get("back-file") or "").removesuffix(" (deleted)")
+        if back.startswith(str(root) + os.sep):
+            found.append(str(entry["name"]))
+    return found
+
+
+class Relay:
+    """A TCP relay between two agents, to cut the network between them (WalB's packet-repeater).
+
+    ``cut()`` drops every relayed connection at once and refuses new ones (the peers see the
+    connection closed); ``cut(silent=True)`` stops forwarding but keeps the connections open, as a
+    network that loses every packet does (the peers see nothing until their socket timeout).
+    ``restore()`` relays again.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.down = threading.Event()
+        self.silent = False
+        self.closed = False
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        threading.Thread(target=self._accept, name=f"relay {self.port}", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.down.is_set():
+                if self.silent:
+                    with self._lock:
+                        self._sockets.add(client)  # accepted, never answered
+                else:
+                    client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets |= {client, upstream}
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while True:
+                while self.down.is_set() and self.silent and not self.closed:
+                    time.sleep(0.05)  # nothing goes through: the sender's buffers fill up
+                data = source.recv(1 << 16)
+                if not data or self.down.is_set():
+                    break
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            if not (self.down.is_set() and self.silent):
+                for sock in (source, target):
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self, silent: bool = False) -> None:
+        self.silent = silent
+        self.down.set()
+        if not silent:
+            self._drop_all()
+
+    def restore(self) -> None:
+        """Relay again; connections that lived through a silent cut are dropped then."""
+        self._drop_all()
+        self.down.clear()
+        self.silent = False
+
+    def _drop_all(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+        self._drop_all()
+
+
 @dataclass
 class Cluster:
     """Agents as processes, one walb device, and a Controller over them."""
@@ -64,18 +303,47 @@ class Cluster:
     ports: dict[str, int] = field(default_factory=dict)
     device_name: str = ""
     device_path: str = ""
+    relays: dict[tuple[str, str], Relay] = field(default_factory=dict)
+    agent_args: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.key = self.root / "cluster.key"
         write_key(self.key)
         self.ports = {role: free_port() for role in ROLES}
         self.layout_path = self.root / "layout.yml"
+        self._write_layout()
+
+    def _write_layout(self) -> None:
         self.layout_path.write_text(yaml.safe_dump({
             "key_file": str(self.key),
-            "servers": [{"name": name, "address": "127.0.0.1", "port": self.ports[role], "role": role}
-                        for name, role in (("s0", "storage"), ("p0", "proxy"), ("a0", "archive"))],
+            "servers": [{"name": agent_id(role), "address": "127.0.0.1", "port": port, "role": kind(role)}
+                        for role, port in self.ports.items()],
         }))
         self.ctl = Controller(Layout.load(str(self.layout_path)))
+
+    def add_spare_proxy(self) -> str:
+        """A second proxy, p1 (role name ``proxy1``), after p0 in the storage's priority list.
+
+        Call before the storage starts."""
+        self.ports["proxy1"] = free_port()
+        self._write_layout()
+        return "proxy1"
+
+    def add_relay(self, client: str, server: str) -> Relay:
+        """Route ``client``'s connections to ``server`` (role names) through a Relay.
+
+        Call before the client starts (the storage) or before setup_volume (a proxy)."""
+        relay = Relay(self.ports[server])
+        self.relays[(client, server)] = relay
+        return relay
+
+    def port_for(self, client: str, server: str) -> int:
+        """The port ``client`` connects to for ``server``: a relay's, or the server's own."""
+        relay = self.relays.get((client, server))
+        return relay.port if relay is not None else self.ports[server]
+
+    def proxies(self) -> list[str]:
+        return [role for role in self.ports if kind(role) == "proxy"]
 
     def make_device(self, name: str) -> str:
         ldev, ddev = self.root / "ldev.img", self.root / "ddev.img"
@@ -87,48 +355,132 @@ class Cluster:
         self.device_path = walbops("wdev", "create", str(ldev), str(ddev), "--name", name,
                                    "--checkpoint-interval-ms", "1000")
         self.device_name = name
+        size = block_size(self.device_path)
+        assert size == self.device_size, f"{self.device_path} has {size} bytes, not {self.device_size}"
         return self.device_path
 
     def start(self, role: str) -> None:
-        args = [sys.executable, "-m", "walbops.cli.main", "agent", role, "--listen", "127.0.0.1",
-                "--port", str(self.ports[role]), "--id", f"{role[0]}0", "--base-dir", str(self.root / role),
+        """Start the agent ``role`` (archive, proxy, proxy1, storage) on its port and base dir."""
+        args = [sys.executable, "-m", "walbops.cli.main", "agent", kind(role), "--listen", "127.0.0.1",
+                "--port", str(self.ports[role]), "--id", agent_id(role), "--base-dir", str(self.root / role),
                 "--cluster-key-file", str(self.key), "--log-file", str(self.root / f"{role}.log"),
                 "--shutdown-timeout", "10"]
         if role == "storage":
-            args += ["--archive", f"127.0.0.1:{self.ports['archive']}", "--proxies",
-                     f"127.0.0.1:{self.ports['proxy']}", "--implicit-snapshot-interval", "1"]
-        if role == "proxy":
+            proxies = ",".join(f"127.0.0.1:{self.port_for(role, proxy)}" for proxy in self.proxies())
+            args += ["--archive", f"127.0.0.1:{self.port_for(role, 'archive')}", "--proxies", proxies,
+                     "--implicit-snapshot-interval", "1"]
+        if kind(role) in ("proxy", "storage"):
             args += ["--retry-delay", "0.2", "--retry-max-delay", "2"]
-        if role == "storage":
-            args += ["--retry-delay", "0.2", "--retry-max-delay", "2"]
-        self.processes[role] = subprocess.Popen(args)
+        args += self.agent_args.get(role, [])
+        process = self.processes[role] = subprocess.Popen(args)
         deadline = time.monotonic() + 20
         while True:
             try:
-                socket.create_connection(("127.0.0.1", self.ports[role]), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.processes[role].poll() is not None:
-                    raise AssertionError(self.log(role))
-                time.sleep(0.05)
+                # Ready when the process we started answers (not one left over on the port).
+                if self.ctl.get(agent_id(role), "pid") == process.pid:
+                    return
+            except (WalbopsError, OSError):
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise AssertionError(f"the {role} agent did not start:\n{self.log(role)}")
+            time.sleep(0.05)
 
-    def stop(self, role: str, sig: int = signal.SIGTERM) -> None:
+    def stop(self, role: str, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Signal an agent and wait for it to exit; returns its exit code (SIGKILL after ``timeout``)."""
         process = self.processes.pop(role, None)
-        if process is not None:
+        if process is None:
+            return 0
+        if process.poll() is None:
             process.send_signal(sig)
-            process.wait(timeout=60)
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"the {role} agent did not stop within {timeout:.0f} s after {sig!r}") from None
+
+    def restart(self, role: str, sig: int = signal.SIGTERM) -> None:
+        """Stop an agent with ``sig`` and start it again on the same port and base dir."""
+        self.stop(role, sig)
+        self.start(role)
+
+    def alive(self, role: str) -> bool:
+        process = self.processes.get(role)
+        return process is not None and process.poll() is None
 
     def log(self, role: str) -> str:
         path = self.root / f"{role}.log"
         return path.read_text() if path.exists() else ""
 
     def start_all(self) -> None:
-        for role in ROLES:
+        """Every agent, the storage last (it ships to the others)."""
+        for role in sorted(self.ports, key=lambda role: kind(role) == "storage"):
             self.start(role)
 
+    # ------------------------------------------------------------------ WalB's stest steps
+
+    def setup_volume(self, vol: str = "vol0") -> None:
+        """init-vol on s0 and a0, archive-info a0 on each proxy, start them (the tutorial's steps)."""
+        ctl = self.ctl
+        ctl.run("s0", "init-vol", vol=vol, wdev=self.device_name)
+        ctl.run("a0", "init-vol", vol=vol)
+        for proxy in self.proxies():
+            ctl.run(agent_id(proxy), "archive-info", cmd="add", vol=vol, archive="a0", host="127.0.0.1",
+                    port=self.port_for(proxy, "archive"))
+            ctl.run(agent_id(proxy), "start", vol=vol)
+
+    def full_backup(self, vol: str = "vol0", timeout: float = 120, **args: object) -> None:
+        self.ctl.run("s0", "full-bkp", vol=vol, **args)
+        self.ctl.wait_for_state("s0", vol, {"Target"}, timeout=timeout)
+        assert self.ctl.get_state("a0", vol) == "Archived"
+
+    def restored_sha1(self, vol: str, gid: int) -> str:
+        device = self.ctl.restore("a0", vol, gid, timeout=120)
+        try:
+            return sha1_of_device(device)
+        finally:
+            self.ctl.del_restored("a0", vol, gid)
+
+    def snapshot_and_verify(self, vol: str = "vol0", timeout: float = 120) -> int:
+        """WalB's restore_and_verify_sha1: sha1 of the device, snapshot, restorable, restore, compare.
+
+        No writes may run: the sha1 is taken before the snapshot and must describe it.
+        """
+        expected = sha1_of_device(self.device_path)
+        gid = int(self.ctl.run("s0", "snapshot", vol=vol)["gid"])
+        self.ctl.wait_for_restorable("a0", vol, gid, timeout=timeout)
+        assert self.restored_sha1(vol, gid) == expected, f"restored gid {gid} differs from the device"
+        return gid
+
+    def is_restorable(self, vol: str, gid: int) -> bool:
+        """Whether a0 lists gid as restorable; an archive that does not answer has nothing restorable."""
+        try:
+            return gid in self.ctl.get_restorable("a0", vol, include_implicit=True)
+        except (WalbopsError, OSError):
+            return False
+
     def close(self) -> None:
+        """Stop every agent, detach restored images, delete the device, whatever state they are in."""
+        errors = []
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()  # all at once; then wait for each
         for role in list(self.processes):
-            self.stop(role)
+            try:
+                self.stop(role, timeout=30)
+            except AssertionError as exc:
+                errors.append(str(exc))
+        for relay in self.relays.values():
+            relay.close()
+        for device in loop_devices_under(self.root / "archive"):
+            subprocess.run(["losetup", "--detach", device], capture_output=True)
         if self.device_name:
-            subprocess.run([sys.executable, "-m", "walbops.cli.main", "wdev", "delete", self.device_name, "--force"],
-                           capture_output=True)
+            try:
+                result = subprocess.run([sys.executable, "-m", "walbops.cli.main", "wdev", "delete",
+                                         self.device_name, "--force"], capture_output=True, text=True, timeout=60)
+                if result.returncode != 0:
+                    errors.append(f"wdev delete {self.device_name}: {result.stderr.strip()}")
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                errors.append(f"wdev delete {self.device_name}: {exc}")
+        if errors:
+            raise AssertionError("; ".join(errors))

@@ -177,9 +177,10 @@ class ArchiveAgent(Agent):
         with tx:
             size_lb, bulk_lb = args["size_lb"], args["bulk_lb"]
             if self.store.base_exists(volume.vol):
-                self.store.grow_base(volume.vol, size_lb)
-            else:
-                self.store.create_base(volume.vol, size_lb)
+                # Left by a full backup that was cut short (the volume is SyncReady): its blocks are
+                # stale, and zero ranges are not written below, so start again from a fresh base.
+                await asyncio.to_thread(self.store.remove_volume, volume.vol)
+            self.store.create_base(volume.vol, size_lb)
             with volume.actions.begin("FullSync"), self.store.open_base(volume.vol, writable=True) as target:
                 await request.accept()
                 channel = request.channel

@@ -200,10 +200,21 @@ class StorageAgent(Agent):
         if bulk_lb > 8192:
             raise OperationError("bulk size is at most 4 MiB")
         tx = volume.machine.transaction("SyncReady", "FullSync")
-        self.spawn(self._full_backup(volume, tx, bulk_lb), f"full backup {volume.vol}")
+        # As WalB, answer only once the archive took the backup, so that its refusal
+        # (not-sync-ready, busy, unreachable) reaches the caller instead of only the log.
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = self.spawn(self._full_backup(volume, tx, bulk_lb, started), f"full backup {volume.vol}")
+        await asyncio.wait([started, task], return_when=asyncio.FIRST_COMPLETED)
+        if not started.done():
+            if task.cancelled():
+                raise OperationError(f"{volume.vol}: the full backup was cancelled")
+            error = task.exception()
+            if error is not None:
+                raise error
         return messages.ACCEPTED
 
-    async def _full_backup(self, volume: StorageVolume, tx: Any, bulk_lb: int) -> None:
+    async def _full_backup(self, volume: StorageVolume, tx: Any, bulk_lb: int,
+                           started: asyncio.Future[None] | None = None) -> None:
         with tx:
             status = await self.device_call(volume, "status")
             size_lb, pbs = status["size_lb"], status["pbs"]
@@ -215,6 +226,8 @@ class StorageAgent(Agent):
                 reset = await self.device_call(volume, "reset_wal")
                 volume.reset(bytes.fromhex(reset["uuid"]), gid=0)
                 volume.save()
+                if started is not None and not started.done():
+                    started.set_result(None)
                 return volume.uuid
 
             async def streamed() -> int:
