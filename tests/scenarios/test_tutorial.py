@@ -45,7 +45,8 @@ def test_full_backup_then_snapshot_and_restore(cluster):
     # n1: full backup, then the base snapshot restores to the device as it was.
     ctl.run("s0", "full-bkp", vol="vol0")
     ctl.wait_for_state("s0", "vol0", {"Target"}, timeout=120)
-    assert ctl.get_state("a0", "vol0") == "Archived"
+    # The first diff may already be arriving (WdiffRecv is Archived receiving a diff).
+    assert ctl.get_state("a0", "vol0") in ("Archived", "WdiffRecv")
     # n2: more writes, a snapshot, wait until restorable, restore, compare.
     write_random(device, rng)
     expected = sha1_of_device(device)
@@ -87,7 +88,9 @@ def test_walblib_workflows(cluster):
     rng = random.Random(5)
     write_random(device, rng)
     first = ctl.full_backup("s0", "vol1", timeout=120)
-    assert ctl.get_state_all("vol1") == {"s0": "Target", "p0": "Started", "a0": "Archived"}
+    states = ctl.get_state_all("vol1")
+    assert states["s0"] == "Target" and states["p0"] in ("Started", "WlogRecv")
+    assert states["a0"] in ("Archived", "WdiffRecv")
     write_random(device, rng)
     expected = sha1_of_device(device)
     gid = ctl.snapshot("s0", "vol1", timeout=120)
