@@ -64,3 +64,12 @@ def test_corrupt_wlog_is_not_stored(tmp_path):
     with pytest.raises(ChecksumMismatch):
         volume.store_wlog(path, MetaDiff(0, 1), 4096)
     assert volume.pending("a0") == []
+
+
+def test_a_send_cut_short_leaves_nothing_after_a_restart(tmp_path):
+    volume = started(tmp_path)
+    leftover = os.path.join(volume.sendto_dir("a0"), ".sending-12345")
+    with open(leftover, "wb") as stream:
+        stream.write(b"half a merged diff")
+    ProxyVolume(str(tmp_path), "vol0")
+    assert not os.path.exists(leftover)

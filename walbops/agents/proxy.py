@@ -26,7 +26,7 @@ from ..net.transport import open_connection
 from . import metadata
 from ._server import VOL, Agent, Command, Request, args_schema
 from .config import Config
-from .proxy_volume import ArchiveInfo, ProxyVolume
+from .proxy_volume import SENDING_PREFIX, ArchiveInfo, ProxyVolume
 from .state import Refused
 from .transfers import file_chunks, send_wdiff
 
@@ -326,7 +326,7 @@ class ProxyAgent(Agent):
         paths = volume.paths(info.name, batch)
         uuid = read_header(paths[0]).uuid
         merged = merge(*batch)
-        tmp = os.path.join(volume.sendto_dir(info.name), f".sending-{os.getpid()}")
+        tmp = os.path.join(volume.sendto_dir(info.name), f"{SENDING_PREFIX}{os.getpid()}")
         option = CompressOpt.parse(info.compression)
 
         def write_merged() -> None:

@@ -24,6 +24,7 @@ from . import metadata
 from .state import PROXY_TRANSITIONS, ActionCounter, StateMachine
 
 ARCHIVE_NAME = metadata.VOLUME_ID  # archive ids follow the same rule as volume ids
+SENDING_PREFIX = ".sending-"  # a merged batch being sent to an archive
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,12 @@ class ProxyVolume:
         self.send_error: dict[str, str] = {}
         if os.path.isdir(self.received_dir):
             shutil.rmtree(self.received_dir)  # conversions cut short by a crash; the storage resends
+        for archive in self.archives:
+            directory = self.sendto_dir(archive)
+            if os.path.isdir(directory):
+                for name in os.listdir(directory):
+                    if name.startswith(SENDING_PREFIX):
+                        os.unlink(os.path.join(directory, name))  # a merged send cut short
 
     @property
     def state(self) -> str:
