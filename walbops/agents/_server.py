@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import jsonschema
 
@@ -24,6 +24,7 @@ from ..errors import OperationError, ProtocolError, RemoteError, UsageError, Wal
 from ..net import messages
 from ..net.auth import load_key
 from ..net.transport import Channel, serve
+from . import metadata
 from .config import Config
 from .state import Refused
 
@@ -70,10 +71,27 @@ VOL = {"type": "string", "pattern": "^[0-9A-Za-z-]{1,64}$"}
 GID = {"type": "integer", "minimum": 0, "maximum": messages.U64_MAX}
 
 
-class Agent:
-    """Base of the storage, proxy and archive agents."""
+class Volume(Protocol):
+    """What every agent's per-volume object offers."""
+
+    def __init__(self, base_dir: str, vol: str) -> None: ...
+
+    @property
+    def state(self) -> str: ...
+
+
+V = TypeVar("V", bound=Volume)
+
+
+class Agent(Generic[V]):
+    """Base of the storage, proxy and archive agents.
+
+    ``volume_class`` makes the agent's volumes: they are loaded from ``base_dir`` on
+    first use and kept in ``volumes``.
+    """
 
     host_type = "agent"
+    volume_class: type[V]
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -99,11 +117,32 @@ class Agent:
         self._slots = asyncio.Semaphore(int(config.max_connections))
         self.server: asyncio.Server | None = None
         self.key = b""
+        self.volumes: dict[str, V] = {}
 
     # ------------------------------------------------------------------ to be provided by agents
 
+    def volume(self, vol: str, create: bool = False) -> V:
+        """The volume ``vol``; unless ``create``, one in state Clear is refused as unknown."""
+        volume = self.volumes.get(vol)
+        if volume is None:
+            volume = self.volume_class(self.config.base_dir, vol)
+            if volume.state == "Clear" and not create:
+                raise OperationError(f"volume {vol!r} not found on {self.host_type} {self.config.id}")
+            self.volumes[vol] = volume
+        return volume
+
     def volume_ids(self) -> list[str]:
-        return []
+        return sorted(set(metadata.volume_dirs(self.config.base_dir)) |
+                      {vol for vol, v in self.volumes.items() if v.state != "Clear"})
+
+    def vol_getter(self, read: Callable[[V, Any], Any]) -> Callable[[dict[str, Any]], Any]:
+        """A ``get`` target of one volume: ``read(volume, extra argument)``."""
+        def getter(args: dict[str, Any]) -> Any:
+            vol = args.get("vol")
+            if vol is None:
+                raise OperationError(f"get {args['target']}: needs a volume")
+            return read(self.volume(vol), args.get("args"))
+        return getter
 
     def volume_status(self, vol: str) -> dict[str, Any]:
         raise OperationError(f"volume {vol!r} not found")

@@ -28,8 +28,9 @@ from .state import ARCHIVE_ACTIVE
 FSYNC_INTERVAL = 1 << 30  # [bytes] sync the base this often while a full backup streams (WalB -fi)
 
 
-class ArchiveAgent(Agent):
+class ArchiveAgent(Agent[ArchiveVolume]):
     host_type = "archive"
+    volume_class = ArchiveVolume
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
@@ -41,7 +42,6 @@ class ArchiveAgent(Agent):
         else:
             self.store = open_store("lvm", vg=store["vg"], thinpool=store.get("thinpool"))
         self.discard = DiscardPolicy(config.discard)
-        self.volumes: dict[str, ArchiveVolume] = {}
         vol_only = args_schema({"vol": VOL})
         self.commands.update({
             "init-vol": Command(self.cmd_init_vol, vol_only, "Clear -> SyncReady"),
@@ -57,7 +57,7 @@ class ArchiveAgent(Agent):
             messages.DIRTY_FULL_SYNC: Command(self.recv_full_sync, {"type": "object"}, "full backup receiver"),
             messages.WDIFF_TRANSFER: Command(self.recv_wdiff, {"type": "object"}, "diff receiver"),
         })
-        vol_getter = self._vol_getter
+        vol_getter = self.vol_getter
         self.getters.update({
             "state": vol_getter(lambda v, a: v.state),
             "uuid": vol_getter(lambda v, a: v.uuid.hex()),
@@ -78,28 +78,7 @@ class ArchiveAgent(Agent):
             "num-action": vol_getter(lambda v, a: v.actions.count(str(a))),
         })
 
-    def _vol_getter(self, read: Any) -> Any:
-        def getter(args: dict[str, Any]) -> Any:
-            vol = args.get("vol")
-            if vol is None:
-                raise OperationError(f"get {args['target']}: needs a volume")
-            return read(self.volume(vol), args.get("args"))
-        return getter
-
     # ------------------------------------------------------------------ volumes
-
-    def volume(self, vol: str, create: bool = False) -> ArchiveVolume:
-        volume = self.volumes.get(vol)
-        if volume is None:
-            volume = ArchiveVolume(self.config.base_dir, vol)
-            if volume.state == "Clear" and not create:
-                raise OperationError(f"volume {vol!r} not found on archive {self.config.id}")
-            self.volumes[vol] = volume
-        return volume
-
-    def volume_ids(self) -> list[str]:
-        return sorted(set(metadata.volume_dirs(self.config.base_dir)) |
-                      {vol for vol, v in self.volumes.items() if v.state != "Clear"})
 
     def volume_status(self, vol: str) -> dict[str, Any]:
         volume = self.volume(vol)

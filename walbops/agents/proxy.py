@@ -38,12 +38,12 @@ GIVE_UP_REASONS = {"smaller-lv-size", "archive-not-found"}
 PATIENT_REASONS = {"too-new-diff", "syncing"}
 
 
-class ProxyAgent(Agent):
+class ProxyAgent(Agent[ProxyVolume]):
     host_type = "proxy"
+    volume_class = ProxyVolume
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        self.volumes: dict[str, ProxyVolume] = {}
         self.forwarders: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self.wakeups: dict[tuple[str, str], asyncio.Event] = {}
         self.last_received: dict[str, float] = {}
@@ -63,33 +63,13 @@ class ProxyAgent(Agent):
             messages.WLOG_TRANSFER: Command(self.recv_wlog, {"type": "object"}, "wlog receiver"),
         })
         self.getters.update({
-            "state": self._vol(lambda v, a: v.state),
-            "archive-info": self._vol(lambda v, a: [info.as_dict() for info in v.archives.values()]),
-            "proxy-diff": self._vol(lambda v, a: {name: [str(d) for d in v.pending(name)] for name in v.archives}),
-            "is-wdiff-send-error": self._vol(lambda v, a: int(bool(v.send_error.get(str(a)))) if a
-                                             else v.send_error),
+            "state": self.vol_getter(lambda v, a: v.state),
+            "archive-info": self.vol_getter(lambda v, a: [info.as_dict() for info in v.archives.values()]),
+            "proxy-diff": self.vol_getter(lambda v, a: {name: [str(d) for d in v.pending(name)]
+                                                         for name in v.archives}),
+            "is-wdiff-send-error": self.vol_getter(lambda v, a: int(bool(v.send_error.get(str(a)))) if a
+                                                   else v.send_error),
         })
-
-    def _vol(self, read: Any) -> Any:
-        def getter(args: dict[str, Any]) -> Any:
-            vol = args.get("vol")
-            if vol is None:
-                raise OperationError(f"get {args['target']}: needs a volume")
-            return read(self.volume(vol), args.get("args"))
-        return getter
-
-    def volume(self, vol: str, create: bool = False) -> ProxyVolume:
-        volume = self.volumes.get(vol)
-        if volume is None:
-            volume = ProxyVolume(self.config.base_dir, vol)
-            if volume.state == "Clear" and not create:
-                raise OperationError(f"volume {vol!r} not found on proxy {self.config.id}")
-            self.volumes[vol] = volume
-        return volume
-
-    def volume_ids(self) -> list[str]:
-        return sorted(set(metadata.volume_dirs(self.config.base_dir)) |
-                      {vol for vol, v in self.volumes.items() if v.state != "Clear"})
 
     def volume_status(self, vol: str) -> dict[str, Any]:
         return self.volume(vol).status()

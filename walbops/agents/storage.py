@@ -28,12 +28,12 @@ from .transfers import open_for_backup, send_full_backup, send_wlog
 IDLE_WAIT = 1.0  # [s] a shipper waits this long for new permanent logs before looking again
 
 
-class StorageAgent(Agent):
+class StorageAgent(Agent[StorageVolume]):
     host_type = "storage"
+    volume_class = StorageVolume
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        self.volumes: dict[str, StorageVolume] = {}
         self.shippers: dict[str, asyncio.Task[Any]] = {}
         self.wakeups: dict[str, asyncio.Event] = {}
         vol_only = args_schema({"vol": VOL})
@@ -54,38 +54,17 @@ class StorageAgent(Agent):
                             "ship now, retry now"),
         })
         self.getters.update({
-            "state": self._vol(lambda v: v.state),
-            "uuid": self._vol(lambda v: v.uuid.hex()),
-            "progress": self._vol(lambda v: v.progress_lb),
-            "is-overflow": self._vol(lambda v: int(self.device(v).call("is_overflow")["overflow"])),
-            "log-usage": self._vol(lambda v: self.device(v).call("log_usage")),
-            "latest-snap": self._vol(lambda v: {"gid": (v.queue[-1] if v.queue else v.done).gid,
+            "state": self.vol_getter(lambda v, a: v.state),
+            "uuid": self.vol_getter(lambda v, a: v.uuid.hex()),
+            "progress": self.vol_getter(lambda v, a: v.progress_lb),
+            "is-overflow": self.vol_getter(lambda v, a: int(self.device(v).call("is_overflow")["overflow"])),
+            "log-usage": self.vol_getter(lambda v, a: self.device(v).call("log_usage")),
+            "latest-snap": self.vol_getter(lambda v, a: {"gid": (v.queue[-1] if v.queue else v.done).gid,
                                                 "lsid": (v.queue[-1] if v.queue else v.done).lsid}),
-            "vol-size": self._vol(lambda v: self.device(v).call("status")["size_lb"]),
+            "vol-size": self.vol_getter(lambda v, a: self.device(v).call("status")["size_lb"]),
         })
 
-    def _vol(self, read: Any) -> Any:
-        def getter(args: dict[str, Any]) -> Any:
-            vol = args.get("vol")
-            if vol is None:
-                raise OperationError(f"get {args['target']}: needs a volume")
-            return read(self.volume(vol))
-        return getter
-
     # ------------------------------------------------------------------ volumes and devices
-
-    def volume(self, vol: str, create: bool = False) -> StorageVolume:
-        volume = self.volumes.get(vol)
-        if volume is None:
-            volume = StorageVolume(self.config.base_dir, vol)
-            if volume.state == "Clear" and not create:
-                raise OperationError(f"volume {vol!r} not found on storage {self.config.id}")
-            self.volumes[vol] = volume
-        return volume
-
-    def volume_ids(self) -> list[str]:
-        return sorted(set(metadata.volume_dirs(self.config.base_dir)) |
-                      {vol for vol, v in self.volumes.items() if v.state != "Clear"})
 
     def volume_status(self, vol: str) -> dict[str, Any]:
         volume = self.volume(vol)
