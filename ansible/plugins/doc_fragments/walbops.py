@@ -1,0 +1,33 @@
+"""Options every walbops module takes (``extends_documentation_fragment: walbops``)."""
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  walbops_bin:
+    description:
+      - Path of the C(walbops) command.
+      - By default C(walbops) is looked up on C(PATH), then in C(/opt/walbops/venv/bin), where the
+        C(walbops_common) role installs it.
+    type: path
+requirements:
+  - walbops installed on the managed host (the C(walbops_common) role does it)
+notes:
+  - The module runs C(walbops ... --json) on the managed host; the logic and its error messages live there,
+    so the command line and the module behave alike.
+"""
+
+    # The modules that act through the agents (walbops.cluster).
+    CLUSTER = r"""
+options:
+  layout:
+    description:
+      - The layout file naming every agent (name, address, port, role) and the cluster key file.
+      - The C(walbops_common) role writes it from the inventory.
+    type: path
+    default: /etc/walbops/layout.yml
+  timeout:
+    description: Longest wait for the operation, in seconds.
+    type: float
+    default: 3600
+"""

@@ -1,0 +1,85 @@
+#!/usr/bin/python
+"""Ansible module walb_info: states, restorable snapshots and their ages, log usage."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: walb_info
+short_description: Facts about walbops agents and volumes
+description:
+  - Asks every agent of the layout (or those in O(servers)) for its volumes; an agent that does not answer
+    is reported with C(reachable=false), not failed, so a report covers the whole fleet.
+  - Per volume, its state; on a storage, log usage and overflow; on a proxy, diffs waiting per archive; on
+    an archive, the restorable snapshots with their ages and the age of the newest (the recovery point,
+    C(rpo_seconds)), and what is restored.
+  - Changes nothing.
+options:
+  servers:
+    description: Only these agents (names in the layout).
+    type: list
+    elements: str
+  vol:
+    description: Only this volume.
+    type: str
+extends_documentation_fragment: [walbops, walbops.cluster]
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+author: walbops developers
+"""
+
+EXAMPLES = r"""
+- name: What every archive can restore
+  walb_info:
+  register: walbops
+
+- name: Fail when a volume's newest restorable snapshot is older than an hour
+  ansible.builtin.assert:
+    that: item.value.rpo_seconds is not none and item.value.rpo_seconds < 3600
+  loop: "{{ walbops.servers.a0.volumes | dict2items }}"
+"""
+
+RETURN = r"""
+time:
+  description: When the facts were gathered (seconds since the epoch).
+  returned: always
+  type: int
+servers:
+  description: Per agent name, its role, address, port, reachable, and its volumes with their facts.
+  returned: always
+  type: dict
+  sample:
+    a0:
+      role: archive
+      reachable: true
+      volumes:
+        vol0:
+          state: Archived
+          latest_restorable: 1037
+          rpo_seconds: 42.5
+          restorable: [{gid: 1037, timestamp: 1795000000, age_seconds: 42.5}]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            servers=dict(type="list", elements="str"),
+            vol=dict(type="str"),
+            **dict(WALBOPS_CLUSTER_OPTIONS, timeout=dict(type="float", default=10.0)),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    run_module(module, ["info", *flag_args([
+        ("layout", params["layout"]), ("server", params["servers"]), ("vol", params["vol"]),
+        ("timeout", params["timeout"])])], check_aware=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Run the modules in library/ in-process, as Ansible's own module unit tests do.
+
+The module reads its arguments from ``_ANSIBLE_ARGS`` and leaves by ``exit_json`` or
+``fail_json`` (SystemExit with the result on stdout). Everything under it is real: the
+module runs the installed ``walbops`` command, which touches real loop devices, LVM and
+agents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import ansible.module_utils
+import ansible.module_utils.basic as basic
+from helpers import ROOT
+
+LIBRARY = ROOT / "library"
+WALBOPS_BIN = str(Path(sys.executable).parent / "walbops")
+
+# Custom module_utils are found as ansible.module_utils.NAME, as Ansible packs them.
+if str(LIBRARY / "module_utils") not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(str(LIBRARY / "module_utils"))
+
+
+class ModuleFailed(Exception):
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__(result.get("msg"))
+        self.result = result
+
+
+def run_module(name: str, args: dict[str, Any], check: bool = False, diff: bool = True) -> dict[str, Any]:
+    """Run library/NAME.py with ``args``; return its result, raise ModuleFailed on fail_json."""
+    spec = importlib.util.spec_from_file_location(f"walbops_test_{name}", LIBRARY / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    full_args = {"walbops_bin": WALBOPS_BIN, **args, "_ansible_check_mode": check, "_ansible_diff": diff,
+                 "_ansible_remote_tmp": "/tmp", "_ansible_keep_remote_files": False}
+    saved = basic._ANSIBLE_ARGS
+    basic._ANSIBLE_ARGS = json.dumps({"ANSIBLE_MODULE_ARGS": full_args}).encode()
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            module.main()
+    except SystemExit as leave:
+        result = json.loads(out.getvalue())
+        if leave.code not in (0, None) or result.get("failed"):
+            raise ModuleFailed(result) from None
+        return result
+    finally:
+        basic._ANSIBLE_ARGS = saved
+    raise AssertionError(f"{name} returned without exit_json or fail_json")

@@ -1,0 +1,147 @@
+"""walb_volume, walb_backup, walb_snapshot, walb_restore, walb_info against real agents on loopback.
+
+One backup group (tests/scenarios/cluster.py) serves the whole module; the tests run in
+order, as an operator would: initialise, back up, snapshot, restore, report, clear.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from collections.abc import Iterator
+
+import pytest
+from helpers import ROOT
+from modules import ModuleFailed, run_module
+
+sys.path.insert(0, str(ROOT / "tests" / "scenarios"))
+from cluster import Cluster, write_random  # noqa: E402
+
+VOL = "vol0"
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("cluster")
+    saved = {key: os.environ.get(key) for key in ("WALBOPS_RUN_DIR", "WALBOPS_DEV_DIR")}
+    os.environ["WALBOPS_RUN_DIR"] = str(root / "run")
+    os.environ["WALBOPS_DEV_DIR"] = str(root / "dev")
+    cluster = Cluster(root)
+    try:
+        cluster.make_device(f"ans{os.getpid() % 100000}")
+        cluster.start_all()
+        yield cluster
+    finally:
+        try:
+            cluster.close()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def call(group: Cluster, name: str, check: bool = False, **args: object) -> dict:
+    return run_module(name, {"layout": str(group.layout_path), "timeout": 120, **args}, check=check)
+
+
+def test_volume_storage_initialise_and_start_standby(group: Cluster) -> None:
+    with pytest.raises(ModuleFailed, match="wdev .* is needed"):
+        call(group, "walb_volume", vol=VOL, server="s0", state="initialized")
+    predicted = call(group, "walb_volume", check=True, vol=VOL, server="s0", wdev=group.device_name)
+    assert predicted["changed"] and predicted["state"] == "Standby"
+    assert predicted["commands"] == [f"init-vol wdev={group.device_name}", "start role=standby"]
+    assert group.ctl.run("s0", "status")["volumes"] == {}
+    started = call(group, "walb_volume", vol=VOL, server="s0", wdev=group.device_name)
+    assert started["changed"] and started["state"] == "Standby"
+    assert started["diff"] == {"before": {"state": "Clear"}, "after": {"state": "Standby"}}
+    assert not call(group, "walb_volume", vol=VOL, server="s0", wdev=group.device_name)["changed"]
+    with pytest.raises(ModuleFailed, match="start_as=target needs a full backup first"):
+        call(group, "walb_volume", vol=VOL, server="s0", start_as="target")
+
+
+def test_volume_proxy_archives_and_archive_init(group: Cluster) -> None:
+    archive = {"name": "a0", "host": "127.0.0.1", "port": group.ports["archive"]}
+    with pytest.raises(ModuleFailed, match="archives .* are needed"):
+        call(group, "walb_volume", vol=VOL, server="p0")
+    proxy = call(group, "walb_volume", vol=VOL, server="p0", archives=[archive])
+    assert proxy["changed"] and proxy["state"] == "Started"
+    assert proxy["diff"]["after"]["archives"] == ["a0"]
+    assert not call(group, "walb_volume", vol=VOL, server="p0", archives=[archive])["changed"]
+    changed = call(group, "walb_volume", vol=VOL, server="p0", check=True,
+                   archives=[{**archive, "compression": "zstd:3:1"}])
+    assert changed["commands"] == ["stop mode=graceful", "archive-info cmd=update archive=a0 host=127.0.0.1 "
+                                   f"port={group.ports['archive']} compression=zstd:3:1 delay=0.0", "start"]
+    archive_init = call(group, "walb_volume", vol=VOL, server="a0", state="initialized")
+    assert archive_init["changed"] and archive_init["state"] == "SyncReady"
+    with pytest.raises(ModuleFailed, match="no base image yet: run a full backup"):
+        call(group, "walb_volume", vol=VOL, server="a0", state="started")
+
+
+def test_backup_then_unchanged(group: Cluster) -> None:
+    write_random(group.device_path, random.Random(1), count=32, size=group.device_size)
+    predicted = call(group, "walb_backup", check=True, vol=VOL, storage="s0")
+    assert predicted["changed"] and predicted["gid"] is None
+    assert group.ctl.get_state("s0", VOL) == "Standby"
+    done = call(group, "walb_backup", vol=VOL, storage="s0", bulk_size="1M")
+    assert done["changed"] and done["bytes"] == group.device_size and done["gid"] is not None
+    assert done["diff"]["after"] == {"storage": "Target", "archive": "Archived"}
+    again = call(group, "walb_backup", vol=VOL, storage="s0")
+    assert not again["changed"] and again["bytes"] == 0
+    assert not call(group, "walb_volume", vol=VOL, server="s0")["changed"]  # started: Target as it was
+
+
+def test_snapshot_with_digest_and_restore(group: Cluster) -> None:
+    write_random(group.device_path, random.Random(2), count=16, size=group.device_size)
+    assert call(group, "walb_snapshot", check=True, vol=VOL, storage="s0")["gid"] is None
+    snap = call(group, "walb_snapshot", vol=VOL, storage="s0", digest=True)
+    assert snap["changed"] and snap["restorable"] and len(snap["digest"]) == 64
+    predicted = call(group, "walb_restore", check=True, vol=VOL, archive="a0", gid="latest")
+    assert predicted["changed"] and predicted["gid"] == snap["gid"] and predicted["device"] is None
+    restored = call(group, "walb_restore", vol=VOL, archive="a0", gid="latest", digest=True)
+    assert restored["changed"] and restored["gid"] == snap["gid"]
+    assert restored["digest"] == snap["digest"]
+    again = call(group, "walb_restore", vol=VOL, archive="a0", gid=str(snap["gid"]))
+    assert not again["changed"] and again["device"] == restored["device"]
+    info = call(group, "walb_info")
+    archive = info["servers"]["a0"]["volumes"][VOL]
+    assert archive["latest_restorable"] == snap["gid"] and archive["rpo_seconds"] >= 0
+    assert archive["restored"] == [snap["gid"]]
+    storage = info["servers"]["s0"]["volumes"][VOL]
+    assert storage["state"] == "Target" and storage["overflow"] is False
+    assert info["servers"]["p0"]["volumes"][VOL]["archives"] == ["a0"]
+    removed = call(group, "walb_restore", vol=VOL, archive="a0", gid="all", state="absent")
+    assert removed["changed"] and removed["removed"] == [snap["gid"]]
+    assert not call(group, "walb_restore", vol=VOL, archive="a0", gid="all", state="absent")["changed"]
+
+
+def test_refusals_name_the_override(group: Cluster) -> None:
+    with pytest.raises(ModuleFailed, match="deletes its base image and every diff; set force: true"):
+        call(group, "walb_volume", vol=VOL, server="a0", state="cleared")
+    with pytest.raises(ModuleFailed, match="ends its backup .*set force: true"):
+        call(group, "walb_volume", vol=VOL, server="s0", state="cleared")
+    with pytest.raises(ModuleFailed, match="gid 999999999999 is not restorable"):
+        call(group, "walb_restore", vol=VOL, archive="a0", gid="999999999999")
+    with pytest.raises(ModuleFailed, match="server 'a0' is a archive, not a storage"):
+        call(group, "walb_snapshot", vol=VOL, storage="a0")
+
+
+def test_unreachable_agent_is_reported_not_failed(group: Cluster) -> None:
+    group.stop("proxy")
+    try:
+        info = call(group, "walb_info")
+        assert info["servers"]["p0"]["reachable"] is False and info["servers"]["a0"]["reachable"] is True
+    finally:
+        group.start("proxy")
+
+
+def test_stop_and_clear_everything(group: Cluster) -> None:
+    stopped = call(group, "walb_volume", vol=VOL, server="s0", state="stopped")
+    assert stopped["changed"] and stopped["state"] == "Stopped"
+    assert not call(group, "walb_volume", vol=VOL, server="s0", state="stopped")["changed"]
+    for server in ("s0", "a0", "p0"):
+        cleared = call(group, "walb_volume", vol=VOL, server=server, state="cleared", force=True)
+        assert cleared["changed"] and cleared["state"] == "Clear"
+        assert not call(group, "walb_volume", vol=VOL, server=server, state="cleared")["changed"]

@@ -1,0 +1,147 @@
+"""``walbops ensure volume|backup|snapshot|restored`` and ``walbops info``: through a layout's agents."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..converge.cluster import DEFAULT_LAYOUT, open_controller, server_of
+from ._common import add_json_flag, emit, parse_size
+from .ensure_cmd import add_ensure_flags, report
+
+
+def add_cluster_flags(parser: argparse.ArgumentParser, server_help: str) -> None:
+    parser.add_argument("--layout", default=DEFAULT_LAYOUT, help=f"layout file (default {DEFAULT_LAYOUT})")
+    parser.add_argument("--server", required=True, help=server_help)
+    parser.add_argument("--timeout", type=float, default=3600.0, help="longest wait for the operation [s]")
+
+
+def _archive_target(text: str) -> object:
+    """NAME=HOST:PORT[:TYPE/LEVEL/CPUS] (the compression's colons written as slashes)."""
+    from ..converge.volume import ArchiveTarget
+
+    name, _, rest = text.partition("=")
+    fields = rest.split(":")
+    if not name or len(fields) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=HOST:PORT[:TYPE/LEVEL/CPUS]")
+    try:
+        port = int(fields[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be a number") from None
+    if len(fields) == 3:
+        return ArchiveTarget(name, fields[0], port, fields[2].replace("/", ":"))
+    return ArchiveTarget(name, fields[0], port)
+
+
+def _volume(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("volume", help="a volume's state on one agent")
+    parser.add_argument("vol")
+    add_cluster_flags(parser, "the agent (its name in the layout)")
+    parser.add_argument("--state", choices=("initialized", "started", "stopped", "cleared"), default="started")
+    parser.add_argument("--start-as", choices=("target", "standby"), help="storage: how to start")
+    parser.add_argument("--wdev", help="storage: the walb device's name (to initialise)")
+    parser.add_argument("--archive", dest="archives", action="append", type=_archive_target,
+                        help="proxy: NAME=HOST:PORT[:TYPE/LEVEL/CPUS], repeated: exactly these archives")
+    parser.add_argument("--no-archives", action="store_true", help="proxy: no archive at all")
+    parser.add_argument("--stop-mode", choices=("graceful", "force", "empty"), default="graceful")
+    parser.add_argument("--force", action="store_true", help="clear even where data would be dropped")
+    add_ensure_flags(parser)
+    parser.set_defaults(handler=cmd_volume)
+
+
+def cmd_volume(args: argparse.Namespace) -> int:
+    from ..converge.volume import ensure_volume
+
+    controller = open_controller(args.layout)
+    archives = [] if args.no_archives else args.archives
+    outcome = ensure_volume(controller, server_of(controller, args.server), args.vol, args.state,
+                            start_as=args.start_as, wdev=args.wdev, archives=archives, force=args.force,
+                            stop_mode=args.stop_mode, check=args.check)
+    return report(outcome, args.json)
+
+
+def _backup(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("backup", help="a full backup of a volume on the primary archive")
+    parser.add_argument("vol")
+    add_cluster_flags(parser, "the storage (its name in the layout)")
+    parser.add_argument("--bulk-size", type=parse_size, help="bytes per bulk (default: the storage's)")
+    parser.add_argument("--force", action="store_true", help="replace an existing backup with a new one")
+    add_ensure_flags(parser)
+    parser.set_defaults(handler=cmd_backup)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from ..converge.backup import ensure_full_backup
+
+    controller = open_controller(args.layout)
+    outcome = ensure_full_backup(controller, server_of(controller, args.server, "storage"), args.vol,
+                                 force=args.force, timeout=args.timeout, bulk_size=args.bulk_size, check=args.check)
+    return report(outcome, args.json)
+
+
+def _snapshot(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("snapshot", help="take a snapshot (always a change)")
+    parser.add_argument("vol")
+    add_cluster_flags(parser, "the storage (its name in the layout)")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait until it is restorable")
+    parser.add_argument("--archive", dest="archives", action="append",
+                        help="wait on this archive (repeatable; default: the primary)")
+    parser.add_argument("--digest", action="store_true",
+                        help="freeze the device, snapshot, sha256 the device, melt")
+    add_ensure_flags(parser)
+    parser.set_defaults(handler=cmd_snapshot)
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from ..converge.backup import take_snapshot
+
+    controller = open_controller(args.layout)
+    archives = [server_of(controller, name, "archive") for name in args.archives or []]
+    outcome = take_snapshot(controller, server_of(controller, args.server, "storage"), args.vol,
+                            wait=not args.no_wait, archives=archives or None, digest=args.digest,
+                            timeout=args.timeout, check=args.check)
+    return report(outcome, args.json)
+
+
+def _restored(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("restored", help="a restored snapshot on an archive (present|absent)")
+    parser.add_argument("vol")
+    parser.add_argument("gid", help="a gid, latest, or (absent) all")
+    add_cluster_flags(parser, "the archive (its name in the layout)")
+    parser.add_argument("--state", choices=("present", "absent"), default="present")
+    parser.add_argument("--include-implicit", action="store_true", help="latest may be an implicit snapshot")
+    parser.add_argument("--digest", action="store_true", help="sha256 of the restored image")
+    add_ensure_flags(parser)
+    parser.set_defaults(handler=cmd_restored)
+
+
+def cmd_restored(args: argparse.Namespace) -> int:
+    from ..converge.restore import ensure_restored
+
+    controller = open_controller(args.layout)
+    outcome = ensure_restored(controller, server_of(controller, args.server, "archive"), args.vol, args.gid,
+                              args.state, include_implicit=args.include_implicit, digest=args.digest,
+                              timeout=args.timeout, check=args.check)
+    return report(outcome, args.json)
+
+
+KINDS = (_volume, _backup, _snapshot, _restored)
+
+
+def register_info(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("info", help="states, restorable snapshots and ages, log usage, of every agent")
+    parser.add_argument("--layout", default=DEFAULT_LAYOUT, help=f"layout file (default {DEFAULT_LAYOUT})")
+    parser.add_argument("--server", action="append", help="only this agent (repeatable; default: all)")
+    parser.add_argument("--vol", help="only this volume")
+    parser.add_argument("--timeout", type=float, default=10.0, help="per agent [s]")
+    add_json_flag(parser)
+    parser.set_defaults(handler=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ..converge.info import cluster_info
+
+    controller = open_controller(args.layout, timeout=args.timeout)
+    servers = [server_of(controller, name) for name in args.server] if args.server else list(
+        controller.layout.servers)
+    emit(cluster_info(controller, servers, args.vol), args.json)
+    return 0

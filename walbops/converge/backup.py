@@ -1,0 +1,112 @@
+"""Full backups and snapshots (the ``walb_backup`` and ``walb_snapshot`` modules).
+
+A full backup is "present" once the archive holds the volume (Archived or Stopped) and
+the storage ships its logs there (Target or Stopped): running again changes nothing.
+``force`` takes a new full backup over an existing one (after an overflow lost logs):
+the archive's copy is cleared first. A snapshot always changes something; with
+``digest`` the walb device is frozen while the snapshot is taken and the device read, so
+the digest is the volume's content at exactly that gid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from ..controller import Controller, Server
+from ..device.control import DeviceClient
+from ..errors import OperationError
+from . import Outcome
+from .cluster import volume_status
+from .volume import ensure_volume
+
+READ_CHUNK = 4 << 20  # [bytes] per read while digesting a device
+FREEZE_TIMEOUT = 3600.0  # [s] the device melts by itself after this, should the digest hang
+
+ARCHIVE_HOLDS_BACKUP = {"Archived", "Stopped"}
+STORAGE_SHIPPING = {"Target", "Stopped"}
+
+
+def digest_of(path: str) -> str:
+    """sha256 of a whole device or image, read in large chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as stream:
+        while chunk := stream.read(READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _overflowed(controller: Controller, storage: Server, vol: str) -> bool:
+    return bool(int(controller.get(storage, "is-overflow", vol)))
+
+
+def ensure_full_backup(controller: Controller, storage: Server, vol: str, *, force: bool = False,
+                       timeout: float = 3600.0, bulk_size: int | None = None, check: bool = False) -> Outcome:
+    """Make the primary archive hold a full backup of ``vol`` fed by the storage's logs."""
+    archive = controller.layout.primary_archive
+    storage_state = volume_status(controller, storage, vol)["state"]
+    archive_state = volume_status(controller, archive, vol)["state"]
+    before = {"storage": storage_state, "archive": archive_state}
+    if storage_state == "Clear":
+        raise OperationError(f"{vol} is not initialised on storage {storage.name}: "
+                             "walb_volume state=initialized (with its wdev) first")
+    backed_up = archive_state in ARCHIVE_HOLDS_BACKUP and storage_state in STORAGE_SHIPPING
+    if backed_up and not force:
+        if _overflowed(controller, storage, vol):
+            raise OperationError(f"{vol}: the walb device on storage {storage.name} overflowed and lost logs; "
+                                 "force: true takes a new full backup")
+        restorable = controller.get_restorable(archive, vol, include_implicit=True)
+        return Outcome(False, before, before, {"vol": vol, "archive": archive.name,
+                                               "gid": restorable[-1] if restorable else None,
+                                               "bytes": 0, "duration": 0.0})
+    if archive_state in ARCHIVE_HOLDS_BACKUP and not force:
+        raise OperationError(f"{vol}: archive {archive.name} already holds a backup ({archive_state}) that the "
+                             f"storage does not feed ({storage_state}); force: true replaces it with a new "
+                             "full backup")
+    after = {"storage": "Target", "archive": "Archived"}
+    if check:
+        return Outcome(True, before, after, {"vol": vol, "archive": archive.name, "gid": None, "bytes": None,
+                                             "duration": None})
+    started = time.monotonic()
+    if archive_state in ARCHIVE_HOLDS_BACKUP:
+        ensure_volume(controller, archive, vol, "cleared", force=True)
+    gid = controller.full_backup(storage, vol, timeout=timeout, bulk_size=bulk_size)
+    duration = time.monotonic() - started
+    size_lb = int(controller.get(storage, "vol-size", vol))
+    after = {"storage": volume_status(controller, storage, vol)["state"],
+             "archive": volume_status(controller, archive, vol)["state"]}
+    return Outcome(True, before, after, {"vol": vol, "archive": archive.name, "gid": gid, "bytes": size_lb * 512,
+                                         "duration": round(duration, 3)})
+
+
+def take_snapshot(controller: Controller, storage: Server, vol: str, *, wait: bool = True,
+                  archives: list[Server] | None = None, digest: bool = False, timeout: float = 600.0,
+                  check: bool = False) -> Outcome:
+    """Take an explicit snapshot; optionally digest the device at it and wait until restorable."""
+    status = volume_status(controller, storage, vol)
+    if status["state"] not in ("Target", "Standby"):
+        raise OperationError(f"{vol} on storage {storage.name} is {status['state']}: a snapshot needs it "
+                             "started (walb_volume state=started)")
+    if check:
+        return Outcome(True, values={"vol": vol, "gid": None, "digest": None, "restorable": False})
+    values: dict[str, Any] = {"vol": vol}
+    if digest:
+        with DeviceClient(status["wdev"], timeout=60.0) as device:
+            path = device.call("status")["path"]
+            device.call("freeze", timeout=FREEZE_TIMEOUT)
+            try:
+                gid = int(controller.run(storage, "snapshot", vol=vol)["gid"])
+                values["digest"] = digest_of(path)
+            finally:
+                device.call("melt")
+    else:
+        gid = int(controller.run(storage, "snapshot", vol=vol)["gid"])
+        values["digest"] = None
+    values.update(gid=gid, timestamp=int(time.time()), restorable=False)
+    if wait and status["state"] == "Target":
+        for archive in archives or [controller.layout.primary_archive]:
+            controller.kick_proxies(vol)
+            controller.wait_for_restorable(archive, vol, gid, timeout)
+        values["restorable"] = True
+    return Outcome(True, values=values)

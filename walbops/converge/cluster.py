@@ -1,0 +1,28 @@
+"""Reaching the agents of a layout from the ensure operations (the cluster modules)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..controller import Controller, Layout, Server
+from ..errors import UsageError
+
+DEFAULT_LAYOUT = "/etc/walbops/layout.yml"  # written by the walbops_common role
+
+
+def open_controller(layout_path: str, timeout: float = 30.0) -> Controller:
+    return Controller(Layout.load(layout_path), timeout=timeout)
+
+
+def server_of(controller: Controller, name: str, role: str | None = None) -> Server:
+    """The server called ``name`` in the layout, refusing one of another role."""
+    server = controller.layout.get(name)
+    if role is not None and server.role != role:
+        raise UsageError(f"server {name!r} is a {server.role}, not a {role}")
+    return server
+
+
+def volume_status(controller: Controller, server: Server, vol: str) -> dict[str, Any]:
+    """The agent's status of ``vol``; ``{"state": "Clear"}`` when it does not hold the volume."""
+    volumes = controller.run(server, "status")["volumes"]
+    return dict(volumes.get(vol) or {"vol": vol, "state": "Clear"})

@@ -1,0 +1,82 @@
+"""Facts about the agents of a layout (the ``walb_info`` module, ``walbops info``).
+
+For each agent: whether it answers, and per volume its state; on a storage, log usage
+and overflow; on a proxy, diffs waiting per archive; on an archive, the restorable
+snapshots with their ages and the age of the newest (the recovery point), and what is
+restored. An agent that does not answer is reported, not raised, so a fleet report
+shows every host.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..controller import Controller, Server
+from ..errors import WalbopsError
+
+
+def _storage_volume(controller: Controller, server: Server, vol: str, status: dict[str, Any]) -> dict[str, Any]:
+    facts: dict[str, Any] = {"wdev": status.get("wdev"), "uuid": status.get("uuid")}
+    try:
+        usage = controller.get(server, "log-usage", vol)
+        facts["log_usage_pb"] = usage["usage_pb"]
+        facts["log_capacity_pb"] = usage["capacity_pb"]
+        facts["log_usage_percent"] = round(100.0 * usage["usage_pb"] / max(usage["capacity_pb"], 1), 2)
+        facts["overflow"] = bool(int(controller.get(server, "is-overflow", vol)))
+    except WalbopsError as exc:
+        facts["device_error"] = str(exc)
+    return facts
+
+
+def _proxy_volume(status: dict[str, Any]) -> dict[str, Any]:
+    return {"archives": [info["name"] for info in status.get("archives", [])],
+            "pending": {name: len(diffs) for name, diffs in status.get("pending", {}).items()},
+            "send_error": status.get("send_error", {})}
+
+
+def _archive_volume(controller: Controller, server: Server, vol: str, status: dict[str, Any],
+                    now: float) -> dict[str, Any]:
+    facts: dict[str, Any] = {"num_diff": status.get("num_diff"), "total_diff_size": status.get("total_diff_size"),
+                             "restored": status.get("restored", []), "restorable": [],
+                             "latest_restorable": None, "rpo_seconds": None}
+    if status["state"] in ("Archived", "Stopped"):
+        entries = controller.get(server, "restorable", vol)
+        facts["restorable"] = [{"gid": int(entry["gid"]), "timestamp": int(entry["timestamp"]),
+                                "age_seconds": round(now - int(entry["timestamp"]), 1)} for entry in entries]
+        if facts["restorable"]:
+            newest = max(facts["restorable"], key=lambda entry: entry["gid"])
+            facts["latest_restorable"] = newest["gid"]
+            facts["rpo_seconds"] = newest["age_seconds"]
+    return facts
+
+
+def server_info(controller: Controller, server: Server, vol: str | None = None) -> dict[str, Any]:
+    """What one agent reports; ``reachable: false`` with the error when it does not answer."""
+    now = time.time()
+    facts: dict[str, Any] = {"role": server.role, "address": server.address, "port": server.port}
+    try:
+        status = controller.run(server, "status")
+    except WalbopsError as exc:
+        return {**facts, "reachable": False, "error": str(exc), "volumes": {}}
+    except OSError as exc:
+        return {**facts, "reachable": False, "error": exc.strerror or str(exc), "volumes": {}}
+    volumes: dict[str, Any] = {}
+    for name, volume in sorted(status["volumes"].items()):
+        if vol is not None and name != vol:
+            continue
+        entry = {"state": volume["state"]}
+        if server.role == "storage":
+            entry.update(_storage_volume(controller, server, name, volume))
+        elif server.role == "proxy":
+            entry.update(_proxy_volume(volume))
+        else:
+            entry.update(_archive_volume(controller, server, name, volume, now))
+        volumes[name] = entry
+    return {**facts, "reachable": True, "version": status.get("version"), "uptime": status.get("uptime"),
+            "volumes": volumes}
+
+
+def cluster_info(controller: Controller, servers: list[Server], vol: str | None = None) -> dict[str, Any]:
+    return {"time": int(time.time()),
+            "servers": {server.name: server_info(controller, server, vol) for server in servers}}
