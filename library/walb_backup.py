@@ -22,6 +22,11 @@ options:
     description: The storage agent, by its name in the layout.
     type: str
     required: true
+  archive:
+    description:
+      - The archive, by its name in the layout; it must be the one the storage's agent sends to.
+      - The layout's first archive when omitted.
+    type: str
   bulk_size:
     description: Bytes per bulk read and sent (K, M, G suffixes); the storage's own default when omitted.
     type: str
@@ -76,6 +81,7 @@ def main():
         argument_spec=dict(
             vol=dict(type="str", required=True),
             storage=dict(type="str", required=True),
+            archive=dict(type="str"),
             bulk_size=dict(type="str"),
             force=dict(type="bool", default=False),
             **WALBOPS_CLUSTER_OPTIONS,
@@ -85,7 +91,7 @@ def main():
     params = module.params
     run_module(module, ["ensure", "backup", params["vol"], *flag_args([
         ("layout", params["layout"]), ("server", params["storage"]), ("timeout", params["timeout"]),
-        ("bulk_size", params["bulk_size"]), ("force", params["force"])])])
+        ("archive", params["archive"]), ("bulk_size", params["bulk_size"]), ("force", params["force"])])])
 
 
 if __name__ == "__main__":

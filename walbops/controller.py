@@ -194,13 +194,18 @@ class Controller:
             return "Clear"
 
     def full_backup(self, storage: Server | str, vol: str, timeout: float = DEFAULT_WAIT,
-                    bulk_size: int | None = None) -> int:
-        """Back the volume up in full to the primary archive; returns the first restorable gid.
+                    bulk_size: int | None = None, archive: Server | str | None = None) -> int:
+        """Back the volume up in full to ``archive``; returns the first restorable gid.
 
-        As walblib's _prepare_backup: the storage is brought to SyncReady, the primary
-        archive initialised if it has no volume, and the proxies told to send to it.
+        ``archive`` must be the one the storage is configured to send to (default: the
+        layout's primary). As walblib's _prepare_backup: the storage is brought to
+        SyncReady, the archive initialised if it has no volume, and the proxies told to
+        send to it.
         """
-        archive = self.layout.primary_archive
+        if archive is None:
+            archive = self.layout.primary_archive
+        elif isinstance(archive, str):
+            archive = self.layout.get(archive)
         state = self.get_state(storage, vol)
         if state == "Standby":
             self.run(storage, "stop", vol=vol)
@@ -214,9 +219,15 @@ class Controller:
         state = self.wait_for_state(storage, vol, {"Target", "SyncReady"}, timeout)
         if state != "Target":
             raise OperationError(f"{vol}: the full backup failed (storage back in SyncReady; see its log)")
-        restorable = self.get_restorable(archive, vol, include_implicit=True)
-        if not restorable:
-            raise OperationError(f"{vol}: the full backup finished but nothing is restorable yet")
+        # Writes during the copy leave the base dirty: it becomes restorable once the
+        # diff of those writes (shipped as soon as the storage is Target) is applied.
+        deadline = time.monotonic() + timeout
+        while not (restorable := self.get_restorable(archive, vol, include_implicit=True)):
+            if time.monotonic() > deadline:
+                raise OperationError(f"{vol}: the full backup finished but nothing is restorable after "
+                                     f"{timeout:.0f} s (see the proxies' and archive's logs)")
+            self.kick_proxies(vol)
+            time.sleep(POLL)
         return restorable[0]
 
     def snapshot(self, storage: Server | str, vol: str, archives: list[Server | str] | None = None,

@@ -1,20 +1,18 @@
 """LvmStore with real lvm2 on a loop device, activation disabled: metadata works, data IO says why not.
 
-lvm2 reads a private lvm.conf (LVM_SYSTEM_DIR) that sees only the test's loop device,
-keeps its locks in the test directory and never activates, so the host's VGs and
-/etc/lvm are not touched.
+lvm2 reads a private lvm.conf (LVM_SYSTEM_DIR) that sees only the test's loop device
+and never activates (tests/lvmtest.py), so the host's VGs and /etc/lvm are not touched.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from lvmtest import EXTENT, PrivateLvm, private_lvm
 
 from walbops.diff.engine import DiscardPolicy
 from walbops.errors import OperationError
@@ -23,78 +21,27 @@ from walbops.store.lvmstore import LvmStore, device_mapper_missing
 
 MiB = 1 << 20
 LB = 512
-EXTENT = 4 * MiB  # [bytes] lvm2's default extent size
 VOL = "vol-1"
-
-LVM_CONF = """\
-devices {{
-    scan = [ "/dev" ]
-    filter = [ "a|^{loop}$|", "r|.*|" ]
-    use_devicesfile = 0
-    obtain_device_list_from_udev = 0
-}}
-global {{
-    activation = 0
-    locking_dir = "{root}/lock"
-}}
-activation {{
-    udev_sync = 0
-    udev_rules = 0
-    monitoring = 0
-}}
-backup {{
-    backup = 0
-    archive = 0
-}}
-"""
 
 
 @dataclass
 class Vg:
     name: str
     env: dict[str, str]
-    loop: str
-
-
-def lvm(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["lvm", *args], capture_output=True, text=True,
-                            env={**os.environ, "LVM_SUPPRESS_FD_WARNINGS": "1", **env})
-    assert not check or result.returncode == 0, f"lvm {' '.join(args)}: {result.stderr}"
-    return result
+    lvm: PrivateLvm
 
 
 @pytest.fixture
 def vg(tmp_path: Path) -> Iterator[Vg]:
     """A VG on a 64 MiB loop device, seen only through a private lvm.conf; removed after."""
-    if os.geteuid() != 0:
-        pytest.fail("needs root (loop devices)")
-    if shutil.which("lvm") is None or shutil.which("losetup") is None:
-        pytest.fail("missing lvm or losetup: run scripts/bootstrap (lvm2, util-linux)")
-    image = tmp_path / "pv.img"
-    with open(image, "wb") as stream:
-        stream.truncate(64 * MiB)
-    loop = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    conf = tmp_path / "lvm"
-    conf.mkdir()
-    (tmp_path / "lock").mkdir()
-    (conf / "lvm.conf").write_text(LVM_CONF.format(loop=loop, root=tmp_path))
-    env = {"LVM_SYSTEM_DIR": str(conf)}
-    name = f"wbtest{os.getpid()}"
-    try:
-        lvm(env, "pvcreate", "--yes", loop)
-        lvm(env, "vgcreate", name, loop)
-        yield Vg(name, env, loop)
-    finally:
-        lvm(env, "vgremove", "--yes", "--force", name, check=False)
-        lvm(env, "pvremove", "--yes", loop, check=False)
-        subprocess.run(["losetup", "--detach", loop], capture_output=True)
+    with private_lvm(tmp_path) as lvm:
+        name = f"wbtest{os.getpid()}"
+        lvm.make_vg(name, lvm.add_disk(64 * MiB))
+        yield Vg(name, lvm.env, lvm)
 
 
 def lv_sizes(vg: Vg) -> dict[str, int]:
-    output = lvm(vg.env, "lvs", "--noheadings", "--units", "b", "--nosuffix", "--options", "lv_name,lv_size",
-                 vg.name).stdout
-    return {name: int(size) for name, size in (line.split() for line in output.splitlines() if line.strip())}
+    return vg.lvm.lv_sizes(vg.name)
 
 
 def test_metadata_operations_on_real_lvm(vg: Vg, tmp_path: Path):

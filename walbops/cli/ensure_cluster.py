@@ -63,6 +63,7 @@ def _backup(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("backup", help="a full backup of a volume on the primary archive")
     parser.add_argument("vol")
     add_cluster_flags(parser, "the storage (its name in the layout)")
+    parser.add_argument("--archive", help="the archive the storage sends to (default: the layout's first)")
     parser.add_argument("--bulk-size", type=parse_size, help="bytes per bulk (default: the storage's)")
     parser.add_argument("--force", action="store_true", help="replace an existing backup with a new one")
     add_ensure_flags(parser)
@@ -73,8 +74,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from ..converge.backup import ensure_full_backup
 
     controller = open_controller(args.layout)
+    archive = server_of(controller, args.archive, "archive") if args.archive else None
     outcome = ensure_full_backup(controller, server_of(controller, args.server, "storage"), args.vol,
-                                 force=args.force, timeout=args.timeout, bulk_size=args.bulk_size, check=args.check)
+                                 archive=archive, force=args.force, timeout=args.timeout, bulk_size=args.bulk_size,
+                                 check=args.check)
     return report(outcome, args.json)
 
 

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 from ..converge import Outcome
 from ._common import add_json_flag, emit, parse_size
+from .ensure_device import register_agent, register_device, register_ldev
+from .ensure_lvm import register_lv, register_vg
 
 
 def add_ensure_flags(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +48,8 @@ def cmd_loop(args: argparse.Namespace) -> int:
 
 
 # Each kind registers its own subcommand; the list is the order ``walbops ensure -h`` shows.
-KINDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_loop,)
+KINDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _loop, register_vg, register_lv, register_ldev, register_device, register_agent)
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import select
 import subprocess
-import sys
-import time
 from typing import Any
 
-from ..blockdev import is_block_device, size_of
+from ..blockdev import size_of
 from ..device.control import DeviceClient
-from ..device.core import OverflowPolicy, format_ldev
-from ..device.registry import DevicePaths, check_name, device_using, pid_alive, read_info, running_devices
-from ..device.system import clear_stale
+from ..device.core import OverflowPolicy
+from ..device.lifecycle import format_checked, start_device, stop_device
+from ..device.registry import check_name, read_info, running_devices
 from ..diff.logs import LdevLogReader, WlogWriter, read_super
 from ..errors import OperationError, UsageError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..formats.wlog import WlogHeader
 from ._common import add_json_flag, atomic_output, emit, parse_size
-
-START_TIMEOUT = 60.0  # [s] for a new device to become usable
-STOP_TIMEOUT = 60.0  # [s] for a deleted device's daemon to exit
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -123,116 +116,29 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_format_ldev(args: argparse.Namespace) -> int:
-    for path in (args.ldev, args.ddev):
-        if not os.path.exists(path):
-            raise UsageError(f"{path}: no such device or file")
-        user = device_using(path)
-        if user is not None:
-            raise OperationError(f"{path} is in use by walb device {user!r}; delete it first")
-    if os.path.realpath(args.ldev) == os.path.realpath(args.ddev):
-        raise UsageError("the ldev and the ddev must be different devices")
-    _refuse_if_busy(args.ldev)
-    sector = format_ldev(args.ldev, args.ddev, args.name, args.pbs, not args.no_discard)
+    sector = format_checked(args.ldev, args.ddev, args.name, args.pbs, not args.no_discard)
     emit({"ldev": args.ldev, "ddev": args.ddev, "name": sector.name, "pbs": sector.physical_bs,
           "uuid": sector.uuid.hex(), "salt": sector.log_checksum_salt, "ring_buffer_size": sector.ring_buffer_size,
           "device_size_lb": sector.device_size}, args.json)
     return 0
 
 
-def _refuse_if_busy(path: str) -> None:
-    """A block device that is mounted or held open exclusively is in use."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        block = is_block_device(fd)
-    finally:
-        os.close(fd)
-    if block:
-        try:
-            os.close(os.open(path, os.O_RDONLY | os.O_EXCL))
-        except OSError:
-            raise OperationError(f"{path} is in use (mounted or held open)") from None
-
-
 def cmd_create(args: argparse.Namespace) -> int:
-    name = check_name(args.name)
-    if read_info(name) is not None:
-        raise OperationError(f"walb device {name!r} is already running")
-    for path in (args.ldev, args.ddev):
-        if not os.path.exists(path):
-            raise UsageError(f"{path}: no such device or file")
-        user = device_using(path)
-        if user is not None:
-            raise OperationError(f"{path} is in use by walb device {user!r}")
-    paths = DevicePaths(name)
-    os.makedirs(paths.run_dir, exist_ok=True)
-    ready_read, ready_write = os.pipe()
-    command = [sys.executable, "-m", "walbops.device.daemon", "--name", name, "--ldev", os.path.abspath(args.ldev),
-               "--ddev", os.path.abspath(args.ddev), "--overflow", args.overflow,
-               "--checkpoint-interval-ms", str(args.checkpoint_interval_ms),
-               "--flush-interval-ms", str(args.flush_interval_ms), "--ready-fd", str(ready_write)]
-    with open(paths.log, "ab") as log_file:
-        process = subprocess.Popen(command, pass_fds=(ready_write,), start_new_session=True, stdin=subprocess.DEVNULL,
-                                   stdout=log_file, stderr=subprocess.STDOUT, cwd="/")
-    os.close(ready_write)
-    try:
-        reply = _await_ready(ready_read, process)
-    finally:
-        os.close(ready_read)
-    if not reply.get("ok"):
-        raise OperationError(f"walb device {name!r} did not start: {reply.get('error', 'unknown error')} "
-                             f"(log: {paths.log})")
+    started = start_device(args.name, args.ldev, args.ddev, OverflowPolicy(args.overflow), args.checkpoint_interval_ms,
+                           args.flush_interval_ms)
     if args.json:
-        emit({"name": name, "path": reply["path"], "loop": reply["loop"], "pid": process.pid}, True)
+        emit({"name": started.name, "path": started.path, "loop": started.loop, "pid": started.pid}, True)
     else:
-        print(reply["path"])
+        print(started.path)
     return 0
 
 
-def _await_ready(fd: int, process: subprocess.Popen[bytes]) -> dict[str, Any]:
-    deadline = time.monotonic() + START_TIMEOUT
-    buffer = b""
-    while b"\n" not in buffer:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            process.terminate()
-            return {"ok": False, "error": f"not ready within {START_TIMEOUT:.0f} s"}
-        readable, _, _ = select.select([fd], [], [], min(remaining, 0.5))
-        if readable:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            buffer += chunk
-    if b"\n" not in buffer:
-        code = process.wait(timeout=10)
-        return {"ok": False, "error": f"the daemon exited with status {code}"}
-    result: dict[str, Any] = json.loads(buffer.split(b"\n", 1)[0])
-    return result
-
-
 def cmd_delete(args: argparse.Namespace) -> int:
-    name = check_name(args.name)
-    info = read_info(name)
-    paths = DevicePaths(name)
-    if info is None:
-        if not os.path.exists(paths.info) and not os.path.lexists(paths.link):
-            raise OperationError(f"walb device {name!r} is not running")
-        if not args.force:
-            raise OperationError(f"walb device {name!r} is not running but its daemon left files behind; "
-                                 "--force cleans them up")
-        clear_stale(paths)  # a dead daemon's loop device, FUSE mount and files
-        emit({"name": name, "deleted": True, "was_running": False}, args.json)
-        return 0
-    with DeviceClient(name) as client:
-        client.call("stop", force=args.force)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    pid = int(info["pid"])
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            break
-        time.sleep(0.05)
-    else:
-        raise OperationError(f"walb device {name!r} (pid {pid}) did not stop within {STOP_TIMEOUT:.0f} s")
-    emit({"name": name, "deleted": True}, args.json)
+    stopped = stop_device(args.name, args.force)
+    result: dict[str, Any] = {"name": stopped.name, "deleted": True}
+    if not stopped.was_running:
+        result["was_running"] = False
+    emit(result, args.json)
     return 0
 
 

@@ -41,10 +41,11 @@ def _overflowed(controller: Controller, storage: Server, vol: str) -> bool:
     return bool(int(controller.get(storage, "is-overflow", vol)))
 
 
-def ensure_full_backup(controller: Controller, storage: Server, vol: str, *, force: bool = False,
-                       timeout: float = 3600.0, bulk_size: int | None = None, check: bool = False) -> Outcome:
-    """Make the primary archive hold a full backup of ``vol`` fed by the storage's logs."""
-    archive = controller.layout.primary_archive
+def ensure_full_backup(controller: Controller, storage: Server, vol: str, *, archive: Server | None = None,
+                       force: bool = False, timeout: float = 3600.0, bulk_size: int | None = None,
+                       check: bool = False) -> Outcome:
+    """Make ``archive`` (default: the primary) hold a full backup of ``vol`` fed by the storage's logs."""
+    archive = archive or controller.layout.primary_archive
     storage_state = volume_status(controller, storage, vol)["state"]
     archive_state = volume_status(controller, archive, vol)["state"]
     before = {"storage": storage_state, "archive": archive_state}
@@ -71,7 +72,7 @@ def ensure_full_backup(controller: Controller, storage: Server, vol: str, *, for
     started = time.monotonic()
     if archive_state in ARCHIVE_HOLDS_BACKUP:
         ensure_volume(controller, archive, vol, "cleared", force=True)
-    gid = controller.full_backup(storage, vol, timeout=timeout, bulk_size=bulk_size)
+    gid = controller.full_backup(storage, vol, timeout=timeout, bulk_size=bulk_size, archive=archive)
     duration = time.monotonic() - started
     size_lb = int(controller.get(storage, "vol-size", vol))
     after = {"storage": volume_status(controller, storage, vol)["state"],

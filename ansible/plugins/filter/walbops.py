@@ -1,0 +1,31 @@
+"""Jinja filters of the walbops roles: where an agent of the inventory listens."""
+
+from __future__ import annotations
+
+
+def walbops_endpoint(host, hostvars, default_port):
+    """``ADDRESS:PORT`` of the agent on inventory host ``host``.
+
+    The address is the host's ``walbops_agent_address``, else its ``ansible_host``, else
+    its name; the port its ``walbops_port``, else the role's default.
+    """
+    facts = hostvars[host]
+    address = facts.get("walbops_agent_address") or facts.get("ansible_host") or host
+    port = facts.get("walbops_port") or default_port
+    return f"{address}:{int(port)}"
+
+
+def walbops_layout_servers(groups, hostvars, role_groups, ports):
+    """The layout's servers: every agent of the inventory, archives first (the first is the primary)."""
+    servers = []
+    for role in ("archive", "proxy", "storage"):
+        for host in groups.get(role_groups[role], []):
+            address, _, port = walbops_endpoint(host, hostvars, ports[role]).rpartition(":")
+            name = hostvars[host].get("walbops_agent_name") or host
+            servers.append({"name": name, "address": address, "port": int(port), "role": role})
+    return servers
+
+
+class FilterModule:
+    def filters(self):
+        return {"walbops_endpoint": walbops_endpoint, "walbops_layout_servers": walbops_layout_servers}

@@ -1,0 +1,94 @@
+"""The local inventory (all-in-one on localhost, the tutorial's layout) through ansible-playbook.
+
+site.yml from nothing to a first full backup; again with nothing changed; --check changes
+nothing; the DR drill verifies every volume and reports RPO and RTO; teardown leaves
+nothing behind. Paths and ports are the test's own (walbops_local_root, base port).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+from playbooks import changed_tasks, run_playbook
+
+INVENTORY = ROOT / "inventories" / "local" / "hosts.yml"
+
+
+def free_base_port() -> int:
+    """A port P with P, P+100 and P+200 free (the local inventory's three agents)."""
+    for base in range(20000 + os.getpid() % 5000, 40000, 7):
+        probes = []
+        try:
+            for port in (base, base + 100, base + 200):
+                probe = socket.socket()
+                probes.append(probe)
+                probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise AssertionError("no free ports")
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    root = tmp_path_factory.mktemp("local-root")
+    extra = {"walbops_local_root": str(root), "walbops_local_base_port": free_base_port(),
+             "walbops_report_dir": str(root / "reports"),
+             "walbops_cluster_key_src": str(root / "controller" / "cluster.key")}
+    yield extra
+    teardown = run_playbook("teardown.yml", INVENTORY, "--tags", "all,destroy_backups,destroy_disks",
+                            extra_vars=extra)
+    leftovers = subprocess.run(["losetup", "--list", "--noheadings", "--output", "BACK-FILE"], capture_output=True,
+                               text=True).stdout
+    shutil.rmtree(root, ignore_errors=True)
+    assert teardown.returncode == 0, teardown.describe()
+    assert str(root) not in leftovers, leftovers
+
+
+def test_site_from_nothing_to_full_backup(local: dict) -> None:
+    first = run_playbook("site.yml", INVENTORY, extra_vars=local)
+    assert first.returncode == 0, first.describe()
+    assert set(first.recap) == {"s0", "p0", "a0"} and first.changed()["s0"] > 0
+    assert "vol0: restorable from gid" in first.output
+
+
+def test_site_again_changes_nothing(local: dict) -> None:
+    again = run_playbook("site.yml", INVENTORY, extra_vars=local)
+    assert again.returncode == 0, again.describe()
+    assert set(again.changed().values()) == {0}, changed_tasks(again.output)
+
+
+def test_check_mode_changes_nothing(local: dict) -> None:
+    checked = run_playbook("site.yml", INVENTORY, "--check", "--diff", extra_vars=local)
+    assert checked.returncode == 0, checked.describe()
+    assert set(checked.changed().values()) == {0}, changed_tasks(checked.output)
+
+
+def test_dr_drill_verifies_every_volume(local: dict) -> None:
+    mount = Path(local["walbops_local_root"]) / "mnt" / "vol0"
+    (mount / "data").mkdir(exist_ok=True)
+    for index in range(20):
+        (mount / "data" / f"file{index}").write_bytes(os.urandom(4096 * (index + 1)))
+    drill = run_playbook("dr_drill.yml", INVENTORY, extra_vars=local)
+    assert drill.returncode == 0, drill.describe()
+    reports = sorted(Path(local["walbops_report_dir"]).glob("dr-drill-*.json"))
+    assert reports, drill.describe()
+    report = json.loads(reports[-1].read_text())
+    assert report["missing"] == [] and int(report["verified"]) == int(report["total"]) == 1
+    (volume,) = report["volumes"]
+    assert volume["vol"] == "vol0" and volume["verified"] and volume["digest_match"]
+    assert volume["fsck_ok"] and volume["mount_ok"] and volume["files"] >= 21
+    assert volume["rpo_seconds"] is not None and volume["rto_seconds"] > 0
+    markdown = reports[-1].with_suffix(".md").read_text()
+    assert "| vol0 | s0 | a0 |" in markdown and "1 of 1 volumes verified" in markdown

@@ -1,0 +1,105 @@
+"""site.yml and dr_drill.yml over ssh against test hosts in network namespaces.
+
+Two storage hosts, a proxy and an archive, each a network namespace with its own sshd
+(netns.py). Ansible installs walbops on each from a wheel (the hosts have no PyPI: the
+wheels come from a wheelhouse, as on an isolated fleet), starts the agents, which talk
+to each other across the namespaces, and takes the first full backups. A second run
+changes nothing, --check changes nothing, and the drill verifies every volume.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import netns
+import pytest
+from helpers import ROOT
+from playbooks import changed_tasks, run_playbook
+
+STORAGES = ("storage0", "storage1")
+HOSTS = (*STORAGES, "proxy0", "archive0")
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """walbops's dependencies as wheels, for hosts that cannot reach PyPI."""
+    directory = tmp_path_factory.mktemp("wheelhouse")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(directory),
+                    f"{ROOT}[snappy,zstd]"], check=True, capture_output=True, timeout=600)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def fleet(netns_hosts: Callable[[Sequence[str]], netns.TestHosts], wheelhouse: Path,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    hosts = netns_hosts(list(HOSTS))
+    root = tmp_path_factory.mktemp("fleet")
+    host_vars = {}
+    for name in HOSTS:
+        home = root / name  # each host's own corner of the shared filesystem
+        host_vars[name] = {
+            "walbops_venv": str(home / "venv"),
+            "walbops_config_dir": str(home / "etc"),
+            "walbops_data_dir": str(home / "data"),
+            "walbops_run_dir": str(home / "run"),
+            "walbops_pip_extra_args": f"--no-index --find-links {wheelhouse}",
+            "walbops_cluster_key_src": str(root / "controller" / "cluster.key"),
+            "walbops_service_manager": "process",
+            "walbops_implicit_snapshot_interval": 2,
+            "walbops_environment": {"WALBOPS_RUN_DIR": str(home / "walbops-run"),
+                                    "WALBOPS_DEV_DIR": str(home / "dev")},
+        }
+    for name in STORAGES:
+        host_vars[name]["walbops_volumes"] = [{"name": f"{name}-vol0", "size": "32M", "log_size": "16M",
+                                               "fs": "ext4", "mount": str(root / name / "mnt" / "vol0")}]
+    inventory = hosts.write_inventory(root / "inventory" / "hosts.yml", {
+        "walbops_storage": list(STORAGES), "walbops_proxy": ["proxy0"], "walbops_archive": ["archive0"],
+    }, host_vars)
+    yield {"inventory": inventory, "root": root, "hosts": hosts}
+    teardown = run_playbook("teardown.yml", inventory, "--tags", "all,destroy_backups,destroy_disks")
+    leftovers = subprocess.run(["losetup", "--list", "--noheadings", "--output", "BACK-FILE"], capture_output=True,
+                               text=True).stdout
+    assert teardown.returncode == 0, teardown.describe()
+    assert str(root) not in leftovers, leftovers
+
+
+def test_site_over_ssh_from_nothing(fleet: dict) -> None:
+    first = run_playbook("site.yml", fleet["inventory"], extra_vars={"walbops_batch_size": 1})
+    assert first.returncode == 0, first.describe()
+    assert set(first.recap) == set(HOSTS)
+    assert all(count > 0 for count in first.changed().values()), first.recap
+    for name in STORAGES:
+        assert f"{name}-vol0: restorable from gid" in first.output
+    # Each storage's agent really lives in its namespace and ships to the proxy's address.
+    config = (fleet["root"] / "storage0" / "etc" / "storage.yml").read_text()
+    assert f"{fleet['hosts']['proxy0'].ip}:10100" in config and f"{fleet['hosts']['archive0'].ip}:10200" in config
+
+
+def test_site_again_changes_nothing(fleet: dict) -> None:
+    again = run_playbook("site.yml", fleet["inventory"])
+    assert again.returncode == 0, again.describe()
+    assert set(again.changed().values()) == {0}, changed_tasks(again.output)
+
+
+def test_check_mode_changes_nothing(fleet: dict) -> None:
+    checked = run_playbook("site.yml", fleet["inventory"], "--check")
+    assert checked.returncode == 0, checked.describe()
+    assert set(checked.changed().values()) == {0}, changed_tasks(checked.output)
+
+
+def test_dr_drill_verifies_every_volume(fleet: dict) -> None:
+    reports = fleet["root"] / "reports"
+    drill = run_playbook("dr_drill.yml", fleet["inventory"], extra_vars={"walbops_report_dir": str(reports)})
+    assert drill.returncode == 0, drill.describe()
+    (report_path,) = reports.glob("dr-drill-*.json")
+    report = json.loads(report_path.read_text())
+    assert report["missing"] == [] and int(report["verified"]) == int(report["total"]) == len(STORAGES)
+    assert {volume["vol"] for volume in report["volumes"]} == {f"{name}-vol0" for name in STORAGES}
+    for volume in report["volumes"]:
+        assert volume["verified"] and volume["digest_match"] and volume["fsck_ok"] and volume["mount_ok"]
+        assert volume["archive"] == "archive0" and volume["rto_seconds"] > 0
+    assert "2 of 2 volumes verified" in report_path.with_suffix(".md").read_text()
