@@ -10,8 +10,8 @@ description:
   - Asks every agent of the layout (or those in O(servers)) for its volumes; an agent that does not answer
     is reported with C(reachable=false), not failed, so a report covers the whole fleet.
   - Per volume, its state; on a storage, log usage and overflow; on a proxy, diffs waiting per archive; on
-    an archive, the restorable snapshots with their ages and the age of the newest (the recovery point,
-    C(rpo_seconds)), and what is restored.
+    an archive, the explicit restorable snapshots with their ages, the number of implicit ones, the age of
+    the newest restorable point of either kind (the recovery point, C(rpo_seconds)), and what is restored.
   - Changes nothing.
 options:
   servers:
@@ -21,6 +21,10 @@ options:
   vol:
     description: Only this volume.
     type: str
+  timeout:
+    description: How long each agent may take to answer, in seconds.
+    type: float
+    default: 10
 extends_documentation_fragment: [walbops, walbops.cluster]
 attributes:
   check_mode:
@@ -58,8 +62,10 @@ servers:
         vol0:
           state: Archived
           latest_restorable: 1037
-          rpo_seconds: 42.5
-          restorable: [{gid: 1037, timestamp: 1795000000, age_seconds: 42.5}]
+          latest_restorable_any: 1041
+          implicit_restorable_count: 12
+          rpo_seconds: 3.5
+          restorable: [{gid: 1037, timestamp: 1795000000, age_seconds: 42.5, explicit: true}]
 """
 
 from ansible.module_utils.basic import AnsibleModule

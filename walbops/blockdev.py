@@ -82,3 +82,13 @@ def discard_range(fd: int, offset: int, length: int) -> None:
         fcntl.ioctl(fd, BLKDISCARD, struct.pack("<QQ", offset, length))
     else:
         punch_hole(fd, offset, length)
+
+
+def open_uncached(path: str) -> int:
+    """Open a device for reading with O_DIRECT: its page cache, which a mounted filesystem's
+    data writes bypass, could otherwise hand back stale blocks. Plain reads where O_DIRECT
+    is refused (tmpfs files)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)

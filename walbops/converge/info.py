@@ -1,10 +1,10 @@
 """Facts about the agents of a layout (the ``walb_info`` module, ``walbops info``).
 
 For each agent: whether it answers, and per volume its state; on a storage, log usage
-and overflow; on a proxy, diffs waiting per archive; on an archive, the restorable
-snapshots with their ages and the age of the newest (the recovery point), and what is
-restored. An agent that does not answer is reported, not raised, so a fleet report
-shows every host.
+and overflow; on a proxy, diffs waiting per archive; on an archive, the explicit
+restorable snapshots with their ages, the age of the newest restorable point, implicit
+snapshots included (the recovery point), and what is restored. An agent that does not
+answer is reported, not raised, so a fleet report shows every host.
 """
 
 from __future__ import annotations
@@ -39,14 +39,21 @@ def _archive_volume(controller: Controller, server: Server, vol: str, status: di
                     now: float) -> dict[str, Any]:
     facts: dict[str, Any] = {"num_diff": status.get("num_diff"), "total_diff_size": status.get("total_diff_size"),
                              "restored": status.get("restored", []), "restorable": [],
-                             "latest_restorable": None, "rpo_seconds": None}
+                             "implicit_restorable_count": 0, "latest_restorable": None,
+                             "latest_restorable_any": None, "rpo_seconds": None}
     if status["state"] in ("Archived", "Stopped"):
-        entries = controller.get(server, "restorable", vol)
-        facts["restorable"] = [{"gid": int(entry["gid"]), "timestamp": int(entry["timestamp"]),
-                                "age_seconds": round(now - int(entry["timestamp"]), 1)} for entry in entries]
+        entries = controller.get(server, "restorable", vol, "all")
+        points = [{"gid": int(entry["gid"]), "timestamp": int(entry["timestamp"]),
+                   "age_seconds": round(now - int(entry["timestamp"]), 1), "explicit": bool(entry["explicit"])}
+                  for entry in entries]
+        facts["restorable"] = [point for point in points if point["explicit"]]
+        facts["implicit_restorable_count"] = len(points) - len(facts["restorable"])
         if facts["restorable"]:
-            newest = max(facts["restorable"], key=lambda entry: entry["gid"])
-            facts["latest_restorable"] = newest["gid"]
+            facts["latest_restorable"] = max(point["gid"] for point in facts["restorable"])
+        if points:
+            # Any restorable point, implicit ones included, is where a restore could start.
+            newest = max(points, key=lambda point: point["gid"])
+            facts["latest_restorable_any"] = newest["gid"]
             facts["rpo_seconds"] = newest["age_seconds"]
     return facts
 

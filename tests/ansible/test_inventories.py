@@ -1,0 +1,52 @@
+"""The shipped inventories parse, every playbook passes a syntax check against them, and the
+example fleet's layout comes out as its hosts say."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+
+BIN = Path(sys.executable).parent
+PLAYBOOKS = sorted(path.name for path in (ROOT / "ansible" / "playbooks").glob("*.yml"))
+INVENTORIES = ("inventories/local/hosts.yml", "inventories/example/hosts.yml")
+
+
+def load_filters():
+    spec = importlib.util.spec_from_file_location("walbops_filters", ROOT / "ansible" / "plugins" / "filter" /
+                                                  "walbops.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("inventory", INVENTORIES)
+def test_every_playbook_passes_a_syntax_check(inventory: str) -> None:
+    result = subprocess.run([str(BIN / "ansible-playbook"), "-i", inventory, "--syntax-check",
+                             *(f"ansible/playbooks/{name}" for name in PLAYBOOKS)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_example_fleet_layout() -> None:
+    listed = subprocess.run([str(BIN / "ansible-inventory"), "-i", "inventories/example/hosts.yml", "--list"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    inventory = json.loads(listed.stdout)
+    hostvars = inventory["_meta"]["hostvars"]
+    groups = {name: entry.get("hosts", []) for name, entry in inventory.items() if name != "_meta"}
+    filters = load_filters()
+    servers = filters.walbops_layout_servers(groups, hostvars, {"storage": "walbops_storage", "proxy": "walbops_proxy",
+                                                                "archive": "walbops_archive"},
+                                             {"storage": 10000, "proxy": 10100, "archive": 10200})
+    assert [server["role"] for server in servers] == ["archive"] * 2 + ["proxy"] + ["storage"] * 3
+    assert servers[0] == {"name": "archive1.example.net", "address": "10.20.2.10", "port": 10200, "role": "archive"}
+    assert filters.walbops_endpoint("mq1.example.net", hostvars, 10000) == "10.20.0.21:10000"
+    assert hostvars["mq1.example.net"]["walbops_storage_archive"] == "archive2.example.net"
+    volumes = [volume["name"] for host in groups["walbops_storage"] for volume in hostvars[host]["walbops_volumes"]]
+    assert len(volumes) == len(set(volumes)) == 4, "volume ids must be unique in a backup group"
