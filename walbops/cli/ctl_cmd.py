@@ -62,6 +62,8 @@ def request_args(command: str, words: list[str]) -> dict[str, Any]:
             rest: Any = words[2:] if len(words) > 3 else words[2]
             args["args"] = rest
         return args
+    if command == "archive-info":
+        return archive_info_args(words)
     if command not in POSITIONAL:
         return {}
     required, optional = POSITIONAL[command]
@@ -78,6 +80,33 @@ def request_args(command: str, words: list[str]) -> dict[str, Any]:
         else:
             result[name] = word
     return result
+
+
+def archive_info_args(words: list[str]) -> dict[str, Any]:
+    """walbc's ``archive-info list|add|update|get|delete vol [archiveId [addr:port [T:L:N [delaySec]]]]``."""
+    usage = "archive-info: expected list|add|update|get|delete VOL [ARCHIVE [ADDR:PORT [TYPE:LEVEL:CPUS [DELAY]]]]"
+    if len(words) < 2 or words[0] not in ("list", "add", "update", "get", "delete") or len(words) > 6:
+        raise UsageError(usage)
+    cmd, vol, rest = words[0], words[1], words[2:]
+    args: dict[str, Any] = {"cmd": cmd, "vol": vol}
+    needed = {"list": 0, "get": 1, "delete": 1, "add": 2, "update": 2}[cmd]
+    if len(rest) < needed or (cmd in ("list", "get", "delete") and len(rest) > needed):
+        raise UsageError(usage)
+    if rest:
+        args["archive"] = rest[0]
+    if len(rest) > 1:
+        host, _, port = rest[1].rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"archive-info: {rest[1]!r} is not ADDR:PORT")
+        args.update(host=host, port=int(port))
+    if len(rest) > 2:
+        args["compression"] = rest[2]
+    if len(rest) > 3:
+        try:
+            args["delay"] = float(rest[3])
+        except ValueError:
+            raise UsageError(f"archive-info: delay must be a number of seconds, not {rest[3]!r}") from None
+    return args
 
 
 def wait_until_done(server: Server, key: bytes, command: str, arguments: dict[str, Any], timeout: float) -> Any:

@@ -1,0 +1,35 @@
+"""``walbops ctl`` turns walbc's positional words into request arguments."""
+
+from __future__ import annotations
+
+import pytest
+
+from walbops.cli.ctl_cmd import request_args
+from walbops.errors import UsageError
+
+
+def test_archive_info_positional_forms() -> None:
+    assert request_args("archive-info", ["list", "vol0"]) == {"cmd": "list", "vol": "vol0"}
+    assert request_args("archive-info", ["get", "vol0", "a0"]) == {"cmd": "get", "vol": "vol0", "archive": "a0"}
+    assert request_args("archive-info", ["add", "vol0", "a0", "10.0.0.5:10200", "zstd:3:1", "2.5"]) == {
+        "cmd": "add", "vol": "vol0", "archive": "a0", "host": "10.0.0.5", "port": 10200,
+        "compression": "zstd:3:1", "delay": 2.5}
+
+
+@pytest.mark.parametrize("words, message", [
+    ([], "expected list"),
+    (["add", "vol0", "a0"], "expected list"),
+    (["add", "vol0", "a0", "nohost"], "not ADDR:PORT"),
+    (["add", "vol0", "a0", "h:1", "lz4:0:1", "soon"], "delay must be a number"),
+    (["list", "vol0", "a0"], "expected list"),
+])
+def test_archive_info_bad_words_are_named(words: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        request_args("archive-info", words)
+
+
+def test_get_and_integer_arguments() -> None:
+    assert request_args("get", ["restorable", "vol0", "all"]) == {"target": "restorable", "vol": "vol0", "args": "all"}
+    assert request_args("restore", ["vol0", "12"]) == {"vol": "vol0", "gid": 12}
+    with pytest.raises(UsageError, match="gid must be an integer"):
+        request_args("restore", ["vol0", "twelve"])
