@@ -33,8 +33,10 @@ before each timed step), because absolute times on shared machines are not stabl
     random 4 KiB writes already touches ~92 % of the blocks, so it resends most of the volume).
 (d) VmHWM of each agent process at the end of (a).
 
-    .venv/bin/python benchmarks/backup.py [--quick] [--size 2G] [--scale-sizes 1G,4G] [--skip-large]
-                                          [--dir /var/tmp] [--verify]
+    .venv/bin/python benchmarks/backup.py [--quick] [--size 2G] [--scale-sizes 1G,4G|none] [--skip-large]
+                                          [--changes 1,5] [--dir /var/tmp] [--verify]
+
+``--scale-sizes none --changes 1`` runs only (a), (b) and (d) on ``--size`` (about 2 minutes at 2G).
 
 Targets (issue 4): full backup >= 0.7x the raw TCP copy; snapshot -> restorable >= 10x faster
 than the hash scan at 1 % change; every agent under 256 MiB peak RSS. Needs root, FUSE and
@@ -487,7 +489,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="64 and 32 MiB volumes, with --verify: a smoke test")
     parser.add_argument("--size", default=None, help="the volume of (a) and (b) (default 2G)")
     parser.add_argument("--scale-sizes", default=None, help="more volume sizes for (c), comma-separated "
-                        "(default 1G,4G)")
+                        "(default 1G,4G; 'none': only --size, e.g. with --changes 1 for a quick (a) and (b))")
     parser.add_argument("--skip-large", action="store_true", help="leave out the scale sizes above --size")
     parser.add_argument("--changes", default="1,5", help="percentages of the volume changed, in rounds")
     parser.add_argument("--hash-block", type=parse_size, default=MiB, help="hash scan block size (default 1M)")
@@ -511,7 +513,8 @@ def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("benchmarks/backup.py needs root (loop devices, FUSE, drop_caches)")
     size = parse_size(args.size or ("64M" if args.quick else "2G"))
-    scale = [parse_size(text) for text in (args.scale_sizes or ("32M" if args.quick else "1G,4G")).split(",") if text]
+    scale_text = args.scale_sizes or ("32M" if args.quick else "1G,4G")
+    scale = [] if scale_text == "none" else [parse_size(text) for text in scale_text.split(",") if text]
     if args.skip_large:
         scale = [other for other in scale if other <= size]
     changes = [float(text) for text in args.changes.split(",")]

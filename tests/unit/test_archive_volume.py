@@ -8,6 +8,7 @@ import pytest
 
 from walbops.agents.archive_volume import ArchiveVolume
 from walbops.agents.state import Refused
+from walbops.diff.indexed_file import IndexedDiffWriter
 from walbops.diff.io import DiffIo
 from walbops.diff.sorted_file import SortedDiffWriter
 from walbops.errors import FormatError, OperationError, UsageError
@@ -139,3 +140,30 @@ def test_clear_and_reset(tmp_path):
 def test_volume_ids_follow_walb(tmp_path):
     with pytest.raises(UsageError):
         ArchiveVolume(str(tmp_path), "bad/vol")
+
+
+def indexed_diff_file(path, uuid: bytes = UUID) -> str:
+    with open(path, "wb") as out:
+        writer = IndexedDiffWriter(out, uuid)
+        writer.add(DiffIo.normal(8, os.urandom(4096)))
+        writer.add(DiffIo.normal(64, bytes(4096)))
+        writer.close()
+    return str(path)
+
+
+def test_an_indexed_diff_is_kept_as_it_came_and_a_corrupt_one_refused(tmp_path):
+    volume = archived(tmp_path)
+    tmp = volume.receiving_path()
+    with open(indexed_diff_file(tmp), "rb") as stream:
+        raw = stream.read()
+    stored = volume.add_received_diff(tmp, MetaDiff(0, 4, timestamp=1_700_000_100))
+    with open(volume.diffs.path_of(stored), "rb") as stream:
+        assert stream.read() == raw
+    assert [r.gid for r in volume.restorable()] == [4]
+    corrupt = bytearray(raw)
+    corrupt[40] ^= 1  # inside the image
+    with open(tmp, "wb") as stream:
+        stream.write(corrupt)
+    with pytest.raises(FormatError):
+        volume.add_received_diff(tmp, MetaDiff(4, 5))
+    assert not os.path.exists(tmp) and len(volume.diffs.chain) == 1

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
 
 from walbops.agents.proxy_volume import ArchiveInfo, ProxyVolume
 from walbops.diff.gen import GenConfig, generate_wlog
-from walbops.errors import ChecksumMismatch, OperationError, UsageError
+from walbops.diff.logs import WlogReader
+from walbops.errors import BadField, ChecksumMismatch, OperationError, TruncatedRecord, UsageError
 from walbops.formats.meta import MetaDiff
 
 
@@ -73,3 +75,48 @@ def test_a_send_cut_short_leaves_nothing_after_a_restart(tmp_path):
         stream.write(b"half a merged diff")
     ProxyVolume(str(tmp_path), "vol0")
     assert not os.path.exists(leftover)
+
+
+def read(path) -> bytes:
+    with open(path, "rb") as stream:
+        return stream.read()
+
+
+def test_a_wlog_received_in_pieces_is_stored_as_the_file_would_be(tmp_path):
+    volume = started(tmp_path)
+    path = wlog(tmp_path / "0.wlog")
+    raw = read(path)
+    stored = volume.store_wlog(path, MetaDiff(0, 1, timestamp=100), 4096)
+    whole = read(volume.paths("a0", [stored])[0])
+    volume.sent("a0", [stored])
+    volume.sent("a1", [stored])
+    header = WlogReader(io.BytesIO(raw)).header
+    receiver = volume.wlog_receiver((header.uuid, header.physical_bs, header.log_checksum_salt))
+    for at in range(0, len(raw), 3000):
+        receiver.feed(raw[at:at + 3000])
+    again = receiver.commit(MetaDiff(0, 1, timestamp=100), 4096)
+    receiver.discard()
+    assert read(volume.paths("a0", [again])[0]) == whole
+    assert os.listdir(volume.received_dir) == []
+
+
+def test_a_wlog_whose_header_disagrees_with_the_request_is_refused(tmp_path):
+    volume = started(tmp_path)
+    raw = read(wlog(tmp_path / "0.wlog"))
+    header = WlogReader(io.BytesIO(raw)).header
+    receiver = volume.wlog_receiver((header.uuid, header.physical_bs, header.log_checksum_salt ^ 1))
+    with pytest.raises(BadField, match="disagrees"):
+        receiver.feed(raw)
+    receiver.discard()
+    assert os.listdir(volume.received_dir) == [] and volume.pending("a0") == []
+
+
+def test_a_wlog_cut_short_is_not_stored(tmp_path):
+    volume = started(tmp_path)
+    raw = read(wlog(tmp_path / "0.wlog"))
+    receiver = volume.wlog_receiver()
+    receiver.feed(raw[:-512])
+    with pytest.raises(TruncatedRecord):
+        receiver.commit(MetaDiff(0, 1), 4096)
+    receiver.discard()
+    assert os.listdir(volume.received_dir) == [] and volume.pending("a0") == []

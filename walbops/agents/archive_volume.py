@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..diff.chain import DiffDirectory
-from ..diff.io import IoKind
-from ..diff.sorted_file import SortedDiffReader
+from ..diff.files import verify_wdiff
 from ..errors import FormatError, OperationError
 from ..formats.meta import (
     MetaDiff,
@@ -28,7 +27,7 @@ from ..formats.meta import (
     diff_file_name,
     get_relation,
 )
-from ..formats.wdiff import FILE_HEADER_STRUCT, FileHeader
+from ..formats.wdiff import FileHeader
 from . import metadata
 from .state import ARCHIVE_ACTIVE, ARCHIVE_TRANSITIONS, ActionCounter, Refused, StateMachine
 
@@ -178,19 +177,19 @@ class ArchiveVolume:
     def receiving_path(self) -> str:
         return os.path.join(self.directory, f"incoming{TMP_SUFFIX}")
 
-    def add_received_diff(self, tmp_path: str, diff: MetaDiff) -> MetaDiff:
-        """Verify a received sorted wdiff completely, then make it part of the volume.
+    def add_received_diff(self, tmp_path: str, diff: MetaDiff, verified: FileHeader | None = None) -> MetaDiff:
+        """Make a received wdiff (sorted or indexed, fsynced) part of the volume, once verified.
+
+        Args:
+            verified: the file header if the caller already verified the file completely
+                (``verify_wdiff``); otherwise it is verified here.
 
         Raises:
             FormatError: the file is corrupt (it is removed and nothing changes).
+            OperationError: its uuid is not the volume's (likewise).
         """
         try:
-            with open(tmp_path, "rb") as stream:
-                header = FileHeader.parse(stream.read(FILE_HEADER_STRUCT.size))
-                stream.seek(0)
-                for io in SortedDiffReader(stream, tmp_path):
-                    if io.kind == IoKind.NORMAL:
-                        io.data()
+            header = verified if verified is not None else verify_wdiff(tmp_path)
             if header.uuid != self.uuid:
                 raise OperationError(f"{self.vol}: received diff has uuid {header.uuid.hex()}")
         except (FormatError, OperationError):

@@ -20,15 +20,13 @@ from ..errors import BadField, OperationError, ProtocolError, RemoteError, Walbo
 from ..formats.compression import CompressOpt
 from ..formats.meta import MetaDiff, merge
 from ..net import messages
-from ..net.frames import DataFrame
-from ..net.stream import StreamDigest
 from ..net.transport import open_connection
 from . import metadata
 from ._server import VOL, Agent, Command, Request, args_schema
 from .config import Config
-from .proxy_volume import SENDING_PREFIX, ArchiveInfo, ProxyVolume
+from .proxy_volume import SENDING_PREFIX, STORED_COMPRESSION, ArchiveInfo, ProxyVolume, WlogReceiver
 from .state import Refused
-from .transfers import file_chunks, send_wdiff
+from .transfers import InOrder, file_chunks, receive_file, send_wdiff
 
 # Reasons after which the archive holds (or never will need) the diffs: delete them.
 DROP_REASONS = {"different-uuid", "too-old-diff"}
@@ -161,36 +159,27 @@ class ProxyAgent(Agent[ProxyVolume]):
         if volume.state != "Started":
             raise Refused("stopped", f"{volume.vol}: proxy volume is {volume.state}")
         free = os.statvfs(volume.directory)
-        needed = args["max_log_pb"] * args["pbs"] * 2  # the wlog and its diff
+        needed = args["max_log_pb"] * args["pbs"] * 2  # its diff, and a merged copy of it when sent in a batch
         if free.f_bavail * free.f_frsize < needed:
             raise Refused("no-space", f"{volume.vol}: not enough free space for {needed} bytes")
         diff = MetaDiff.parse(args["diff"])
-        tmp = os.path.join(volume.directory, "incoming.wlog")
         with volume.machine.transaction("Started", "WlogRecv") as tx:
             await request.accept()
             channel = request.channel
-            digest = StreamDigest()
             limit = (args["max_log_pb"] + 2) * args["pbs"] + 4096  # packs, end marker and the wlog header
+            started = time.monotonic()
+            converting = InOrder()  # each data frame is verified and converted while the next one arrives
+            receiver = None
             try:
-                with open(tmp, "wb") as out:
-                    while True:
-                        frame = await channel.recv()
-                        if isinstance(frame, DataFrame):
-                            digest.update(frame.data)
-                            if digest.size > limit:
-                                raise BadField(f"wlog stream exceeds the announced {args['max_log_pb']} PB")
-                            out.write(frame.data)
-                            continue
-                        message = frame.message
-                        if message["type"] == "abort":
-                            raise OperationError(f"{volume.vol}: the storage aborted: {message['reason']}")
-                        if message["type"] != "end":
-                            raise BadField(f"unexpected {message['type']} in a wlog stream")
-                        digest.check(message)
-                        break
-                    out.flush()
-                    os.fsync(out.fileno())
-                stored = await asyncio.to_thread(self._store, volume, tmp, diff, args)
+                receiver = volume.wlog_receiver((bytes.fromhex(args["uuid"]), args["pbs"], args["salt"]))
+
+                async def take(data: bytes, receiver: WlogReceiver = receiver) -> None:
+                    await converting.submit(receiver.feed, data)
+
+                await receive_file(channel, "wlog", f"{volume.vol}: the storage", limit, take)
+                await converting.drain()
+                received = time.monotonic()
+                stored = await asyncio.to_thread(receiver.commit, diff, args["size_lb"])
             except (WalbopsError, OSError) as exc:
                 if not isinstance(exc, ProtocolError):
                     try:
@@ -199,25 +188,17 @@ class ProxyAgent(Agent[ProxyVolume]):
                         pass
                 raise
             finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+                await converting.settle()  # the converter's file must outlive its last write
+                if receiver is not None:
+                    receiver.discard()
             tx.commit("Started")
         await channel.send_json(messages.ack())
         self.last_received[volume.vol] = time.monotonic()
         for name in volume.archives:
             self.wake(volume.vol, name)
-        self.log.info("%s: received %s (%d bytes as wdiff)", volume.vol, stored, stored.data_size)
+        self.log.info("%s: received %s (%d bytes as wdiff) in %.3f s, committed in %.3f s", volume.vol, stored,
+                      stored.data_size, received - started, time.monotonic() - received)
         return None
-
-    def _store(self, volume: ProxyVolume, tmp: str, diff: MetaDiff, args: dict[str, Any]) -> MetaDiff:
-        from ..diff.logs import WlogReader
-
-        with open(tmp, "rb") as stream:
-            header = WlogReader(stream, tmp).header
-        if (header.uuid.hex(), header.physical_bs, header.log_checksum_salt) != (args["uuid"], args["pbs"],
-                                                                                 args["salt"]):
-            raise BadField(f"{volume.vol}: the wlog's header disagrees with the request (uuid, pbs or salt)")
-        return volume.store_wlog(tmp, diff, args["size_lb"])
 
     # ------------------------------------------------------------------ forwarding diffs
 
@@ -306,24 +287,34 @@ class ProxyAgent(Agent[ProxyVolume]):
         paths = volume.paths(info.name, batch)
         uuid = read_header(paths[0]).uuid
         merged = merge(*batch)
-        tmp = os.path.join(volume.sendto_dir(info.name), f"{SENDING_PREFIX}{os.getpid()}")
         option = CompressOpt.parse(info.compression)
+        started = time.monotonic()
+        if len(batch) == 1 and option.kind == STORED_COMPRESSION:
+            # One diff goes as the indexed file the proxy stored: nothing to merge or re-encode.
+            await self._send_file(volume, info, uuid, merged, paths[0])
+        else:
+            tmp = os.path.join(volume.sendto_dir(info.name), f"{SENDING_PREFIX}{os.getpid()}")
 
-        def write_merged() -> None:
-            with open(tmp, "wb") as out:
-                writer = SortedDiffWriter(out, uuid, option.kind, option.level)
-                for io in merged_ios(paths):
-                    writer.write(io)
-                writer.close()
+            def write_merged() -> None:
+                with open(tmp, "wb") as out:
+                    writer = SortedDiffWriter(out, uuid, option.kind, option.level)
+                    for io in merged_ios(paths):
+                        writer.write(io)
+                    writer.close()
 
-        try:
-            await asyncio.to_thread(write_merged)
-            channel = await open_connection(info.host, info.port, self.key, str(self.config.id), "proxy",
-                                            timeout=float(self.config.socket_timeout))
-            async with channel:
-                await send_wdiff(channel, volume.vol, uuid, volume.size_lb, merged, file_chunks(tmp))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            try:
+                await asyncio.to_thread(write_merged)
+                await self._send_file(volume, info, uuid, merged, tmp)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
         volume.sent(info.name, batch)
-        self.log.info("%s: sent %s (%d files) to %s", volume.vol, merged.range_str(), len(batch), info.name)
+        self.log.info("%s: sent %s (%d files) to %s in %.3f s", volume.vol, merged.range_str(), len(batch), info.name,
+                      time.monotonic() - started)
+
+    async def _send_file(self, volume: ProxyVolume, info: ArchiveInfo, uuid: bytes, diff: MetaDiff,
+                         path: str) -> None:
+        channel = await open_connection(info.host, info.port, self.key, str(self.config.id), "proxy",
+                                        timeout=float(self.config.socket_timeout))
+        async with channel:
+            await send_wdiff(channel, volume.vol, uuid, volume.size_lb, diff, file_chunks(path))

@@ -9,15 +9,17 @@ archive acknowledged it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
-from ..diff.engine import convert_to_indexed, log_ios
-from ..diff.logs import WlogReader
-from ..errors import OperationError, UsageError
+from ..diff.engine import log_ios
+from ..diff.indexed_file import IndexedDiffWriter
+from ..diff.logs import WlogStream
+from ..errors import BadField, OperationError, UsageError
 from ..formats.compression import Compression, CompressOpt
 from ..formats.meta import MetaDiff, can_merge, diff_file_name, merge, parse_diff_file_name
 from . import metadata
@@ -25,6 +27,9 @@ from .state import PROXY_TRANSITIONS, ActionCounter, StateMachine
 
 ARCHIVE_NAME = metadata.VOLUME_ID  # archive ids follow the same rule as volume ids
 SENDING_PREFIX = ".sending-"  # a merged batch being sent to an archive
+STORED_COMPRESSION = Compression.LZ4  # of the images of the diffs the proxy stores
+READ_PIECE = 1 << 20  # [bytes] a wlog file is fed to the converter this much at a time
+WRITE_BUFFER = 1 << 20  # [bytes] buffer of the diff being written (its images are a few KiB each)
 
 
 @dataclass(frozen=True)
@@ -134,24 +139,29 @@ class ProxyVolume:
 
     # ------------------------------------------------------------------ receiving logs
 
-    def store_wlog(self, wlog_path: str, diff: MetaDiff, size_lb: int,
-                   compression: Compression = Compression.LZ4) -> MetaDiff:
-        """Verify a received wlog, convert it to an indexed wdiff and queue it for every archive.
+    def wlog_receiver(self, expect: tuple[bytes, int, int] | None = None,
+                      compression: Compression = STORED_COMPRESSION) -> "WlogReceiver":
+        """Start receiving a wlog: :meth:`WlogReceiver.feed` it, then commit or discard it."""
+        return WlogReceiver(self, expect, compression)
 
-        The diff is durable in every ``sendto/`` directory when this returns; only then
-        may the proxy acknowledge the storage.
+    def store_wlog(self, wlog_path: str, diff: MetaDiff, size_lb: int,
+                   compression: Compression = STORED_COMPRESSION) -> MetaDiff:
+        """Verify a wlog file, convert it to an indexed wdiff and queue it for every archive.
 
         Raises:
             FormatError: a checksum or record of the wlog is bad (nothing is stored).
         """
-        os.makedirs(self.received_dir, exist_ok=True)
-        converted = os.path.join(self.received_dir, "converting.wdiff")
-        with open(wlog_path, "rb") as source, open(converted, "wb") as out:
-            reader = WlogReader(source, wlog_path, reuse_buffer=True)
-            convert_to_indexed(log_ios(reader, in_file=source.fileno()), out, reader.header.uuid, compression,
-                               tmp_dir=self.received_dir)
-            out.flush()
-            os.fsync(out.fileno())
+        receiver = self.wlog_receiver(compression=compression)
+        try:
+            with open(wlog_path, "rb", buffering=0) as source:
+                while piece := source.read(READ_PIECE):
+                    receiver.feed(piece)
+            return receiver.commit(diff, size_lb)
+        finally:
+            receiver.discard()
+
+    def _queue(self, converted: str, diff: MetaDiff, size_lb: int) -> MetaDiff:
+        """Link a durable converted diff into every archive's queue (durably), then drop its name."""
         stored = MetaDiff(diff.snap_b, diff.snap_e, diff.is_mergeable, diff.is_comp_diff, diff.timestamp,
                           os.path.getsize(converted))
         name = diff_file_name(stored)
@@ -213,3 +223,71 @@ class ProxyVolume:
                 "archives": [info.as_dict() for info in self.archives.values()],
                 "pending": {name: [str(d) for d in self.pending(name)] for name in self.archives},
                 "send_error": dict(self.send_error)}
+
+
+class WlogReceiver:
+    """A wlog that arrives in pieces, verified and converted to an indexed wdiff pack by pack.
+
+    Every pack is checked (header and IO checksums, lsid order, as WlogReader does) before
+    its IOs reach the diff, whose images go to ``received/converting.wdiff`` as they come; so
+    when the stream ends only the index is left to write. Nothing reaches the archives'
+    queues before :meth:`commit`, which makes the diff durable first.
+
+    Args:
+        volume: the proxy volume.
+        expect: (uuid, pbs, salt) the wlog's header must have, as the request announced.
+        compression: of the diff's images.
+    """
+
+    def __init__(self, volume: ProxyVolume, expect: tuple[bytes, int, int] | None = None,
+                 compression: Compression = STORED_COMPRESSION) -> None:
+        os.makedirs(volume.received_dir, exist_ok=True)
+        self.volume = volume
+        self.path = os.path.join(volume.received_dir, "converting.wdiff")
+        self.expect = expect
+        self.compression = compression
+        self.stream = WlogStream(f"{volume.vol}: wlog")
+        self._out: BinaryIO | None = open(self.path, "wb", buffering=WRITE_BUFFER)  # noqa: SIM115 (closed below)
+        self._writer: IndexedDiffWriter | None = None
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Verify and convert the packs this piece completes.
+
+        Raises:
+            FormatError: the wlog is corrupt, or its header disagrees with ``expect``.
+        """
+        packs = self.stream.feed(data)
+        if self._writer is None:
+            header = self.stream.header
+            if header is None or self._out is None:
+                return
+            if self.expect is not None and (header.uuid, header.physical_bs, header.log_checksum_salt) != self.expect:
+                raise BadField(f"{self.volume.vol}: the wlog's header disagrees with the request (uuid, pbs or salt)")
+            self._writer = IndexedDiffWriter(self._out, header.uuid, self.compression, tmp_dir=self.volume.received_dir)
+        for io in log_ios(packs):  # all-zero writes come as ALLZERO
+            self._writer.add(io, zero_checked=True)
+
+    def commit(self, diff: MetaDiff, size_lb: int) -> MetaDiff:
+        """The stream is complete: write the index, fsync, queue the diff for every archive.
+
+        Raises:
+            TruncatedRecord: the wlog's end marker never came.
+        """
+        self.stream.finish()
+        out, writer = self._out, self._writer
+        if out is None or writer is None:
+            raise OperationError(f"{self.volume.vol}: the wlog receiver is closed")
+        writer.close()
+        out.flush()
+        os.fsync(out.fileno())
+        out.close()
+        self._out = None
+        return self.volume._queue(self.path, diff, size_lb)
+
+    def discard(self) -> None:
+        """Forget whatever was received (idempotent; nothing after a commit)."""
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)

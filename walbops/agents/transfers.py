@@ -1,6 +1,7 @@
-"""The sending halves of the transfers (docs/protocol.md §8): full backup, wdiff, wlog.
+"""The sending halves of the transfers (docs/protocol.md §8): full backup, wdiff, wlog, and
+what both ends of a file stream share (:func:`receive_file`, :class:`InOrder`, :func:`prefetched`).
 
-Each sends the request, and once it is accepted streams the data, ends the stream and
+Each sender sends the request, and once it is accepted streams the data, ends the stream and
 waits for the receiver's ``ack``; only then may the caller release its copy (free log
 space, delete a diff, move to Target). A refusal raises RemoteError with WalB's reason.
 """
@@ -8,20 +9,105 @@ space, delete a diff, move to Target). A refusal raises RemoteError with WalB's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mmap
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from ..diff.io import is_all_zero
-from ..errors import RemoteError
+from ..errors import BadField, OperationError, RemoteError, WalbopsError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..formats.meta import MetaDiff
 from ..net import messages
+from ..net.frames import DataFrame
 from ..net.stream import StreamDigest
 from ..net.transport import Channel
 
 FILE_READ = 1 << 20  # [bytes] read size when streaming a file
+BACKUP_READ = 1 << 20  # [bytes] a full backup reads the device this much at a time (whole bulks)
+
+T = TypeVar("T")
+
+
+async def receive_file(channel: Channel, what: str, sender: str, limit: int,
+                       take: Callable[[bytes], Awaitable[None]]) -> int:
+    """Receive a stream whose data is a file (a wlog, a wdiff): hand each data frame to ``take``
+    until ``end``, whose size and checksum must match. Returns the size.
+
+    Args:
+        what: the file's kind, and ``sender`` who sends it (``vol: the storage``), for errors.
+        limit: the most bytes the request allows.
+
+    Raises:
+        BadField: the stream exceeds ``limit`` or carries a message it should not.
+        ChecksumMismatch: ``end`` disagrees with the data.
+        OperationError: the sender aborted.
+    """
+    digest = StreamDigest()
+    while True:
+        frame = await channel.recv()
+        if isinstance(frame, DataFrame):
+            digest.update(frame.data)
+            if digest.size > limit:
+                raise BadField(f"{what} stream exceeds the {limit} bytes its request allows")
+            await take(frame.data)
+            continue
+        message = frame.message
+        if message["type"] == "abort":
+            raise OperationError(f"{sender} aborted: {message['reason']}")
+        if message["type"] != "end":
+            raise BadField(f"unexpected {message['type']} in a {what} stream")
+        digest.check(message)
+        return digest.size
+
+
+class InOrder:
+    """Blocking steps run in a thread one at a time, in order, while the caller goes on (receiving
+    the next piece of a stream): at most one step is in flight. A step's failure is raised by the
+    next ``submit`` or by ``drain``; ``settle`` (in a ``finally``) waits for the last step quietly,
+    so that what it uses (a file, a descriptor) may be closed after it."""
+
+    def __init__(self) -> None:
+        self._pending: asyncio.Future[Any] | None = None
+
+    async def submit(self, step: Callable[..., Any], *args: Any) -> None:
+        await self.drain()
+        self._pending = asyncio.ensure_future(asyncio.to_thread(step, *args))
+
+    async def drain(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+    async def settle(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await asyncio.wait([pending])
+            if not pending.cancelled():
+                pending.exception()  # retrieved: the caller is already failing for a reason of its own
+
+
+async def prefetched(items: Iterable[T]) -> AsyncGenerator[T, None]:
+    """The items of a blocking iterable, each fetched in a thread while the caller uses the one before
+    (the next read overlaps the current send). Close it (``contextlib.aclosing``) when leaving early."""
+    iterator = iter(items)
+    end = object()
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[Any] = loop.run_in_executor(None, next, iterator, end)
+    try:
+        while True:
+            item = await pending
+            if item is end:
+                return
+            pending = loop.run_in_executor(None, next, iterator, end)
+            yield item
+    finally:
+        if not pending.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait([pending])  # the iterator's resources must outlive its last read
+        if pending.done() and not pending.cancelled():
+            pending.exception()  # retrieved: a failed read after an early exit is not worth a warning
 
 
 async def _accepted(channel: Channel, command: str, args: dict[str, Any]) -> None:
@@ -57,28 +143,40 @@ async def send_full_backup(channel: Channel, vol: str, fd: int, size_lb: int, bu
     await channel.send_json(messages.begin(uuid))
     digest = StreamDigest()
     zero_from: int | None = None
-    # Page-aligned, so an O_DIRECT descriptor can read into it.
-    buffer = mmap.mmap(-1, bulk_lb * LOGICAL_BLOCK_SIZE)
-    for offset_lb in range(0, size_lb, bulk_lb):
-        count = min(bulk_lb, size_lb - offset_lb)
-        data = await asyncio.to_thread(_read_bulk, fd, buffer, count * LOGICAL_BLOCK_SIZE,
-                                       offset_lb * LOGICAL_BLOCK_SIZE)
-        if is_all_zero(data):
-            zero_from = offset_lb if zero_from is None else zero_from
-            continue
-        if zero_from is not None:
-            await channel.send_json(messages.zero(zero_from, offset_lb - zero_from))
-            zero_from = None
-        await channel.send_json(messages.chunk(offset_lb, count))
-        digest.update(data)
-        await channel.send_data(data)
-        if progress is not None:
-            progress(offset_lb + count)
+    bulk = bulk_lb * LOGICAL_BLOCK_SIZE
+    async with contextlib.aclosing(prefetched(_read_bulks(fd, size_lb, bulk_lb))) as reads:
+        async for start_lb, data in reads:
+            view = memoryview(data)
+            for at in range(0, len(view), bulk):
+                piece = view[at:at + bulk]
+                offset_lb = start_lb + at // LOGICAL_BLOCK_SIZE
+                if is_all_zero(piece):
+                    zero_from = offset_lb if zero_from is None else zero_from
+                    continue
+                if zero_from is not None:
+                    await channel.send_json(messages.zero(zero_from, offset_lb - zero_from))
+                    zero_from = None
+                count = len(piece) // LOGICAL_BLOCK_SIZE
+                await channel.send_json(messages.chunk(offset_lb, count))
+                digest.update(piece)
+                await channel.send_data(piece)
+                if progress is not None:
+                    progress(offset_lb + count)
     if zero_from is not None:
         await channel.send_json(messages.zero(zero_from, size_lb - zero_from))
     gid = await on_streamed()
     await _finish(channel, digest, gid)
     return gid
+
+
+def _read_bulks(fd: int, size_lb: int, bulk_lb: int) -> Iterator[tuple[int, bytes]]:
+    """(offset_lb, data) of the device, whole bulks at a time, about BACKUP_READ bytes per read."""
+    step_lb = max(1, BACKUP_READ // (bulk_lb * LOGICAL_BLOCK_SIZE)) * bulk_lb
+    # Page-aligned, so an O_DIRECT descriptor can read into it; each read is copied out of it.
+    buffer = mmap.mmap(-1, step_lb * LOGICAL_BLOCK_SIZE)
+    for offset_lb in range(0, size_lb, step_lb):
+        count = min(step_lb, size_lb - offset_lb)
+        yield offset_lb, _read_bulk(fd, buffer, count * LOGICAL_BLOCK_SIZE, offset_lb * LOGICAL_BLOCK_SIZE)
 
 
 def _read_bulk(fd: int, buffer: mmap.mmap, size: int, offset: int) -> bytes:
@@ -98,29 +196,36 @@ def open_for_backup(path: str) -> int:
         return os.open(path, os.O_RDONLY)
 
 
-async def _send_chunks(channel: Channel, chunks: AsyncIterator[bytes] | Iterable[bytes], digest: StreamDigest) -> None:
-    if hasattr(chunks, "__aiter__"):
-        async for piece in chunks:  # type: ignore[union-attr]
-            digest.update(piece)
-            await channel.send_data(piece)
-    else:
-        for piece in chunks:  # type: ignore[union-attr]
-            digest.update(piece)
-            await channel.send_data(piece)
+Chunks = AsyncIterator[bytes] | Iterable[bytes] | Iterable[bytes | memoryview]
 
 
-async def file_chunks(path: str) -> AsyncIterator[bytes]:
-    """A file's bytes, read off the event loop."""
-    with open(path, "rb") as stream:
-        while True:
-            piece = await asyncio.to_thread(stream.read, FILE_READ)
-            if not piece:
-                return
+async def _send_chunks(channel: Channel, chunks: Chunks, digest: StreamDigest) -> None:
+    """Send the pieces, each as data frames; a blocking iterable is read in a thread, a piece ahead."""
+    stream: AsyncIterator[bytes | memoryview] = chunks if hasattr(chunks, "__aiter__") \
+        else prefetched(chunks)  # type: ignore[assignment, arg-type]
+    try:
+        async for piece in stream:
+            digest.update(piece)
+            await channel.send_data(piece)
+    finally:
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()  # its file or ring is let go now, not when it is collected
+
+
+def _file_pieces(path: str) -> Iterator[bytes]:
+    with open(path, "rb", buffering=0) as stream:
+        while piece := stream.read(FILE_READ):
             yield piece
 
 
+def file_chunks(path: str) -> AsyncGenerator[bytes, None]:
+    """A file's bytes, read off the event loop, the next piece while the caller sends the current."""
+    return prefetched(_file_pieces(path))
+
+
 async def send_wdiff(channel: Channel, vol: str, uuid: bytes, size_lb: int, diff: MetaDiff,
-                     chunks: AsyncIterator[bytes] | Iterable[bytes]) -> None:
+                     chunks: Chunks) -> None:
     """Send one sorted wdiff (wdiff-transfer); returns once the archive holds it."""
     await _accepted(channel, messages.WDIFF_TRANSFER,
                     {"vol": vol, "uuid": uuid.hex(), "size_lb": size_lb, "diff": str(diff)})
@@ -130,11 +235,17 @@ async def send_wdiff(channel: Channel, vol: str, uuid: bytes, size_lb: int, diff
 
 
 async def send_wlog(channel: Channel, vol: str, uuid: bytes, pbs: int, salt: int, size_lb: int, diff: MetaDiff,
-                    max_log_pb: int, chunks: AsyncIterator[bytes] | Iterable[bytes]) -> None:
+                    max_log_pb: int, chunks: Chunks) -> None:
     """Send one wlog (wlog-transfer); returns once the proxy holds it durably."""
     await _accepted(channel, messages.WLOG_TRANSFER,
                     {"vol": vol, "uuid": uuid.hex(), "pbs": pbs, "salt": salt, "size_lb": size_lb,
                      "diff": str(diff), "max_log_pb": max_log_pb})
     digest = StreamDigest()
-    await _send_chunks(channel, chunks, digest)
+    try:
+        await _send_chunks(channel, chunks, digest)
+    except (WalbopsError, OSError) as exc:
+        # The logs could not be read to the end: the proxy must discard what it got (§7.2).
+        with contextlib.suppress(WalbopsError, OSError):
+            await channel.send_json(messages.abort(str(exc)[: messages.MAX_TEXT]))
+        raise
     await _finish(channel, digest)

@@ -14,9 +14,11 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import BinaryIO
 
+import numpy as np
+
 from ..errors import BadField, ChecksumMismatch, FormatError, TruncatedRecord
 from ..formats import checksum as csum
-from ..formats.compression import Compression, compress
+from ..formats.compression import Compression, compress, decompress
 from ..formats.indexed import (
     INDEX_RECORD_STRUCT,
     INDEX_SUPER_STRUCT,
@@ -38,11 +40,20 @@ from .io import (
     is_all_zero,
     merge_ios,
 )
+from .logs import bad_checksums
 from .sorted_file import FLAGS_OF, kind_of
 
 CACHE_BYTES = 32 << 20  # [bytes] decompressed images kept (walb-tools INDEXED_DIFF_CACHE_SIZE)
-_INDEX_BATCH = 4096  # index records read per pread
+_INDEX_BATCH = 4096  # index records read per pread, and serialized at once
 _COMPRESSION_SLACK = 1 << 16  # [bytes] see sorted_file
+# An index record as numpy sees it (INDEX_RECORD_STRUCT, 48 bytes).
+_INDEX_DTYPE = np.dtype([("address", "<u8"), ("blocks", "<u4"), ("flags", "u1"), ("compression", "u1"),
+                         ("reserved1", "<u2"), ("data_offset", "<u8"), ("data_size", "<u4"), ("io_offset", "<u4"),
+                         ("orig_blocks", "<u4"), ("reserved2", "<u4"), ("io_checksum", "<u4"),
+                         ("rec_checksum", "<u4")])
+_MAX_COMPRESSION = max(Compression)
+_VERIFY_WINDOW = 8 << 20  # [bytes] of images read and checked at once
+_KIND_FLAGS = int(FLAGS_OF[IoKind.ALLZERO] | FLAGS_OF[IoKind.DISCARD])
 
 
 class IndexedDiffReader:
@@ -130,6 +141,90 @@ class IndexedDiffReader:
             self._cached_bytes -= old.blocks * LOGICAL_BLOCK_SIZE
         return image
 
+    def verify(self) -> int:
+        """Check the whole file as iterating it and loading every image would, but at numpy speed:
+        every index record (checksum, alignment, bounds, order) and every image (checksum, and
+        decompression to its size). Returns the number of index records.
+
+        Raises:
+            FormatError: the first problem, as :meth:`records` and the image loader report it.
+        """
+        n_records = self.index.n_records
+        raw = os.pread(self.fd, n_records * INDEX_RECORD_STRUCT.size, self.index.index_offset)
+        if len(raw) < n_records * INDEX_RECORD_STRUCT.size or not self._index_is_sound(raw):
+            for _ in self.records():  # the exact error, at its record
+                pass
+            raise BadField("the index breaks a rule of the format", self.index.index_offset, self.source)
+        table = np.frombuffer(raw, dtype=_INDEX_DTYPE)
+        images = np.unique(table[(table["flags"] & _KIND_FLAGS) == 0][
+            ["data_offset", "data_size", "compression", "io_checksum", "orig_blocks"]])
+        if len(images):
+            self._verify_images(images)
+        return n_records
+
+    def _index_is_sound(self, raw: bytes) -> bool:
+        """Whether every index record passes every check of :meth:`records` (vectorized)."""
+        if not raw:
+            return True
+        table = np.frombuffer(raw, dtype=_INDEX_DTYPE)
+        words = np.frombuffer(raw, dtype="<u4").reshape(len(table), INDEX_RECORD_STRUCT.size // 4)
+        ok = (words.sum(axis=1, dtype=np.uint64) & np.uint64(0xFFFF_FFFF)) == 0
+        address, blocks = table["address"], table["blocks"].astype(np.uint64)
+        ok &= (blocks != 0) & ((blocks & (blocks - np.uint64(1))) == 0)
+        ok &= address % np.maximum(blocks, np.uint64(1)) == 0
+        flags = table["flags"]
+        ok &= (flags & _KIND_FLAGS) != _KIND_FLAGS
+        orig = table["orig_blocks"].astype(np.uint64)
+        offset, size = table["data_offset"], table["data_size"].astype(np.uint64)
+        raw_size = orig * np.uint64(LOGICAL_BLOCK_SIZE)
+        index_offset = np.uint64(self.index.index_offset)
+        image_ok = ((table["compression"] <= _MAX_COMPRESSION) & (size != 0)
+                    & (table["io_offset"].astype(np.uint64) + blocks <= orig)
+                    & (offset >= np.uint64(FILE_HEADER_STRUCT.size)) & (raw_size <= np.uint64(MAX_IO_BYTES))
+                    & (size <= raw_size + np.uint64(_COMPRESSION_SLACK)) & (offset <= index_offset)
+                    & (size <= index_offset - np.minimum(offset, index_offset)))
+        ok &= ((flags & _KIND_FLAGS) != 0) | image_ok
+        # Sorted and non-overlapping: each record starts at or after the end of the one before.
+        ok[1:] &= (address[1:] >= address[:-1]) & (address[1:] - address[:-1] >= blocks[:-1])
+        return bool(ok.all())
+
+    def _verify_images(self, images: np.ndarray) -> None:
+        """Checksum and decompress each distinct image once, reading them ``_VERIFY_WINDOW`` bytes
+        at a time (memory stays bounded whatever the file's size); the first bad one raises."""
+        offsets = images["data_offset"].astype(np.int64)  # sorted: np.unique sorts on the first field
+        ends = offsets + images["data_size"].astype(np.int64)
+        start = 0
+        while start < len(images):
+            stop = max(start + 1, int(np.searchsorted(offsets, offsets[start] + _VERIFY_WINDOW)))
+            low, high = int(offsets[start]), int(ends[start:stop].max())
+            window = memoryview(os.pread(self.fd, high - low, low))
+            if len(window) < high - low:
+                raise TruncatedRecord(f"images at {low}..{high} are cut short", low, self.source)
+            self._verify_window(images[start:stop], window, low)
+            start = stop
+
+    def _verify_window(self, images: np.ndarray, window: memoryview, low: int) -> None:
+        """:meth:`_verify_images` for the images in ``window``, the file's bytes from ``low``."""
+        offsets, sizes = images["data_offset"].astype(np.int64) - low, images["data_size"]
+        # Images at multiples of 4 bytes are summed by one numpy call, the others one by one.
+        aligned = np.flatnonzero((offsets % 4 == 0) & (sizes % 4 == 0)).tolist()
+        spans = [(int(offsets[i]), int(offsets[i]) + int(sizes[i]), int(images["io_checksum"][i])) for i in aligned]
+        suspects = {aligned[i] for i in bad_checksums(window, spans, 0)}
+        suspects.update(np.flatnonzero((offsets % 4 != 0) | (sizes % 4 != 0)).tolist())
+        # A raw image of the right size decompresses by definition.
+        raw = (images["compression"] == Compression.NONE) & \
+            (sizes.astype(np.uint64) == images["orig_blocks"].astype(np.uint64) * np.uint64(LOGICAL_BLOCK_SIZE))
+        for index in sorted(suspects.union(np.flatnonzero(~raw).tolist())):
+            offset, size, compression, checksum, blocks = (int(value) for value in images[index].tolist())
+            stored = window[offset - low:offset - low + size]
+            if index in suspects and csum.checksum(stored) != checksum:
+                raise ChecksumMismatch(f"image checksum mismatch for the image at offset {offset}", offset,
+                                       self.source)
+            try:
+                decompress(compression, stored, blocks * LOGICAL_BLOCK_SIZE)
+            except FormatError as exc:
+                raise exc.located(self.source, offset)
+
     def __iter__(self) -> Iterator[DiffIo]:
         for rec in self.records():
             kind = kind_of(rec.flags)
@@ -172,24 +267,25 @@ class IndexedDiffWriter:
         self.offset = FILE_HEADER_STRUCT.size
         stream.write(FileHeader(uuid, DiffType.INDEXED).serialize())
 
-    def add(self, io: DiffIo) -> None:
-        """Append one IO; it replaces whatever earlier IOs it overlaps."""
+    def add(self, io: DiffIo, zero_checked: bool = False) -> None:
+        """Append one IO; it replaces whatever earlier IOs it overlaps.
+
+        ``zero_checked``: a normal IO is known not to be all zeros (``log_ios`` made those ALLZERO).
+        """
         # walb-tools counts every IO it accepts in n_data, discards and zero writes included.
         self._n_data += 1
         kind = io.kind
         # WalB gives every index record the file offset its IO arrived at, and its LB
         # offset inside that IO, whether or not the IO has an image; readers ignore both
         # for ALLZERO and DISCARD, but keeping them makes the files byte-identical.
-        image = StoredImage.reference(self.offset, 0, 0, 0, 0)
-        if kind == IoKind.NORMAL:
-            data = io.data()
-            if is_all_zero(data):
-                kind = IoKind.ALLZERO
-            else:
-                compression, stored = compress(self.compression, data, self.level)
-                image = StoredImage.reference(self.offset, len(stored), compression, csum.checksum(stored), io.blocks)
-                self.stream.write(stored)
-                self.offset += len(stored)
+        if kind == IoKind.NORMAL and (zero_checked or not is_all_zero(io.data())):
+            compression, stored = compress(self.compression, io.data(), self.level)
+            image = StoredImage.reference(self.offset, len(stored), compression, csum.checksum(stored), io.blocks)
+            self.stream.write(stored)
+            self.offset += len(stored)
+        else:
+            kind = IoKind.ALLZERO if kind == IoKind.NORMAL else kind
+            image = StoredImage.reference(self.offset, 0, 0, 0, 0)
         self._index.add(DiffIo(io.address, io.blocks, kind, image=image))
         if len(self._index) > self.max_entries:
             self._spill()
@@ -220,24 +316,44 @@ class IndexedDiffWriter:
         self.stream.write(b"\0" * padding)
         index_offset = self.offset + padding
         n_records = 0
+        rows: list[tuple[int, ...]] = []
         for io in self._merged_index():
             self.stats.count(io)
+            image, flags = io.image, FLAGS_OF[io.kind]
             for address, blocks in split_aligned(io.address, io.blocks, self.max_io_blocks):
-                image = io.image
                 if image is None:
-                    rec = IndexRecord(address, blocks, FLAGS_OF[io.kind])
+                    rows.append((address, blocks, flags, 0, 0, 0, 0, 0, 0))
                 else:
-                    rec = IndexRecord(address, blocks, FLAGS_OF[io.kind], image.compression, image.file_offset,
-                                      image.size, io.image_offset + address - io.address, image.blocks,
-                                      image.checksum)
-                self.stream.write(rec.serialize())
-                n_records += 1
+                    rows.append((address, blocks, flags, image.compression, image.file_offset, image.size,
+                                 io.image_offset + address - io.address, image.blocks, image.checksum))
+            if len(rows) >= _INDEX_BATCH:
+                self.stream.write(_index_records(rows))
+                n_records += len(rows)
+                rows.clear()
+        self.stream.write(_index_records(rows))
+        n_records += len(rows)
         self.stream.write(IndexSuper(index_offset, n_records, self._n_data).serialize())
         self.stats.extra.update(index_records=n_records, n_data=self._n_data, spilled_runs=len(self._runs),
                                 bytes=index_offset + n_records * INDEX_RECORD_STRUCT.size + INDEX_SUPER_STRUCT.size)
         for run in self._runs:
             run.close()
         self._runs.clear()
+
+
+_ROW_FIELDS = ("address", "blocks", "flags", "compression", "data_offset", "data_size", "io_offset", "orig_blocks",
+               "io_checksum")
+
+
+def _index_records(rows: list[tuple[int, ...]]) -> bytes:
+    """The serialized index records of ``rows`` (the fields of _ROW_FIELDS), checksummed at numpy speed."""
+    if not rows:
+        return b""
+    table = np.zeros(len(rows), dtype=_INDEX_DTYPE)
+    for name, column in zip(_ROW_FIELDS, zip(*rows, strict=True), strict=True):
+        table[name] = column
+    words = table.view("<u4").reshape(len(rows), INDEX_RECORD_STRUCT.size // 4)
+    table["rec_checksum"] = -(words.sum(axis=1, dtype=np.uint64) & np.uint64(0xFFFF_FFFF)) & np.uint64(0xFFFF_FFFF)
+    return table.tobytes()
 
 
 # A spilled index entry: address u64, blocks u32, kind u8, compression u8, image file

@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ..errors import ChecksumMismatch, FormatError, TruncatedRecord
+import numpy as np
+
+from ..errors import BadField, ChecksumMismatch, FormatError, TruncatedRecord
 from ..formats import checksum as csum
 from ..formats.ldev import (
+    LOG_RECORD_STRUCT,
     LOGICAL_BLOCK_SIZE,
+    LOGPACK_HEADER_STRUCT,
+    SECTOR_TYPE_LOGPACK,
     LogpackHeader,
     LogRecord,
     SuperSector,
     end_marker,
+    max_records,
     super_sector_offset_pb,
 )
 from ..formats.wlog import WLOG_HEADER_SIZE, WlogHeader
 from .io import read_exact
+
+WINDOW_BYTES = 4 << 20  # [bytes] of the ring read at once: its packs are parsed and verified together
+_MASK32 = 0xFFFF_FFFF
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,7 @@ class LogPack:
     data: memoryview
     pbs: int
     file_offset: int = -1  # [bytes] where the data lies in a seekable wlog file, if known
+    shrunk: bool = False  # cut at an invalid IO: its header is no longer the one stored
 
     def record_data(self, rec: LogRecord) -> memoryview:
         """The ``io_size * 512`` bytes of a normal record (the checksummed part)."""
@@ -47,10 +57,72 @@ class LogPack:
         records = self.header.records[:count]
         total = max((rec.lsid_local - 1 + rec.data_pb(self.pbs) for rec in records if rec.has_data), default=0)
         header = LogpackHeader(self.header.logpack_lsid, total, records)
-        return LogPack(header, self.data[:total * self.pbs], self.pbs, self.file_offset)
+        return LogPack(header, self.data[:total * self.pbs], self.pbs, self.file_offset, shrunk=True)
 
     def serialize_header(self, salt: int) -> bytes:
         return self.header.serialize(self.pbs, salt)
+
+
+def parse_header_unchecked(block: memoryview, pbs: int, salt: int) -> LogpackHeader:
+    """:meth:`LogpackHeader.parse` of a whole header PB, less the checksum of a header with
+    records: the caller verifies many of those at once (:func:`bad_checksums`)."""
+    fields = LOGPACK_HEADER_STRUCT.unpack_from(block, 0)
+    sector_type, total_io_size, lsid, n_records, n_padding = fields[1:6]
+    if sector_type != SECTOR_TYPE_LOGPACK or n_records > max_records(pbs) or n_padding > min(1, n_records):
+        LogpackHeader.parse(block, pbs, salt)  # raises what is wrong with it
+        raise BadField(f"log pack header at lsid {lsid} is invalid")
+    start = LOGPACK_HEADER_STRUCT.size
+    records = tuple(LogRecord(io_offset, io_size, lsid_local, rec_lsid, flags, checksum_)
+                    for checksum_, flags, io_offset, io_size, lsid_local, _r, rec_lsid
+                    in LOG_RECORD_STRUCT.iter_unpack(block[start:start + n_records * LOG_RECORD_STRUCT.size]))
+    header = LogpackHeader(lsid, total_io_size, records)
+    header.check(pbs)
+    return header
+
+
+def bad_checksums(buffer: memoryview, spans: Sequence[tuple[int, int, int]], salt: int) -> list[int]:
+    """Indexes of the ``(start, end, stored)`` spans of ``buffer`` whose WalB checksum with
+    ``salt`` is not ``stored`` (0 for a block that holds its own checksum).
+
+    Spans lie at multiples of 4 bytes from the buffer's start. Sorted, non-overlapping spans
+    (packs in log order) are summed by one numpy call; others one by one.
+    """
+    if not spans:
+        return []
+    table = np.array(spans, dtype=np.int64)
+    bounds = table[:, :2].ravel()
+    if len(spans) > 1 and bool(np.all(bounds[1:] >= bounds[:-1])) and bool(np.all(table[:, 1] > table[:, 0])):
+        # Sum granules of the largest size that divides every bound counted from the first (summing
+        # rows is several times faster than reduceat over words), then reduceat the granules:
+        # [bounds[i], bounds[i+1]) for each i, of which the even ones are the spans.
+        base = int(bounds[0])
+        bounds = bounds - base
+        granule = int(np.gcd.reduce(bounds[1:]))
+        words = np.frombuffer(buffer, dtype="<u4", count=int(bounds[-1]) // 4, offset=base)
+        sums = np.add.reduceat(words.reshape(-1, granule // 4).sum(axis=1, dtype=np.uint64),
+                               bounds[:-1] // granule)[0::2]
+    else:
+        sums = np.array([csum.partial(buffer[start:end]) for start, end, _ in spans], dtype=np.uint64)
+    stored = table[:, 2].astype(np.uint64)
+    bad = (sums + np.uint64(salt) + stored) & np.uint64(_MASK32)
+    return np.flatnonzero(bad).tolist()
+
+
+def _pack_spans(packs: Sequence[tuple[int, LogpackHeader]], pbs: int) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """The checksummed spans of packs at byte offsets of one buffer: each header PB (if it has
+    records), then its normal records' data; and for each span, the index of its pack."""
+    spans: list[tuple[int, int, int]] = []
+    owners: list[int] = []
+    for index, (offset, header) in enumerate(packs):
+        if header.records:
+            spans.append((offset, offset + pbs, 0))
+            owners.append(index)
+        for rec in header.records:
+            if rec.is_normal:
+                start = offset + rec.lsid_local * pbs
+                spans.append((start, start + rec.io_size * LOGICAL_BLOCK_SIZE, rec.checksum))
+                owners.append(index)
+    return spans, owners
 
 
 class WlogReader:
@@ -204,23 +276,184 @@ class LdevLogReader:
             parts.append(part)
             lsid += run
             count -= run
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def read_raw(self, begin_lsid: int, end_lsid: int, piece: int = 1 << 20) -> Iterator[bytes]:
+        """The ring's bytes from ``begin_lsid`` to ``end_lsid`` as they are, ``piece`` bytes at a time."""
+        step = max(1, piece // self.pbs)
+        for lsid in range(begin_lsid, end_lsid, step):
+            yield self._read_pb(lsid, min(step, end_lsid - lsid))
 
     def packs(self, begin_lsid: int, end_lsid: int | None = None) -> Iterator[LogPack]:
-        """Yield packs from ``begin_lsid`` until the end of valid logs or ``end_lsid``."""
+        """Yield packs from ``begin_lsid`` until the end of valid logs or ``end_lsid``.
+
+        The ring is read ``WINDOW_BYTES`` at a time and the checksums of a window's packs are
+        verified together; a pack's data is a view into its window.
+        """
+        for _stored, packs in self.windows(begin_lsid, end_lsid):
+            yield from packs
+
+    def windows(self, begin_lsid: int, end_lsid: int | None = None) -> Iterator[tuple[memoryview, list[LogPack]]]:
+        """:meth:`packs` a window at a time: ``(stored, packs)``, where ``stored`` is the ring's
+        bytes of those packs as they are, except a last pack cut at an invalid IO (``shrunk``),
+        which ``stored`` leaves out. Valid logs end after a window with a shrunk pack."""
         lsid = begin_lsid
+        window_pb = min(max(1, WINDOW_BYTES // self.pbs), self.super.ring_buffer_size)
         while end_lsid is None or lsid < end_lsid:
+            count = window_pb if end_lsid is None else min(window_pb, end_lsid - lsid)
+            window = memoryview(self._read_pb(lsid, count))
+            found, valid = self._walk(window, lsid, end_lsid)
+            if not found and valid:  # one pack larger than the window: read it whole
+                try:
+                    header = parse_header_unchecked(window[:self.pbs], self.pbs, self.salt)
+                except FormatError:
+                    return
+                window = memoryview(self._read_pb(lsid, 1 + header.total_io_size))
+                found, valid = self._walk(window, lsid, end_lsid)
+            spans, owners = _pack_spans(found, self.pbs)
+            bad = bad_checksums(window, spans, self.salt)
+            if bad:
+                valid = False
+                found = found[:owners[bad[0]] + 1]
+            packs = [LogPack(header, window[offset + self.pbs:offset + (1 + header.total_io_size) * self.pbs],
+                             self.pbs) for offset, header in found]
+            stored = len(window) if not found else found[-1][0] + (1 + found[-1][1].total_io_size) * self.pbs
+            if bad:
+                last_offset, _header = found[-1]
+                stored = last_offset
+                last = packs.pop()
+                if csum.verifies(window[last_offset:last_offset + self.pbs], self.salt):
+                    index = last.first_bad_record(self.salt)
+                    if index:  # else nothing of it is valid
+                        packs.append(last.shrink(index))
+            if packs:
+                yield window[:stored], packs
+                lsid = packs[-1].header.next_lsid
+            if not valid or not found:
+                return
+
+    def _walk(self, window: memoryview, lsid: int,
+              end_lsid: int | None) -> tuple[list[tuple[int, LogpackHeader]], bool]:
+        """The whole packs of ``window`` (which starts at ``lsid``), as (byte offset, header),
+        checksums not verified; and False if a header that cannot start a valid pack ended them."""
+        found: list[tuple[int, LogpackHeader]] = []
+        offset, pbs = 0, self.pbs
+        while (end_lsid is None or lsid < end_lsid) and offset + pbs <= len(window):
             try:
-                header = LogpackHeader.parse(self._read_pb(lsid, 1), self.pbs, self.salt)
+                header = parse_header_unchecked(window[offset:offset + pbs], pbs, self.salt)
             except FormatError:
-                return
+                return found, False
             if header.logpack_lsid != lsid or not header.records:
-                return
-            pack = LogPack(header, memoryview(self._read_pb(lsid + 1, header.total_io_size)), self.pbs)
-            bad = pack.first_bad_record(self.salt)
-            if bad is not None:
-                if bad:
-                    yield pack.shrink(bad)
-                return
-            yield pack
+                return found, False
+            if offset + (1 + header.total_io_size) * pbs > len(window):
+                break
+            found.append((offset, header))
+            offset += (1 + header.total_io_size) * pbs
             lsid = header.next_lsid
+        return found, True
+
+
+class WlogStream:
+    """Parses a wlog that arrives in pieces, verifying every pack as :class:`WlogReader` does.
+
+    ``feed`` returns the packs completed by each piece, all verified; their data is valid
+    until the next call. ``finish`` checks that the end marker came.
+
+    Args:
+        source: name used in error messages.
+    """
+
+    def __init__(self, source: str = "wlog") -> None:
+        self.source = source
+        self.header: WlogHeader | None = None
+        self.ended = False
+        self.offset = 0  # [bytes] stream offset of the first byte not yet parsed
+        self.lsid = 0  # of the next pack
+        self._pending = b""
+
+    def feed(self, data: bytes | memoryview) -> list[LogPack]:
+        """Take the next piece of the stream; the packs it completes, verified.
+
+        Raises:
+            FormatError: the wlog is corrupt (a bad header, record, checksum or order), or
+                data follows its end marker.
+        """
+        if self.ended:
+            if len(data):
+                raise BadField("data after the wlog's end marker", self.offset, self.source)
+            return []
+        buffer = memoryview(self._pending + bytes(data) if self._pending else data)
+        at = 0
+        if self.header is None:
+            if len(buffer) < WLOG_HEADER_SIZE:
+                self._pending = bytes(buffer)
+                return []
+            try:
+                self.header = WlogHeader.parse(buffer[:WLOG_HEADER_SIZE])
+            except FormatError as exc:
+                raise exc.located(self.source, 0)
+            self.lsid = self.header.begin_lsid
+            at = WLOG_HEADER_SIZE
+        found: list[tuple[int, LogpackHeader]] = []
+        pbs = self.header.physical_bs
+        try:
+            at = self._walk(buffer, at, found)
+        except FormatError:
+            self._verify(buffer, found)  # the first error in stream order is the one to report
+            raise
+        self._verify(buffer, found)
+        self._pending = bytes(buffer[at:])
+        self.offset += at
+        return [LogPack(header, buffer[offset + pbs:offset + pbs + header.total_io_size * pbs], pbs)
+                for offset, header in found]
+
+    def _walk(self, buffer: memoryview, at: int, found: list[tuple[int, LogpackHeader]]) -> int:
+        """Parse the whole packs from ``at`` into ``found``; returns where the rest begins."""
+        assert self.header is not None
+        pbs, salt = self.header.physical_bs, self.header.log_checksum_salt
+        while at + pbs <= len(buffer):
+            block = buffer[at:at + pbs]
+            try:
+                header = parse_header_unchecked(block, pbs, salt)
+                if not header.records:  # the end marker, whose checksum is not summed with the others
+                    header = LogpackHeader.parse(block, pbs, salt)
+            except FormatError as exc:
+                raise exc.located(self.source, self.offset + at)
+            if header.is_end:
+                self.ended = True
+                at += pbs
+                if at < len(buffer):
+                    raise BadField("data after the wlog's end marker", self.offset + at, self.source)
+                return at
+            if header.logpack_lsid != self.lsid:
+                raise ChecksumMismatch(f"log pack lsid {header.logpack_lsid}, expected {self.lsid}", self.offset + at,
+                                       self.source)
+            if at + (1 + header.total_io_size) * pbs > len(buffer):
+                break
+            found.append((at, header))
+            at += (1 + header.total_io_size) * pbs
+            self.lsid = header.next_lsid
+        return at
+
+    def _verify(self, buffer: memoryview, found: list[tuple[int, LogpackHeader]]) -> None:
+        assert self.header is not None
+        pbs, salt = self.header.physical_bs, self.header.log_checksum_salt
+        spans, owners = _pack_spans(found, pbs)
+        bad = bad_checksums(buffer, spans, salt)
+        if not bad:
+            return
+        start = spans[bad[0]][0]
+        offset, header = found[owners[bad[0]]]
+        if start == offset:
+            raise ChecksumMismatch(f"log pack header at lsid {header.logpack_lsid}: checksum mismatch",
+                                   self.offset + offset, self.source)
+        pack = LogPack(header, buffer[offset + pbs:offset + pbs + header.total_io_size * pbs], pbs)
+        index = pack.first_bad_record(salt) or 0
+        rec = header.records[index]
+        raise ChecksumMismatch(f"IO checksum mismatch in record {index} (lsid {rec.lsid}, LB {rec.offset})",
+                               self.offset + start, self.source)
+
+    def finish(self) -> None:
+        """Raises TruncatedRecord unless the end marker has arrived."""
+        if self.header is None or not self.ended:
+            raise TruncatedRecord("wlog ends without its end marker", self.offset + len(self._pending), self.source)
