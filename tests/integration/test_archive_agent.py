@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from walbops.agents import config as agent_config
+from walbops.agents.archive import ArchiveAgent
 from walbops.agents.transfers import file_chunks, send_full_backup, send_wdiff
 from walbops.diff.engine import convert_to_sorted, log_ios
 from walbops.diff.gen import GenConfig, generate_wlog
@@ -23,6 +25,7 @@ from walbops.errors import AuthenticationError, RemoteError
 from walbops.formats.meta import MetaDiff
 from walbops.net.auth import load_key, write_key
 from walbops.net.transport import open_connection
+from walbops.store.dirstore import DirStore
 
 SIZE_LB = 8192  # 4 MiB volume
 MiB = 1 << 20
@@ -190,3 +193,60 @@ def test_a_client_without_the_key_is_refused_and_the_agent_serves_on(archive, tm
     with pytest.raises(AuthenticationError):
         asyncio.run(ctl(port, os.urandom(32), "status"))
     assert asyncio.run(ctl(port, key, "get", target="host-type")) == "archive"
+
+
+class ThickLikeStore(DirStore):
+    """A dir store whose new bases hold old data, as a thick LV's extents do."""
+
+    def create_base(self, vol: str, size_lb: int, zero: bool = False) -> str:
+        path = super().create_base(vol, size_lb, zero)
+        with open(path, "r+b") as stream:
+            stream.write(b"\xab" * (size_lb * 512))
+        return path
+
+    @property
+    def new_base_reads_zeros(self) -> bool:
+        return False
+
+
+def test_full_backup_zeroes_skipped_ranges_where_a_new_base_holds_old_data(tmp_path):
+    """The zero ranges a full backup does not send must read as zeros on a thick LV too."""
+    write_key(tmp_path / "cluster.key")
+    port = free_port()
+    config = agent_config.load("archive", overrides={
+        "listen": "127.0.0.1", "port": port, "id": "a0", "base_dir": str(tmp_path / "a0"),
+        "cluster_key_file": str(tmp_path / "cluster.key")})
+    agent = ArchiveAgent(config)
+    agent.store = ThickLikeStore(str(tmp_path / "images"))
+    volume = image_with_data(tmp_path / "volume.img")  # mostly zeros: most of it goes as zero ranges
+    key = load_key(tmp_path / "cluster.key")
+
+    async def scenario() -> None:
+        serving = asyncio.create_task(agent.serve())
+        try:
+            for _ in range(200):
+                try:
+                    await ctl(port, key, "init-vol", vol="vol0")
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05)
+            fd = os.open(tmp_path / "volume.img", os.O_RDONLY)
+            channel = await open_connection("127.0.0.1", port, key, "s0", "storage")
+            try:
+                async with channel:
+                    async def accepted() -> bytes:
+                        return bytes(16)
+
+                    async def streamed() -> int:
+                        return 0
+
+                    await send_full_backup(channel, "vol0", fd, SIZE_LB, 512, int(time.time()), accepted, streamed)
+            finally:
+                os.close(fd)
+        finally:
+            agent.handle_exit()
+            await serving
+
+    asyncio.run(scenario())
+    assert hashlib.sha1(Path(agent.store.base_path("vol0")).read_bytes()).hexdigest() == \
+        hashlib.sha1(volume).hexdigest()

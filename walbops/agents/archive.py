@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any
 
+from ..blockdev import zero_range
 from ..diff.engine import DiscardPolicy
 from ..diff.files import verify_wdiff
 from ..errors import BadField, OperationError, ProtocolError, WalbopsError
@@ -164,6 +165,7 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                 # stale, and zero ranges are not written below, so start again from a fresh base.
                 await asyncio.to_thread(self.store.remove_volume, volume.vol)
             self.store.create_base(volume.vol, size_lb)
+            reads_zeros = self.store.new_base_reads_zeros
             with volume.actions.begin("FullSync"), self.store.open_base(volume.vol, writable=True) as target:
                 await request.accept()
                 channel = request.channel
@@ -200,7 +202,11 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                             break
                         cursor.item(message)
                         if kind == "zero":
-                            # The base is a fresh sparse image (or grown with zeros): nothing to write.
+                            # A fresh file or thin LV reads as zeros already; a thick LV is zeroed here.
+                            if not reads_zeros:
+                                await asyncio.to_thread(zero_range, target.fd,
+                                                        message["offset_lb"] * LOGICAL_BLOCK_SIZE,
+                                                        message["count_lb"] * LOGICAL_BLOCK_SIZE)
                             volume.progress_lb = cursor.position_lb
                     await asyncio.to_thread(os.fdatasync, target.fd)
                     volume.finish_full_sync(tx, bytes.fromhex(begin["uuid"]), size_lb, message["gid"],

@@ -279,6 +279,12 @@ class ProxyAgent(Agent[ProxyVolume]):
                 self._backoff_log(volume, archive, exc, delay)
                 await self._sleep(volume.vol, archive, delay)
                 delay = min(delay * 2, float(self.config.retry_max_delay))
+            except Exception:
+                # A bug must not end forwarding for good: the diffs would pile up on the proxy.
+                self.log.exception("%s: sending to %s hit an unexpected error; retrying in %.0f s", volume.vol,
+                                   archive, delay)
+                await self._sleep(volume.vol, archive, delay)
+                delay = min(delay * 2, float(self.config.retry_max_delay))
 
     def _backoff_log(self, volume: ProxyVolume, archive: str, exc: Exception, delay: float) -> None:
         self.log.warning("%s: sending to %s failed, retrying in %.0f s: %s", volume.vol, archive, delay, exc)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..blockdev import open_uncached
 from ..device.control import DeviceClient
 from ..device.wlogs import Extent, RingLogs
 from ..errors import OperationError, WalbopsError
@@ -24,7 +25,7 @@ from . import metadata
 from ._server import VOL, Agent, Command, Request, args_schema
 from .config import Config, host_port
 from .storage_volume import StorageVolume
-from .transfers import open_for_backup, send_full_backup, send_wlog
+from .transfers import send_full_backup, send_wlog
 
 IDLE_WAIT = 1.0  # [s] a shipper waits this long for new permanent logs before looking again
 
@@ -217,7 +218,7 @@ class StorageAgent(Agent[StorageVolume]):
             def progress(done_lb: int) -> None:
                 volume.progress_lb = done_lb
 
-            fd = await asyncio.to_thread(open_for_backup, status["path"])
+            fd = await asyncio.to_thread(open_uncached, status["path"])
             try:
                 async with channel:
                     gid = await send_full_backup(channel, volume.vol, fd, size_lb, bulk_lb, int(time.time()),
@@ -263,6 +264,12 @@ class StorageAgent(Agent[StorageVolume]):
             except (WalbopsError, OSError) as exc:
                 self.log.warning("%s: log shipping failed, retrying in %.0f s: %s", volume.vol, delay, exc)
                 shipped = False
+                await self._sleep(volume.vol, delay)
+                delay = min(delay * 2, float(self.config.retry_max_delay))
+                continue
+            except Exception:
+                # A bug must not end shipping for good: the logs would pile up until overflow.
+                self.log.exception("%s: log shipping hit an unexpected error; retrying in %.0f s", volume.vol, delay)
                 await self._sleep(volume.vol, delay)
                 delay = min(delay * 2, float(self.config.retry_max_delay))
                 continue

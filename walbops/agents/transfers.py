@@ -187,15 +187,6 @@ def _read_bulk(fd: int, buffer: mmap.mmap, size: int, offset: int) -> bytes:
     return data + bytes(size - got) if got < size else data
 
 
-def open_for_backup(path: str) -> int:
-    """Open a device for a full backup with O_DIRECT, so its page cache (which a filesystem's
-    direct writes bypass) cannot hand us stale blocks; plain reads where O_DIRECT is refused."""
-    try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECT)
-    except OSError:
-        return os.open(path, os.O_RDONLY)
-
-
 Chunks = AsyncIterator[bytes] | Iterable[bytes] | Iterable[bytes | memoryview]
 
 

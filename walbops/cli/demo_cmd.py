@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from ..agents.transfers import open_for_backup
+from ..blockdev import open_uncached
 from ..controller import Controller, Layout
 from ..errors import OperationError
 from ..net.auth import write_key
@@ -58,7 +58,7 @@ def run(*command: str) -> str:
 def sha1_of(path: str) -> str:
     """sha1 of a file or device, read with O_DIRECT where possible (no stale page cache)."""
     digest = hashlib.sha1()
-    fd = open_for_backup(path)
+    fd = open_uncached(path)
     buffer = mmap.mmap(-1, 1 << 20)
     try:
         offset = 0

@@ -83,11 +83,17 @@ class Store(abc.ABC):
         """Create a base of ``size_lb`` LB; returns its path or device.
 
         A file or a thin LV reads as zeros. A thick LV holds what its extents held
-        unless ``zero``; a full backup writes every block and needs no zeroing.
+        unless ``zero``; a full backup zeroes the ranges it skips instead
+        (``new_base_reads_zeros``).
 
         Raises:
             OperationError: the base exists already.
         """
+
+    @property
+    def new_base_reads_zeros(self) -> bool:
+        """Whether a base just made by ``create_base`` (without ``zero``) reads as zeros."""
+        return True
 
     @abc.abstractmethod
     def base_exists(self, vol: str) -> bool:

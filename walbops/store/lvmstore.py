@@ -288,6 +288,10 @@ class LvmStore(Store):
                     f", thin in {self.thinpool}" if self.thinpool else "")
         return self.base_path(vol)
 
+    @property
+    def new_base_reads_zeros(self) -> bool:
+        return bool(self.thinpool)  # a thin pool hands out zeroed blocks; thick extents keep old data
+
     def base_exists(self, vol: str) -> bool:
         return self._lv(base_name(vol)) is not None
 
