@@ -66,6 +66,23 @@ async def ctl(port: int, key: bytes, command: str, **args):
         return await channel.request(command, args)
 
 
+async def send_image(port: int, key: bytes, path: Path, uuid: bytes = bytes(16), timestamp: int = 1) -> int:
+    """A full backup of the image at ``path`` as a storage sends it; returns its gid."""
+    fd = os.open(path, os.O_RDONLY)
+    channel = await open_connection("127.0.0.1", port, key, "s0", "storage")
+    try:
+        async with channel:
+            async def accepted() -> bytes:
+                return uuid
+
+            async def streamed() -> int:
+                return 0
+
+            return await send_full_backup(channel, "vol0", fd, SIZE_LB, 512, timestamp, accepted, streamed)
+    finally:
+        os.close(fd)
+
+
 def image_with_data(path: Path) -> bytes:
     rng = random.Random(3)
     data = bytearray(SIZE_LB * 512)
@@ -94,23 +111,7 @@ def test_full_backup_diffs_and_restore_over_the_network(archive):
     uuid = os.urandom(16)
     asyncio.run(ctl(port, key, "init-vol", vol="vol0"))
 
-    async def full_backup() -> int:
-        fd = os.open(tmp_path / "volume.img", os.O_RDONLY)
-        channel = await open_connection("127.0.0.1", port, key, "s0", "storage")
-        try:
-            async with channel:
-                async def accepted() -> bytes:
-                    return uuid
-
-                async def streamed() -> int:
-                    return 0
-
-                return await send_full_backup(channel, "vol0", fd, SIZE_LB, 512, int(time.time()), accepted,
-                                              streamed)
-        finally:
-            os.close(fd)
-
-    assert asyncio.run(full_backup()) == 0
+    assert asyncio.run(send_image(port, key, tmp_path / "volume.img", uuid, int(time.time()))) == 0
     assert asyncio.run(ctl(port, key, "get", target="state", vol="vol0")) == "Archived"
     again = subprocess.run([sys.executable, "-m", "walbops.cli.main", "ctl", "-a", "127.0.0.1", "-p", str(port),
                             "--key", str(tmp_path / "cluster.key"), "get", "restorable", "vol0"],
@@ -166,25 +167,9 @@ def test_full_backup_to_an_archived_volume_fails_clearly(archive):
     port, key, tmp_path = archive
     image_with_data(tmp_path / "volume.img")
     asyncio.run(ctl(port, key, "init-vol", vol="vol0"))
-
-    async def full_backup() -> None:
-        fd = os.open(tmp_path / "volume.img", os.O_RDONLY)
-        channel = await open_connection("127.0.0.1", port, key, "s0", "storage")
-        try:
-            async with channel:
-                async def accepted() -> bytes:
-                    return bytes(16)
-
-                async def streamed() -> int:
-                    return 0
-
-                await send_full_backup(channel, "vol0", fd, SIZE_LB, 512, 1, accepted, streamed)
-        finally:
-            os.close(fd)
-
-    asyncio.run(full_backup())
+    asyncio.run(send_image(port, key, tmp_path / "volume.img"))
     with pytest.raises(RemoteError, match="SyncReady"):
-        asyncio.run(full_backup())
+        asyncio.run(send_image(port, key, tmp_path / "volume.img"))
     assert asyncio.run(ctl(port, key, "get", target="state", vol="vol0")) == "Archived"
 
 
@@ -230,19 +215,7 @@ def test_full_backup_zeroes_skipped_ranges_where_a_new_base_holds_old_data(tmp_p
                     break
                 except OSError:
                     await asyncio.sleep(0.05)
-            fd = os.open(tmp_path / "volume.img", os.O_RDONLY)
-            channel = await open_connection("127.0.0.1", port, key, "s0", "storage")
-            try:
-                async with channel:
-                    async def accepted() -> bytes:
-                        return bytes(16)
-
-                    async def streamed() -> int:
-                        return 0
-
-                    await send_full_backup(channel, "vol0", fd, SIZE_LB, 512, int(time.time()), accepted, streamed)
-            finally:
-                os.close(fd)
+            await send_image(port, key, tmp_path / "volume.img")
         finally:
             agent.handle_exit()
             await serving

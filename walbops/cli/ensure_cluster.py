@@ -17,7 +17,7 @@ def add_cluster_flags(parser: argparse.ArgumentParser, server_help: str) -> None
 
 def _archive_target(text: str) -> object:
     """NAME=HOST:PORT[:TYPE/LEVEL/CPUS] (the compression's colons written as slashes)."""
-    from ..converge.volume import ArchiveTarget
+    from ..agents.proxy_volume import ArchiveInfo
 
     name, _, rest = text.partition("=")
     fields = rest.split(":")
@@ -28,8 +28,8 @@ def _archive_target(text: str) -> object:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: the port must be a number") from None
     if len(fields) == 3:
-        return ArchiveTarget(name, fields[0], port, fields[2].replace("/", ":"))
-    return ArchiveTarget(name, fields[0], port)
+        return ArchiveInfo(name, fields[0], port, fields[2].replace("/", ":"))
+    return ArchiveInfo(name, fields[0], port)
 
 
 def _volume(sub: argparse._SubParsersAction) -> None:

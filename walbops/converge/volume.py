@@ -14,27 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..agents.proxy_volume import ArchiveInfo
 from ..controller import Controller, Server
 from ..errors import OperationError, UsageError
 from . import Outcome
 from .cluster import volume_status
 
 WANTED = ("initialized", "started", "stopped", "cleared")
-
-
-@dataclass(frozen=True)
-class ArchiveTarget:
-    """An archive a proxy sends a volume's diffs to (proxy archive-info)."""
-
-    name: str
-    host: str
-    port: int
-    compression: str = "lz4:0:1"
-    delay: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "host": self.host, "port": self.port, "compression": self.compression,
-                "delay": self.delay}
 
 
 @dataclass
@@ -104,7 +90,7 @@ def _plan_storage(plan: Plan, wanted: str, start_as: str | None, wdev: str | Non
         plan.add("start", {"role": "standby"}, "Standby")
 
 
-def _plan_proxy(plan: Plan, wanted: str, status: dict[str, Any], archives: list[ArchiveTarget] | None,
+def _plan_proxy(plan: Plan, wanted: str, status: dict[str, Any], archives: list[ArchiveInfo] | None,
                 force: bool, stop_mode: str) -> None:
     server, vol, state = plan.server, plan.vol, plan.state
     if wanted == "cleared":
@@ -173,7 +159,7 @@ def _plan_archive(plan: Plan, wanted: str, force: bool) -> None:
 
 
 def ensure_volume(controller: Controller, server: Server, vol: str, wanted: str, *, start_as: str | None = None,
-                  wdev: str | None = None, archives: list[ArchiveTarget] | None = None, force: bool = False,
+                  wdev: str | None = None, archives: list[ArchiveInfo] | None = None, force: bool = False,
                   stop_mode: str = "graceful", check: bool = False) -> Outcome:
     """Bring ``vol`` on ``server`` to ``wanted`` (one of WANTED)."""
     if wanted not in WANTED:
