@@ -369,13 +369,13 @@ def bench_volume(work: Path, index: int, size: int, changes: list[float], args: 
     ring = int(2.5 * size * sum(changes) / 100) + 64 * MiB
     with open(ldev, "wb") as stream:
         stream.truncate(ring // MiB * MiB)
-    cluster = Cluster(root, f"bkb{os.getpid()}v{index}")
+    cluster = Cluster(root, tuning={})
     ctl, vol = cluster.ctl, cluster.vol
     result: dict[str, Any] = {"volume_bytes": size, "ldev_bytes": os.path.getsize(ldev)}
     slow = max(300.0, size / (10 * MiB))  # [s] a timeout no healthy step reaches
     try:
-        device = cluster.make_device(ldev, ddev)
-        cluster.start_agents()
+        device = cluster.make_device(f"bkb{os.getpid()}v{index}", ldev, ddev, pbs=4096, checkpoint_interval_ms=None)
+        cluster.start_all()
         cluster.setup_volume()
 
         say(f"{label(size)}: raw TCP copy of the device")
@@ -464,7 +464,7 @@ def bench_volume(work: Path, index: int, size: int, changes: list[float], args: 
                                          for role, pid in sorted(cluster.agent_pids().items())}
     finally:
         with cleaning():
-            errors = cluster.close()
+            errors = cluster.teardown()
             shutil.rmtree(root, ignore_errors=True)
             if errors:
                 print("[backup bench] cleanup: " + "; ".join(errors), file=sys.stderr, flush=True)

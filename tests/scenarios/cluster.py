@@ -1,4 +1,9 @@
-"""A whole walbops backup group on one machine: a walb device and the three agents on loopback."""
+"""A whole walbops backup group on one machine: a walb device and the three agents on loopback.
+
+The scenario tests' harness, and benchmarks/_cluster.py's too (it puts this folder on sys.path):
+keep what the benchmarks use (Cluster with ``tuning={}``, ``make_device`` over given files,
+``start_all``, ``setup_volume``, ``teardown``, ``free_port``, ``MiB``) working for both.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
@@ -25,6 +31,12 @@ from walbops.net.auth import write_key
 
 MiB = 1 << 20
 ROLES = ("archive", "proxy", "storage")
+# Agent flags by kind that make failures quick to see and recover from in a test; a benchmark passes
+# ``tuning={}`` to run the agents with their defaults.
+TEST_TUNING = {
+    "storage": ["--implicit-snapshot-interval", "1", "--retry-delay", "0.2", "--retry-max-delay", "2"],
+    "proxy": ["--retry-delay", "0.2", "--retry-max-delay", "2"],
+}
 
 
 def kind(role: str) -> str:
@@ -43,10 +55,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def walbops(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "walbops.cli.main", *args], capture_output=True, text=True)
+def walbops(*args: str, timeout: float | None = None, failure: type[BaseException] = AssertionError) -> str:
+    """Run the CLI; its stdout, or ``failure`` with its stderr."""
+    result = subprocess.run([sys.executable, "-m", "walbops.cli.main", *args], capture_output=True, text=True,
+                            timeout=timeout)
     if result.returncode != 0:
-        raise AssertionError(f"walbops {' '.join(args)}: {result.stderr}")
+        raise failure(f"walbops {' '.join(args)}: {result.stderr.strip()}")
     return result.stdout.strip()
 
 
@@ -294,7 +308,13 @@ class Relay:
 
 @dataclass
 class Cluster:
-    """Agents as processes, one walb device, and a Controller over them."""
+    """Agents as processes, one walb device, and a Controller over them.
+
+    ``tuning`` holds extra agent flags by kind (TEST_TUNING unless given), ``agent_args`` more by
+    role name, added last. What goes wrong raises ``failure`` (a benchmark sets SystemExit).
+    """
+
+    failure: ClassVar[type[BaseException]] = AssertionError
 
     root: Path
     device_size: int = 32 * MiB
@@ -305,6 +325,7 @@ class Cluster:
     device_path: str = ""
     relays: dict[tuple[str, str], Relay] = field(default_factory=dict)
     agent_args: dict[str, list[str]] = field(default_factory=dict)
+    tuning: dict[str, list[str]] = field(default_factory=lambda: dict(TEST_TUNING))
 
     def __post_init__(self) -> None:
         self.key = self.root / "cluster.key"
@@ -345,19 +366,34 @@ class Cluster:
     def proxies(self) -> list[str]:
         return [role for role in self.ports if kind(role) == "proxy"]
 
-    def make_device(self, name: str) -> str:
-        ldev, ddev = self.root / "ldev.img", self.root / "ddev.img"
-        with open(ldev, "wb") as stream:
-            stream.truncate(self.ldev_size)
-        with open(ddev, "wb") as stream:
-            stream.truncate(self.device_size)
-        walbops("wdev", "format-ldev", str(ldev), str(ddev), "--name", name)
-        self.device_path = walbops("wdev", "create", str(ldev), str(ddev), "--name", name,
-                                   "--checkpoint-interval-ms", "1000")
+    def make_device(self, name: str, ldev: str = "", ddev: str = "", pbs: int | None = None,
+                    checkpoint_interval_ms: int | None = 1000) -> str:
+        """format-ldev and wdev create; returns the device's path (/dev/walbops/NAME, a symlink).
+
+        Over the files ``ldev`` and ``ddev`` if given, else over two new sparse files of ldev_size
+        and device_size in root. ``pbs`` or ``checkpoint_interval_ms`` None: the CLI's default.
+        From format-ldev on, close() deletes the device, even one that failed to start.
+        """
+        if not ldev:
+            ldev, ddev = str(self.root / "ldev.img"), str(self.root / "ddev.img")
+            with open(ldev, "wb") as stream:
+                stream.truncate(self.ldev_size)
+            with open(ddev, "wb") as stream:
+                stream.truncate(self.device_size)
+        expected = os.path.getsize(ddev)
+        options = [] if pbs is None else ["--pbs", str(pbs)]
+        self.cli("wdev", "format-ldev", ldev, ddev, "--name", name, *options)
         self.device_name = name
+        options = [] if checkpoint_interval_ms is None else ["--checkpoint-interval-ms", str(checkpoint_interval_ms)]
+        self.device_path = self.cli("wdev", "create", ldev, ddev, "--name", name, *options)
         size = block_size(self.device_path)
-        assert size == self.device_size, f"{self.device_path} has {size} bytes, not {self.device_size}"
+        if size != expected:
+            raise self.failure(f"{self.device_path} has {size} bytes, not {expected}")
         return self.device_path
+
+    def cli(self, *args: str) -> str:
+        """walbops(): at most 120 s, raising ``failure``."""
+        return walbops(*args, timeout=120, failure=self.failure)
 
     def start(self, role: str) -> None:
         """Start the agent ``role`` (archive, proxy, proxy1, storage) on its port and base dir."""
@@ -367,13 +403,10 @@ class Cluster:
                 "--shutdown-timeout", "10"]
         if role == "storage":
             proxies = ",".join(f"127.0.0.1:{self.port_for(role, proxy)}" for proxy in self.proxies())
-            args += ["--archive", f"127.0.0.1:{self.port_for(role, 'archive')}", "--proxies", proxies,
-                     "--implicit-snapshot-interval", "1"]
-        if kind(role) in ("proxy", "storage"):
-            args += ["--retry-delay", "0.2", "--retry-max-delay", "2"]
-        args += self.agent_args.get(role, [])
-        process = self.processes[role] = subprocess.Popen(args)
-        deadline = time.monotonic() + 20
+            args += ["--archive", f"127.0.0.1:{self.port_for(role, 'archive')}", "--proxies", proxies]
+        args += self.tuning.get(kind(role), []) + self.agent_args.get(role, [])
+        process = self.processes[role] = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
         while True:
             try:
                 # Ready when the process we started answers (not one left over on the port).
@@ -382,7 +415,7 @@ class Cluster:
             except (WalbopsError, OSError):
                 pass
             if time.monotonic() > deadline or process.poll() is not None:
-                raise AssertionError(f"the {role} agent did not start:\n{self.log(role)}")
+                raise self.failure(f"the {role} agent did not start ({self.root / f'{role}.log'}):\n{self.log(role)}")
             time.sleep(0.05)
 
     def stop(self, role: str, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
@@ -397,7 +430,7 @@ class Cluster:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-            raise AssertionError(f"the {role} agent did not stop within {timeout:.0f} s after {sig!r}") from None
+            raise self.failure(f"the {role} agent did not stop within {timeout:.0f} s after {sig!r}") from None
 
     def restart(self, role: str, sig: int = signal.SIGTERM) -> None:
         """Stop an agent with ``sig`` and start it again on the same port and base dir."""
@@ -461,7 +494,15 @@ class Cluster:
             return False
 
     def close(self) -> None:
-        """Stop every agent, detach restored images, delete the device, whatever state they are in."""
+        """teardown(), raising ``failure`` if any of it failed."""
+        errors = self.teardown()
+        if errors:
+            raise self.failure("; ".join(errors))
+
+    def teardown(self) -> list[str]:
+        """Stop every agent, detach restored images, delete the device, whatever state they are in.
+
+        Returns what failed; a second call has nothing left to do."""
         errors = []
         for process in self.processes.values():
             if process.poll() is None:
@@ -469,19 +510,20 @@ class Cluster:
         for role in list(self.processes):
             try:
                 self.stop(role, timeout=30)
-            except AssertionError as exc:
+            except self.failure as exc:
                 errors.append(str(exc))
         for relay in self.relays.values():
             relay.close()
+        self.relays.clear()
         for device in loop_devices_under(self.root / "archive"):
             subprocess.run(["losetup", "--detach", device], capture_output=True)
         if self.device_name:
             try:
                 result = subprocess.run([sys.executable, "-m", "walbops.cli.main", "wdev", "delete",
-                                         self.device_name, "--force"], capture_output=True, text=True, timeout=60)
+                                         self.device_name, "--force"], capture_output=True, text=True, timeout=120)
                 if result.returncode != 0:
                     errors.append(f"wdev delete {self.device_name}: {result.stderr.strip()}")
             except (OSError, subprocess.TimeoutExpired) as exc:
                 errors.append(f"wdev delete {self.device_name}: {exc}")
-        if errors:
-            raise AssertionError("; ".join(errors))
+            self.device_name = self.device_path = ""
+        return errors
