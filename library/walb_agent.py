@@ -45,12 +45,7 @@ options:
     description: How long to wait for a started agent to answer, or for a stopped one to exit before SIGKILL [s].
     type: float
     default: 30
-extends_documentation_fragment: walbops
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
+extends_documentation_fragment: [walbops, walbops.check_and_diff]
 author: walbops developers
 """
 

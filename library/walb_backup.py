@@ -34,12 +34,7 @@ options:
     description: Replace an existing backup with a new full backup.
     type: bool
     default: false
-extends_documentation_fragment: [walbops, walbops.cluster]
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
+extends_documentation_fragment: [walbops, walbops.cluster, walbops.check_and_diff]
 author: walbops developers
 """
 

@@ -50,12 +50,7 @@ options:
     description: C(state=absent) - stop the device even if it is mounted or open (its users then get IO errors).
     type: bool
     default: false
-extends_documentation_fragment: walbops
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
+extends_documentation_fragment: [walbops, walbops.check_and_diff]
 author: walbops developers
 """
 

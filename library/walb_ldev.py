@@ -36,12 +36,7 @@ options:
     description: Format the ldev even if it is formatted (every run then formats it again, and reports a change).
     type: bool
     default: false
-extends_documentation_fragment: walbops
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
+extends_documentation_fragment: [walbops, walbops.check_and_diff]
 author: walbops developers
 """
 

@@ -31,12 +31,7 @@ options:
     description: Attach read-only. Changing it needs C(state=absent) first.
     type: bool
     default: false
-extends_documentation_fragment: walbops
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
+extends_documentation_fragment: [walbops, walbops.check_and_diff]
 author: walbops developers
 """
 

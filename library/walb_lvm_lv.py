@@ -54,12 +54,7 @@ options:
     description:
       - With O(lv), the thin pool the thin volume is in; without, the thin pool to manage.
     type: str
-extends_documentation_fragment: walbops
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
+extends_documentation_fragment: [walbops, walbops.check_and_diff]
 notes:
   - Thin pools, and creating or removing thin volumes, need an active pool, so a kernel with device-mapper.
   - lvm2 runs with the LVM configuration of the managed host; C(LVM_SYSTEM_DIR) in the environment selects

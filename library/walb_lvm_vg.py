@@ -42,12 +42,7 @@ options:
         overwritten).
     type: bool
     default: false
-extends_documentation_fragment: walbops
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
+extends_documentation_fragment: [walbops, walbops.check_and_diff]
 notes:
   - lvm2 runs with the LVM configuration of the managed host; C(LVM_SYSTEM_DIR) in the environment selects
     another lvm.conf.

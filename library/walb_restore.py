@@ -38,12 +38,7 @@ options:
     description: Return the sha256 of the restored image.
     type: bool
     default: false
-extends_documentation_fragment: [walbops, walbops.cluster]
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
+extends_documentation_fragment: [walbops, walbops.cluster, walbops.check_and_diff]
 author: walbops developers
 """
 

@@ -69,12 +69,7 @@ options:
     description: Clear a volume that holds a backup or unsent diffs.
     type: bool
     default: false
-extends_documentation_fragment: [walbops, walbops.cluster]
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
+extends_documentation_fragment: [walbops, walbops.cluster, walbops.check_and_diff]
 author: walbops developers
 """
 

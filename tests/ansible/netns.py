@@ -41,6 +41,8 @@ from typing import Any
 
 import yaml
 
+from walbops.device.registry import pid_alive
+
 SSHD = "/usr/sbin/sshd"
 REMOTE_PYTHON = "/usr/bin/python3"
 # sshd refuses to start without its privilege separation directory, which the (not started)
@@ -100,16 +102,6 @@ def _run(argv: Sequence[str], *, check: bool = True, timeout: float = 30.0) -> s
     return result
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _namespaces() -> list[str]:
     # Lines read "NAME" or "NAME (id: N)".
     return [line.split()[0] for line in _run(["ip", "netns", "list"]).stdout.splitlines() if line.strip()]
@@ -165,17 +157,17 @@ def cleanup_leftovers() -> None:
     dead_namespaces = [
         namespace
         for namespace in _namespaces()
-        if (match := _LEFTOVER_NAMESPACE.match(namespace)) and not _pid_alive(int(match.group(1)))
+        if (match := _LEFTOVER_NAMESPACE.match(namespace)) and not pid_alive(int(match.group(1)))
     ]
     dead_links = [
         link["ifname"]
         for link in _links()
-        if (match := _LEFTOVER_ALIAS.match(link.get("ifalias", ""))) and not _pid_alive(int(match.group(1)))
+        if (match := _LEFTOVER_ALIAS.match(link.get("ifalias", ""))) and not pid_alive(int(match.group(1)))
     ]
     _delete_namespaces_and_links(dead_namespaces, dead_links)
     for control_dir in Path(tempfile.gettempdir()).glob(f"{CONTROL_DIR_PREFIX}*-*"):
         pid = control_dir.name[len(CONTROL_DIR_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(control_dir, ignore_errors=True)
 
 

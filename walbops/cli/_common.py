@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
+from ..converge import Outcome
 from ..diff.files import read_header
 from ..errors import FormatError, UsageError
 from ..formats.compression import CompressOpt
@@ -116,3 +117,25 @@ def require(condition: bool, message: str) -> None:
     """Raise a UsageError unless ``condition`` holds."""
     if not condition:
         raise UsageError(message)
+
+
+def add_ensure_flags(parser: argparse.ArgumentParser) -> None:
+    """``--check`` and ``--json``, which every ``walbops ensure`` command takes."""
+    parser.add_argument("--check", action="store_true", help="only tell what would change")
+    add_json_flag(parser)
+
+
+def report(outcome: Outcome, as_json: bool) -> int:
+    """Print an ensure command's outcome: its JSON, or changed/unchanged with its values."""
+    result = outcome.as_json()
+    if as_json:
+        emit(result, True)
+        return 0
+    diff = result.pop("diff", None)
+    print("changed" if outcome.changed else "unchanged")
+    for key, value in result.items():
+        if key != "changed":
+            print(f"{key}: {value}")
+    if diff and outcome.changed:
+        print(f"before: {diff['before']}\nafter: {diff['after']}")
+    return 0

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..converge.cluster import DEFAULT_LAYOUT, open_controller, server_of
-from ._common import add_json_flag, emit, parse_size
-from .ensure_cmd import add_ensure_flags, report
+from ._common import add_ensure_flags, add_json_flag, emit, parse_size, report
 
 
 def add_cluster_flags(parser: argparse.ArgumentParser, server_help: str) -> None:

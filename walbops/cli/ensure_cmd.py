@@ -5,30 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from ..converge import Outcome
-from ._common import add_json_flag, emit, parse_size
+from . import ensure_cluster
+from ._common import add_ensure_flags, parse_size, report
 from .ensure_device import register_agent, register_device, register_ldev
 from .ensure_lvm import register_lv, register_vg
-
-
-def add_ensure_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--check", action="store_true", help="only tell what would change")
-    add_json_flag(parser)
-
-
-def report(outcome: Outcome, as_json: bool) -> int:
-    result = outcome.as_json()
-    if as_json:
-        emit(result, True)
-    else:
-        diff = result.pop("diff", None)
-        print("changed" if outcome.changed else "unchanged")
-        for key, value in result.items():
-            if key != "changed":
-                print(f"{key}: {value}")
-        if diff and outcome.changed:
-            print(f"before: {diff['before']}\nafter: {diff['after']}")
-    return 0
 
 
 def _loop(sub: argparse._SubParsersAction) -> None:
@@ -49,13 +29,11 @@ def cmd_loop(args: argparse.Namespace) -> int:
 
 # Each kind registers its own subcommand; the list is the order ``walbops ensure -h`` shows.
 KINDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _loop, register_vg, register_lv, register_ldev, register_device, register_agent)
+    _loop, register_vg, register_lv, register_ldev, register_device, register_agent, *ensure_cluster.KINDS)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     group = commands.add_parser("ensure", help="desired state of loop devices, LVM, devices, agents, volumes")
     sub = group.add_subparsers(dest="kind", required=True, metavar="KIND")
-    from . import ensure_cluster  # imported here: it builds on this module's helpers
-
-    for add in (*KINDS, *ensure_cluster.KINDS):
+    for add in KINDS:
         add(sub)

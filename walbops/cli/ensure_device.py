@@ -1,8 +1,4 @@
-"""``walbops ensure ldev|device|agent``: a host's log devices, walb devices and agent processes.
-
-ensure_cmd lists these registrars in its KINDS while it loads, so its helpers are
-imported inside the functions, once it has loaded.
-"""
+"""``walbops ensure ldev|device|agent``: a host's log devices, walb devices and agent processes."""
 
 from __future__ import annotations
 
@@ -11,11 +7,10 @@ import argparse
 from ..agents.config import ROLES
 from ..converge.agent import DEFAULT_TIMEOUT
 from ..device.core import OverflowPolicy
+from ._common import add_ensure_flags, report
 
 
 def register_ldev(sub: argparse._SubParsersAction) -> None:
-    from .ensure_cmd import add_ensure_flags
-
     parser = sub.add_parser("ldev", help="a formatted log device (formatted once; again only with --force)")
     parser.add_argument("ldev", help="log device (block device or file)")
     parser.add_argument("ddev", help="data device it logs for (block device or file)")
@@ -28,14 +23,11 @@ def register_ldev(sub: argparse._SubParsersAction) -> None:
 
 def cmd_ldev(args: argparse.Namespace) -> int:
     from ..converge.ldev import ensure_ldev
-    from .ensure_cmd import report
 
     return report(ensure_ldev(args.ldev, args.ddev, args.name, args.pbs, args.force, args.check), args.json)
 
 
 def register_device(sub: argparse._SubParsersAction) -> None:
-    from .ensure_cmd import add_ensure_flags
-
     parser = sub.add_parser("device", help="a running walb device /dev/walbops/NAME (present|absent)")
     parser.add_argument("name")
     parser.add_argument("--ldev", help="formatted log device (needed for present)")
@@ -53,7 +45,6 @@ def register_device(sub: argparse._SubParsersAction) -> None:
 
 def cmd_device(args: argparse.Namespace) -> int:
     from ..converge.device import ensure_device
-    from .ensure_cmd import report
 
     outcome = ensure_device(args.name, args.state, args.ldev, args.ddev, args.overflow, args.checkpoint_interval_ms,
                             args.flush_interval_ms, args.force, args.check)
@@ -61,8 +52,6 @@ def cmd_device(args: argparse.Namespace) -> int:
 
 
 def register_agent(sub: argparse._SubParsersAction) -> None:
-    from .ensure_cmd import add_ensure_flags
-
     parser = sub.add_parser("agent", help="an agent process kept by a pidfile (started|stopped|restarted)")
     parser.add_argument("role", choices=ROLES)
     parser.add_argument("--config", required=True, help="the agent's YAML configuration")
@@ -77,6 +66,5 @@ def register_agent(sub: argparse._SubParsersAction) -> None:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from ..converge.agent import ensure_agent
-    from .ensure_cmd import report
 
     return report(ensure_agent(args.role, args.config, args.pidfile, args.state, args.timeout, args.check), args.json)

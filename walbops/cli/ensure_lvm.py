@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import add_ensure_flags, report
+
 
 def register_vg(sub: argparse._SubParsersAction) -> None:
-    # ensure_cmd imports this module to list it in KINDS, so its helpers are imported late.
-    from .ensure_cmd import add_ensure_flags
-
     parser = sub.add_parser("vg", help="an LVM volume group on the given PVs (present|absent)")
     parser.add_argument("vg", help="the volume group")
     parser.add_argument("--pvs", nargs="+", action="extend", metavar="DEV",
@@ -27,14 +26,11 @@ def register_vg(sub: argparse._SubParsersAction) -> None:
 
 def cmd_vg(args: argparse.Namespace) -> int:
     from ..converge.lvm import ensure_vg
-    from .ensure_cmd import report
 
     return report(ensure_vg(args.vg, args.pvs, args.state, args.force, args.pesize, args.check), args.json)
 
 
 def register_lv(sub: argparse._SubParsersAction) -> None:
-    from .ensure_cmd import add_ensure_flags
-
     parser = sub.add_parser("lv", help="an LVM logical volume, thin pool or thin volume (present|absent)")
     parser.add_argument("vg", help="the volume group")
     parser.add_argument("lv", nargs="?", help="the LV (omit it, with --thinpool, to manage the thin pool)")
@@ -52,7 +48,6 @@ def register_lv(sub: argparse._SubParsersAction) -> None:
 
 def cmd_lv(args: argparse.Namespace) -> int:
     from ..converge.lvm import ensure_lv
-    from .ensure_cmd import report
 
     outcome = ensure_lv(args.vg, args.lv, args.size, args.state, args.force, args.shrink, args.thinpool, args.check)
     return report(outcome, args.json)

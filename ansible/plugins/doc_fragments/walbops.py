@@ -31,3 +31,14 @@ options:
     type: float
     default: 3600
 """
+
+    # Modules with full check mode and diff mode (walbops.check_and_diff).
+    CHECK_AND_DIFF = r"""
+attributes:
+  check_mode:
+    support: full
+    description: Check mode tells what would change, touching nothing.
+  diff_mode:
+    support: full
+    description: The state before and after is returned as the diff.
+"""
