@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
 
 import pytest
 
-from walbops.device.core import DeviceConfig, DeviceIoError, OverflowPolicy, WalbDevice, format_ldev
+from walbops.device.core import DeviceConfig, DeviceIoError, OverflowPolicy, WalbDevice, _Request, format_ldev
+from walbops.diff.io import DiffIo
 from walbops.diff.logs import LdevLogReader, read_super
 from walbops.errors import OperationError
+from walbops.formats.ldev import LogpackBuilder
 
 MiB = 1 << 20
 
@@ -95,16 +98,20 @@ def test_concurrent_writes_share_log_packs(tmp_path):
         assert data[index * 40 * 4096:(index + 1) * 40 * 4096] == bytes([index + 1]) * 40 * 4096
 
 
+def crash(device: WalbDevice) -> None:
+    """Stop a device the way a SIGKILL does: nothing applied, nothing checkpointed."""
+    device._stop.set()
+    os.close(device.ldev_fd)
+    os.close(device.ddev_fd)
+
+
 def test_reopening_redoes_logs_from_the_checkpoint(tmp_path):
     config = files(tmp_path)
     device = WalbDevice(config)
     device.write(0, b"\x07" * 4096)
     device.force_checkpoint()
     device.write(8192, b"\x08" * 4096)
-    # Simulate a crash: logged but never applied nor checkpointed.
-    device._stop.set()
-    os.close(device.ldev_fd)
-    os.close(device.ddev_fd)
+    crash(device)  # logged but never applied nor checkpointed
     assert Path(config.ddev).read_bytes()[8192:12288] == bytes(4096)
     reopened = WalbDevice(config)
     try:
@@ -112,6 +119,75 @@ def test_reopening_redoes_logs_from_the_checkpoint(tmp_path):
         assert reopened.lsids().latest == reopened.lsids().written
     finally:
         reopened.close()
+
+
+def write_torn_pack(config: DeviceConfig, lsid: int, blocks: list[bytes]) -> None:
+    """Log one pack of 4 KiB writes at LB 0, 8, … whose last IO's data never reached the ldev."""
+    fd = os.open(config.ldev, os.O_RDWR)
+    try:
+        sup = read_super(fd)
+        builder = LogpackBuilder(sup.physical_bs, sup.log_checksum_salt, lsid, sup.ring_buffer_size)
+        for index, block in enumerate(blocks):
+            builder.add_normal(index * 8, block)
+        header, data = builder.finish()
+        torn = b"".join(data[:-1]) + b"\xee" * len(data[-1])
+        os.pwrite(fd, header.serialize(sup.physical_bs, sup.log_checksum_salt) + torn,
+                  sup.offset_pb(lsid) * sup.physical_bs)
+    finally:
+        os.close(fd)
+
+
+def test_redo_cuts_a_torn_pack_and_stores_the_cut_header(tmp_path):
+    """WalB's redo of a partially valid pack: its valid IOs are applied, the cut header is
+    written back, and the logs written after it read on from an lsid before it."""
+    config = files(tmp_path)
+    device = WalbDevice(config)
+    device.write(64 * 4096, b"\x01" * 4096)
+    latest = device.lsids().latest
+    crash(device)
+    write_torn_pack(config, latest, [b"\x02" * 4096, b"\x03" * 4096, b"\x04" * 4096])
+    reopened = WalbDevice(config)
+    try:
+        assert reopened.read(0, 12288) == b"\x02" * 4096 + b"\x03" * 4096 + bytes(4096)
+        assert reopened.lsids().latest == latest + 1 + 2 * 4096 // 512
+        reopened.write(128 * 4096, b"\x05" * 4096)
+        reopened.flush()
+    finally:
+        reopened.close()
+    logged = packs(config)
+    assert [len(pack.header.records) for pack in logged] == [1, 2, 1]
+    assert not any(pack.shrunk for pack in logged), "the stored header is the cut one"
+    assert bytes(logged[-1].data) == b"\x05" * 4096
+
+
+def test_a_failed_log_write_fails_its_whole_batch_and_the_device_goes_on(tmp_path, monkeypatch):
+    """A full or failing ldev: the writes of the batch get the error (none waits forever for a
+    leader that gave up), nothing of them is published, and the next write is logged where
+    they would have been."""
+    device = WalbDevice(files(tmp_path))
+    try:
+        real_pwritev = os.pwritev
+        failures = iter([OSError(errno.ENOSPC, "No space left on device")])
+
+        def full_once(fd, buffers, offset):
+            failure = next(failures, None)
+            if failure is not None:
+                raise failure
+            return real_pwritev(fd, buffers, offset)
+
+        monkeypatch.setattr(os, "pwritev", full_once)
+        queued = _Request(DiffIo.normal(64, b"\x09" * 4096))  # another writer's, in the same batch
+        device._queue.append(queued)
+        with pytest.raises(DeviceIoError, match="No space left") as raised:
+            device.write(0, b"\x08" * 4096)
+        assert raised.value.errno == errno.ENOSPC
+        assert queued.done and queued.error is raised.value
+        assert device.lsids().latest == 0 and device.read(0, 4096) == bytes(4096)
+        device.write(0, b"\x07" * 4096)
+        assert device.lsids().latest == 1 + 8
+    finally:
+        device.close()
+    assert [bytes(pack.data) for pack in packs(device.config)] == [b"\x07" * 4096]
 
 
 def test_error_policy_refuses_writes_that_would_overflow(tmp_path):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 from ..blockdev import discard_range, is_block_device, physical_block_size, size_of, write_zeros
 from ..diff.io import DiffIo, IntervalMap, IoKind
-from ..diff.logs import LdevLogReader, read_super
+from ..diff.logs import LdevLogReader, LogPack, read_super
 from ..errors import OperationError, WalbopsError
 from ..formats.ldev import (
     LOGICAL_BLOCK_SIZE,
@@ -185,12 +185,28 @@ class WalbDevice:
                     self._apply_io(DiffIo(rec.offset, rec.io_size, IoKind.DISCARD))
                 else:
                     self._apply_io(DiffIo.normal(rec.offset, pack.record_data(rec)))
+            if pack.shrunk:
+                self._store_shrunk_header(pack)
             lsid = pack.header.next_lsid
             count += 1
         if count:
             os.fsync(self.ddev_fd)
             log.info("%s: redid %d log packs, lsids %d..%d", self.config.name, count, self.super.written_lsid, lsid)
         return lsid
+
+    def _store_shrunk_header(self, pack: LogPack) -> None:
+        """Replace the stored header of a pack cut at a torn IO by the cut one, as WalB's redo does.
+
+        New packs follow the cut pack; were its old header left, a reader starting before it
+        (the storage agent shipping logs) would cut it again at the overwritten IO and never
+        see them.
+        """
+        header = pack.header
+        os.pwrite(self.ldev_fd, header.serialize(self.pbs, self.super.log_checksum_salt),
+                  self.super.offset_pb(header.logpack_lsid) * self.pbs)
+        os.fdatasync(self.ldev_fd)
+        log.warning("%s: log pack at lsid %d was torn; kept its first %d IOs", self.config.name,
+                    header.logpack_lsid, len(header.records))
 
     # ------------------------------------------------------------------ properties
 
@@ -288,10 +304,25 @@ class WalbDevice:
                 raise request.error
 
     def _lead(self) -> None:
-        """As leader, log everything queued, in packs."""
+        """As leader, log everything queued, in packs.
+
+        A log write that fails (a short write, an ldev error) fails every request of the
+        batch not yet logged, so none of their writers waits for it forever.
+        """
         self._wait_while_frozen()
         with self._lock:
             batch, self._queue = self._queue, []
+        try:
+            self._log_batch(batch)
+        except (OSError, DeviceIoError) as exc:
+            error = exc if isinstance(exc, DeviceIoError) else \
+                DeviceIoError(f"{self.config.ldev}: log write failed: {exc}", exc.errno or errno.EIO)
+            log.error("%s: %s", self.config.name, error)
+            for request in batch:
+                if not request.done:
+                    request.error, request.done = error, True
+
+    def _log_batch(self, batch: list[_Request]) -> None:
         builder = LogpackBuilder(self.pbs, self.super.log_checksum_salt, self._latest, self.super.ring_buffer_size)
         in_pack: list[_Request] = []
         data_pb = 0
