@@ -66,7 +66,7 @@ def summary(packs) -> list[tuple[LogpackHeader, bytes]]:
 
 @pytest.fixture(params=[512, 4096])
 def ring(tmp_path, request):
-    """An ldev whose ring wrapped, with the lsids of its valid logs."""
+    """An ldev whose ring wrapped, with the lsids of its valid logs, which cross the ring's end."""
     pbs = request.param
     ldev, ddev = tmp_path / "ldev", tmp_path / "ddev"
     for path, size in ((ldev, 3 * MiB if pbs == 512 else 20 * MiB), (ddev, 4 * MiB)):
@@ -84,6 +84,20 @@ def ring(tmp_path, request):
                 device.flush()
                 device.force_checkpoint()
                 device.set_oldest_lsid(device.lsids().prev_written)
+        # Let the valid logs cross the ring's end: release them up to half a ring before it,
+        # then write past it (packs with padding records, and data at the ring's start).
+        ring_size = device.log_capacity()
+        while True:
+            device.flush()
+            device.force_checkpoint()
+            device.set_oldest_lsid(device.lsids().prev_written)
+            if device.lsids().latest % ring_size > ring_size // 2:
+                break
+            device.write(rng.randrange(0, 4 * MiB // 4096 - 16) * 4096, rng.randbytes(65536))
+        boundary = -(-device.lsids().latest // ring_size) * ring_size
+        while device.lsids().latest < boundary + 64 * 1024 // pbs:
+            size = rng.choice([4096, 8192, 65536])
+            device.write(rng.randrange(0, (4 * MiB - size) // 4096) * 4096, rng.randbytes(size))
         device.flush()
         lsids = device.lsids()
     finally:
@@ -113,6 +127,65 @@ def test_windowed_ring_reader_equals_the_pack_by_pack_one(ring, tmp_path, monkey
                 assert summary(reader.packs(begin, end)) == summary(reference_packs(reader, begin, end))
         finally:
             os.close(fd)
+
+
+def pack_lsids(reader: LdevLogReader, begin: int, end: int) -> list[tuple[int, int]]:
+    """(lsid, next lsid) of every pack in [begin, end)."""
+    return [(pack.header.logpack_lsid, pack.header.next_lsid) for pack in reference_packs(reader, begin, end)]
+
+
+def meets_ring_end(lsid: int, next_lsid: int, ring_size: int) -> bool:
+    """Whether a pack's PBs continue at the ring's start, or end where it ends."""
+    return lsid // ring_size != (next_lsid - 1) // ring_size or next_lsid % ring_size == 0
+
+
+def torn_cuts(spans: list[tuple[int, int]], ring_size: int, rng: random.Random) -> list[tuple[int, int, int]]:
+    """Where a crash may leave a pack cut: (first lsid not written, pack lsid, next lsid).
+
+    Every PB of the packs that wrap or end at the ring's end and of the last pack, and a
+    sample of the PBs of the others."""
+    cuts = []
+    for lsid, next_lsid in spans:
+        every = meets_ring_end(lsid, next_lsid, ring_size) or next_lsid == spans[-1][1]
+        points = range(lsid + 1, next_lsid) if every else rng.sample(range(lsid + 1, next_lsid),
+                                                                       min(2, next_lsid - lsid - 1))
+        cuts += [(cut, lsid, next_lsid) for cut in points]
+    return cuts
+
+
+def test_windowed_ring_reader_equals_the_pack_by_pack_one_on_torn_tails(ring, tmp_path, monkeypatch):
+    """A crash mid-write leaves the last pack's header and a prefix of its data: whatever the
+    window size and wherever windows end, the windowed reader yields what the pack-by-pack one
+    does (the pack cut at its first torn IO, or nothing of it), and nothing after."""
+    ldev, begin, latest = ring
+    corrupt = tmp_path / "torn"
+    corrupt.write_bytes(ldev.read_bytes())
+    fd = os.open(corrupt, os.O_RDWR)
+    try:
+        sup = read_super(fd)
+        pbs, ring_size = sup.physical_bs, sup.ring_buffer_size
+        reader = LdevLogReader(fd, sup)
+        rng = random.Random(pbs)
+        spans = pack_lsids(reader, begin, latest)
+        assert any(meets_ring_end(lsid, nxt, ring_size) for lsid, nxt in spans)
+        cuts = torn_cuts(spans, ring_size, rng)
+        cuts = [cut for cut in cuts if cut[2] == spans[-1][1] or rng.random() < 0.3]
+        windows = [pbs, 3 * pbs, 64 << 10, 4 << 20]
+        for cut, lsid, next_lsid in cuts:
+            saved = reader._read_pb(cut, next_lsid - cut)
+            stale = rng.choice([bytes(len(saved)), rng.randbytes(len(saved))])
+            for at in range(cut, next_lsid):  # PB by PB: the torn part may wrap the ring's end
+                os.pwrite(fd, stale[(at - cut) * pbs:(at - cut + 1) * pbs], sup.offset_pb(at) * pbs)
+            expected = summary(reference_packs(reader, begin, None))
+            assert not expected or expected[-1][0].logpack_lsid <= lsid, "nothing after the torn pack"
+            for window in windows:
+                monkeypatch.setattr(logs, "WINDOW_BYTES", window)
+                got = summary(reader.packs(begin))
+                assert got == expected, (window, cut, lsid)
+            for at in range(cut, next_lsid):
+                os.pwrite(fd, saved[(at - cut) * pbs:(at - cut + 1) * pbs], sup.offset_pb(at) * pbs)
+    finally:
+        os.close(fd)
 
 
 def test_a_ring_extent_ships_as_the_wlog_of_its_packs(ring):
