@@ -169,11 +169,21 @@ def test_sigkill_mid_write_stream_loses_no_acknowledged_write(device_factory, tm
             flight_skip = block * 4096 - in_flight[0]
             assert index <= last_acked and 0 <= flight_skip < len(in_flight[1]) \
                 and got == in_flight[1][flight_skip:flight_skip + 4096], \
-                f"acknowledged write {index} lost at block {block}"
+                f"acknowledged write {index} lost at block {block}: it holds {holder(got, block, generated)}"
     umount(mnt)
     fsck = subprocess.run(["e2fsck", "-f", "-n", device.path], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     assert sha1_of(extract_and_redo(device, tmp_path)) == sha1_of(device.ddev)
+
+
+def holder(got: bytes, block: int, generated: dict[int, tuple[int, bytes]]) -> str:
+    """Which generated write's data a 4 KiB block of the target holds (for failure messages)."""
+    for index in sorted(generated, reverse=True):
+        offset, data = generated[index]
+        skip = block * 4096 - offset
+        if 0 <= skip < len(data) and data[skip:skip + 4096] == got:
+            return f"write {index}'s data"
+    return "zeros" if got == bytes(4096) else "data of no write in the stream"
 
 
 def ship(device: Device, tmp_path: Path, done: int, shipped: list[Path]) -> int:
