@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,3 +16,41 @@ def sha1_of(path: Path | str) -> str:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def end_of_valid_logs(ldev: Path | str) -> int:
+    """The lsid where the valid logs of a stopped device's ring end (redo's end)."""
+    from walbops.diff.logs import LdevLogReader, read_super
+
+    fd = os.open(ldev, os.O_RDONLY)
+    try:
+        sup = read_super(fd)
+        end = sup.written_lsid
+        for pack in LdevLogReader(fd, sup).packs(end):
+            end = pack.header.next_lsid
+        return end
+    finally:
+        os.close(fd)
+
+
+def write_torn_pack(ldev: Path | str, lsid: int, ios: list[tuple[int, bytes]]) -> None:
+    """Log one pack of ``ios`` ((LB address, data) each) at ``lsid`` of a stopped device's ring,
+    with its last IO's data never written: what a daemon killed inside its log write leaves."""
+    from walbops.diff.logs import read_super
+    from walbops.formats.ldev import LogpackBuilder
+
+    fd = os.open(ldev, os.O_RDWR)
+    try:
+        sup = read_super(fd)
+        pbs = sup.physical_bs
+        builder = LogpackBuilder(pbs, sup.log_checksum_salt, lsid, sup.ring_buffer_size)
+        for address, data in ios:
+            builder.add_normal(address, data)
+        header, record_data = builder.finish()
+        if any(rec.is_padding for rec in header.records):
+            raise ValueError(f"a pack at lsid {lsid} would wrap the ring; choose smaller IOs")
+        torn = b"".join(record_data[:-1]) + b"\xee" * len(record_data[-1])
+        os.pwrite(fd, header.serialize(pbs, sup.log_checksum_salt) + torn, sup.offset_pb(lsid) * pbs)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -9,6 +9,7 @@ again on the same port and base directory.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -20,9 +21,11 @@ import time
 
 import pytest
 from cluster import MiB, RandomWriter, fill_random, fill_random_at, sha1_of_device, write_random, write_zeros
+from helpers import end_of_valid_logs, write_torn_pack
 
 from walbops.agents.transfers import send_wdiff, send_wlog
 from walbops.controller import Controller, Layout
+from walbops.device.registry import pid_alive
 from walbops.errors import AuthenticationError, RemoteError, WalbopsError
 from walbops.formats.meta import MetaDiff, MetaSnap
 from walbops.net.auth import client_proof, load_key, write_key
@@ -152,6 +155,31 @@ def test_e3_storage_killed_during_writes(cluster):
         writer.stop()
     assert cluster.ctl.get_state("s0", VOL) == "Target"
     cluster.snapshot_and_verify(VOL)
+    assert cluster.ctl.get("s0", "is-overflow", VOL) == 0
+
+
+def test_device_daemon_killed_during_writes_while_logs_ship(cluster):
+    """The walb device's own daemon is SIGKILLed under writes, twice, once inside a log write
+    (a torn last pack: its header and all but its last IO on the ldev): `wdev create` redoes the
+    logs, the storage agent, which keeps running, ships on from before the torn pack, and the
+    snapshot after restores to the device's sha1."""
+    device = backed_up(cluster)
+    ldev, ddev = str(cluster.root / "ldev.img"), str(cluster.root / "ddev.img")
+    rng = random.Random(31)
+    for torn in (True, False):
+        writer = RandomWriter(device, seed=rng.randrange(1 << 30)).start()
+        writer.wait_for_writes(60)
+        pid = int(json.loads(cluster.cli("wdev", "status", cluster.device_name, "--json"))["pid"])
+        os.kill(pid, signal.SIGKILL)
+        writer.__exit__()  # a write in flight fails (the device is gone): not an error here
+        wait_until(lambda pid=pid: not pid_alive(pid), 30, "the device daemon to die")
+        if torn:
+            ios = [(rng.randrange(32 * MiB // 4096) * 8, rng.randbytes(4096 * rng.randint(1, 4))) for _ in range(3)]
+            write_torn_pack(ldev, end_of_valid_logs(ldev), ios)
+        assert cluster.cli("wdev", "create", ldev, ddev, "--name", cluster.device_name) == device
+    cluster.ctl.run("s0", "kick", vol=VOL)
+    cluster.snapshot_and_verify(VOL)
+    assert cluster.ctl.get_state("s0", VOL) == "Target"
     assert cluster.ctl.get("s0", "is-overflow", VOL) == 0
 
 

@@ -8,12 +8,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers import write_torn_pack
 
 from walbops.device.core import DeviceConfig, DeviceIoError, OverflowPolicy, WalbDevice, _Request, format_ldev
 from walbops.diff.io import DiffIo
 from walbops.diff.logs import LdevLogReader, read_super
 from walbops.errors import OperationError
-from walbops.formats.ldev import LogpackBuilder
 
 MiB = 1 << 20
 
@@ -121,22 +121,6 @@ def test_reopening_redoes_logs_from_the_checkpoint(tmp_path):
         reopened.close()
 
 
-def write_torn_pack(config: DeviceConfig, lsid: int, blocks: list[bytes]) -> None:
-    """Log one pack of 4 KiB writes at LB 0, 8, … whose last IO's data never reached the ldev."""
-    fd = os.open(config.ldev, os.O_RDWR)
-    try:
-        sup = read_super(fd)
-        builder = LogpackBuilder(sup.physical_bs, sup.log_checksum_salt, lsid, sup.ring_buffer_size)
-        for index, block in enumerate(blocks):
-            builder.add_normal(index * 8, block)
-        header, data = builder.finish()
-        torn = b"".join(data[:-1]) + b"\xee" * len(data[-1])
-        os.pwrite(fd, header.serialize(sup.physical_bs, sup.log_checksum_salt) + torn,
-                  sup.offset_pb(lsid) * sup.physical_bs)
-    finally:
-        os.close(fd)
-
-
 def test_redo_cuts_a_torn_pack_and_stores_the_cut_header(tmp_path):
     """WalB's redo of a partially valid pack: its valid IOs are applied, the cut header is
     written back, and the logs written after it read on from an lsid before it."""
@@ -145,7 +129,7 @@ def test_redo_cuts_a_torn_pack_and_stores_the_cut_header(tmp_path):
     device.write(64 * 4096, b"\x01" * 4096)
     latest = device.lsids().latest
     crash(device)
-    write_torn_pack(config, latest, [b"\x02" * 4096, b"\x03" * 4096, b"\x04" * 4096])
+    write_torn_pack(config.ldev, latest, [(0, b"\x02" * 4096), (8, b"\x03" * 4096), (16, b"\x04" * 4096)])
     reopened = WalbDevice(config)
     try:
         assert reopened.read(0, 12288) == b"\x02" * 4096 + b"\x03" * 4096 + bytes(4096)
