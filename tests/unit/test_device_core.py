@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -77,16 +78,21 @@ def test_writes_beyond_the_end_are_refused(tmp_path):
 
 def test_concurrent_writes_share_log_packs(tmp_path):
     device = WalbDevice(files(tmp_path, ldev=32 * MiB))
-    barrier = threading.Barrier(8)
 
     def writer(index: int) -> None:
-        barrier.wait()
         for round_ in range(40):
             device.write((index * 40 + round_) * 4096, bytes([index + 1]) * 4096)
 
+    # Frozen, every writer's first write waits in the queue: the leader logs them together
+    # once melted, whatever the scheduling.
+    device.freeze()
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + 60
+    while len(device._queue) < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    device.melt()
     for thread in threads:
         thread.join()
     device.close()
