@@ -183,6 +183,27 @@ def test_device_daemon_killed_during_writes_while_logs_ship(cluster):
     assert cluster.ctl.get("s0", "is-overflow", VOL) == 0
 
 
+def test_full_backup_under_writes_is_made_consistent_by_the_logs(cluster):
+    """WalB's dirty full sync: the full backup reads the ddev while the device is written (blocks
+    the scan passed and blocks ahead of it, many not yet applied to the ddev when read); the
+    logs from its reset-wal on make the archive right, so the snapshot after restores to the
+    device's sha1."""
+    device = cluster.make_device("wdev0")
+    cluster.start_all()
+    cluster.setup_volume(VOL)
+    rng = random.Random(18)
+    fill_random(device, rng, cluster.device_size)
+    with RandomWriter(device, seed=19, pause=0.01) as writer:
+        writer.wait_for_writes(20)
+        # Small bulks make the scan take seconds, so that writes run all along it.
+        cluster.ctl.run("s0", "full-bkp", vol=VOL, bulk_size=4096)
+        during = writer.writes
+        cluster.ctl.wait_for_state("s0", VOL, {"Target"}, timeout=120)
+        assert writer.writes - during > 40, "writes ran during the full backup"
+        writer.stop()
+    cluster.snapshot_and_verify(VOL)
+
+
 def test_e12_archive_killed_during_full_backup(cluster):
     """e12: the full backup is cut: both sides roll back to SyncReady and a retry works."""
     device = cluster.make_device("wdev0")
