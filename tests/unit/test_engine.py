@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io as iolib
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from walbops.diff.engine import (
     write_sorted,
 )
 from walbops.diff.gen import GenConfig, generate_wlog
-from walbops.diff.indexed_file import IndexedDiffReader
+from walbops.diff.indexed_file import IndexedDiffReader, IndexedDiffWriter
 from walbops.diff.io import DiffIo, IntervalMap, IoKind
 from walbops.diff.logs import WlogReader, WlogWriter
 from walbops.diff.sorted_file import SortedDiffReader, SortedDiffWriter
@@ -304,3 +305,31 @@ def test_conversion_marks_whole_zero_writes_allzero_but_not_zero_remainders():
     ios = list(SortedDiffReader(iolib.BytesIO(converted.getvalue())))
     assert [(x.address, x.blocks, x.kind) for x in ios] == [
         (0, 2, IoKind.ALLZERO), (10, 1, IoKind.NORMAL), (11, 1, IoKind.NORMAL)]
+
+
+def test_indexed_writer_writes_in_batches_what_it_writes_io_by_io():
+    """add_all (images summed with one numpy call and written together, batches cut by count and
+    by bytes) writes the file that add, one IO at a time, writes: random, compressible, zero and
+    discarded IOs, overlapping one another."""
+    rng = random.Random(5)
+    ios = []
+    for index in range(5000):
+        address, blocks = rng.randrange(0, 1 << 16), rng.choice([1, 8, 8, 8, 64])
+        choice = rng.random()
+        if choice < 0.1:
+            ios.append(DiffIo(address, blocks, IoKind.DISCARD))
+        elif choice < 0.2:
+            ios.append(DiffIo.normal(address, bytes(blocks * LB)))
+        elif choice < 0.5:
+            ios.append(DiffIo.normal(address, bytes([index % 251]) * (blocks * LB - 7) + rng.randbytes(7)))
+        else:
+            ios.append(DiffIo.normal(address, rng.randbytes(blocks * LB)))
+    one_by_one, batched = iolib.BytesIO(), iolib.BytesIO()
+    writer = IndexedDiffWriter(one_by_one, UUID, Compression.LZ4)
+    for io in ios:
+        writer.add(io)
+    writer.close()
+    writer = IndexedDiffWriter(batched, UUID, Compression.LZ4)
+    writer.add_all(ios)
+    writer.close()
+    assert batched.getvalue() == one_by_one.getvalue()

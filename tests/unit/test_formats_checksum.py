@@ -232,3 +232,13 @@ def test_partial_sums_compose_at_word_boundaries(data: bytes, cut: int, salt: in
     cut = min(cut, len(data)) // 4 * 4
     running = csum.partial(data[cut:], salt=csum.partial(data[:cut], salt))
     assert csum.finish(running) == csum.checksum(data, salt)
+
+
+@settings(max_examples=60)
+@given(st.lists(st.one_of(st.sampled_from([512, 4096]), st.integers(1, 5000)), min_size=1, max_size=40),
+       st.randoms(use_true_random=False))
+def test_checksums_end_to_end_agree_with_one_by_one(sizes: list[int], rng) -> None:
+    """Pieces laid end to end, aligned or not (compressed images of any size): one numpy call for
+    the aligned ones, the same checksums as piece by piece."""
+    pieces = [rng.randbytes(size) for size in sizes]
+    assert csum.checksums_end_to_end(b"".join(pieces), sizes) == [csum.checksum(piece) for piece in pieces]

@@ -264,8 +264,8 @@ class WlogReceiver:
             if self.expect is not None and (header.uuid, header.physical_bs, header.log_checksum_salt) != self.expect:
                 raise BadField(f"{self.volume.vol}: the wlog's header disagrees with the request (uuid, pbs or salt)")
             self._writer = IndexedDiffWriter(self._out, header.uuid, self.compression, tmp_dir=self.volume.received_dir)
-        for io in log_ios(packs):  # all-zero writes come as ALLZERO
-            self._writer.add(io, zero_checked=True)
+        # All-zero writes come as ALLZERO; the packs' data stays valid until the next piece.
+        self._writer.add_all(log_ios(packs), zero_checked=True)
 
     def commit(self, diff: MetaDiff, size_lb: int) -> MetaDiff:
         """The stream is complete: write the index, fsync, queue the diff for every archive.

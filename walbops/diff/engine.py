@@ -119,10 +119,10 @@ def convert_to_sorted(ios: Iterable[DiffIo], out: BinaryIO, uuid: bytes, compres
 def convert_to_indexed(ios: Iterable[DiffIo], out: BinaryIO, uuid: bytes, compression: Compression = Compression.LZ4,
                        level: int = 0, max_io_blocks: int = DEFAULT_MAX_IO_LB, tmp_dir: str | None = None,
                        max_entries: int = MAX_TABLE_ENTRIES) -> Stats:
-    """Turn IOs in log order into an indexed wdiff (images in arrival order)."""
+    """Turn IOs in log order into an indexed wdiff (images in arrival order). An IO's data must
+    stay valid while the conversion runs (as that of IOs read from wlog files does)."""
     writer = IndexedDiffWriter(out, uuid, compression, level, max_io_blocks, max_entries, tmp_dir)
-    for io in ios:
-        writer.add(io)
+    writer.add_all(ios)
     writer.close()
     return writer.stats
 

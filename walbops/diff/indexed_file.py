@@ -11,14 +11,14 @@ import os
 import struct
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import BadField, ChecksumMismatch, FormatError, TruncatedRecord
 from ..formats import checksum as csum
-from ..formats.compression import Compression, compress, decompress
+from ..formats.compression import Compression, compress_exact, decompress
 from ..formats.indexed import (
     INDEX_RECORD_STRUCT,
     INDEX_SUPER_STRUCT,
@@ -54,6 +54,9 @@ _INDEX_DTYPE = np.dtype([("address", "<u8"), ("blocks", "<u4"), ("flags", "u1"),
 _MAX_COMPRESSION = max(Compression)
 _VERIFY_WINDOW = 8 << 20  # [bytes] of images read and checked at once
 _KIND_FLAGS = int(FLAGS_OF[IoKind.ALLZERO] | FLAGS_OF[IoKind.DISCARD])
+_WRITE_BATCH_BYTES = 4 << 20  # [bytes] of images summed and written at once
+_WRITE_BATCH_IOS = 4096  # IOs indexed at once, at most (zero and discard IOs have no bytes)
+_SUM_TOGETHER_FROM = 8  # images: below, a checksum call each costs less than one for all
 
 
 class IndexedDiffReader:
@@ -272,23 +275,67 @@ class IndexedDiffWriter:
 
         ``zero_checked``: a normal IO is known not to be all zeros (``log_ios`` made those ALLZERO).
         """
-        # walb-tools counts every IO it accepts in n_data, discards and zero writes included.
-        self._n_data += 1
-        kind = io.kind
-        # WalB gives every index record the file offset its IO arrived at, and its LB
-        # offset inside that IO, whether or not the IO has an image; readers ignore both
-        # for ALLZERO and DISCARD, but keeping them makes the files byte-identical.
-        if kind == IoKind.NORMAL and (zero_checked or not is_all_zero(io.data())):
-            compression, stored = compress(self.compression, io.data(), self.level)
-            image = StoredImage.reference(self.offset, len(stored), compression, csum.checksum(stored), io.blocks)
-            self.stream.write(stored)
-            self.offset += len(stored)
+        self.add_all((io,), zero_checked)
+
+    def add_all(self, ios: Iterable[DiffIo], zero_checked: bool = False) -> None:
+        """:meth:`add` each IO in order, their images summed and written a batch at a time.
+
+        The IOs' data must stay valid until this returns (the packs of one piece of a wlog
+        stream, say); images are kept as views of it until their batch is written.
+        """
+        entries: list[tuple[int, int, IoKind, int, int]] = []  # address, blocks, kind, compression, size
+        images: list[bytes | memoryview] = []
+        batch_bytes = 0
+        for io in ios:
+            # walb-tools counts every IO it accepts in n_data, discards and zero writes included.
+            self._n_data += 1
+            kind = io.kind
+            if kind == IoKind.NORMAL and (zero_checked or not is_all_zero(io.data())):
+                data = io.data()
+                compression = self.compression
+                stored: bytes | memoryview = data
+                if compression != Compression.NONE:
+                    stored = compress_exact(compression, data, self.level)
+                    if len(stored) >= len(data):  # compress()'s fallback, without copying the data
+                        compression, stored = Compression.NONE, data
+                images.append(stored)
+                entries.append((io.address, io.blocks, kind, compression, len(stored)))
+                batch_bytes += len(stored)
+            else:
+                entries.append((io.address, io.blocks, IoKind.ALLZERO if kind == IoKind.NORMAL else kind, 0, 0))
+            if batch_bytes >= _WRITE_BATCH_BYTES or len(entries) >= _WRITE_BATCH_IOS:
+                self._write_batch(entries, images)
+                entries, images, batch_bytes = [], [], 0
+        if entries:
+            self._write_batch(entries, images)
+
+    def _write_batch(self, entries: list[tuple[int, int, IoKind, int, int]], images: list[bytes | memoryview]) -> None:
+        """Write ``images`` (those of the normal entries, in order) and index every entry."""
+        if len(images) < _SUM_TOGETHER_FROM:
+            checksums = [csum.checksum(piece) for piece in images]
+            for piece in images:
+                self.stream.write(piece)
         else:
-            kind = IoKind.ALLZERO if kind == IoKind.NORMAL else kind
-            image = StoredImage.reference(self.offset, 0, 0, 0, 0)
-        self._index.add(DiffIo(io.address, io.blocks, kind, image=image))
-        if len(self._index) > self.max_entries:
-            self._spill()
+            joined = b"".join(images)
+            checksums = csum.checksums_end_to_end(joined, [len(image) for image in images])
+            self.stream.write(joined)
+        # WalB gives every index record the file offset its IO arrived at, and its LB offset
+        # inside that IO, whether or not the IO has an image; readers ignore both for ALLZERO
+        # and DISCARD, but keeping them makes the files byte-identical.
+        offset = self.offset
+        normal = 0
+        index = self._index
+        for address, blocks, kind, compression, size in entries:
+            if kind == IoKind.NORMAL:
+                image = StoredImage.reference(offset, size, compression, checksums[normal], blocks)
+                normal += 1
+                offset += size
+            else:
+                image = StoredImage.reference(offset, 0, 0, 0, 0)
+            index.add(DiffIo(address, blocks, kind, image=image))
+            if len(index) > self.max_entries:
+                self._spill()
+        self.offset = offset
 
     def _spill(self) -> None:
         run = tempfile.TemporaryFile(dir=self.tmp_dir, prefix="walbops-index-")

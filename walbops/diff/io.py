@@ -219,6 +219,12 @@ class IntervalMap:
         first = bisect.bisect_right(self._starts, io.address) - 1
         if first < 0 or self._ios[first].end <= io.address:
             first += 1
+        if first == len(self._ios) or self._ios[first].address >= io.end:
+            # It overlaps nothing (most IOs of a log do not): one insertion.
+            self._ios.insert(first, io)
+            self._starts.insert(first, io.address)
+            self.held_bytes += self._weight(io)
+            return
         last = first
         left = right = None
         # Only the first overlapped IO can stick out on the left, only the last on the right.

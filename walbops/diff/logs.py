@@ -84,27 +84,14 @@ def bad_checksums(buffer: memoryview, spans: Sequence[tuple[int, int, int]], sal
     """Indexes of the ``(start, end, stored)`` spans of ``buffer`` whose WalB checksum with
     ``salt`` is not ``stored`` (0 for a block that holds its own checksum).
 
-    Spans lie at multiples of 4 bytes from the buffer's start. Sorted, non-overlapping spans
-    (packs in log order) are summed by one numpy call; others one by one.
+    Sorted, non-overlapping spans at multiples of 4 bytes (packs in log order) are summed by
+    one numpy call (:func:`checksum.span_sums`); others one by one.
     """
     if not spans:
         return []
     table = np.array(spans, dtype=np.int64)
-    bounds = table[:, :2].ravel()
-    if len(spans) > 1 and bool(np.all(bounds[1:] >= bounds[:-1])) and bool(np.all(table[:, 1] > table[:, 0])):
-        # Sum granules of the largest size that divides every bound counted from the first (summing
-        # rows is several times faster than reduceat over words), then reduceat the granules:
-        # [bounds[i], bounds[i+1]) for each i, of which the even ones are the spans.
-        base = int(bounds[0])
-        bounds = bounds - base
-        granule = int(np.gcd.reduce(bounds[1:]))
-        words = np.frombuffer(buffer, dtype="<u4", count=int(bounds[-1]) // 4, offset=base)
-        sums = np.add.reduceat(words.reshape(-1, granule // 4).sum(axis=1, dtype=np.uint64),
-                               bounds[:-1] // granule)[0::2]
-    else:
-        sums = np.array([csum.partial(buffer[start:end]) for start, end, _ in spans], dtype=np.uint64)
-    stored = table[:, 2].astype(np.uint64)
-    bad = (sums + np.uint64(salt) + stored) & np.uint64(_MASK32)
+    sums = csum.span_sums(buffer, table[:, :2])
+    bad = (sums + np.uint64(salt) + table[:, 2].astype(np.uint64)) & np.uint64(_MASK32)
     return np.flatnonzero(bad).tolist()
 
 
@@ -382,7 +369,7 @@ class WlogStream:
             if len(data):
                 raise BadField("data after the wlog's end marker", self.offset, self.source)
             return []
-        buffer = memoryview(self._pending + bytes(data) if self._pending else data)
+        buffer = memoryview(b"".join((self._pending, data)) if self._pending else data)  # one copy
         at = 0
         if self.header is None:
             if len(buffer) < WLOG_HEADER_SIZE:

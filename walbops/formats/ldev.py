@@ -300,42 +300,50 @@ class LogpackHeader:
 
     def check(self, pbs: int) -> None:
         """Raise BadField if the header breaks WalB's validity rules."""
-        if len(self.records) > max_records(pbs):
-            raise BadField(f"log pack has {len(self.records)} records, at most {max_records(pbs)} fit in {pbs} B")
+        records = self.records
+        if len(records) > max_records(pbs):
+            raise BadField(f"log pack has {len(records)} records, at most {max_records(pbs)} fit in {pbs} B")
         if self.total_io_size > MAX_TOTAL_IO_SIZE_PB:
             raise BadField(f"log pack total_io_size {self.total_io_size} exceeds {MAX_TOTAL_IO_SIZE_PB}")
-        if not self.records:
+        if not records:
             if self.total_io_size != 0:
                 raise BadField("log pack without records has total_io_size != 0")
             return
         if self.logpack_lsid + 1 + self.total_io_size > MAX_LSID:
             raise BadField(f"log pack at lsid {self.logpack_lsid}: lsid overflows")
-        if self.n_padding > 1:
+        if len(records) > 1 and self.n_padding > 1:
             raise BadField(f"log pack has {self.n_padding} padding records, at most 1")
-        for index, rec in enumerate(self.records):
-            self._check_record(index, rec, pbs)
+        for index, rec in enumerate(records):
+            problem = self._record_problem(rec, pbs)
+            if problem is not None:
+                raise BadField(f"log record {index} of pack at lsid {self.logpack_lsid}: {problem}")
 
-    def _check_record(self, index: int, rec: LogRecord, pbs: int) -> None:
-        where = f"log record {index} of pack at lsid {self.logpack_lsid}"
-        if not rec.flags & _EXIST:
-            raise BadField(f"{where}: EXIST flag not set")
-        if rec.flags & ~_KNOWN_FLAGS:
-            raise BadField(f"{where}: unknown flag bits {rec.flags:#x}")
+    def _record_problem(self, rec: LogRecord, pbs: int) -> str | None:
+        """What is wrong with one of this pack's records, or None (on the path of every IO: the
+        message is only made for a record that is wrong)."""
+        flags = rec.flags
+        if not flags & _EXIST:
+            return "EXIST flag not set"
+        if flags & ~_KNOWN_FLAGS:
+            return f"unknown flag bits {flags:#x}"
         if rec.lsid > MAX_LSID:
-            raise BadField(f"{where}: lsid {rec.lsid} beyond MAX_LSID")
-        if rec.is_padding and rec.is_discard:
-            raise BadField(f"{where}: both PADDING and DISCARD set")
+            return f"lsid {rec.lsid} beyond MAX_LSID"
+        padding, discard = flags & _PADDING, flags & _DISCARD
+        if padding and discard:
+            return "both PADDING and DISCARD set"
         if rec.lsid_local < 1 or rec.lsid - rec.lsid_local != self.logpack_lsid:
-            raise BadField(f"{where}: lsid {rec.lsid} and lsid_local {rec.lsid_local} do not match the pack")
-        if rec.io_size == 0 and not rec.is_padding:
+            return f"lsid {rec.lsid} and lsid_local {rec.lsid_local} do not match the pack"
+        io_size = rec.io_size
+        if io_size == 0 and not padding:
             # walb-tools' wlog-gen writes zero-size padding records; the driver accepts them.
-            raise BadField(f"{where}: io_size is 0")
-        if not rec.is_discard and rec.io_size > MAX_NORMAL_IO_LB:
-            raise BadField(f"{where}: io_size {rec.io_size} LB exceeds {MAX_NORMAL_IO_LB}")
-        if rec.is_padding and rec.io_size * LOGICAL_BLOCK_SIZE % pbs:
-            raise BadField(f"{where}: padding of {rec.io_size} LB is not whole PBs")
-        if rec.has_data and rec.lsid_local - 1 + rec.data_pb(pbs) > self.total_io_size:
-            raise BadField(f"{where}: data ends past total_io_size {self.total_io_size}")
+            return "io_size is 0"
+        if not discard and io_size > MAX_NORMAL_IO_LB:
+            return f"io_size {io_size} LB exceeds {MAX_NORMAL_IO_LB}"
+        if padding and io_size * LOGICAL_BLOCK_SIZE % pbs:
+            return f"padding of {io_size} LB is not whole PBs"
+        if not discard and rec.lsid_local - 1 + capacity_pb(pbs, io_size) > self.total_io_size:
+            return f"data ends past total_io_size {self.total_io_size}"
+        return None
 
     def serialize(self, pbs: int, salt: int) -> bytes:
         """Return the header PB, checksummed with ``salt``."""
