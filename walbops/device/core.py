@@ -202,7 +202,7 @@ class WalbDevice:
         see them.
         """
         header = pack.header
-        os.pwrite(self.ldev_fd, header.serialize(self.pbs, self.super.log_checksum_salt),
+        os.pwrite(self.ldev_fd, pack.serialize_header(self.super.log_checksum_salt),
                   self.super.offset_pb(header.logpack_lsid) * self.pbs)
         os.fdatasync(self.ldev_fd)
         log.warning("%s: log pack at lsid %d was torn; kept its first %d IOs", self.config.name,

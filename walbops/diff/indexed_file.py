@@ -56,7 +56,6 @@ _VERIFY_WINDOW = 8 << 20  # [bytes] of images read and checked at once
 _KIND_FLAGS = int(FLAGS_OF[IoKind.ALLZERO] | FLAGS_OF[IoKind.DISCARD])
 _WRITE_BATCH_BYTES = 4 << 20  # [bytes] of images summed and written at once
 _WRITE_BATCH_IOS = 4096  # IOs indexed at once, at most (zero and discard IOs have no bytes)
-_SUM_TOGETHER_FROM = 8  # images: below, a checksum call each costs less than one for all
 
 
 class IndexedDiffReader:
@@ -290,8 +289,8 @@ class IndexedDiffWriter:
             # walb-tools counts every IO it accepts in n_data, discards and zero writes included.
             self._n_data += 1
             kind = io.kind
-            if kind == IoKind.NORMAL and (zero_checked or not is_all_zero(io.data())):
-                data = io.data()
+            data = io.data() if kind == IoKind.NORMAL else None  # once: an image in a file is read each call
+            if data is not None and (zero_checked or not is_all_zero(data)):
                 compression = self.compression
                 stored: bytes | memoryview = data
                 if compression != Compression.NONE:
@@ -311,14 +310,9 @@ class IndexedDiffWriter:
 
     def _write_batch(self, entries: list[tuple[int, int, IoKind, int, int]], images: list[bytes | memoryview]) -> None:
         """Write ``images`` (those of the normal entries, in order) and index every entry."""
-        if len(images) < _SUM_TOGETHER_FROM:
-            checksums = [csum.checksum(piece) for piece in images]
-            for piece in images:
-                self.stream.write(piece)
-        else:
-            joined = b"".join(images)
-            checksums = csum.checksums_end_to_end(joined, [len(image) for image in images])
-            self.stream.write(joined)
+        joined = b"".join(images)
+        checksums = csum.checksums_end_to_end(joined, [len(image) for image in images])
+        self.stream.write(joined)
         # WalB gives every index record the file offset its IO arrived at, and its LB offset
         # inside that IO, whether or not the IO has an image; readers ignore both for ALLZERO
         # and DISCARD, but keeping them makes the files byte-identical.
