@@ -22,7 +22,7 @@ from walbops.diff.engine import convert_to_sorted, log_ios
 from walbops.diff.gen import GenConfig, generate_wlog
 from walbops.diff.logs import WlogReader
 from walbops.errors import AuthenticationError, RemoteError
-from walbops.formats.meta import MetaDiff
+from walbops.gid import MetaDiff
 from walbops.net.auth import load_key, write_key
 from walbops.net.transport import open_connection
 from walbops.store.dirstore import DirStore

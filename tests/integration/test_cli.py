@@ -176,8 +176,8 @@ def test_full_image_up_to_a_gid_picks_the_chain_by_walb_names(tmp_path: Path):
     from io import BytesIO
 
     from walbops.diff.logs import WlogReader, WlogWriter
-    from walbops.formats.meta import MetaDiff, diff_file_name
     from walbops.formats.wlog import WlogHeader
+    from walbops.gid import MetaDiff, diff_file_name
 
     whole = tmp_path / "whole.wlog"
     assert walbops("wlog", "gen", str(whole), "--device-size", "2M", "--log-size", "3M", "--seed", "5").returncode == 0

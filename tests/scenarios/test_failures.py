@@ -27,7 +27,7 @@ from walbops.agents.transfers import send_wdiff, send_wlog
 from walbops.controller import Controller, Layout
 from walbops.device.registry import pid_alive
 from walbops.errors import AuthenticationError, RemoteError, WalbopsError
-from walbops.formats.meta import MetaDiff, MetaSnap
+from walbops.gid import MetaDiff, MetaSnap
 from walbops.net.auth import client_proof, load_key, write_key
 from walbops.net.frames import FrameDecoder, encode_json
 from walbops.net.transport import open_connection

@@ -12,7 +12,7 @@ from walbops.diff.indexed_file import IndexedDiffWriter
 from walbops.diff.io import DiffIo
 from walbops.diff.sorted_file import SortedDiffWriter
 from walbops.errors import FormatError, OperationError, UsageError
-from walbops.formats.meta import MetaDiff
+from walbops.gid import MetaDiff
 
 UUID = bytes(range(16))
 

@@ -1,4 +1,4 @@
-"""Tests for walbops.formats.meta.
+"""Tests for walbops.gid (the gid model).
 
 The ``test_*`` functions named after a WalB case port ``utest/meta_test.cpp`` (the
 24 CYBOZU_TEST_AUTO cases, in their order); property tests follow.
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from walbops.errors import BadField, OperationError
-from walbops.formats.meta import (
+from walbops.gid import (
     MAX_PRINTABLE_TIMESTAMP,
     UINT64_MAX,
     DiffChain,

@@ -11,7 +11,7 @@ from walbops.agents.proxy_volume import ArchiveInfo, ProxyVolume
 from walbops.diff.gen import GenConfig, generate_wlog
 from walbops.diff.logs import WlogReader
 from walbops.errors import BadField, ChecksumMismatch, OperationError, TruncatedRecord, UsageError
-from walbops.formats.meta import MetaDiff
+from walbops.gid import MetaDiff
 
 
 def started(tmp_path) -> ProxyVolume:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from walbops.agents.storage_volume import StorageVolume
-from walbops.formats.meta import MetaSnap
+from walbops.gid import MetaSnap
 
 
 def target(tmp_path) -> StorageVolume:

@@ -15,7 +15,7 @@ from walbops.diff.io import DiffIo, IoKind
 from walbops.diff.sorted_file import SortedDiffWriter
 from walbops.errors import FormatError, OperationError, UsageError
 from walbops.formats.compression import Compression
-from walbops.formats.meta import MetaDiff, MetaState, diff_file_name
+from walbops.gid import MetaDiff, MetaState, diff_file_name
 from walbops.store import CloneMethod, ClonePolicy, Restored, open_store
 from walbops.store import clone as clone_mod
 from walbops.store.dirstore import DirStore

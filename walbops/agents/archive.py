@@ -17,8 +17,8 @@ from ..diff.engine import DiscardPolicy
 from ..diff.files import verify_wdiff
 from ..errors import BadField, OperationError, ProtocolError, WalbopsError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
-from ..formats.meta import MetaDiff
 from ..formats.wdiff import FileHeader
+from ..gid import MetaDiff
 from ..net import messages
 from ..net.frames import DataFrame
 from ..net.stream import ImageCursor, StreamDigest

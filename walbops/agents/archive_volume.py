@@ -18,7 +18,8 @@ from typing import Any
 from ..diff.chain import DiffDirectory
 from ..diff.files import verify_wdiff
 from ..errors import FormatError, OperationError
-from ..formats.meta import (
+from ..formats.wdiff import FileHeader
+from ..gid import (
     MetaDiff,
     MetaSnap,
     MetaState,
@@ -27,7 +28,6 @@ from ..formats.meta import (
     diff_file_name,
     get_relation,
 )
-from ..formats.wdiff import FileHeader
 from . import metadata
 from .state import ARCHIVE_ACTIVE, ARCHIVE_TRANSITIONS, ActionCounter, Refused, StateMachine
 

@@ -18,7 +18,7 @@ from ..diff.files import merged_ios, read_header
 from ..diff.sorted_file import SortedDiffWriter
 from ..errors import BadField, OperationError, ProtocolError, RemoteError, WalbopsError
 from ..formats.compression import CompressOpt
-from ..formats.meta import MetaDiff, merge
+from ..gid import MetaDiff, merge
 from ..net import messages
 from ..net.transport import open_connection
 from . import metadata

@@ -21,7 +21,7 @@ from ..diff.indexed_file import IndexedDiffWriter
 from ..diff.logs import WlogStream
 from ..errors import BadField, OperationError, UsageError
 from ..formats.compression import Compression, CompressOpt
-from ..formats.meta import MetaDiff, can_merge, diff_file_name, merge, parse_diff_file_name
+from ..gid import MetaDiff, can_merge, diff_file_name, merge, parse_diff_file_name
 from . import metadata
 from .state import PROXY_TRANSITIONS, ActionCounter, StateMachine
 

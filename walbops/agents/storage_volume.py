@@ -15,7 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ..errors import OperationError
-from ..formats.meta import (
+from ..gid import (
     MetaDiff,
     MetaLsidGid,
     done_after_transfer,

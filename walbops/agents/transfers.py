@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from ..diff.io import is_all_zero
 from ..errors import BadField, OperationError, RemoteError, WalbopsError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
-from ..formats.meta import MetaDiff
+from ..gid import MetaDiff
 from ..net import messages
 from ..net.frames import DataFrame
 from ..net.stream import StreamDigest

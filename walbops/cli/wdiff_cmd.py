@@ -15,8 +15,8 @@ from ..diff.sorted_file import SortedDiffWriter
 from ..errors import FormatError
 from ..formats.compression import Compression, CompressOpt
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
-from ..formats.meta import MetaState
 from ..formats.wdiff import DiffType
+from ..gid import MetaState
 from ._common import (
     add_json_flag,
     atomic_output,

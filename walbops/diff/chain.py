@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import FormatError
-from ..formats.meta import DIFF_FILE_SUFFIX, DiffChain, MetaDiff, MetaState, parse_diff_file_name
+from ..gid import DIFF_FILE_SUFFIX, DiffChain, MetaDiff, MetaState, parse_diff_file_name
 
 
 @dataclass(frozen=True)

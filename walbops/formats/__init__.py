@@ -23,5 +23,5 @@ diff record
     :mod:`walbops.formats.indexed`).
 gid
     generation id of a snapshot; diffs lead from one snapshot to another
-    (:mod:`walbops.formats.meta`).
+    (:mod:`walbops.gid`).
 """
