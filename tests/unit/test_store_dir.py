@@ -391,3 +391,19 @@ def test_restored_as_dict(store):
     filled_base(store)
     restored = store.restore(VOL, 0, [])
     assert restored.as_dict()["clone"] == str(restored.clone) and restored.as_dict()["gid"] == 0
+
+
+def test_store_kinds_are_registered_once_under_their_own_names(tmp_path):
+    from walbops.store import STORE_KINDS, parse_store_flag, store_config_schema, store_from_config
+    from walbops.store.registry import _BACKENDS
+
+    assert all(backend.kind == kind for kind, backend in _BACKENDS.items()) and STORE_KINDS == ("dir", "lvm")
+    assert [form["properties"]["kind"]["const"] for form in store_config_schema()["oneOf"]] == list(STORE_KINDS)
+    assert parse_store_flag("lvm:vg0/pool") == {"kind": "lvm", "vg": "vg0", "thinpool": "pool"}
+    assert parse_store_flag("dir") == {"kind": "dir"}
+    store = store_from_config({"kind": "dir"}, str(tmp_path))
+    assert store.root == str(tmp_path / "images")
+    with pytest.raises(UsageError, match="unknown store kind 'zfs'"):
+        parse_store_flag("zfs:tank")
+    with pytest.raises(UsageError, match="volume group"):
+        parse_store_flag("lvm:")

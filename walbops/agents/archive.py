@@ -22,7 +22,7 @@ from ..gid import MetaDiff
 from ..net import messages
 from ..net.frames import DataFrame
 from ..net.stream import ImageCursor, StreamDigest
-from ..store import Store, open_store
+from ..store import Store, store_from_config
 from . import metadata
 from ._server import GID, VOL, Agent, Command, Request, args_schema
 from .archive_volume import ArchiveVolume
@@ -39,13 +39,7 @@ class ArchiveAgent(Agent[ArchiveVolume]):
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        store = dict(config.store)
-        kind = store.pop("kind")
-        if kind == "dir":
-            store.setdefault("directory", os.path.join(config.base_dir, "images"))
-            self.store: Store = open_store("dir", root=store["directory"])
-        else:
-            self.store = open_store("lvm", vg=store["vg"], thinpool=store.get("thinpool"))
+        self.store: Store = store_from_config(config.store, config.base_dir)
         self.discard = DiscardPolicy(config.discard)
         vol_only = args_schema({"vol": VOL})
         self.commands.update({

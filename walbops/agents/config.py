@@ -17,6 +17,8 @@ import jsonschema
 import yaml
 
 from ..errors import UsageError
+from ..store import parse_store_flag, store_config_schema
+from ..units import parse_size
 
 ROLES = ("storage", "proxy", "archive")
 DEFAULT_PORTS = {"storage": 10000, "proxy": 10100, "archive": 10200}  # the WalB tutorial's ports
@@ -63,14 +65,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_wdiff_send", _SIZE, "128M", ("proxy",), "most diff data merged into one send"),
     Option("max_wdiff_send_count", {"type": "integer", "minimum": 1}, 1000, ("proxy",), "most diff files in one send"),
     # archive
-    Option("store", {
-        "oneOf": [
-            {"type": "object", "properties": {"kind": {"const": "dir"}, "directory": {"type": "string"}},
-             "required": ["kind"], "additionalProperties": False},
-            {"type": "object", "properties": {"kind": {"const": "lvm"}, "vg": {"type": "string"},
-                                              "thinpool": {"type": "string"}},
-             "required": ["kind", "vg"], "additionalProperties": False},
-        ]}, {"kind": "dir"}, ("archive",), "dir (default: base_dir/images) or lvm with a VG and optional thin pool"),
+    Option("store", store_config_schema(), {"kind": "dir"}, ("archive",),
+           "dir (default: base_dir/images) or lvm with a VG and optional thin pool"),
     # A walbops device reads discarded blocks back as zeros, so zeroing them on apply
     # restores exactly what the volume held; WalB's own default is ignore.
     Option("discard", {"enum": ["ignore", "zero", "passdown"]}, "zero", ("archive",),
@@ -88,15 +84,6 @@ def schema_for(role: str) -> dict[str, Any]:
         "properties": {option.key: option.schema for option in OPTIONS if role in option.roles},
         "additionalProperties": False,
     }
-
-
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def size_bytes(value: int | str) -> int:
-    text = str(value).strip().lower()
-    unit = text[-1] if text[-1:] in _UNITS and not text[-1:].isdigit() else ""
-    return int(text[:-1] if unit else text) * _UNITS[unit]
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -176,7 +163,7 @@ def load(role: str, path: str | None = None, overrides: dict[str, Any] | None = 
     values.setdefault("base_dir", f"/var/lib/walbops/{role}")
     for option in OPTIONS:
         if role in option.roles and option.schema is _SIZE:
-            values[option.key] = size_bytes(values[option.key])
+            values[option.key] = parse_size(values[option.key])
     return Config(role, values, source)
 
 
@@ -205,14 +192,11 @@ def add_flags(parser: argparse.ArgumentParser, role: str) -> None:
             parser.add_argument(flag, dest=option.key, default=None, help=option.help)
 
 
-def _parse_store(text: str) -> dict[str, str]:
-    kind, _, rest = text.partition(":")
-    if kind == "dir":
-        return {"kind": "dir", **({"directory": rest} if rest else {})}
-    if kind == "lvm" and rest:
-        vg, _, pool = rest.partition("/")
-        return {"kind": "lvm", "vg": vg, **({"thinpool": pool} if pool else {})}
-    raise argparse.ArgumentTypeError(f"{text!r}: expected dir[:DIRECTORY] or lvm:VG[/THINPOOL]")
+def _parse_store(text: str) -> dict[str, Any]:
+    try:
+        return parse_store_flag(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc} (dir[:DIRECTORY] or lvm:VG[/THINPOOL])") from None
 
 
 def from_args(role: str, args: argparse.Namespace) -> Config:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
+from .. import units
 from ..converge import Outcome
 from ..diff.files import read_header
 from ..errors import FormatError, UsageError
@@ -17,21 +18,13 @@ from ..formats.compression import CompressOpt
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..formats.wdiff import DiffType
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-
 
 def parse_size(text: str) -> int:
-    """Parse a byte size with an optional k/m/g/t/p suffix (powers of 1024), as walb-tools does."""
-    raw = text.strip().lower().removesuffix("b").removesuffix("i")
-    unit = raw[-1:] if raw[-1:] in _UNITS and raw[-1:] else ""
-    number = raw[:-1] if unit else raw
+    """:func:`walbops.units.parse_size` for argparse: a bad size is an argument error."""
     try:
-        value = int(number) * _UNITS[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 4096, 64K, 16M, 1G)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a size cannot be negative")
-    return value
+        return units.parse_size(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_lb_size(text: str) -> int:

@@ -25,21 +25,24 @@ files, reflink clones) and ``lvm`` (:class:`~walbops.store.lvmstore.LvmStore`, W
 from __future__ import annotations
 
 import abc
-import inspect
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..diff.engine import BlockTarget, DiscardPolicy
 from ..diff.io import Stats
 from ..durable import fsync_dir  # noqa: F401  (the store's modules import it from here)
-from ..errors import UsageError
 from .clone import CloneMethod, ClonePolicy
+from .diffs import apply_diffs, verify_or_refuse
 from .names import check_gid, check_volume_id
+
+logger = logging.getLogger("walbops.store")
 
 __all__ = [
     "STORE_KINDS", "CloneMethod", "ClonePolicy", "Restored", "Store", "check_gid", "check_volume_id", "open_store",
+    "parse_store_flag", "store_config_schema", "store_from_config",
 ]
 
 
@@ -75,6 +78,23 @@ class Store(abc.ABC):
     """
 
     kind: str
+    # The config keys of this kind besides ``kind`` (JSON Schema properties), and which are required.
+    config_properties: ClassVar[dict[str, Any]] = {}
+    config_required: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, spec: dict[str, Any], base_dir: str) -> "Store":
+        """The store an archive's config describes (``spec`` passed its schema)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def parse_flag(cls, rest: str) -> dict[str, Any]:
+        """The config of ``--store KIND:REST`` (REST may be empty).
+
+        Raises:
+            UsageError: REST does not describe a store of this kind.
+        """
 
     # -- base ---------------------------------------------------------------------------
 
@@ -130,18 +150,28 @@ class Store(abc.ABC):
         Leaving it writable fsyncs the base before it is closed.
         """
 
-    @abc.abstractmethod
-    def apply_to_base(self, vol: str, diff_paths: Sequence[str],
-                      discard: DiscardPolicy = DiscardPolicy.IGNORE) -> Stats:
+    def apply_to_base(self, vol: str, diff_paths: Sequence[str], discard: DiscardPolicy = DiscardPolicy.IGNORE,
+                      on_verified: Callable[[], None] | None = None,
+                      on_io: Callable[[], None] | None = None) -> Stats:
         """Verify every diff, then apply them merged (oldest first) onto the base and fsync.
 
-        The caller records the "applying" MetaState first; a crash half way is repaired
-        by calling this again with the same diffs (WalB §5.6).
+        The caller records the "applying" MetaState in ``on_verified`` (after the diffs are
+        known sound, before the first write); a crash half way is repaired by calling this
+        again with the same diffs (WalB §5.6). ``on_io`` runs before each IO is written.
 
         Raises:
             OperationError: a diff is corrupt (its FormatError is the ``__cause__``) or
-                reaches beyond the base; the base is then untouched.
+                reaches beyond the base; the base is then untouched and ``on_verified``
+                has not run.
         """
+        what = f"volume {vol}: cannot apply to the base {self.base_path(vol)}"
+        stats = verify_or_refuse(what, diff_paths, self.base_size_lb(vol), discard)
+        if on_verified is not None:
+            on_verified()
+        with self.open_base(vol, writable=True, discard=discard) as target:
+            apply_diffs(diff_paths, target, on_io)
+        logger.info("volume %s: applied %d diffs to the base %s", vol, len(diff_paths), self.base_path(vol))
+        return stats
 
     # -- restored images ----------------------------------------------------------------
 
@@ -212,31 +242,5 @@ class Store(abc.ABC):
         return check_gid(gid) in self.restored(vol)
 
 
-STORE_KINDS = ("dir", "lvm")
-
-
-def open_store(kind: str, **options: Any) -> Store:
-    """Open a store of ``kind`` with its constructor's options.
-
-    ``open_store("dir", root="/var/lib/walbops/archive")``;
-    ``open_store("lvm", vg="archive", thinpool="pool")``.
-
-    Raises:
-        UsageError: an unknown kind or option.
-    """
-    if kind == "dir":
-        from .dirstore import DirStore
-
-        factory: Any = DirStore
-    elif kind == "lvm":
-        from .lvmstore import LvmStore
-
-        factory = LvmStore
-    else:
-        raise UsageError(f"unknown store kind {kind!r} (expected one of {', '.join(STORE_KINDS)})")
-    try:
-        inspect.signature(factory).bind(**options)
-    except TypeError as exc:
-        raise UsageError(f"store {kind}: {exc}") from None
-    store: Store = factory(**options)
-    return store
+# The store kinds and their classes are registered in walbops.store.registry, the one table of them.
+from .registry import STORE_KINDS, open_store, parse_store_flag, store_config_schema, store_from_config  # noqa: E402

@@ -9,7 +9,7 @@ decompression, bounds — before the first byte reaches the target.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..diff.engine import BlockTarget, DiscardPolicy
 from ..diff.files import iter_diff, merged_ios
@@ -55,9 +55,11 @@ def verify_or_refuse(what: str, paths: Sequence[str], size_lb: int, discard: Dis
         raise OperationError(f"{what}: {exc}") from exc
 
 
-def apply_diffs(paths: Sequence[str], target: BlockTarget) -> None:
-    """Write the merged IOs of verified ``paths`` onto ``target`` and fsync it."""
+def apply_diffs(paths: Sequence[str], target: BlockTarget, on_io: Callable[[], None] | None = None) -> None:
+    """Write the merged IOs of verified ``paths`` onto ``target`` and fsync it (``on_io`` before each IO)."""
     if paths:
         for io in merged_ios(paths):
+            if on_io is not None:
+                on_io()
             target.apply(io)
     os.fsync(target.fd)

@@ -18,9 +18,9 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
 from ..diff.engine import BlockTarget, DiscardPolicy
-from ..diff.io import Stats
 from ..errors import OperationError, UsageError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from . import Restored, Store, fsync_dir, loop
@@ -46,6 +46,16 @@ class DirStore(Store):
     """
 
     kind = "dir"
+    config_properties: ClassVar[dict[str, Any]] = {"directory": {"type": "string", "minLength": 1}}
+
+    @classmethod
+    def from_config(cls, spec: dict[str, Any], base_dir: str) -> "DirStore":
+        """``{"kind": "dir", "directory": D}``; without a directory, ``<base_dir>/images``."""
+        return cls(spec.get("directory") or os.path.join(base_dir, "images"))
+
+    @classmethod
+    def parse_flag(cls, rest: str) -> dict[str, Any]:
+        return {"directory": rest} if rest else {}
 
     def __init__(self, root: str, clone: ClonePolicy | str = ClonePolicy.AUTO) -> None:
         self.root = os.path.abspath(root)
@@ -141,16 +151,6 @@ class DirStore(Store):
                 os.fsync(fd)
         finally:
             os.close(fd)
-
-    def apply_to_base(self, vol: str, diff_paths: Sequence[str],
-                      discard: DiscardPolicy = DiscardPolicy.IGNORE) -> Stats:
-        path = self._require_base(vol)
-        stats = verify_or_refuse(f"volume {vol}: cannot apply to the base {path}", diff_paths,
-                                 self.base_size_lb(vol), discard)
-        with self.open_base(vol, writable=True, discard=discard) as target:
-            apply_diffs(diff_paths, target)
-        logger.info("volume %s: applied %d diffs to base %s", vol, len(diff_paths), path)
-        return stats
 
     # -- restored images ------------------------------------------------------------------
 

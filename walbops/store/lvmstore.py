@@ -26,10 +26,10 @@ import stat
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from ..blockdev import size_of, zero_range
 from ..diff.engine import BlockTarget, DiscardPolicy
-from ..diff.io import Stats
 from ..errors import OperationError, UsageError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from . import Restored, Store, loop
@@ -202,6 +202,21 @@ class LvmStore(Store):
     """
 
     kind = "lvm"
+    config_properties: ClassVar[dict[str, Any]] = {"vg": {"type": "string", "minLength": 1},
+                                                   "thinpool": {"type": "string", "minLength": 1}}
+    config_required = ("vg",)
+
+    @classmethod
+    def from_config(cls, spec: dict[str, Any], base_dir: str) -> "LvmStore":
+        """``{"kind": "lvm", "vg": VG, "thinpool": POOL}`` (the pool is optional)."""
+        return cls(spec["vg"], thinpool=spec.get("thinpool"))
+
+    @classmethod
+    def parse_flag(cls, rest: str) -> dict[str, Any]:
+        vg, _, pool = rest.partition("/")
+        if not vg:
+            raise UsageError("the lvm store needs a volume group: lvm:VG or lvm:VG/THINPOOL")
+        return {"vg": vg, **({"thinpool": pool} if pool else {})}
 
     def __init__(self, vg: str, thinpool: str | None = None, config: str | None = None,
                  command_prefix: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
@@ -322,16 +337,6 @@ class LvmStore(Store):
         lv = self._require_base(vol).name
         with self._open_lv(lv, f"volume {vol}: opening the base", writable, discard) as target:
             yield target
-
-    def apply_to_base(self, vol: str, diff_paths: Sequence[str],
-                      discard: DiscardPolicy = DiscardPolicy.IGNORE) -> Stats:
-        info = self._require_base(vol)
-        what = f"volume {vol}: cannot apply to the base LV {self.vg}/{info.name}"
-        stats = verify_or_refuse(what, diff_paths, info.size // LOGICAL_BLOCK_SIZE, discard)
-        with self._open_lv(info.name, what, writable=True, discard=discard) as target:
-            apply_diffs(diff_paths, target)
-        logger.info("volume %s: applied %d diffs to base LV %s/%s", vol, len(diff_paths), self.vg, info.name)
-        return stats
 
     # -- restored images ------------------------------------------------------------------
 
