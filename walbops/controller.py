@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from .errors import OperationError, UsageError
+from .errors import OperationError, RemoteError, UsageError
+from .gid import MetaDiff, MetaSnap, MetaState
 from .net.auth import load_key
 from .net.transport import open_connection
 
@@ -149,14 +150,134 @@ class Controller:
             time.sleep(POLL)
 
     def restore(self, archive: Server | str, vol: str, gid: int, timeout: float = DEFAULT_WAIT) -> str:
-        """Restore snapshot gid and wait for it; returns a loop device of the restored image."""
-        self.run(archive, "restore", vol=vol, gid=gid)
+        """Restore snapshot gid and wait for it; returns a loop device of the restored image.
+
+        An apply or merge running on the volume makes the archive refuse a restore (``busy``):
+        the restore is tried again until it starts or ``timeout`` passes.
+
+        Raises:
+            OperationError: the restore failed on the archive (its reason), or timed out.
+        """
         deadline = time.monotonic() + timeout
-        while gid not in self.get(archive, "restored", vol):
-            if time.monotonic() > deadline:
-                raise OperationError(f"{vol}: snapshot {gid} not restored after {timeout:.0f} s")
-            time.sleep(POLL)
+        accepted = self._run_when_idle(archive, "restore", deadline, vol=vol, gid=gid)
+        self._wait_for_action(archive, vol, "Restore", accepted, deadline)
         return self.get_restored_path(archive, vol, gid)
+
+    def _run_when_idle(self, server: Server | str, command: str, deadline: float, **args: Any) -> Any:
+        """Run a command the archive refuses while a conflicting action runs (reason ``busy``):
+        retry until it is taken or the deadline passes."""
+        while True:
+            try:
+                return self.run(server, command, **args)
+            except RemoteError as exc:
+                if exc.reason != "busy" or time.monotonic() > deadline:
+                    raise
+            time.sleep(POLL)
+
+    def _wait_for_action(self, archive: Server | str, vol: str, action: str, accepted: Any, deadline: float) -> Any:
+        """Wait until the background ``action`` that ``accepted`` started on ``vol`` has ended; its outcome.
+
+        Raises:
+            OperationError: the action failed (with the archive's reason) or is still running at the deadline.
+        """
+        started = accepted.get("started") if isinstance(accepted, dict) else None
+        while True:
+            outcome = self.get(archive, "action-result", vol, action)
+            if outcome is not None and (started is None or outcome["started"] >= started) \
+                    and self.get_num_action(archive, vol, action) == 0:
+                if not outcome["ok"]:
+                    raise OperationError(f"{vol}: {action.lower()} failed on the archive: {outcome['error']}")
+                return outcome
+            if time.monotonic() > deadline:
+                raise OperationError(f"{vol}: {action.lower()} still running at the deadline")
+            time.sleep(POLL)
+
+    def get_num_action(self, server: Server | str, vol: str, action: str) -> int:
+        return int(self.get(server, "num-action", vol, action))
+
+    def get_all_actions(self, archive: Server | str) -> dict[str, dict[str, Any]]:
+        """``{vol: {action: {"running": n, "last": "YYYY-MM-DDThh:mm:ss" | "---"}}}``."""
+        return {entry.pop("name"): entry for entry in self.get(archive, "all-actions")}
+
+    def get_vol_dict_without_running_actions(self, archive: Server | str) -> dict[str, dict[str, Any]]:
+        return {vol: actions for vol, actions in self.get_all_actions(archive).items()
+                if not any(action["running"] for action in actions.values())}
+
+    # Archive maintenance (walblib's names) -----------------------------------------
+
+    def get_base(self, archive: Server | str, vol: str) -> MetaState:
+        return MetaState.parse(str(self.get(archive, "base", vol)))
+
+    def get_diff_list(self, archive: Server | str, vol: str, gid0: int = 0, gid1: int | None = None) -> list[MetaDiff]:
+        """Diffs whose start gid is in [gid0, gid1), with their flags, timestamps and sizes."""
+        entries = self.get(archive, "diff", vol, [gid0] + ([gid1] if gid1 is not None else []))
+        return [MetaDiff.parse(entry["text"]) for entry in entries]
+
+    def get_applicable_diff_list(self, archive: Server | str, vol: str, gid: int | None = None) -> list[MetaDiff]:
+        return [MetaDiff.parse(text) for text in self.get(archive, "applicable-diff", vol, gid)]
+
+    def get_num_diff(self, archive: Server | str, vol: str, gid0: int = 0, gid1: int | None = None) -> int:
+        return int(self.get(archive, "num-diff", vol, [gid0] + ([gid1] if gid1 is not None else [])))
+
+    def get_total_diff_size(self, archive: Server | str, vol: str, gid0: int = 0, gid1: int | None = None) -> int:
+        return int(self.get(archive, "total-diff-size", vol, [gid0] + ([gid1] if gid1 is not None else [])))
+
+    def exists_diff(self, archive: Server | str, vol: str, gid_b: int, gid_e: int) -> bool:
+        """Whether the clean diff |gid_b|-->|gid_e| is stored."""
+        return bool(self.get(archive, "exists-diff", vol, [gid_b, gid_b, gid_e, gid_e]))
+
+    def get_meta_snap(self, archive: Server | str, vol: str, gid: int | None = None) -> MetaSnap:
+        return MetaSnap.parse(str(self.get(archive, "meta-snap", vol, gid)))
+
+    def get_meta_state(self, archive: Server | str, vol: str, is_applying: bool, gid: int | None = None) -> MetaState:
+        return MetaState.parse(str(self.get(archive, "meta-state", vol,
+                                            [int(is_applying)] + ([gid] if gid is not None else []))))
+
+    def apply(self, archive: Server | str, vol: str, gid: int, timeout: float = DEFAULT_WAIT) -> MetaState:
+        """Apply every diff up to restorable snapshot ``gid`` into the base and wait; the new base state.
+
+        Snapshots before ``gid`` are no longer restorable afterwards.
+        """
+        deadline = time.monotonic() + timeout
+        accepted = self._run_when_idle(archive, "apply", deadline, vol=vol, gid=gid)
+        if isinstance(accepted, dict) and accepted.get("accepted"):
+            self._wait_for_action(archive, vol, "Apply", accepted, deadline)
+        return self.get_base(archive, vol)
+
+    def merge(self, archive: Server | str, vol: str, gid_b: int, gid_e: int | None = None,
+              max_size: int | None = None, timeout: float = DEFAULT_WAIT) -> str:
+        """Merge the mergeable diffs from snapshot ``gid_b`` (up to ``gid_e``, at most ``max_size``
+        bytes) into one and wait; the merged diff's range, e.g. ``|3|-->|9|``."""
+        deadline = time.monotonic() + timeout
+        args: dict[str, Any] = {"vol": vol, "gid_b": gid_b}
+        if gid_e is not None:
+            args["gid_e"] = gid_e
+        if max_size is not None:
+            args["max_size"] = max_size
+        accepted = self._run_when_idle(archive, "merge", deadline, **args)
+        self._wait_for_action(archive, vol, "Merge", accepted, deadline)
+        return str(accepted["merged"])
+
+    def gc_diff(self, archive: Server | str, vol: str) -> list[str]:
+        return list(self.run(archive, "gc-diff", vol=vol)["removed"])
+
+    def disable_snapshot(self, archive: Server | str, vol: str, gids: list[int]) -> None:
+        """Make explicit snapshots implicit: a merge may then remove them."""
+        self._run_when_idle(archive, "disable-snapshot", time.monotonic() + DEFAULT_WAIT, vol=vol, gids=list(gids))
+
+    def enable_snapshot(self, archive: Server | str, vol: str, gids: list[int]) -> None:
+        """Make implicit snapshots explicit."""
+        self._run_when_idle(archive, "enable-snapshot", time.monotonic() + DEFAULT_WAIT, vol=vol, gids=list(gids))
+
+    def get_block_hash(self, archive: Server | str, vol: str, gid: int, bulk_size: int | None = None,
+                       scan_size: int | None = None, timeout: float = DEFAULT_WAIT) -> str:
+        """bhash of the image at ``gid``, read from base + diffs (walbops.diff.bhash)."""
+        args: dict[str, Any] = {"vol": vol, "gid": gid}
+        if bulk_size is not None:
+            args["bulk"] = bulk_size
+        if scan_size is not None:
+            args["size"] = scan_size
+        return str(self._run_when_idle(archive, "bhash", time.monotonic() + timeout, **args)["hash"])
 
     def get_restored_path(self, archive: Server | str, vol: str, gid: int) -> str:
         return str(self.get(archive, "restored-path", vol, gid))

@@ -7,10 +7,12 @@ restart finishes or undoes the work. Unset, a crash point costs one comparison.
 
 The points (docs/agents.md lists them with what each interrupts):
 
-* ``apply:verified``, ``apply:state-saved``, ``apply:io``, ``apply:written``, ``apply:base-saved``,
-  ``apply:diff-removed`` — an apply into the base;
-* ``merge:written``, ``merge:renamed``, ``merge:input-removed`` — a merge of diffs;
-* ``snapshot-flag:renamed`` — disable-snapshot / enable-snapshot.
+* ``apply:verified`` (diffs verified, nothing recorded), ``apply:state-saved`` (the base is
+  recorded as applying), ``apply:io`` (before each IO written into the base), ``apply:written``
+  (base written and synced), ``apply:base-saved`` (the new base state recorded);
+* ``merge:written`` (output synced, not yet named), ``merge:renamed`` (output named, inputs kept);
+* ``diff:removed`` (after each diff file deleted by an apply, a merge or gc-diff);
+* ``snapshot-flag:renamed`` (after each file renamed by disable-snapshot / enable-snapshot).
 """
 
 from __future__ import annotations

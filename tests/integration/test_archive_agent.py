@@ -152,7 +152,7 @@ def test_full_backup_diffs_and_restore_over_the_network(archive):
     restorable = asyncio.run(ctl(port, key, "get", target="restorable", vol="vol0"))
     assert [entry["gid"] for entry in restorable] == [0, 1, 2, 3]
     for gid in (0, 2, 3):
-        assert asyncio.run(ctl(port, key, "restore", vol="vol0", gid=gid)) == {"accepted": True}
+        assert asyncio.run(ctl(port, key, "restore", vol="vol0", gid=gid))["accepted"] is True
         deadline = time.monotonic() + 30
         while gid not in asyncio.run(ctl(port, key, "get", target="restored", vol="vol0")):
             assert time.monotonic() < deadline

@@ -1,36 +1,48 @@
-"""The archive agent (walb-archive): base images, diffs, restores.
+"""The archive agent (walb-archive): base images, diffs, restores, and their lifecycle.
 
-Commands (walbc's names): init-vol, clear-vol, reset-vol, start, stop, restore,
-del-restored, get; transfers: dirty-full-sync (full backup from a storage) and
-wdiff-transfer (diffs from a proxy). Every received byte is durable before ``ack``.
+Commands (walbc's names): init-vol, clear-vol, reset-vol, start, stop, restore, del-restored,
+apply, merge, disable-snapshot, enable-snapshot, gc-diff, bhash, virt-full-scan, get;
+transfers: dirty-full-sync (full backup from a storage) and wdiff-transfer (diffs from a
+proxy). Every received byte is durable before ``ack``.
+
+Apply, merge and the flag renames run in threads but change the volume's chain and base
+state only on the event loop, so a ``get`` never sees a chain half changed. At start the
+agent removes what an interrupted merge or transfer left, deletes diffs no chain uses
+(WalB's gc at startup), and finishes an apply that was interrupted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import Any
 
 from ..blockdev import zero_range
-from ..diff.engine import DiscardPolicy
-from ..diff.files import verify_wdiff
-from ..errors import BadField, OperationError, ProtocolError, WalbopsError
+from ..diff import bhash
+from ..diff.engine import DiscardPolicy, full_image
+from ..diff.files import merged_ios, verify_wdiff
+from ..errors import BadField, OperationError, ProtocolError, UsageError, WalbopsError
+from ..faults import crash_point
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..formats.wdiff import FileHeader
-from ..gid import MetaDiff
+from ..gid import MetaDiff, MetaSnap, format_pretty_time
 from ..net import messages
-from ..net.frames import DataFrame
-from ..net.stream import ImageCursor, StreamDigest
 from ..store import Store, store_from_config
 from . import metadata
 from ._server import GID, VOL, Agent, Command, Request, args_schema
-from .archive_volume import ArchiveVolume
+from .archive_volume import ApplyPlan, ArchiveAction, ArchiveVolume, MergePlan, delete_diff_files
 from .config import Config
 from .state import ARCHIVE_ACTIVE
-from .transfers import receive_file
+from .transfers import prefetched, receive_file, receive_image, send_image
 
 FSYNC_INTERVAL = 1 << 30  # [bytes] sync the base this often while a full backup streams (WalB -fi)
+MAX_BULK = 64 << 20  # [bytes] the largest bulk a bhash or virt-full-scan may ask for
+SCAN_READ = 4 << 20  # [bytes] a virt-full-scan reads and sends this much of the image at a time
+_BULK = {"type": "integer", "minimum": LOGICAL_BLOCK_SIZE, "maximum": MAX_BULK, "multipleOf": LOGICAL_BLOCK_SIZE}
+_SIZE = {"type": "integer", "minimum": 1, "maximum": messages.U64_MAX}
+_GIDS = {"type": "array", "items": GID, "minItems": 1, "maxItems": 10000}
 
 
 class ArchiveAgent(Agent[ArchiveVolume]):
@@ -42,6 +54,8 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         self.store: Store = store_from_config(config.store, config.base_dir)
         self.discard = DiscardPolicy(config.discard)
         vol_only = args_schema({"vol": VOL})
+        vol_gid = args_schema({"vol": VOL, "gid": GID})
+        vol_gids = args_schema({"vol": VOL, "gids": _GIDS})
         self.commands.update({
             "init-vol": Command(self.cmd_init_vol, vol_only, "Clear -> SyncReady"),
             "clear-vol": Command(self.cmd_clear_vol, vol_only, "delete the volume's base, diffs, restores"),
@@ -49,10 +63,20 @@ class ArchiveAgent(Agent[ArchiveVolume]):
             "start": Command(self.cmd_start, vol_only, "Stopped -> Archived"),
             "stop": Command(self.cmd_stop, args_schema({"vol": VOL}, {"mode": {"enum": ["graceful", "force"]}}),
                             "Archived -> Stopped"),
-            "restore": Command(self.cmd_restore, args_schema({"vol": VOL, "gid": GID}),
-                               "materialise snapshot gid (asynchronous)"),
-            "del-restored": Command(self.cmd_del_restored, args_schema({"vol": VOL, "gid": GID}),
-                                    "remove a restored snapshot"),
+            "restore": Command(self.cmd_restore, vol_gid, "materialise snapshot gid (asynchronous)"),
+            "del-restored": Command(self.cmd_del_restored, vol_gid, "remove a restored snapshot"),
+            "apply": Command(self.cmd_apply, vol_gid, "apply the diffs up to snapshot gid to the base (asynchronous)"),
+            "merge": Command(self.cmd_merge, args_schema({"vol": VOL, "gid_b": GID},
+                                                         {"gid_e": GID, "max_size": _SIZE}),
+                             "merge the mergeable diffs from gid_b into one (asynchronous)"),
+            "disable-snapshot": Command(self.cmd_disable_snapshot, vol_gids, "make explicit snapshots implicit"),
+            "enable-snapshot": Command(self.cmd_enable_snapshot, vol_gids, "make implicit snapshots explicit"),
+            "gc-diff": Command(self.cmd_gc_diff, vol_only, "delete the diffs no chain from the base uses"),
+            "bhash": Command(self.cmd_bhash, args_schema({"vol": VOL, "gid": GID}, {"bulk": _BULK, "size": _SIZE}),
+                             "stream hash of the image at gid, read from base + diffs"),
+            messages.VIRT_FULL_SCAN: Command(self.cmd_virt_full_scan,
+                                             args_schema({"vol": VOL, "gid": GID}, {"bulk": _BULK, "size": _SIZE}),
+                                             "stream the image at gid to the client"),
             messages.DIRTY_FULL_SYNC: Command(self.recv_full_sync, {"type": "object"}, "full backup receiver"),
             messages.WDIFF_TRANSFER: Command(self.recv_wdiff, {"type": "object"}, "diff receiver"),
         })
@@ -64,18 +88,32 @@ class ArchiveAgent(Agent[ArchiveVolume]):
             "base": vol_getter(lambda v, a: str(v.base)),
             "vol-size": vol_getter(lambda v, a: v.size_lb),
             "progress": vol_getter(lambda v, a: v.progress_lb),
-            "num-diff": vol_getter(lambda v, a: len(v.diffs.chain)),
-            "total-diff-size": vol_getter(lambda v, a: v.total_diff_size()),
-            "diff": vol_getter(lambda v, a: v.diff_list()),
+            "num-diff": vol_getter(lambda v, a: len(v.diffs_in(*gid_range(a)))),
+            "total-diff-size": vol_getter(lambda v, a: v.total_diff_size(*gid_range(a))),
+            "diff": vol_getter(lambda v, a: v.diff_list(*gid_range(a))),
+            "applicable-diff": vol_getter(lambda v, a: [
+                str(diff) for diff in v.diffs.chain.applicable_diffs(v.base.snap_b, max_gid=optional_gid(a))]),
+            "exists-diff": vol_getter(lambda v, a: int(exists_diff(v, a))),
             "latest-snap": vol_getter(lambda v, a: str(v.latest_snap())),
             "exists-base-image": vol_getter(lambda v, a: int(self.store.base_exists(v.vol))),
             "restorable": vol_getter(lambda v, a: [
-                {"gid": r.gid, "timestamp": r.timestamp, "explicit": r.is_explicit}
+                {"gid": r.gid, "timestamp": r.timestamp, "explicit": r.is_explicit,
+                 "text": f"{r.gid} {format_pretty_time(r.timestamp)} {int(r.is_explicit)}"}
                 for r in v.restorable(include_implicit=a == "all" or a == ["all"])]),
             "restored": vol_getter(lambda v, a: self.store.restored(v.vol)),
             "restored-path": vol_getter(lambda v, a: self._restored_device(v.vol, int(a))),
-            "num-action": vol_getter(lambda v, a: v.actions.count(str(a))),
+            "num-action": vol_getter(lambda v, a: v.actions.count(action_name(a))),
+            "action-result": vol_getter(lambda v, a: action_result(v, action_name(a))),
+            "meta-snap": vol_getter(lambda v, a: str(v.meta_snap(optional_gid(a)))),
+            "meta-state": vol_getter(lambda v, a: str(v.meta_state(*meta_state_args(a)))),
+            "base-all": lambda args: [{"name": vol, "metastate": str(self.volume(vol).base)}
+                                      for vol in self.active_volume_ids()],
+            "all-actions": lambda args: [all_actions(self.volume(vol)) for vol in self.active_volume_ids()],
         })
+
+    def active_volume_ids(self) -> list[str]:
+        """Volumes with a base state (not Clear)."""
+        return [vol for vol in self.volume_ids() if self.volume(vol, create=True).state != "Clear"]
 
     # ------------------------------------------------------------------ volumes
 
@@ -91,6 +129,19 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                 self.log.info("%s: removed %s left by an interrupted restore", vol, leftover)
             if volume.state not in volume.machine.steady_states - volume.machine.transient_states:
                 volume.machine.force("SyncReady")
+            if volume.state == "Clear":
+                continue
+            garbage = volume.garbage()
+            if garbage:
+                # An apply or a merge that died after its new state was durable leaves these.
+                self.log.info("%s: removing %d diffs no chain from base %s uses: %s", vol, len(garbage),
+                              volume.base.to_str(False), ", ".join(d.range_str() for d in garbage))
+                await asyncio.to_thread(delete_diff_files, volume.directory, volume.forget_diffs(garbage))
+            plan = volume.plan_resume_apply()
+            if plan is not None and volume.state in ARCHIVE_ACTIVE:
+                self.log.info("%s: finishing the apply interrupted at base %s", vol, volume.base.to_str(False))
+                self.spawn(self._apply(volume, plan, volume.actions.begin(ArchiveAction.APPLY)),
+                           f"apply {vol} (resumed)")
 
     # ------------------------------------------------------------------ commands
 
@@ -127,24 +178,171 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         if self.store.has_restored(volume.vol, gid):
             raise OperationError(f"{volume.vol}: snapshot {gid} is already restored")
 
+        action = volume.actions.begin(ArchiveAction.RESTORE)
+        action.detail["gid"] = gid
+
         async def restore() -> None:
-            with volume.actions.begin("Restore"):
+            with action:
                 restored = await asyncio.to_thread(self.store.restore, volume.vol, gid, paths, self.discard)
                 self.log.info("%s: restored gid %d with %d diffs (%s) at %s", volume.vol, gid, len(paths),
                               restored.clone, restored.path)
 
         self.spawn(restore(), f"restore {volume.vol} {gid}")
-        return messages.ACCEPTED
+        return {**messages.ACCEPTED, "started": action.started}
 
     async def cmd_del_restored(self, request: Request) -> Any:
         volume = self.volume(request.args["vol"])
-        volume.actions.refuse_if_running(["Restore", "Resize"])
+        volume.refuse_if_busy("del-restored")
         await asyncio.to_thread(self.store.delete_restored, volume.vol, request.args["gid"])
         return {"deleted": request.args["gid"]}
 
     def _restored_device(self, vol: str, gid: int) -> str:
         """A loop device for a restored snapshot (attached once, then reused)."""
         return self.store.attach(vol, gid, read_only=True)
+
+    # ------------------------------------------------------------------ lifecycle (walb.md §5.6)
+
+    async def cmd_apply(self, request: Request) -> Any:
+        volume = self.volume(request.args["vol"])
+        gid = request.args["gid"]
+        plan = volume.plan_apply(gid)
+        if plan is None:
+            return {"applied": [], "base": str(volume.base)}
+        action = volume.actions.begin(ArchiveAction.APPLY)
+        self.spawn(self._apply(volume, plan, action), f"apply {volume.vol} {gid}")
+        return {**messages.ACCEPTED, "started": action.started}
+
+    async def _apply(self, volume: ArchiveVolume, plan: ApplyPlan, action: Any) -> None:
+        """Write ``plan`` into the base: "applying" recorded once the diffs are verified, the new
+        base recorded once it is synced, then the applied diffs deleted. A crash anywhere is
+        finished at the next start (:meth:`on_start`)."""
+        with action:
+            started = time.monotonic()
+            base_before = volume.base.to_str(False)
+
+            def applying() -> None:  # in the apply's thread, between verification and the first write
+                crash_point("apply:verified")
+                volume.record_base(plan.applying)
+                crash_point("apply:state-saved")
+
+            stats = await asyncio.to_thread(self.store.apply_to_base, volume.vol, plan.paths, self.discard,
+                                            applying, lambda: crash_point("apply:io"))
+            crash_point("apply:written")
+            volume.record_base(plan.applied)
+            crash_point("apply:base-saved")
+            applied = volume.applied_diffs()
+            freed = sum(diff.data_size for diff in applied)
+            await asyncio.to_thread(delete_diff_files, volume.directory, volume.forget_diffs(applied))
+            action.detail.update(base=str(volume.base), diffs=len(applied), bytes_freed=freed)
+            self.log.info("%s: applied %d diffs (%s) to base %s -> %s in %.2f s; %d diff bytes freed", volume.vol,
+                          len(plan.diffs), stats.as_dict(), base_before, volume.base.to_str(False),
+                          time.monotonic() - started, freed)
+
+    async def cmd_merge(self, request: Request) -> Any:
+        volume = self.volume(request.args["vol"])
+        args = request.args
+        plan = volume.plan_merge(args["gid_b"], args.get("gid_e"), args.get("max_size"))
+        action = volume.actions.begin(ArchiveAction.MERGE)
+        self.spawn(self._merge(volume, plan, action), f"merge {volume.vol} {plan.merged.range_str()}")
+        return {**messages.ACCEPTED, "started": action.started, "merged": plan.merged.range_str(),
+                "inputs": len(plan.inputs)}
+
+    async def _merge(self, volume: ArchiveVolume, plan: MergePlan, action: Any) -> None:
+        """Write the merged diff, make it durable and part of the chain, then delete the inputs."""
+        with action:
+            started = time.monotonic()
+            stored, path = await asyncio.to_thread(volume.write_merged, plan)
+            volume.register_diff(stored, path)
+            before = sum(diff.data_size for diff in plan.inputs)
+            await asyncio.to_thread(delete_diff_files, volume.directory, volume.forget_diffs(plan.inputs))
+            action.detail.update(merged=stored.range_str(), diffs=len(plan.inputs),
+                                 bytes_freed=before - stored.data_size)
+            self.log.info("%s: merged %d diffs (%d bytes) into %s (%d bytes) in %.2f s", volume.vol, len(plan.inputs),
+                          before, stored.range_str(), stored.data_size, time.monotonic() - started)
+
+    async def cmd_disable_snapshot(self, request: Request) -> Any:
+        return await self._snapshot_flags(request, enabled=False)
+
+    async def cmd_enable_snapshot(self, request: Request) -> Any:
+        return await self._snapshot_flags(request, enabled=True)
+
+    async def _snapshot_flags(self, request: Request, enabled: bool) -> Any:
+        volume = self.volume(request.args["vol"])
+        changes = volume.plan_snapshot_flags(request.args["gids"], enabled)
+        # Held while the files are renamed, so that no apply or merge starts in between.
+        with volume.actions.begin(ArchiveAction.SNAPSHOT_FLAGS):
+            try:
+                await asyncio.to_thread(volume.rename_diff_files, changes)
+            finally:
+                # What was renamed is renamed: the directory is the truth, so the chain follows it.
+                volume.commit_snapshot_flags([(old, new) for old, new in changes
+                                              if os.path.exists(volume.diffs.path_for(new))])
+        self.log.info("%s: %s snapshots %s (%d diffs renamed)", volume.vol, "enabled" if enabled else "disabled",
+                      request.args["gids"], len(changes))
+        return {"changed": [old.range_str() for old, _ in changes]}
+
+    async def cmd_gc_diff(self, request: Request) -> Any:
+        volume = self.volume(request.args["vol"])
+        volume.require_active("gc-diff")
+        volume.refuse_if_busy("gc-diff")
+        garbage = volume.garbage()
+        await asyncio.to_thread(delete_diff_files, volume.directory, volume.forget_diffs(garbage))
+        if garbage:
+            self.log.info("%s: gc-diff removed %s", volume.vol, ", ".join(d.range_str() for d in garbage))
+        return {"removed": [diff.range_str() for diff in garbage], "bytes": sum(d.data_size for d in garbage)}
+
+    # ------------------------------------------------------------------ virtual full image
+
+    def _scan_args(self, volume: ArchiveVolume, args: dict[str, Any]) -> tuple[list[str], int, int]:
+        """The diffs of snapshot gid, the bulk [bytes] and how much of the image [LB] a scan covers."""
+        paths = volume.scan_paths(args["gid"])
+        bulk = args.get("bulk", bhash.DEFAULT_BULK)
+        size_lb = volume.size_lb
+        if "size" in args:
+            if args["size"] % LOGICAL_BLOCK_SIZE or args["size"] > size_lb * LOGICAL_BLOCK_SIZE:
+                raise UsageError(f"{volume.vol}: scan size {args['size']} is not a multiple of 512 within the "
+                                 f"volume's {size_lb * LOGICAL_BLOCK_SIZE} bytes")
+            size_lb = args["size"] // LOGICAL_BLOCK_SIZE
+        return paths, bulk, size_lb
+
+    async def cmd_bhash(self, request: Request) -> Any:
+        volume = self.volume(request.args["vol"])
+        gid = request.args["gid"]
+        paths, bulk, size_lb = self._scan_args(volume, request.args)
+        started = time.monotonic()
+
+        def scan() -> bhash.StreamHasher:
+            with self.store.open_base(volume.vol, writable=False) as base:
+                return bhash.hash_virtual(base.fd, paths, volume.size_lb, bulk, size_lb)
+
+        with volume.actions.begin(ArchiveAction.VIRTUAL_SCAN):
+            async with request.channel.keepalive():
+                hasher = await asyncio.to_thread(scan)
+        self.log.info("%s: bhash of gid %d (%d diffs, bulk %d) = %s in %.2f s", volume.vol, gid, len(paths), bulk,
+                      hasher.hexdigest(), time.monotonic() - started)
+        return {"hash": hasher.hexdigest(), "gid": gid, "bulk": bulk, "size": hasher.size}
+
+    async def cmd_virt_full_scan(self, request: Request) -> Any:
+        volume = self.volume(request.args["vol"])
+        paths, bulk, size_lb = self._scan_args(volume, request.args)
+        bulk_lb = bulk // LOGICAL_BLOCK_SIZE
+        with volume.actions.begin(ArchiveAction.VIRTUAL_SCAN), \
+                self.store.open_base(volume.vol, writable=False) as base:
+            await request.accept()
+            channel = request.channel
+            await channel.send_json(messages.begin(volume.uuid, size_lb, bulk_lb))
+            bulks = _image_pieces(full_image(_ios_within(paths, size_lb), size_lb, base.fd, bulk_lb), bulk_lb)
+            try:
+                async with contextlib.aclosing(prefetched(bulks)) as pieces:
+                    digest = await send_image(channel, pieces, size_lb, bulk_lb)
+            except (WalbopsError, OSError) as exc:
+                if not isinstance(exc, ProtocolError):
+                    await _abort(channel, str(exc))
+                raise
+            await channel.send_json(digest.end())
+        self.log.info("%s: virt-full-scan of gid %d sent to %s (%d bytes of data)", volume.vol, request.args["gid"],
+                      channel.peer_id, digest.size)
+        return None
 
     # ------------------------------------------------------------------ transfers
 
@@ -160,51 +358,38 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                 await asyncio.to_thread(self.store.remove_volume, volume.vol)
             self.store.create_base(volume.vol, size_lb)
             reads_zeros = self.store.new_base_reads_zeros
-            with volume.actions.begin("FullSync"), self.store.open_base(volume.vol, writable=True) as target:
+            with volume.actions.begin(ArchiveAction.FULL_SYNC), \
+                    self.store.open_base(volume.vol, writable=True) as target:
                 await request.accept()
                 channel = request.channel
                 begin = await channel.recv_json("begin")
-                cursor = ImageCursor(size_lb, bulk_lb)
-                digest = StreamDigest()
                 unsynced = 0
                 volume.progress_lb = 0
+
+                async def on_data(offset: int, data: bytes) -> None:
+                    nonlocal unsynced
+                    # Into the page cache, in this thread: a thread hop per frame costs more
+                    # (GIL hand-offs) than the write; the fdatasyncs run in a thread.
+                    _pwrite_all(target.fd, data, offset)
+                    unsynced += len(data)
+                    if unsynced >= FSYNC_INTERVAL:
+                        await asyncio.to_thread(os.fdatasync, target.fd)
+                        unsynced = 0
+                    volume.progress_lb = (offset + len(data)) // LOGICAL_BLOCK_SIZE
+
+                async def on_zero(offset: int, length: int) -> None:
+                    # A fresh file or thin LV reads as zeros already; a thick LV is zeroed here.
+                    if not reads_zeros:
+                        await asyncio.to_thread(zero_range, target.fd, offset, length)
+                    volume.progress_lb = (offset + length) // LOGICAL_BLOCK_SIZE
+
                 try:
-                    while True:
-                        frame = await channel.recv()
-                        if isinstance(frame, DataFrame):
-                            offset = cursor.data(len(frame.data))
-                            digest.update(frame.data)
-                            # Into the page cache, in this thread: a thread hop per frame costs more
-                            # (GIL hand-offs) than the write; the fdatasyncs run in a thread.
-                            _pwrite_all(target.fd, frame.data, offset)
-                            unsynced += len(frame.data)
-                            if unsynced >= FSYNC_INTERVAL:
-                                await asyncio.to_thread(os.fdatasync, target.fd)
-                                unsynced = 0
-                            volume.progress_lb = (offset + len(frame.data)) // LOGICAL_BLOCK_SIZE
-                            continue
-                        message = frame.message
-                        kind = message["type"]
-                        if kind == "abort":
-                            raise OperationError(f"{volume.vol}: the storage aborted the full backup: "
-                                                 f"{message['reason']}")
-                        if kind == "end":
-                            digest.check(message)
-                            cursor.finish()
-                            if "gid" not in message:
-                                raise BadField("end of a full backup without its gid")
-                            break
-                        cursor.item(message)
-                        if kind == "zero":
-                            # A fresh file or thin LV reads as zeros already; a thick LV is zeroed here.
-                            if not reads_zeros:
-                                await asyncio.to_thread(zero_range, target.fd,
-                                                        message["offset_lb"] * LOGICAL_BLOCK_SIZE,
-                                                        message["count_lb"] * LOGICAL_BLOCK_SIZE)
-                            volume.progress_lb = cursor.position_lb
+                    end = await receive_image(channel, size_lb, bulk_lb, f"{volume.vol}: the storage", on_data,
+                                              on_zero)
+                    if "gid" not in end:
+                        raise BadField("end of a full backup without its gid")
                     await asyncio.to_thread(os.fdatasync, target.fd)
-                    volume.finish_full_sync(tx, bytes.fromhex(begin["uuid"]), size_lb, message["gid"],
-                                            args["timestamp"])
+                    volume.finish_full_sync(tx, bytes.fromhex(begin["uuid"]), size_lb, end["gid"], args["timestamp"])
                 except (WalbopsError, OSError) as exc:
                     if not isinstance(exc, ProtocolError):
                         await _abort(channel, str(exc))
@@ -242,7 +427,8 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                         if isinstance(outcome, BaseException):
                             raise outcome
                 assert isinstance(verified, FileHeader)
-                stored = await asyncio.to_thread(volume.add_received_diff, tmp, diff, verified)
+                stored, final = await asyncio.to_thread(volume.store_received_diff, tmp, diff, verified)
+                volume.register_diff(stored, final)
             except (WalbopsError, OSError) as exc:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
@@ -269,3 +455,84 @@ async def _abort(channel: Any, reason: str) -> None:
         await channel.send_json(messages.abort(reason[: messages.MAX_TEXT]))
     except (WalbopsError, OSError):
         pass
+
+
+def _ios_within(paths: list[str], size_lb: int) -> Any:
+    ios = merged_ios(paths) if paths else iter(())
+    return bhash._within(ios, size_lb)
+
+
+def _image_pieces(bulks: Any, bulk_lb: int) -> Any:
+    """(offset_lb, bulk) of consecutive bulks from LB 0."""
+    for index, bulk in enumerate(bulks):
+        yield index * bulk_lb, bulk  # full_image makes a new buffer per bulk: no copy needed
+
+
+# Arguments of ``get`` targets: walbc passes words, the API ints; both are checked here.
+
+def _ints(args: Any, at_most: int, what: str) -> list[int]:
+    words = [] if args is None else list(args) if isinstance(args, list) else [args]
+    if len(words) > at_most:
+        raise UsageError(f"{what}: at most {at_most} arguments, got {len(words)}")
+    try:
+        values = [int(word) for word in words]
+    except (TypeError, ValueError):
+        raise UsageError(f"{what}: {words} are not gids") from None
+    if any(not 0 <= value <= messages.U64_MAX for value in values):
+        raise UsageError(f"{what}: gids are u64")
+    return values
+
+
+def gid_range(args: Any) -> tuple[int, int | None]:
+    """``[GID0 [GID1]]``: diffs whose snapB.gid_b is in [GID0, GID1)."""
+    values = _ints(args, 2, "gid range")
+    gid_b = values[0] if values else 0
+    gid_e = values[1] if len(values) > 1 else None
+    if gid_e is not None and gid_e <= gid_b:
+        raise UsageError(f"gid range: GID1 {gid_e} must be greater than GID0 {gid_b}")
+    return gid_b, gid_e
+
+
+def optional_gid(args: Any) -> int | None:
+    values = _ints(args, 1, "gid")
+    return values[0] if values else None
+
+
+def meta_state_args(args: Any) -> tuple[bool, int | None]:
+    """``0|1 [GID]``: 1 asks for the "applying" form."""
+    values = _ints(args, 2, "meta-state")
+    if not values or values[0] not in (0, 1):
+        raise UsageError("meta-state: expected 0|1 [GID]")
+    return bool(values[0]), values[1] if len(values) > 1 else None
+
+
+def exists_diff(volume: ArchiveVolume, args: Any) -> bool:
+    values = _ints(args, 4, "exists-diff")
+    if len(values) != 4:
+        raise UsageError("exists-diff: expected GIDB0 GIDB1 GIDE0 GIDE1")
+    try:
+        diff = MetaDiff(MetaSnap(values[0], values[1]), MetaSnap(values[2], values[3]))
+    except BadField as exc:
+        raise UsageError(f"exists-diff: {exc}") from None
+    return volume.diffs.chain.get(diff) is not None
+
+
+def action_name(args: Any) -> str:
+    name = args[0] if isinstance(args, list) and len(args) == 1 else args
+    if name not in set(ArchiveAction):
+        raise UsageError(f"action {name!r} is not one of {', '.join(ArchiveAction)}")
+    return str(name)
+
+
+def action_result(volume: ArchiveVolume, name: str) -> dict[str, Any] | None:
+    """How the last run of action ``name`` ended (None: never ran since the agent started)."""
+    outcome = volume.actions.outcomes.get(name)
+    return None if outcome is None else outcome.as_dict()
+
+
+def all_actions(volume: ArchiveVolume) -> dict[str, Any]:
+    """``get all-actions`` for one volume: each action's running count and last start."""
+    return {"name": volume.vol, **{
+        str(name): {"running": volume.actions.count(name),
+                    "last": format_pretty_time(int(volume.actions.last_started.get(name, 0)))}
+        for name in ArchiveAction}}

@@ -8,30 +8,98 @@ the source of truth for the diffs, rescanned at load. Block images live in the s
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import os
 import shutil
 import time
 import uuid as uuidlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..diff.chain import DiffDirectory
-from ..diff.files import verify_wdiff
-from ..errors import FormatError, OperationError
+from ..diff.engine import write_sorted
+from ..diff.files import iter_diff, read_header, verify_wdiff
+from ..diff.io import merge_ios
+from ..diff.sorted_file import SortedDiffWriter
+from ..durable import fsync_dir
+from ..errors import FormatError, OperationError, UsageError
+from ..faults import crash_point
+from ..formats.compression import Compression
 from ..formats.wdiff import FileHeader
 from ..gid import (
+    UINT64_MAX,
     MetaDiff,
     MetaSnap,
     MetaState,
     Relation,
     Restorable,
+    apply,
+    begin_applying,
     diff_file_name,
+    end_applying,
     get_relation,
+    merge,
 )
 from . import metadata
 from .state import ARCHIVE_ACTIVE, ARCHIVE_TRANSITIONS, ActionCounter, Refused, StateMachine
 
-TMP_SUFFIX = ".receiving"
+TMP_SUFFIX = ".receiving"  # a diff being received
+MERGING_SUFFIX = ".merging"  # a merge's output before it is complete and synced
+
+
+class ArchiveAction(enum.StrEnum):
+    """Background work on an archived volume (WalB's action names, and VirtualScan)."""
+
+    MERGE = "Merge"
+    APPLY = "Apply"
+    RESTORE = "Restore"
+    REPL_SYNC_AS_CLIENT = "ReplSyncAsClient"
+    RESIZE = "Resize"
+    FULL_SYNC = "FullSync"
+    VIRTUAL_SCAN = "VirtualScan"  # bhash, virt-full-scan: read the base and the diffs
+    SNAPSHOT_FLAGS = "SnapshotFlags"  # disable-snapshot, enable-snapshot: rename diff files
+
+
+# What each operation refuses to run beside (walb.md §3.3). Restore, apply and merge exclude each
+# other both ways, and a virtual scan reads the base and the diffs as a restore does: an apply
+# rewrites the base and a merge deletes the diffs under them.
+_ALL_ACTIONS = tuple(ArchiveAction)
+EXCLUSIONS: dict[str, tuple[str, ...]] = {
+    "restore": ("Restore", "Apply", "Merge", "Resize"),
+    "virtual-scan": ("Apply", "Merge", "Resize"),
+    "apply": ("Restore", "VirtualScan", "ReplSyncAsClient", "Apply", "Merge", "Resize", "SnapshotFlags"),
+    "merge": ("Restore", "VirtualScan", "Apply", "Merge", "Resize", "SnapshotFlags"),
+    "snapshot-flags": ("Restore", "VirtualScan", "Apply", "Merge", "SnapshotFlags"),
+    "gc-diff": ("Apply", "Merge"),
+    "del-restored": ("Restore", "Resize"),
+    "stop": _ALL_ACTIONS,
+    "clear-vol": _ALL_ACTIONS,
+    "reset-vol": _ALL_ACTIONS,
+    "full-sync": _ALL_ACTIONS,
+}
+
+
+@dataclass(frozen=True)
+class ApplyPlan:
+    """An apply of ``diffs`` into the base: ``applying`` is recorded before the first write,
+    ``applied`` after the last (WalB's Applying; walb.md §5.6)."""
+
+    diffs: tuple[MetaDiff, ...]
+    paths: tuple[str, ...]
+    applying: MetaState
+    applied: MetaState
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """A merge of ``inputs`` (oldest first) into one sorted wdiff described by ``merged``."""
+
+    inputs: tuple[MetaDiff, ...]
+    paths: tuple[str, ...]
+    merged: MetaDiff  # data_size 0 until written
+    uuid: bytes
 
 
 @dataclass
@@ -58,7 +126,7 @@ class ArchiveVolume:
         self.uuid = bytes.fromhex(meta.get("uuid", "00" * 16))
         self.archive_uuid = bytes.fromhex(meta.get("archive_uuid", "00" * 16))
         self.size_lb = int(meta.get("size_lb", 0))
-        self.actions = ActionCounter()
+        self.actions = ActionCounter(self.vol)
         self.progress_lb = 0
         self.diffs = self._scan()
 
@@ -81,8 +149,8 @@ class ArchiveVolume:
         if not os.path.isdir(self.directory):
             return DiffDirectory.empty(self.directory)
         for name in os.listdir(self.directory):
-            if name.endswith(TMP_SUFFIX):
-                os.unlink(os.path.join(self.directory, name))  # a transfer cut short
+            if name.endswith((TMP_SUFFIX, MERGING_SUFFIX)):
+                os.unlink(os.path.join(self.directory, name))  # a transfer or merge cut short
         return DiffDirectory.scan(self.directory)
 
     @property
@@ -101,7 +169,7 @@ class ArchiveVolume:
 
     def clear_vol(self, remove_images: Any) -> None:
         """Delete everything of the volume (``remove_images`` is the store's remover)."""
-        self.actions.refuse_if_running(["Merge", "Apply", "Restore", "ReplSyncAsClient", "Resize"])
+        self.refuse_if_busy("clear-vol")
         with self.machine.transaction(("SyncReady", "Stopped"), "ClearVol") as tx:
             remove_images(self.vol)
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -109,7 +177,7 @@ class ArchiveVolume:
             tx.commit("Clear")
 
     def reset_vol(self, remove_images: Any) -> None:
-        self.actions.refuse_if_running(["Merge", "Apply", "Restore", "ReplSyncAsClient", "Resize"])
+        self.refuse_if_busy("reset-vol")
         with self.machine.transaction(("SyncReady", "Stopped"), "ResetVol") as tx:
             remove_images(self.vol)
             for name in os.listdir(self.directory):
@@ -126,7 +194,7 @@ class ArchiveVolume:
             tx.commit("Archived")
 
     def stop(self) -> None:
-        self.actions.refuse_if_running(["Merge", "Apply", "Restore", "ReplSyncAsClient", "Resize"])
+        self.refuse_if_busy("stop")
         with self.machine.transaction("Archived", "Stop") as tx:
             tx.commit("Stopped")
 
@@ -137,7 +205,7 @@ class ArchiveVolume:
         if self.state != "SyncReady":
             raise Refused("not-sync-ready", f"{self.vol}: bad state {self.state} for a full backup (needs SyncReady;"
                           " an archived volume must be cleared or reset first)")
-        self.actions.refuse_if_running(["Merge", "Apply", "Restore", "ReplSyncAsClient", "Resize"])
+        self.refuse_if_busy("full-sync")
         return self.machine.transaction("SyncReady", "FullSync")
 
     def finish_full_sync(self, tx: Any, uuid: bytes, size_lb: int, gid_e: int, timestamp: int) -> None:
@@ -177,8 +245,12 @@ class ArchiveVolume:
     def receiving_path(self) -> str:
         return os.path.join(self.directory, f"incoming{TMP_SUFFIX}")
 
-    def add_received_diff(self, tmp_path: str, diff: MetaDiff, verified: FileHeader | None = None) -> MetaDiff:
-        """Make a received wdiff (sorted or indexed, fsynced) part of the volume, once verified.
+    def store_received_diff(self, tmp_path: str, diff: MetaDiff,
+                            verified: FileHeader | None = None) -> tuple[MetaDiff, str]:
+        """Verify a received wdiff (sorted or indexed, fsynced) and give it its WalB name.
+
+        Touches files only, so it may run in a thread; :meth:`register_diff` then makes it
+        part of the volume.
 
         Args:
             verified: the file header if the caller already verified the file completely
@@ -197,12 +269,191 @@ class ArchiveVolume:
             raise
         stored = MetaDiff(diff.snap_b, diff.snap_e, diff.is_mergeable, diff.is_comp_diff, diff.timestamp,
                           os.path.getsize(tmp_path))
-        final = os.path.join(self.directory, diff_file_name(stored))
+        final = self.diffs.path_for(stored)
         os.replace(tmp_path, final)
         metadata.fsync_dir(self.directory)
-        self.diffs.chain.add(stored)
-        self.diffs.files[stored.key] = final
+        return stored, final
+
+    def register_diff(self, diff: MetaDiff, path: str) -> None:
+        """Make a diff whose file is in place part of the chain (on the agent's event loop)."""
+        self.diffs.add(diff, path)
+
+    def add_received_diff(self, tmp_path: str, diff: MetaDiff, verified: FileHeader | None = None) -> MetaDiff:
+        """:meth:`store_received_diff` then :meth:`register_diff`; returns the stored diff."""
+        stored, final = self.store_received_diff(tmp_path, diff, verified)
+        self.register_diff(stored, final)
         return stored
+
+    # ------------------------------------------------------------------ exclusion
+
+    def refuse_if_busy(self, operation: str) -> None:
+        """Refuse ``operation`` (a key of EXCLUSIONS) with reason ``busy`` naming the running action."""
+        self.actions.refuse_if_running(EXCLUSIONS[operation], operation)
+
+    def require_active(self, operation: str) -> None:
+        if self.state not in ARCHIVE_ACTIVE:
+            raise Refused("bad-state", f"{self.vol}: bad state {self.state} for {operation} (needs Archived)")
+
+    def record_base(self, state: MetaState) -> None:
+        """Make ``state`` the base's MetaState, durably."""
+        self.base = state
+        self.save()
+
+    # ------------------------------------------------------------------ apply (walb.md §5.6)
+
+    def plan_apply(self, gid: int) -> ApplyPlan | None:
+        """What ``apply VOL GID`` does: the diffs up to clean snapshot ``gid`` and the two base states.
+
+        None when the base is at ``gid`` already (nothing to do). An applying base is finished
+        first: the plan then reaches at least its snap_e.
+
+        Raises:
+            Refused: the volume is not Archived, or an action it excludes runs.
+            OperationError: ``gid`` is not a restorable snapshot.
+        """
+        self.require_active("apply")
+        self.refuse_if_busy("apply")
+        if self.diffs.chain.diffs_to_materialize(self.base, gid, must_be_clean=True) is None:
+            raise OperationError(f"{self.vol}: snapshot {gid} is not restorable; apply needs a restorable gid "
+                                 f"(get restorable {self.vol} all)")
+        return self._apply_plan(self.diffs.chain.diffs_to_apply(self.base, gid))
+
+    def plan_resume_apply(self) -> ApplyPlan | None:
+        """The plan that finishes an applying base with the same diffs; None if it is not applying."""
+        if not self.base.is_applying:
+            return None
+        return self._apply_plan(self.diffs.chain.minimal_applying_list(self.base))
+
+    def _apply_plan(self, diffs: Sequence[MetaDiff]) -> ApplyPlan | None:
+        if not diffs:
+            return None
+        return ApplyPlan(tuple(diffs), tuple(self.diffs.path_of(diff) for diff in diffs),
+                         begin_applying(self.base, *diffs), end_applying(self.base, *diffs))
+
+    def applied_diffs(self) -> list[MetaDiff]:
+        """Diffs the base holds already (their end is at or before the base's snapshot)."""
+        base_gid = self.base.snap_b.gid_b
+        return [diff for diff in self.diffs.chain if diff.snap_e.gid_b <= base_gid]
+
+    # ------------------------------------------------------------------ merge
+
+    def plan_merge(self, gid_b: int, gid_e: int | None = None, max_size: int | None = None) -> MergePlan:
+        """What ``merge VOL GIDB [GIDE] [MAX_SIZE]`` does (WalB's getMergeableDiffList).
+
+        Starts at the diff whose snap_b.gid_b is ``gid_b`` and takes the mergeable diffs after it,
+        stopping before a diff that starts at or after ``gid_e`` and where the total size would
+        pass ``max_size`` bytes.
+
+        Raises:
+            Refused: not Archived, an action it excludes runs, or the base is applying.
+            OperationError: no diff starts at ``gid_b``, or fewer than two diffs merge there.
+        """
+        self.require_active("merge")
+        self.refuse_if_busy("merge")
+        if self.base.is_applying:
+            raise Refused("applying", f"{self.vol}: the base is applying {self.base.to_str(False)}; "
+                          "finish the apply before merging")
+        if gid_e is not None and gid_e <= gid_b:
+            raise UsageError(f"merge: GIDE {gid_e} must be greater than GIDB {gid_b}")
+        chain = self.diffs.chain.applicable_diffs(self.base.snap_b)
+        if not any(diff.snap_b.gid_b == gid_b for diff in chain):
+            raise OperationError(f"{self.vol}: no diff of the chain starts at snapshot {gid_b}")
+        inputs = self.diffs.chain.mergeable_diffs(gid_b, max_size, gid_e)
+        if not all(diff in chain for diff in inputs):
+            raise OperationError(f"{self.vol}: the diffs after snapshot {gid_b} are not on the chain from the base")
+        if len(inputs) < 2:
+            raise OperationError(f"{self.vol}: nothing to merge from snapshot {gid_b}"
+                                 + (f" before {gid_e}" if gid_e is not None else "")
+                                 + ": the next snapshot is explicit, or the range holds one diff")
+        merged = merge(*inputs)
+        if self.diffs.chain.get(merged) is not None:
+            raise OperationError(f"{self.vol}: a diff {merged.range_str()} exists already")
+        return MergePlan(tuple(inputs), tuple(self.diffs.path_of(diff) for diff in inputs), merged, self.uuid)
+
+    def write_merged(self, plan: MergePlan, compression: Compression = Compression.LZ4) -> tuple[MetaDiff, str]:
+        """Merge the inputs into one sorted wdiff, fsync it and give it its name (files only: a thread).
+
+        Every input record is read with its checksum checked; a corrupt input leaves nothing
+        behind. The inputs stay until the caller removes them, after this returned.
+        """
+        for path in plan.paths:
+            uuid = read_header(path).uuid
+            if uuid != plan.uuid:
+                raise OperationError(f"{path}: uuid {uuid.hex()} is not the volume's {plan.uuid.hex()}")
+        tmp = os.path.join(self.directory, f"merged{MERGING_SUFFIX}")
+        try:
+            with open(tmp, "wb") as out:
+                write_sorted(merge_ios([iter_diff(path) for path in plan.paths]),
+                             SortedDiffWriter(out, plan.uuid, compression))
+                out.flush()
+                os.fsync(out.fileno())
+            crash_point("merge:written")
+            stored = MetaDiff(plan.merged.snap_b, plan.merged.snap_e, plan.merged.is_mergeable,
+                              plan.merged.is_comp_diff, plan.merged.timestamp, os.path.getsize(tmp))
+            final = self.diffs.path_for(stored)
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(self.directory)
+        crash_point("merge:renamed")
+        return stored, final
+
+    # ------------------------------------------------------------------ snapshots, gc
+
+    def plan_snapshot_flags(self, gids: Iterable[int], enabled: bool) -> list[tuple[MetaDiff, MetaDiff]]:
+        """The renames that make snapshots ``gids`` explicit (enabled) or implicit (disable-snapshot).
+
+        Raises:
+            Refused: not Archived, or an action it excludes runs.
+            OperationError: a gid is not a snapshot of the chain that a diff starts at (the
+                latest snapshot and the base's cannot change); nothing is planned then.
+        """
+        what = "enable-snapshot" if enabled else "disable-snapshot"
+        self.require_active(what)
+        self.refuse_if_busy("snapshot-flags")
+        chain = self.diffs.chain.applicable_diffs(self.base.snap_b)
+        starts = {diff.snap_b.gid_b for diff in chain}
+        latest = self.latest_snap().gid_b
+        changes = []
+        for gid in dict.fromkeys(gids):
+            if gid not in starts:
+                why = "it is the latest snapshot" if gid == latest else "no diff of the chain starts there"
+                raise OperationError(f"{self.vol}: cannot {what.split('-')[0]} snapshot {gid}: {why}")
+            changes += self.diffs.chain.snapshot_flag_changes(gid, enabled)
+        return changes
+
+    def rename_diff_files(self, changes: Sequence[tuple[MetaDiff, MetaDiff]]) -> None:
+        """Rename each diff's file to its new name and sync the directory (files only: a thread)."""
+        for old, new in changes:
+            os.replace(self.diffs.path_of(old), self.diffs.path_for(new))
+            crash_point("snapshot-flag:renamed")
+        if changes:
+            fsync_dir(self.directory)
+
+    def commit_snapshot_flags(self, changes: Sequence[tuple[MetaDiff, MetaDiff]]) -> None:
+        for old, new in changes:
+            self.diffs.renamed(old, new)
+
+    def garbage(self) -> list[MetaDiff]:
+        """Diffs no restore or apply can use: off the chain from the base (WalB's gc)."""
+        keep = set(self.diffs.chain.applicable_diffs(self.base.snap_b))
+        return [diff for diff in self.diffs.chain if diff not in keep]
+
+    def forget_diffs(self, diffs: Iterable[MetaDiff]) -> list[str]:
+        """Take diffs out of the chain; returns their files for :func:`delete_diff_files`."""
+        return self.diffs.forget(diffs)
+
+    def meta_snap(self, gid: int | None = None) -> MetaSnap:
+        """The snapshot the base reaches with the applicable diffs up to ``gid`` (``get meta-snap``)."""
+        return apply(self.base.snap_b, *self.diffs.chain.applicable_diffs(self.base.snap_b, max_gid=gid))
+
+    def meta_state(self, applying: bool, gid: int | None = None) -> MetaState:
+        """``get meta-state``: the base after (or, ``applying``, while) applying the diffs up to ``gid``."""
+        diffs = self.diffs.chain.diffs_to_apply(self.base, gid) if gid is not None else \
+            self.diffs.chain.applicable_diffs(self.base.snap_b)
+        return begin_applying(self.base, *diffs) if applying else end_applying(self.base, *diffs)
 
     # ------------------------------------------------------------------ restore
 
@@ -210,16 +461,25 @@ class ArchiveVolume:
         return self.diffs.chain.restorable_list(self.base, include_implicit)
 
     def restore_paths(self, gid: int) -> list[str]:
-        if self.state not in ARCHIVE_ACTIVE:
-            raise OperationError(f"{self.vol}: bad state {self.state} for a restore")
-        self.actions.refuse_if_running(["Restore", "Resize"])
+        self.require_active("a restore")
+        self.refuse_if_busy("restore")
         return self.diffs.restore_paths(self.base, gid)
 
-    def diff_list(self) -> list[dict[str, Any]]:
-        return [DiffSummary(diff).as_dict() for diff in self.diffs.chain]
+    def scan_paths(self, gid: int) -> list[str]:
+        """The diffs to lay over the base to read snapshot ``gid`` (clean or dirty) virtually."""
+        self.require_active("a virtual scan")
+        self.refuse_if_busy("virtual-scan")
+        return [self.diffs.path_of(diff) for diff in self.diffs.chain.diffs_to_scan(self.base, gid)]
 
-    def total_diff_size(self) -> int:
-        return sum(diff.data_size for diff in self.diffs.chain)
+    def diffs_in(self, gid_b: int = 0, gid_e: int | None = None) -> list[MetaDiff]:
+        """Diffs with gid_b <= snap_b.gid_b < gid_e (``get diff VOL [GID0 [GID1]]``)."""
+        return self.diffs.chain.in_range(gid_b, UINT64_MAX if gid_e is None else gid_e)
+
+    def diff_list(self, gid_b: int = 0, gid_e: int | None = None) -> list[dict[str, Any]]:
+        return [DiffSummary(diff).as_dict() for diff in self.diffs_in(gid_b, gid_e)]
+
+    def total_diff_size(self, gid_b: int = 0, gid_e: int | None = None) -> int:
+        return sum(diff.data_size for diff in self.diffs_in(gid_b, gid_e))
 
     def status(self) -> dict[str, Any]:
         latest = self.latest_snap() if self.state != "Clear" else None
@@ -228,4 +488,15 @@ class ArchiveVolume:
             "archive_uuid": self.archive_uuid.hex(), "size_lb": self.size_lb, "num_diff": len(self.diffs.chain),
             "total_diff_size": self.total_diff_size(), "latest_snap": str(latest) if latest else None,
             "progress_lb": self.progress_lb, "time": int(time.time()),
+            "actions": {name: count for name in ArchiveAction if (count := self.actions.count(name))},
         }
+
+
+def delete_diff_files(directory: str, paths: Sequence[str]) -> None:
+    """Delete diff files no longer in a chain, then sync the directory (a thread may run this)."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        crash_point("diff:removed")
+    if paths:
+        fsync_dir(directory)

@@ -8,10 +8,13 @@ restores the previous steady state (WalB's StateMachineTransaction).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from ..errors import OperationError
 
@@ -96,12 +99,37 @@ class StateTransaction:
             self.machine.state = self.source  # roll back: nothing is persisted for transient states
 
 
-class ActionCounter:
-    """Running background actions per name, and when each last ran."""
+@dataclass(frozen=True)
+class ActionOutcome:
+    """How the last run of an action on a volume ended (for ``--wait`` and ``get all-actions``)."""
 
-    def __init__(self) -> None:
+    name: str
+    started: float  # [s] unix time
+    finished: float  # [s] unix time
+    error: str | None = None  # None: it succeeded
+    detail: dict[str, Any] = field(default_factory=dict)  # what it did (gids, bytes)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": self.name, "ok": self.ok, "error": self.error, "started": round(self.started, 3),
+                "finished": round(self.finished, 3), **self.detail}
+
+
+class ActionCounter:
+    """Running background actions per name, when each last started, and how each last ended.
+
+    Args:
+        owner: what the actions belong to (a volume id), for refusals.
+    """
+
+    def __init__(self, owner: str = "") -> None:
+        self.owner = owner
         self._running: Counter[str] = Counter()
         self.last_started: dict[str, float] = {}
+        self.outcomes: dict[str, ActionOutcome] = {}
 
     def count(self, name: str) -> int:
         return self._running[name]
@@ -109,30 +137,46 @@ class ActionCounter:
     def any_running(self, names: Iterable[str]) -> list[str]:
         return [name for name in names if self._running[name]]
 
-    def refuse_if_running(self, names: Iterable[str]) -> None:
+    def refuse_if_running(self, names: Iterable[str], what: str = "") -> None:
+        """Refuse (reason ``busy``) when one of ``names`` runs; the message names it."""
         running = self.any_running(names)
         if running:
-            raise OperationError(f"busy: {', '.join(running)} running")
+            doing = f"{what} refused: " if what else ""
+            raise Refused("busy", f"{self.owner + ': ' if self.owner else ''}{doing}busy: "
+                          f"{', '.join(running)} running")
 
     def begin(self, name: str) -> "_Action":
+        """Count ``name`` as running now; the returned context ends it and records how it ended."""
         self._running[name] += 1
         self.last_started[name] = time.time()
-        return _Action(self, name)
+        return _Action(self, name, self.last_started[name])
 
     def idle(self) -> bool:
         return not any(self._running.values())
 
 
 class _Action:
-    def __init__(self, counter: ActionCounter, name: str) -> None:
+    def __init__(self, counter: ActionCounter, name: str, started: float) -> None:
         self.counter = counter
         self.name = name
+        self.started = started
+        self.detail: dict[str, Any] = {}  # filled by the action: recorded with its outcome
+        self._ended = False
 
     def __enter__(self) -> "_Action":
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
         self.counter._running[self.name] -= 1
+        if isinstance(value, asyncio.CancelledError):
+            error: str | None = "cancelled (the agent stopped)"
+        else:
+            error = None if value is None else (str(value) or type(value).__name__)
+        self.counter.outcomes[self.name] = ActionOutcome(self.name, self.started, time.time(), error, self.detail)
 
 
 # WalB's machines (walb.md §3): (from, via, to).

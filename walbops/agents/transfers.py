@@ -21,7 +21,7 @@ from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..gid import MetaDiff
 from ..net import messages
 from ..net.frames import DataFrame
-from ..net.stream import StreamDigest
+from ..net.stream import ImageCursor, StreamDigest
 from ..net.transport import Channel
 
 FILE_READ = 1 << 20  # [bytes] read size when streaming a file
@@ -141,32 +141,79 @@ async def send_full_backup(channel: Channel, vol: str, fd: int, size_lb: int, bu
                     {"vol": vol, "size_lb": size_lb, "bulk_lb": bulk_lb, "timestamp": timestamp})
     uuid = await on_accepted()
     await channel.send_json(messages.begin(uuid))
-    digest = StreamDigest()
-    zero_from: int | None = None
-    bulk = bulk_lb * LOGICAL_BLOCK_SIZE
     async with contextlib.aclosing(prefetched(_read_bulks(fd, size_lb, bulk_lb))) as reads:
-        async for start_lb, data in reads:
-            view = memoryview(data)
-            for at in range(0, len(view), bulk):
-                piece = view[at:at + bulk]
-                offset_lb = start_lb + at // LOGICAL_BLOCK_SIZE
-                if is_all_zero(piece):
-                    zero_from = offset_lb if zero_from is None else zero_from
-                    continue
-                if zero_from is not None:
-                    await channel.send_json(messages.zero(zero_from, offset_lb - zero_from))
-                    zero_from = None
-                count = len(piece) // LOGICAL_BLOCK_SIZE
-                await channel.send_json(messages.chunk(offset_lb, count))
-                digest.update(piece)
-                await channel.send_data(piece)
-                if progress is not None:
-                    progress(offset_lb + count)
-    if zero_from is not None:
-        await channel.send_json(messages.zero(zero_from, size_lb - zero_from))
+        digest = await send_image(channel, reads, size_lb, bulk_lb, progress)
     gid = await on_streamed()
     await _finish(channel, digest, gid)
     return gid
+
+
+async def send_image(channel: Channel, pieces: AsyncIterator[tuple[int, bytes | memoryview]], size_lb: int,
+                     bulk_lb: int, progress: Callable[[int], None] | None = None) -> StreamDigest:
+    """The items of an image stream (docs/protocol.md §8.3) after its ``begin``, up to its ``end``.
+
+    ``pieces`` are (offset_lb, data) of consecutive whole bulks from LB 0 (the last may be
+    short). A bulk of data goes as ``chunk`` + its bytes, a run of all-zero bulks as one
+    ``zero``. Returns the digest for ``end``.
+    """
+    digest = StreamDigest()
+    zero_from: int | None = None
+    bulk = bulk_lb * LOGICAL_BLOCK_SIZE
+    async for start_lb, data in pieces:
+        view = memoryview(data)
+        for at in range(0, len(view), bulk):
+            piece = view[at:at + bulk]
+            offset_lb = start_lb + at // LOGICAL_BLOCK_SIZE
+            if is_all_zero(piece):
+                zero_from = offset_lb if zero_from is None else zero_from
+                continue
+            if zero_from is not None:
+                await channel.send_json(messages.zero(zero_from, offset_lb - zero_from))
+                zero_from = None
+            count = len(piece) // LOGICAL_BLOCK_SIZE
+            await channel.send_json(messages.chunk(offset_lb, count))
+            digest.update(piece)
+            await channel.send_data(piece)
+            if progress is not None:
+                progress(offset_lb + count)
+    if zero_from is not None:
+        await channel.send_json(messages.zero(zero_from, size_lb - zero_from))
+    return digest
+
+
+async def receive_image(channel: Channel, size_lb: int, bulk_lb: int, sender: str,
+                        on_data: Callable[[int, bytes], Awaitable[None]],
+                        on_zero: Callable[[int, int], Awaitable[None]]) -> dict[str, Any]:
+    """Receive the items of an image stream after its ``begin``; returns its checked ``end``.
+
+    ``on_data(offset, data)`` gets each data frame at its byte offset in the volume,
+    ``on_zero(offset, length)`` each zero range [bytes], in order.
+
+    Raises:
+        InvalidMessage: items out of order, past the volume, or not covering it.
+        ChecksumMismatch, BadField: ``end`` disagrees with the data.
+        OperationError: the sender aborted.
+    """
+    cursor = ImageCursor(size_lb, bulk_lb)
+    digest = StreamDigest()
+    while True:
+        frame = await channel.recv()
+        if isinstance(frame, DataFrame):
+            offset = cursor.data(len(frame.data))
+            digest.update(frame.data)
+            await on_data(offset, frame.data)
+            continue
+        message = frame.message
+        kind = message["type"]
+        if kind == "abort":
+            raise OperationError(f"{sender} aborted: {message['reason']}")
+        if kind == "end":
+            digest.check(message)
+            cursor.finish()
+            return message
+        cursor.item(message)
+        if kind == "zero":
+            await on_zero(message["offset_lb"] * LOGICAL_BLOCK_SIZE, message["count_lb"] * LOGICAL_BLOCK_SIZE)
 
 
 def _read_bulks(fd: int, size_lb: int, bulk_lb: int) -> Iterator[tuple[int, bytes]]:

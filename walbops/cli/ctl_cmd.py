@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import socket
+import stat
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
+from ..agents.transfers import receive_image
+from ..blockdev import size_of, zero_range
 from ..controller import POLL, Layout, Server, call
 from ..errors import OperationError, UsageError
+from ..formats.ldev import LOGICAL_BLOCK_SIZE
+from ..net import messages
 from ..net.auth import load_key
+from ..net.transport import open_connection
+from ..units import parse_size
 from ._common import emit
 
 # walbc's positional arguments, by command: (required names, optional names).
@@ -26,11 +37,18 @@ POSITIONAL: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "del-restored": (("vol", "gid"), ()),
     "full-bkp": (("vol",), ("bulk_size",)),
     "snapshot": (("vol",), ()),
+    "apply": (("vol", "gid"), ()),
+    "gc-diff": (("vol",), ()),
+    "bhash": (("vol", "gid"), ("bulk", "size")),
     "kick": ((), ("vol", "archive")),
     "shutdown": ((), ("mode",)),
     "version": ((), ()),
 }
-INTEGER_ARGS = {"gid", "bulk_size"}
+INTEGER_ARGS = {"gid"}
+SIZE_ARGS = {"bulk_size", "bulk", "size"}  # sizes in bytes, with k/m/g suffixes as walbc takes them
+# Commands whose --wait follows a background action on the archive to its end: its action name.
+ARCHIVE_WAITS = {"apply": "Apply", "merge": "Merge", "restore": "Restore"}
+MERGE_USAGE = "merge: expected VOL GIDB (gid GIDE | size MAX_MB) or VOL GIDB GIDE [MAX_SIZE]"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -44,8 +62,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="socket timeout [s]")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--wait", action="store_true",
-                        help="full-bkp, restore: wait until done, with a progress bar on a terminal")
-    parser.add_argument("command", help="walbc command: " + ", ".join(sorted(POSITIONAL)) + ", get")
+                        help="full-bkp, restore, apply, merge: wait until done (a progress bar on a terminal "
+                             "for full-bkp); a failure exits non-zero with the agent's reason")
+    parser.add_argument("command", help="walbc command: " + ", ".join(sorted(
+        [*POSITIONAL, "merge", "disable-snapshot", "enable-snapshot", "virt-full-scan", "archive-info"])) + ", get")
     parser.add_argument("args", nargs="*", help="its arguments, as walbc takes them")
     parser.set_defaults(handler=cmd_ctl)
 
@@ -64,6 +84,14 @@ def request_args(command: str, words: list[str]) -> dict[str, Any]:
         return args
     if command == "archive-info":
         return archive_info_args(words)
+    if command == "merge":
+        return merge_args(words)
+    if command in ("disable-snapshot", "enable-snapshot"):
+        if len(words) < 2:
+            raise UsageError(f"{command}: expected VOL GID...")
+        return {"vol": words[0], "gids": [_integer(command, "gid", word) for word in words[1:]]}
+    if command == "virt-full-scan":
+        return virt_full_scan_args(words)
     if command not in POSITIONAL:
         return {}
     required, optional = POSITIONAL[command]
@@ -73,13 +101,69 @@ def request_args(command: str, words: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for name, word in zip(required + optional, words, strict=False):
         if name in INTEGER_ARGS:
-            try:
-                result[name] = int(word)
-            except ValueError:
-                raise UsageError(f"{command}: {name} must be an integer, not {word!r}") from None
+            result[name] = _integer(command, name, word)
+        elif name in SIZE_ARGS:
+            result[name] = _size(command, name, word)
         else:
             result[name] = word
     return result
+
+
+def _integer(command: str, name: str, word: str) -> int:
+    try:
+        return int(word)
+    except ValueError:
+        raise UsageError(f"{command}: {name} must be an integer, not {word!r}") from None
+
+
+def _size(command: str, name: str, word: str) -> int:
+    try:
+        return parse_size(word)
+    except UsageError as exc:
+        raise UsageError(f"{command}: {name}: {exc}") from None
+
+
+def merge_args(words: list[str]) -> dict[str, Any]:
+    """walbc's ``merge VOL GIDB gid GIDE`` / ``merge VOL GIDB size MAX_MB``, or ``merge VOL GIDB GIDE [MAX_SIZE]``."""
+    if not 3 <= len(words) <= 4:
+        raise UsageError(MERGE_USAGE)
+    args: dict[str, Any] = {"vol": words[0], "gid_b": _integer("merge", "GIDB", words[1])}
+    if words[2] in ("gid", "size"):
+        if len(words) != 4:
+            raise UsageError(MERGE_USAGE)
+        if words[2] == "gid":
+            args["gid_e"] = _integer("merge", "GIDE", words[3])
+        else:
+            # walbc's size is in MiB; a suffix gives another unit.
+            args["max_size"] = _size("merge", "size", words[3] + ("" if words[3][-1:].isalpha() else "M"))
+        return args
+    args["gid_e"] = _integer("merge", "GIDE", words[2])
+    if len(words) == 4:
+        args["max_size"] = _size("merge", "MAX_SIZE", words[3])
+    return args
+
+
+def virt_full_scan_args(words: list[str]) -> dict[str, Any]:
+    """walbc's ``virt-full-scan DEVICE|stdout VOL GID [BULK [SIZE]]``; ``VOL DEVICE GID ...`` works too.
+
+    A volume id has no ``/``, so the word that names a path or ``stdout`` is the output.
+    """
+    usage = "virt-full-scan: expected DEVICE|stdout VOL GID [BULK [SIZE]]"
+    if not 3 <= len(words) <= 5:
+        raise UsageError(usage)
+
+    def is_output(word: str) -> bool:
+        return "/" in word or word in ("stdout", "-")
+
+    first, second = words[0], words[1]
+    if is_output(first) or not is_output(second):
+        output, vol = first, second
+    else:
+        output, vol = second, first
+    args: dict[str, Any] = {"output": output, "vol": vol, "gid": _integer("virt-full-scan", "gid", words[2])}
+    for name, word in zip(("bulk", "size"), words[3:], strict=False):
+        args[name] = _size("virt-full-scan", name, word)
+    return args
 
 
 def archive_info_args(words: list[str]) -> dict[str, Any]:
@@ -110,33 +194,40 @@ def archive_info_args(words: list[str]) -> dict[str, Any]:
 
 
 def wait_until_done(server: Server, key: bytes, command: str, arguments: dict[str, Any], timeout: float) -> Any:
-    """Poll until a full backup reaches Target or a restore shows up; draw progress on a terminal."""
+    """Poll until a full backup reaches Target (a progress bar on a terminal)."""
     vol = arguments["vol"]
 
-    def get(target: str, extra: Any = None) -> Any:
-        request: dict[str, Any] = {"target": target, "vol": vol}
-        if extra is not None:
-            request["args"] = extra
-        return asyncio.run(call(server, key, "get", request, timeout))
+    def get(target: str) -> Any:
+        return asyncio.run(call(server, key, "get", {"target": target, "vol": vol}, timeout))
 
     total = 0
     while True:
-        if command == "full-bkp":
-            state = get("state")
-            if state == "Target":
-                break
-            if state == "SyncReady":
-                raise OperationError(f"{vol}: the full backup failed (the storage is back in SyncReady)")
-            total = total or int(get("vol-size"))
-            done = int(get("progress"))
-        else:
-            if arguments["gid"] in get("restored"):
-                break
-            done = 0
-        progress_bar(done, total)
+        state = get("state")
+        if state == "Target":
+            break
+        if state == "SyncReady":
+            raise OperationError(f"{vol}: the full backup failed (the storage is back in SyncReady)")
+        total = total or int(get("vol-size"))
+        progress_bar(int(get("progress")), total)
         time.sleep(POLL)
     progress_bar(total, total, final=True)
-    return {"done": True, "state": "Target"} if command == "full-bkp" else {"restored": arguments["gid"]}
+    return {"done": True, "state": "Target"}
+
+
+def wait_for_action(server: Server, key: bytes, vol: str, action: str, accepted: Any, timeout: float) -> Any:
+    """Poll until the archive's background ``action`` on ``vol`` that ``accepted`` started has ended;
+    its outcome, or OperationError with the archive's reason if it failed."""
+    started = accepted.get("started") if isinstance(accepted, dict) else None
+    while True:
+        outcome = asyncio.run(call(server, key, "get", {"target": "action-result", "vol": vol, "args": action},
+                                   timeout))
+        if outcome is not None and (started is None or outcome["started"] >= started) and \
+                asyncio.run(call(server, key, "get", {"target": "num-action", "vol": vol, "args": action},
+                                 timeout)) == 0:
+            if not outcome["ok"]:
+                raise OperationError(f"{vol}: {action.lower()} failed on the archive: {outcome['error']}")
+            return outcome
+        time.sleep(POLL)
 
 
 def progress_bar(done: int, total: int, final: bool = False) -> None:
@@ -165,9 +256,14 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         key_file = args.key
     key = load_key(key_file)
     arguments = request_args(args.command, args.args)
-    result = asyncio.run(call(server, key, args.command, arguments, args.timeout))
-    if args.wait and args.command in ("full-bkp", "restore"):
+    if args.command == "virt-full-scan":
+        result = asyncio.run(receive_virtual_image(server, key, arguments, args.timeout))
+    else:
+        result = asyncio.run(call(server, key, args.command, arguments, args.timeout))
+    if args.wait and args.command == "full-bkp":
         result = wait_until_done(server, key, args.command, arguments, args.timeout)
+    elif args.wait and args.command in ARCHIVE_WAITS and isinstance(result, dict) and result.get("accepted"):
+        result = wait_for_action(server, key, arguments["vol"], ARCHIVE_WAITS[args.command], result, args.timeout)
     if args.json:
         emit({"result": result}, True)
     elif isinstance(result, (dict, list)):
@@ -175,3 +271,80 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     elif result is not None:
         print(result)
     return 0
+
+
+async def receive_virtual_image(server: Server, key: bytes, arguments: dict[str, Any], timeout: float) -> Any:
+    """virt-full-scan: the archive streams the image at a gid; write it to a device, a file or stdout.
+
+    A new file is written under a temporary name and renamed once complete; a device (or an
+    existing file) is written in place. Zero ranges become holes in a file and BLKZEROOUT
+    on a device.
+    """
+    output = arguments.pop("output")
+    to_stdout = output in ("stdout", "-")
+    channel = await open_connection(server.address, server.port, key, f"ctl-{socket.gethostname()}",
+                                    "controller", timeout=timeout)
+    async with channel:
+        if await channel.request(messages.VIRT_FULL_SCAN, arguments) != messages.ACCEPTED:
+            raise OperationError("virt-full-scan: the archive did not accept")
+        begin = await channel.recv_json("begin")
+        if "size_lb" not in begin or "bulk_lb" not in begin:
+            raise OperationError("virt-full-scan: the archive's begin does not say the image's size")
+        size = begin["size_lb"] * LOGICAL_BLOCK_SIZE
+        with _image_output(output, size) as fd:
+            async def on_data(offset: int, data: bytes) -> None:
+                if to_stdout:
+                    sys.stdout.buffer.write(data)
+                else:
+                    _pwrite_all(fd, data, offset)
+
+            async def on_zero(offset: int, length: int) -> None:
+                if to_stdout:
+                    for at in range(0, length, 1 << 20):
+                        sys.stdout.buffer.write(bytes(min(1 << 20, length - at)))
+                else:
+                    zero_range(fd, offset, length)
+
+            await receive_image(channel, begin["size_lb"], begin["bulk_lb"], f"{server.name}: the archive",
+                                on_data, on_zero)
+    if to_stdout:
+        sys.stdout.buffer.flush()
+        return None
+    return {"output": output, "vol": arguments["vol"], "gid": arguments["gid"], "size": size}
+
+
+@contextlib.contextmanager
+def _image_output(output: str, size: int) -> Iterator[int]:
+    if output in ("stdout", "-"):
+        yield -1
+        return
+    if os.path.exists(output) and not stat.S_ISREG(os.stat(output).st_mode):
+        fd = os.open(output, os.O_WRONLY)  # a device: written in place
+        try:
+            if size_of(fd) < size:
+                raise OperationError(f"{output} holds {size_of(fd)} bytes, the image needs {size}")
+            yield fd
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return
+    tmp = f"{output}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.ftruncate(fd, size)  # a hole: zero ranges cost nothing
+        yield fd
+        os.fsync(fd)
+        os.rename(tmp, output)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written

@@ -11,7 +11,8 @@ from ..blockdev import size_of
 from ..device.control import DeviceClient
 from ..device.core import OverflowPolicy
 from ..device.lifecycle import format_checked, start_device, stop_device
-from ..device.registry import check_name, read_info, running_devices
+from ..device.registry import DevicePaths, check_name, read_info, running_devices
+from ..diff import bhash
 from ..diff.logs import LdevLogReader, WlogWriter, read_super
 from ..errors import OperationError, UsageError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
@@ -106,6 +107,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_json_flag(wait)
     wait.set_defaults(handler=cmd_wait)
 
+    hashing = sub.add_parser("bhash", help="stream hash of a device or image, as an archive's bhash computes it")
+    hashing.add_argument("device", help="a walb device name (/dev/walbops/NAME), or any device or image path")
+    hashing.add_argument("--bulk", type=parse_size, default=bhash.DEFAULT_BULK,
+                         help="bulk size (default 256K; must equal the archive's)")
+    hashing.add_argument("--size", type=parse_size, help="hash only the first SIZE bytes")
+    add_json_flag(hashing)
+    hashing.set_defaults(handler=cmd_bhash)
+
     cat = sub.add_parser("cat-wlog", help="extract permanent logs as a wlog file (WalB's wlog-cat)")
     cat.add_argument("name")
     cat.add_argument("--begin", type=int, required=True, metavar="LSID")
@@ -113,6 +122,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     cat.add_argument("-o", "--output", default="-", help="output file (default stdout)")
     add_json_flag(cat)
     cat.set_defaults(handler=cmd_cat_wlog)
+
+
+def cmd_bhash(args: argparse.Namespace) -> int:
+    path = args.device if os.sep in args.device else DevicePaths(check_name(args.device)).link
+    hasher = bhash.hash_image(path, args.bulk, args.size)
+    emit({"device": path, "hash": hasher.hexdigest(), "bulk": args.bulk, "size": hasher.size}, args.json,
+         lambda result: str(result["hash"]))
+    return 0
 
 
 def cmd_format_ldev(args: argparse.Namespace) -> int:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import FormatError
-from ..gid import DIFF_FILE_SUFFIX, DiffChain, MetaDiff, MetaState, parse_diff_file_name
+from ..gid import DIFF_FILE_SUFFIX, DiffChain, MetaDiff, MetaState, diff_file_name, parse_diff_file_name
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,28 @@ class DiffDirectory:
 
     def path_of(self, diff: MetaDiff) -> str:
         return self.files[diff.key]
+
+    def path_for(self, diff: MetaDiff) -> str:
+        """Where a file holding ``diff`` goes: its WalB name in this directory."""
+        return os.path.join(self.path, diff_file_name(diff))
+
+    def add(self, diff: MetaDiff, path: str) -> None:
+        """Register a diff whose file is in place at ``path``."""
+        self.chain.add(diff)
+        self.files[diff.key] = path
+
+    def forget(self, diffs: Iterable[MetaDiff]) -> list[str]:
+        """Unregister ``diffs``; returns their files, for the caller to delete."""
+        paths = []
+        for diff in diffs:
+            self.chain.remove(diff)
+            paths.append(self.files.pop(diff.key))
+        return paths
+
+    def renamed(self, old: MetaDiff, new: MetaDiff) -> None:
+        """Register that the file of ``old`` now holds ``new`` under ``new``'s name."""
+        self.chain.replace(old, new)
+        self.files[new.key] = self.path_for(new)
 
     def restore_paths(self, base: MetaState, gid: int) -> list[str]:
         """Files to lay over the base, oldest first, for clean snapshot ``gid``.

@@ -360,6 +360,35 @@ class DiffChain:
             self.remove(diff)
         return erased
 
+    def snapshot_flag_changes(self, gid: int, enabled: bool) -> list[tuple[MetaDiff, MetaDiff]]:
+        """The (old, new) diffs that would make snapshot ``gid`` explicit (enabled) or implicit.
+
+        Every diff starting at ``gid`` whose is_mergeable flag differs; nothing changes here.
+
+        Raises:
+            OperationError: no diff starts at ``gid``.
+        """
+        bucket = self._by_start.get(gid)
+        if not bucket:
+            raise OperationError(f"no diff starts at snapshot {gid}")
+        # is_mergeable means "the start snapshot is implicit".
+        return [(diff, replace(diff, is_mergeable=not enabled)) for diff in bucket if diff.is_mergeable == enabled]
+
+    def replace(self, old: MetaDiff, new: MetaDiff) -> None:
+        """Put ``new`` where ``old`` was; both must have the same snapshots (a flag or size changed).
+
+        Raises:
+            OperationError: the keys differ, or ``old`` is not here.
+        """
+        if old.key != new.key:
+            raise OperationError(f"cannot replace {old.range_str()} by {new.range_str()}")
+        stored = self._by_key.get(old.key)
+        if stored is None:
+            raise OperationError(f"diff {old.range_str()} not found")
+        bucket = self._by_start[old.snap_b.gid_b]
+        bucket[bucket.index(stored)] = new
+        self._by_key[new.key] = new
+
     def set_snapshot_enabled(self, gid: int, enabled: bool) -> list[tuple[MetaDiff, MetaDiff]]:
         """Make snapshot ``gid`` explicit (enabled) or implicit by flipping is_mergeable.
 
@@ -369,14 +398,7 @@ class DiffChain:
         Raises:
             OperationError: no diff starts at ``gid``.
         """
-        bucket = self._by_start.get(gid)
-        if not bucket:
-            raise OperationError(f"no diff starts at snapshot {gid}")
-        changed = []
-        for i, diff in enumerate(bucket):
-            if diff.is_mergeable == enabled:  # is_mergeable means "the start snapshot is implicit"
-                new = replace(diff, is_mergeable=not enabled)
-                bucket[i] = new
-                self._by_key[new.key] = new
-                changed.append((diff, new))
+        changed = self.snapshot_flag_changes(gid, enabled)
+        for old, new in changed:
+            self.replace(old, new)
         return changed

@@ -27,6 +27,7 @@ ACCEPTED = {"accepted": True}  # the result of an accepted asynchronous command 
 WLOG_TRANSFER = "wlog-transfer"
 WDIFF_TRANSFER = "wdiff-transfer"
 DIRTY_FULL_SYNC = "dirty-full-sync"
+VIRT_FULL_SCAN = "virt-full-scan"
 
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
@@ -76,7 +77,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     # ok selects the branch, so a failure names the field of the right one.
     "response": {"if": {"properties": {"ok": {"const": False}}, "required": ["ok"]},
                  "then": _RESPONSE_FAILED, "else": _RESPONSE_OK},
-    "begin": _message("begin", {"uuid": _UUID}),
+    "begin": _message("begin", {"uuid": _UUID, "size_lb": _U64, "bulk_lb": {**_U32, "minimum": 1}},
+                      required=("uuid",)),
     "chunk": _message("chunk", {"offset_lb": _U64, "count_lb": {**_U32, "minimum": 1}}),
     "zero": _message("zero", {"offset_lb": _U64, "count_lb": {**_U64, "minimum": 1}}),
     "end": _message("end", {"size": _U64, "checksum": _CRC32, "gid": _U64}, required=("size", "checksum")),
@@ -184,8 +186,14 @@ def response(request_id: int, result: Any = None, *, error: str | None = None,
     return message
 
 
-def begin(uuid: bytes) -> dict[str, Any]:
-    return {"type": "begin", "uuid": uuid.hex()}
+def begin(uuid: bytes, size_lb: int | None = None, bulk_lb: int | None = None) -> dict[str, Any]:
+    """The start of an image stream; a virt-full-scan also says the image's size and bulk."""
+    message: dict[str, Any] = {"type": "begin", "uuid": uuid.hex()}
+    if size_lb is not None:
+        message["size_lb"] = size_lb
+    if bulk_lb is not None:
+        message["bulk_lb"] = bulk_lb
+    return message
 
 
 def chunk(offset_lb: int, count_lb: int) -> dict[str, Any]:
