@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "scenarios"))
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path[:0] = [str(TESTS / "scenarios"), str(TESTS)]  # cluster.py, and the helpers it imports
 import cluster as scenario  # noqa: E402  (tests/scenarios/cluster.py)
 
 MiB = scenario.MiB

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,3 +56,15 @@ def write_torn_pack(ldev: Path | str, lsid: int, ios: list[tuple[int, bytes]]) -
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def loop_devices_under(root: Path) -> list[str]:
+    """Loop devices whose backing file lies under ``root`` (restored images left attached)."""
+    result = subprocess.run(["losetup", "--json", "--list", "--output", "NAME,BACK-FILE"], capture_output=True,
+                            text=True)
+    found = []
+    for entry in json.loads(result.stdout or "{}").get("loopdevices", []):
+        back = str(entry.get("back-file") or "").removesuffix(" (deleted)")
+        if back.startswith(str(root) + os.sep):
+            found.append(str(entry["name"]))
+    return found

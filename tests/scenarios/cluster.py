@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import mmap
 import os
 import random
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import yaml
+from helpers import loop_devices_under
 
 from walbops.controller import Controller, Layout
 from walbops.errors import WalbopsError
@@ -205,18 +205,6 @@ class RandomWriter:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=60)
-
-
-def loop_devices_under(root: Path) -> list[str]:
-    """Loop devices whose backing file lies under ``root`` (restored images left attached)."""
-    result = subprocess.run(["losetup", "--json", "--list", "--output", "NAME,BACK-FILE"], capture_output=True,
-                            text=True)
-    found = []
-    for entry in json.loads(result.stdout or "{}").get("loopdevices", []):
-        back = str(entry.get("back-file") or "").removesuffix(" (deleted)")
-        if back.startswith(str(root) + os.sep):
-            found.append(str(entry["name"]))
-    return found
 
 
 class Relay:

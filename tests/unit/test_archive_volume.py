@@ -167,3 +167,99 @@ def test_an_indexed_diff_is_kept_as_it_came_and_a_corrupt_one_refused(tmp_path):
     with pytest.raises(FormatError):
         volume.add_received_diff(tmp, MetaDiff(4, 5))
     assert not os.path.exists(tmp) and len(volume.diffs.chain) == 1
+
+
+def with_diffs(tmp_path, mergeable: tuple[bool, ...] = (False, False, False)) -> ArchiveVolume:
+    """An archived volume with base |0| and diffs |0|-->|1|-->|2|... (flags as given, per diff)."""
+    volume = archived(tmp_path, gid_e=0)
+    for gid, flag in enumerate(mergeable):
+        tmp = volume.receiving_path()
+        diff_file(tmp, fill=gid + 1)
+        volume.add_received_diff(tmp, MetaDiff(gid, gid + 1, is_mergeable=flag, timestamp=1_700_000_000 + gid))
+    return volume
+
+
+def test_restore_apply_and_merge_exclude_each_other_and_name_the_action(tmp_path):
+    volume = with_diffs(tmp_path, (False, True, True))
+    refusals = [
+        ("Apply", lambda: volume.plan_merge(0)),
+        ("Apply", lambda: volume.restore_paths(1)),
+        ("Apply", lambda: volume.scan_paths(1)),
+        ("Merge", lambda: volume.plan_apply(1)),
+        ("Merge", lambda: volume.plan_snapshot_flags([1], enabled=False)),
+        ("Restore", lambda: volume.plan_apply(1)),
+        ("Restore", lambda: volume.plan_merge(0)),
+        ("VirtualScan", lambda: volume.plan_merge(0)),
+        ("SnapshotFlags", lambda: volume.plan_apply(1)),
+    ]
+    for running, attempt in refusals:
+        with volume.actions.begin(running):
+            with pytest.raises(Refused) as caught:
+                attempt()
+        assert caught.value.reason == "busy" and f"{running} running" in str(caught.value)
+        assert "vol0" in str(caught.value)
+    # Two restores (of any gids) at once are refused too, as in WalB; a scan goes beside a restore.
+    with volume.actions.begin("Restore"):
+        with pytest.raises(Refused, match="Restore running"):
+            volume.restore_paths(2)
+        assert volume.scan_paths(2)
+
+
+def test_apply_plan_records_applying_then_applied_and_resumes(tmp_path):
+    volume = with_diffs(tmp_path)
+    plan = volume.plan_apply(2)
+    assert [d.range_str() for d in plan.diffs] == ["|0|-->|1|", "|1|-->|2|"]
+    assert plan.applying.to_str(False) == "<|0|-->|2|>" and plan.applied.to_str(False) == "<|2|>"
+    volume.record_base(plan.applying)  # what a crash after the first write leaves
+    reloaded = ArchiveVolume(str(tmp_path), "vol0")
+    resume = reloaded.plan_resume_apply()
+    assert resume is not None and resume.diffs == plan.diffs and resume.applied == plan.applied
+    assert [r.gid for r in reloaded.restorable(include_implicit=True)] == [2, 3]  # 0 and 1 are gone already
+    reloaded.record_base(resume.applied)
+    assert [d.range_str() for d in reloaded.applied_diffs()] == ["|0|-->|1|", "|1|-->|2|"]
+    assert [d.range_str() for d in reloaded.garbage()] == ["|0|-->|1|", "|1|-->|2|"]
+    assert reloaded.plan_apply(2) is None  # nothing left to do
+    with pytest.raises(OperationError, match="not restorable"):
+        reloaded.plan_apply(1)
+
+
+def test_merge_plan_follows_walb(tmp_path):
+    volume = with_diffs(tmp_path, (False, True, False))  # snapshot 1 implicit, 2 explicit
+    plan = volume.plan_merge(0)
+    assert [d.range_str() for d in plan.inputs] == ["|0|-->|1|", "|1|-->|2|"]
+    assert plan.merged.range_str() == "|0|-->|2|" and not plan.merged.is_mergeable
+    assert plan.merged.timestamp == 1_700_000_001
+    stored, path = volume.write_merged(plan)
+    assert os.path.basename(path) == "20231114221321----0-2.wdiff" and stored.data_size == os.path.getsize(path)
+    volume.register_diff(stored, path)
+    assert [d.range_str() for d in volume.garbage()] == ["|0|-->|1|", "|1|-->|2|"]
+    with pytest.raises(OperationError, match="nothing to merge"):
+        volume.plan_merge(2)  # the last diff alone
+    with pytest.raises(OperationError, match="no diff of the chain starts at snapshot 7"):
+        volume.plan_merge(7)
+    with pytest.raises(UsageError, match="GIDE"):
+        volume.plan_merge(2, gid_e=1)
+
+
+def test_merge_refuses_inputs_of_another_uuid_and_leaves_nothing(tmp_path):
+    volume = with_diffs(tmp_path, (False, True))
+    plan = volume.plan_merge(0)
+    diff_file(plan.paths[1], uuid=bytes(16))
+    with pytest.raises(OperationError, match="uuid"):
+        volume.write_merged(plan)
+    assert not [name for name in os.listdir(volume.directory) if name.endswith(".merging")]
+
+
+def test_snapshot_flags_plan_renames_and_refuses_what_cannot_change(tmp_path):
+    volume = with_diffs(tmp_path)
+    changes = volume.plan_snapshot_flags([1, 2, 1], enabled=False)
+    assert [(old.range_str(), new.is_mergeable) for old, new in changes] == [("|1|-->|2|", True), ("|2|-->|3|", True)]
+    volume.rename_diff_files(changes)
+    volume.commit_snapshot_flags(changes)
+    assert [r.gid for r in volume.restorable()] == [0, 3]
+    assert [r.gid for r in ArchiveVolume(str(tmp_path), "vol0").restorable()] == [0, 3]
+    assert volume.plan_snapshot_flags([1], enabled=False) == []  # already implicit
+    with pytest.raises(OperationError, match="latest snapshot"):
+        volume.plan_snapshot_flags([3], enabled=False)
+    with pytest.raises(OperationError, match="no diff of the chain starts there"):
+        volume.plan_snapshot_flags([9], enabled=True)

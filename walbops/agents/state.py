@@ -114,8 +114,9 @@ class ActionOutcome:
         return self.error is None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"action": self.name, "ok": self.ok, "error": self.error, "started": round(self.started, 3),
-                "finished": round(self.finished, 3), **self.detail}
+        # ``started`` is exact: a waiter compares it with the one the accepting answer gave.
+        return {"action": self.name, "ok": self.ok, "error": self.error, "started": self.started,
+                "finished": self.finished, **self.detail}
 
 
 class ActionCounter:
