@@ -474,6 +474,22 @@ class Cluster:
         assert self.restored_sha1(vol, gid) == expected, f"restored gid {gid} differs from the device"
         return gid
 
+    def backed_up(self, vol: str = "vol0", name: str = "wdev0") -> str:
+        """A device, the three agents, a volume, and a full backup of some random data (WalB's n1)."""
+        device = self.make_device(name)
+        self.start_all()
+        self.setup_volume(vol)
+        write_random(device, random.Random(name), count=32)
+        self.full_backup(vol)
+        return device
+
+    def snapshot_restorable(self, vol: str = "vol0", timeout: float = 120) -> tuple[int, str]:
+        """sha1 of the device (no writes may run), an explicit snapshot, restorable on a0: (gid, sha1)."""
+        expected = sha1_of_device(self.device_path)
+        gid = int(self.ctl.run("s0", "snapshot", vol=vol)["gid"])
+        self.ctl.wait_for_restorable("a0", vol, gid, timeout=timeout)
+        return gid, expected
+
     def is_restorable(self, vol: str, gid: int) -> bool:
         """Whether a0 lists gid as restorable; an archive that does not answer has nothing restorable."""
         try:

@@ -36,13 +36,7 @@ VOL = "vol0"
 
 
 def backed_up(cluster, name: str = "wdev0") -> str:
-    """A device, the three agents, a volume, and a full backup of some random data (WalB's n1)."""
-    device = cluster.make_device(name)
-    cluster.start_all()
-    cluster.setup_volume(VOL)
-    write_random(device, random.Random(name), count=32)
-    cluster.full_backup(VOL)
-    return device
+    return cluster.backed_up(VOL, name)
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
