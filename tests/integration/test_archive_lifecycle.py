@@ -8,11 +8,13 @@ archive), and the gids that should be gone are.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mmh3
@@ -266,3 +268,65 @@ def test_the_hash_is_documented_with_an_example():
     text = (Path(__file__).resolve().parents[2] / "docs" / "formats.md").read_text()
     assert "### 9.4 bhash" in text
     assert reference_bhash(bytes(1024), 512) in text
+
+
+def expected_kept(times: dict[int, int], last: int, within: int, daily: int, weekly: int, monthly: int,
+                  gids: set[int]) -> set[int]:
+    """The policy worked out the plain way: group by period, take the newest of the newest periods."""
+    newest_first = sorted(times, key=lambda gid: (times[gid], gid), reverse=True)
+    kept = set(newest_first[:max(last, 1)]) | gids
+    kept |= {gid for gid in times if times[gid] >= times[newest_first[0]] - within}
+    for count, period in ((daily, lambda d: d.date()), (weekly, lambda d: d.isocalendar()[:2]),
+                          (monthly, lambda d: (d.year, d.month))):
+        groups: dict[object, list[int]] = {}
+        for gid in times:
+            groups.setdefault(period(datetime.fromtimestamp(times[gid], UTC)), []).append(gid)
+        newest_groups = sorted(groups.values(), key=lambda members: max(times[g] for g in members), reverse=True)
+        kept |= {max(members, key=lambda g: (times[g], g)) for members in newest_groups[:count]}
+    return kept
+
+
+def test_retention_keeps_exactly_what_the_policy_says_and_frees_the_rest(tmp_path):
+    """200 snapshots, explicit and implicit, over three simulated months; a borg-style policy leaves
+    exactly its snapshots restorable, each restoring right, and the disk use drops by what it says."""
+    archive = ArchiveHistory(tmp_path / "retention", seed=200)
+    archive.start()
+    try:
+        archive.full_backup()
+        rng = archive.rng
+        when = BASE_TIME
+        for _ in range(200):
+            when += rng.randint(2 * HOUR, 20 * HOUR)
+            archive.add_snapshot(when, explicit=rng.random() < 0.6, writes=4)
+        times = {gid: archive.timestamps[gid] for gid in archive.restorable()}
+        assert len(times) == 201  # the base and every snapshot, explicit or implicit
+        old = sorted(times)[10]
+        policy = ["--keep-last", "5", "--keep-within", "3d", "--keep-daily", "14", "--keep-weekly", "6",
+                  "--keep-monthly", "4", "--keep-gid", str(old)]
+        expected = expected_kept(times, 5, 3 * 86400, 14, 6, 4, {old})
+        where = ["--layout", str(archive.layout_path), "--server", "a0"]
+
+        dry = walbops("retention", *where, *policy, "--dry-run", "--json", archive.vol)
+        assert dry.returncode == 0, dry.stderr
+        planned = json.loads(dry.stdout)["volumes"][0]
+        assert {entry["gid"] for entry in planned["kept"]} == expected
+        assert set(planned["removed"]) == set(times) - expected
+        assert archive.restorable() == sorted(times)  # a dry run changes nothing
+
+        before = archive.disk_use()
+        run = walbops("retention", *where, *policy, "--json", archive.vol)
+        assert run.returncode == 0, run.stderr
+        outcome = json.loads(run.stdout)
+        assert outcome["changed"] and outcome["volumes"][0]["removed"] == planned["removed"]
+        assert archive.restorable() == sorted(expected)
+        freed = outcome["bytes_freed"]
+        measured = before - archive.disk_use()
+        files = 201 + len(expected)
+        assert freed > 0 and abs(measured - freed) <= 4096 * files, (measured, freed)
+        assert_restores(archive, sorted(expected))
+
+        again = walbops("retention", *where, *policy, "--json", archive.vol)
+        assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False
+        assert archive.restorable() == sorted(expected)
+    finally:
+        archive.close()

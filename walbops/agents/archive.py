@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..blockdev import zero_range
@@ -101,6 +102,9 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                  "text": f"{r.gid} {format_pretty_time(r.timestamp)} {int(r.is_explicit)}"}
                 for r in v.restorable(include_implicit=a == "all" or a == ["all"])]),
             "restored": vol_getter(lambda v, a: self.store.restored(v.vol)),
+            "restoring": vol_getter(lambda v, a: sorted(v.restoring)),
+            "base-usage": vol_getter(lambda v, a: self.store.base_allocated(v.vol) if self.store.base_exists(v.vol)
+                                     else 0),
             "restored-path": vol_getter(lambda v, a: self._restored_device(v.vol, int(a))),
             "num-action": vol_getter(lambda v, a: v.actions.count(action_name(a))),
             "action-result": vol_getter(lambda v, a: action_result(v, action_name(a))),
@@ -180,9 +184,10 @@ class ArchiveAgent(Agent[ArchiveVolume]):
 
         action = volume.actions.begin(ArchiveAction.RESTORE)
         action.detail["gid"] = gid
+        volume.restoring.add(gid)
 
         async def restore() -> None:
-            with action:
+            with action, _finally(lambda: volume.restoring.discard(gid)):
                 restored = await asyncio.to_thread(self.store.restore, volume.vol, gid, paths, self.discard)
                 self.log.info("%s: restored gid %d with %d diffs (%s) at %s", volume.vol, gid, len(paths),
                               restored.clone, restored.path)
@@ -455,6 +460,14 @@ async def _abort(channel: Any, reason: str) -> None:
         await channel.send_json(messages.abort(reason[: messages.MAX_TEXT]))
     except (WalbopsError, OSError):
         pass
+
+
+@contextlib.contextmanager
+def _finally(step: Callable[[], None]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        step()
 
 
 def _ios_within(paths: list[str], size_lb: int) -> Any:

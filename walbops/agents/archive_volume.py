@@ -127,6 +127,7 @@ class ArchiveVolume:
         self.archive_uuid = bytes.fromhex(meta.get("archive_uuid", "00" * 16))
         self.size_lb = int(meta.get("size_lb", 0))
         self.actions = ActionCounter(self.vol)
+        self.restoring: set[int] = set()  # gids whose restore is running
         self.progress_lb = 0
         self.diffs = self._scan()
 

@@ -51,8 +51,8 @@ ARCHIVE_WAITS = {"apply": "Apply", "merge": "Merge", "restore": "Restore"}
 MERGE_USAGE = "merge: expected VOL GIDB (gid GIDE | size MAX_MB) or VOL GIDB GIDE [MAX_SIZE]"
 
 
-def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("ctl", help="send a command to an agent (walbc)")
+def add_where_flags(parser: argparse.ArgumentParser, role: str = "?") -> None:
+    """--layout/--server, or --address/--port/--key: which agent a command talks to."""
     where = parser.add_argument_group("where")
     where.add_argument("--layout", help="layout file (servers and key_file)")
     where.add_argument("-s", "--server", help="server name from the layout")
@@ -60,6 +60,32 @@ def register(commands: argparse._SubParsersAction) -> None:
     where.add_argument("-p", "--port", type=int, help="server port (without a layout)")
     where.add_argument("--key", help="cluster key file (without a layout)")
     parser.add_argument("--timeout", type=float, default=30.0, help="socket timeout [s]")
+    parser.set_defaults(server_role=role)
+
+
+def resolve_server(args: argparse.Namespace) -> tuple[Layout, Server]:
+    """The layout and the server that --layout/--server or --address/--port/--key name.
+
+    Raises:
+        UsageError: neither form is complete.
+    """
+    if args.layout:
+        layout = Layout.load(args.layout)
+        if not args.server:
+            raise UsageError("--server NAME is needed with --layout")
+        server = layout.get(args.server)
+        if args.key:
+            layout = Layout(layout.servers, args.key)
+        return layout, server
+    if not (args.address and args.port and args.key):
+        raise UsageError("give --layout and --server, or --address, --port and --key")
+    server = Server("-", args.address, args.port, args.server_role)
+    return Layout((server,), args.key), server
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("ctl", help="send a command to an agent (walbc)")
+    add_where_flags(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--wait", action="store_true",
                         help="full-bkp, restore, apply, merge: wait until done (a progress bar on a terminal "
@@ -243,18 +269,8 @@ def progress_bar(done: int, total: int, final: bool = False) -> None:
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
-    if args.layout:
-        layout = Layout.load(args.layout)
-        server = layout.get(args.server) if args.server else None
-        if server is None:
-            raise UsageError("--server NAME is needed with --layout")
-        key_file = args.key or layout.key_file
-    else:
-        if not (args.address and args.port and args.key):
-            raise UsageError("give --layout and --server, or --address, --port and --key")
-        server = Server("-", args.address, args.port, "?")
-        key_file = args.key
-    key = load_key(key_file)
+    layout, server = resolve_server(args)
+    key = load_key(layout.key_file)
     arguments = request_args(args.command, args.args)
     if args.command == "virt-full-scan":
         result = asyncio.run(receive_virtual_image(server, key, arguments, args.timeout))

@@ -14,7 +14,18 @@ import sys
 from .. import __version__
 from ..allocator import tune_for_streaming
 from ..errors import WalbopsError
-from . import agent_cmd, ctl_cmd, demo_cmd, ensure_cluster, ensure_cmd, keygen_cmd, wdev_cmd, wdiff_cmd, wlog_cmd
+from . import (
+    agent_cmd,
+    ctl_cmd,
+    demo_cmd,
+    ensure_cluster,
+    ensure_cmd,
+    keygen_cmd,
+    retention_cmd,
+    wdev_cmd,
+    wdiff_cmd,
+    wlog_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     keygen_cmd.register(commands)
     agent_cmd.register(commands)
     ctl_cmd.register(commands)
+    retention_cmd.register(commands)
     demo_cmd.register(commands)
     ensure_cmd.register(commands)
     ensure_cluster.register_info(commands)

@@ -128,6 +128,14 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def base_allocated(self, vol: str) -> int:
+        """Bytes the base takes on the store's disk (a sparse file's allocated blocks; an LV's size).
+
+        Raises:
+            OperationError: there is no base.
+        """
+
+    @abc.abstractmethod
     def grow_base(self, vol: str, size_lb: int, zero_new: bool = False) -> int:
         """Grow the base to at least ``size_lb`` LB; returns the new size [LB].
 

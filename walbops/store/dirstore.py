@@ -125,6 +125,9 @@ class DirStore(Store):
     def base_size_lb(self, vol: str) -> int:
         return os.path.getsize(self._require_base(vol)) // LOGICAL_BLOCK_SIZE
 
+    def base_allocated(self, vol: str) -> int:
+        return os.stat(self._require_base(vol)).st_blocks * 512  # st_blocks counts 512-byte units
+
     def grow_base(self, vol: str, size_lb: int, zero_new: bool = False) -> int:
         # A file grows by a hole, which reads as zeros: zero_new has nothing to do.
         path = self._require_base(vol)

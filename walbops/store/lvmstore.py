@@ -313,6 +313,10 @@ class LvmStore(Store):
     def base_size_lb(self, vol: str) -> int:
         return self._require_base(vol).size // LOGICAL_BLOCK_SIZE
 
+    def base_allocated(self, vol: str) -> int:
+        # A thin LV reports its virtual size here: what it may come to take, not what it takes now.
+        return self._require_base(vol).size
+
     def grow_base(self, vol: str, size_lb: int, zero_new: bool = False) -> int:
         info = self._require_base(vol)
         current = info.size // LOGICAL_BLOCK_SIZE
