@@ -330,3 +330,46 @@ def test_retention_keeps_exactly_what_the_policy_says_and_frees_the_rest(tmp_pat
         assert archive.restorable() == sorted(expected)
     finally:
         archive.close()
+
+
+def test_the_worker_applies_by_age_merges_and_prunes(tmp_path):
+    """walbops worker against a real archive: one round applies what is older than keep_period,
+    the next merges runs of implicit snapshots, the daemon runs retention and stops on SIGTERM."""
+    archive = ArchiveHistory(tmp_path / "worker", seed=7)
+    archive.start()
+    try:
+        archive.full_backup()
+        now = int(time.time())
+        ages = [(20, "E"), (12, "i"), (10, "E"), (8, "E"), (2, "i"), (1.5, "i"), (1, "E"), (0.5, "i"), (0.1, "E")]
+        gids = [archive.add_snapshot(now - int(days * 86400), explicit=kind == "E") for days, kind in ages]
+        config = tmp_path / "worker.yml"
+        config.write_text(f"general: {{layout: {archive.layout_path}, server: a0, kick_interval: 0.2}}\n"
+                          "apply: {keep_period: 9d, interval: 1d}\n"
+                          "merge: {interval: 1h, max_nr: 10, threshold_nr: 4}\n")
+        first = walbops("worker", "--config", str(config), "--once", "--log-file", "-")
+        assert first.returncode == 0, first.stderr
+        assert f"vol0: apply {gids[2]} (" in first.stderr  # the newest snapshot older than nine days
+        assert archive.ctl.get_base("a0", archive.vol).to_str(False) == f"<|{gids[2]}|>"
+        second = walbops("worker", "--config", str(config), "--once", "--log-file", "-")
+        assert second.returncode == 0 and "vol0: merge" in second.stderr, second.stderr
+        remaining = archive.restorable()
+        assert remaining[0] == gids[2] and gids[-1] in remaining and len(remaining) < len(gids) - 2
+        assert_restores(archive, [gids[2], gids[-1]])
+
+        config.write_text(f"general: {{layout: {archive.layout_path}, server: a0, kick_interval: 0.2}}\n"
+                          "retention: {interval: 1h, keep_last: 2}\n")
+        daemon = subprocess.Popen([sys.executable, "-m", "walbops.cli.main", "worker", "--config", str(config),
+                                   "--log-file", str(tmp_path / "worker.log")])
+        try:
+            deadline = time.monotonic() + 60
+            while archive.restorable() != gids[-2:] and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert archive.restorable() == gids[-2:], (tmp_path / "worker.log").read_text()
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=60) == 0
+        log = (tmp_path / "worker.log").read_text()
+        assert "start vol0: retention" in log and "worker stopped" in log
+        assert_restores(archive, gids[-2:])
+    finally:
+        archive.close()

@@ -25,6 +25,7 @@ from . import (
     wdev_cmd,
     wdiff_cmd,
     wlog_cmd,
+    worker_cmd,
 )
 
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_cmd.register(commands)
     ctl_cmd.register(commands)
     retention_cmd.register(commands)
+    worker_cmd.register(commands)
     demo_cmd.register(commands)
     ensure_cmd.register(commands)
     ensure_cluster.register_info(commands)
