@@ -5,7 +5,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: walb_agent
-short_description: Run a walbops storage, proxy or archive agent, kept by a pidfile
+short_description: Run a walbops storage, proxy or archive agent, or an archive's worker, kept by a pidfile
 description:
   - For hosts without systemd (containers, test machines); where systemd runs, the walbops roles install a unit
     instead.
@@ -14,6 +14,8 @@ description:
     beside the pidfile), writes the pidfile atomically and waits until the agent answers a C(status) request on
     its configured address and port with the cluster key of its config (C(0.0.0.0) is reached on C(127.0.0.1)).
     An agent that dies first fails the task with the tail of its log.
+  - C(role=worker) runs C(walbops worker --config CONFIG) (docs/worker.md) the same way; it listens nowhere, so it
+    counts as started once it has run for a second.
   - The agent counts as running only while the pidfile names a live process whose command line is this
     C(walbops agent ROLE) with this config; a stale pidfile (a dead pid, or one reused by another program) is
     replaced, and that other program is never signalled.
@@ -24,10 +26,10 @@ description:
   - C(restarted) - stopped, then started; always a change.
 options:
   role:
-    description: The agent's role.
+    description: The agent's role, or C(worker) for an archive's worker.
     type: str
     required: true
-    choices: [storage, proxy, archive]
+    choices: [storage, proxy, archive, worker]
   config:
     description: The agent's YAML configuration (C(docs/agents.md)).
     type: path
@@ -82,7 +84,7 @@ pidfile:
   returned: always
   type: str
 port:
-  description: The port it listens on (null once stopped).
+  description: The port it listens on (null once stopped, and for the worker).
   returned: always
   type: int
 state:
@@ -102,7 +104,7 @@ from ansible.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            role=dict(type="str", required=True, choices=["storage", "proxy", "archive"]),
+            role=dict(type="str", required=True, choices=["storage", "proxy", "archive", "worker"]),
             config=dict(type="path", required=True),
             pidfile=dict(type="path", required=True),
             state=dict(type="str", choices=["started", "stopped", "restarted"], default="started"),

@@ -34,6 +34,12 @@ options:
     description: Return the sha256 of the device at the snapshot (read on the storage host).
     type: bool
     default: false
+  bhash:
+    description:
+      - Return the bhash of the device at the snapshot (read on the storage host), the stream hash an archive
+        computes at the gid from its base and diffs without restoring (C(walbops ctl bhash)).
+    type: bool
+    default: false
 extends_documentation_fragment: [walbops, walbops.cluster]
 attributes:
   check_mode:
@@ -71,6 +77,10 @@ digest:
   description: sha256 of the device at the snapshot, when O(digest).
   returned: always
   type: str
+bhash:
+  description: bhash of the device at the snapshot (bulk 256 KiB), when O(bhash).
+  returned: always
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -85,6 +95,7 @@ def main():
             wait=dict(type="bool", default=True),
             archives=dict(type="list", elements="str"),
             digest=dict(type="bool", default=False),
+            bhash=dict(type="bool", default=False),
             **WALBOPS_CLUSTER_OPTIONS,
         ),
         supports_check_mode=True,
@@ -92,7 +103,8 @@ def main():
     params = module.params
     run_module(module, ["ensure", "snapshot", params["vol"], *flag_args([
         ("layout", params["layout"]), ("server", params["storage"]), ("timeout", params["timeout"]),
-        ("no_wait", not params["wait"]), ("archive", params["archives"]), ("digest", params["digest"])])])
+        ("no_wait", not params["wait"]), ("archive", params["archives"]), ("digest", params["digest"]),
+        ("bhash", params["bhash"])])])
 
 
 if __name__ == "__main__":

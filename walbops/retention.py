@@ -12,11 +12,12 @@ The policy is borg's and restic's ``prune`` (docs/retention.md):
 Every restorable snapshot counts, explicit and implicit. The newest one is always kept, and so
 is every gid a restore is using (a restored image, or a restore running). The rest is removed.
 
-An archive keeps exactly the kept snapshots once three WalB operations have run (walb.md §5.6):
-``apply`` up to the oldest kept gid (the earlier ones go into the base and their diffs are
-deleted); ``disable-snapshot`` on every removed snapshot between two kept ones and
-``enable-snapshot`` on every kept implicit one; then one ``merge`` per run of removed snapshots,
-from the kept gid before it to the kept gid after it. :func:`decide` and :func:`plan` are pure;
+An archive keeps exactly the kept snapshots once two or three WalB operations have run (walb.md
+§5.6): ``apply`` up to the oldest kept gid (the earlier ones go into the base and their diffs are
+deleted); ``disable-snapshot`` on every explicit snapshot between two kept ones; then one
+``merge`` per run of removed snapshots, from the kept gid before it to the kept gid after it.
+Retention never makes a snapshot explicit: implicit snapshots it keeps stay implicit, so the
+worker's merges (docs/worker.md) may still thin them as configured. :func:`decide` and :func:`plan` are pure;
 :func:`enforce` runs the plan through a :class:`~walbops.controller.Controller`.
 """
 
@@ -235,17 +236,16 @@ class Plan:
     """The archive operations that make exactly ``kept`` restorable."""
 
     apply_gid: int | None  # apply up to here first (None: the oldest kept is the base already)
-    enable: list[int]  # kept snapshots that are implicit: made explicit, so no merge takes them
     disable: list[int]  # chain points between kept snapshots that are explicit: made mergeable
     merges: list[tuple[int, int]]  # (from kept gid, to the next kept gid)
     unmergeable: list[tuple[int, int]] = field(default_factory=list)  # runs a compared diff holds together
 
     @property
     def empty(self) -> bool:
-        return self.apply_gid is None and not (self.enable or self.disable or self.merges)
+        return self.apply_gid is None and not (self.disable or self.merges)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"apply": self.apply_gid, "enable": self.enable, "disable": self.disable,
+        return {"apply": self.apply_gid, "disable": self.disable,
                 "merge": [list(pair) for pair in self.merges], "unmergeable": [list(p) for p in self.unmergeable]}
 
 
@@ -259,14 +259,10 @@ def plan(chain: Sequence[MetaDiff], restorable: Sequence[Restorable], kept: Iter
     """
     keep = sorted(set(kept))
     if not keep:
-        return Plan(None, [], [], [])
+        return Plan(None, [], [])
     first = min(snap.gid for snap in restorable)
     oldest = keep[0]
     apply_gid = oldest if oldest > first else None
-    explicit = {snap.gid for snap in restorable if snap.is_explicit}
-    latest = max(snap.gid for snap in restorable)
-    # Kept and implicit: its diff would let a merge take it. The base and the latest need nothing.
-    enable = [gid for gid in keep if gid not in explicit and gid not in (oldest, latest)]
     disable: list[int] = []
     merges: list[tuple[int, int]] = []
     unmergeable: list[tuple[int, int]] = []
@@ -279,7 +275,7 @@ def plan(chain: Sequence[MetaDiff], restorable: Sequence[Restorable], kept: Iter
             continue
         disable += [diff.snap_b.gid_b for diff in inside[1:] if not diff.is_mergeable]
         merges.append((low, high))
-    return Plan(apply_gid, enable, disable, merges, unmergeable)
+    return Plan(apply_gid, disable, merges, unmergeable)
 
 
 # ------------------------------------------------------------------------------------------
@@ -367,9 +363,6 @@ def enforce(ctl: "Controller", archive: "Server | str", vol: str, policy: Policy
     if steps.apply_gid is not None and still_free(0, steps.apply_gid, f"apply {steps.apply_gid}"):
         log(f"{vol}: apply up to gid {steps.apply_gid}")
         ctl.apply(archive, vol, steps.apply_gid, max(1.0, deadline - time.monotonic()))
-    if steps.enable:
-        log(f"{vol}: enable snapshots {steps.enable}")
-        ctl.enable_snapshot(archive, vol, steps.enable)
     for low, high in steps.merges:
         if not still_free(low + 1, high, f"merge {low}..{high}"):
             continue

@@ -117,6 +117,27 @@ def test_snapshot_with_digest_and_restore(group: Cluster) -> None:
     assert not call(group, "walb_restore", vol=VOL, archive="a0", gid="all", state="absent")["changed"]
 
 
+def test_retention_prunes_then_changes_nothing(group: Cluster) -> None:
+    gids = []
+    for seed in range(3, 7):
+        write_random(group.device_path, random.Random(seed), count=8, size=group.device_size)
+        gids.append(call(group, "walb_snapshot", vol=VOL, storage="s0")["gid"])
+    before = group.ctl.get_restorable("a0", VOL, include_implicit=True)
+    predicted = call(group, "walb_retention", check=True, archive="a0", keep_last=2, keep_gids=[gids[0]])
+    volume = predicted["volumes"][0]
+    kept = [entry["gid"] for entry in volume["kept"]]
+    assert predicted["changed"] and kept == sorted({*before[-2:], gids[0]}) and volume["bytes_freed"] is None
+    assert predicted["diff"] == {"before": {VOL: before}, "after": {VOL: kept}}
+    assert group.ctl.get_restorable("a0", VOL, include_implicit=True) == before  # check mode changed nothing
+    done = call(group, "walb_retention", archive="a0", volumes=[VOL], keep_last=2, keep_gids=[gids[0]])
+    assert done["changed"] and done["volumes"][0]["removed"] == volume["removed"] and done["bytes_freed"] >= 0
+    assert group.ctl.get_restorable("a0", VOL, include_implicit=True)[:len(kept)] == kept
+    again = call(group, "walb_retention", archive="a0", volumes=[VOL], keep_last=2, keep_gids=[gids[0]])
+    assert not again["changed"]
+    with pytest.raises(ModuleFailed, match="needs at least one rule"):
+        call(group, "walb_retention", archive="a0")
+
+
 def test_refusals_name_the_override(group: Cluster) -> None:
     with pytest.raises(ModuleFailed, match="deletes its base image and every diff; set force: true"):
         call(group, "walb_volume", vol=VOL, server="a0", state="cleared")

@@ -103,3 +103,35 @@ def test_dr_drill_verifies_every_volume(local: dict) -> None:
     assert volume["rpo_seconds"] is not None and volume["rto_seconds"] > 0
     markdown = reports[-1].with_suffix(".md").read_text()
     assert "| vol0 | s0 | a0 |" in markdown and "1 of 1 volumes verified" in markdown
+
+
+def test_worker_runs_beside_the_archive(local: dict) -> None:
+    root = Path(local["walbops_local_root"])
+    pidfile = root / "run" / "walbops-agents" / "worker.pid"
+    assert pidfile.exists() and (root / "etc" / "walbops" / "worker.yml").exists()
+    pid = int(pidfile.read_text())
+    assert b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def test_retention_playbook_prunes_then_changes_nothing(local: dict) -> None:
+    policy = {**local, "walbops_retention_policy": {"keep_last": 2}}
+    checked = run_playbook("retention.yml", INVENTORY, "--check", "--diff", extra_vars=policy)
+    assert checked.returncode == 0, checked.describe()
+    assert "would remove" in checked.output
+    pruned = run_playbook("retention.yml", INVENTORY, extra_vars=policy)
+    assert pruned.returncode == 0, pruned.describe()
+    assert "freed" in pruned.output
+    again = run_playbook("retention.yml", INVENTORY, extra_vars={**policy, "walbops_retention_policy": {
+        "keep_within": "1d"}})
+    assert again.returncode == 0, again.describe()
+    assert set(again.changed().values()) == {0}, changed_tasks(again.output)
+
+
+def test_dr_drill_by_hash_verifies_without_a_restore(local: dict) -> None:
+    drill = run_playbook("dr_drill.yml", INVENTORY, extra_vars={**local, "walbops_drill_verify": "hash"})
+    assert drill.returncode == 0, drill.describe()
+    report = json.loads(sorted(Path(local["walbops_report_dir"]).glob("dr-drill-*.json"))[-1].read_text())
+    assert report["verify"] == "hash" and int(report["verified"]) == int(report["total"]) == 1
+    (volume,) = report["volumes"]
+    assert volume["hash_match"] and volume["bhash"] == volume["archive_bhash"] and len(volume["bhash"]) == 32
+    assert volume["fsck_ok"] is None and volume["rto_seconds"] is None

@@ -4,7 +4,9 @@ Two storage hosts, a proxy and an archive, each a network namespace with its own
 (netns.py). Ansible installs walbops on each from a wheel (the hosts have no PyPI: the
 wheels come from a wheelhouse, as on an isolated fleet), starts the agents, which talk
 to each other across the namespaces, and takes the first full backups. A second run
-changes nothing, --check changes nothing, and the drill verifies every volume.
+changes nothing, --check changes nothing, and the drill verifies every volume, by restore and
+by hash. The archive runs its worker; retention.yml prunes over ssh and a second run changes
+nothing.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ def fleet(netns_hosts: Callable[[Sequence[str]], netns.TestHosts], wheelhouse: P
             "walbops_environment": {"WALBOPS_RUN_DIR": str(home / "walbops-run"),
                                     "WALBOPS_DEV_DIR": str(home / "dev")},
         }
+    host_vars["archive0"].update({
+        "walbops_worker_enabled": True,
+        "walbops_worker_merge": {"interval": "10m", "max_nr": 20},
+        "walbops_worker_retention": {"interval": "1h", "keep_within": "1d", "keep_daily": 7},
+    })
     for name in STORAGES:
         host_vars[name]["walbops_volumes"] = [{"name": f"{name}-vol0", "size": "32M", "log_size": "16M",
                                                "fs": "ext4", "mount": str(root / name / "mnt" / "vol0")}]
@@ -103,3 +110,27 @@ def test_dr_drill_verifies_every_volume(fleet: dict) -> None:
         assert volume["verified"] and volume["digest_match"] and volume["fsck_ok"] and volume["mount_ok"]
         assert volume["archive"] == "archive0" and volume["rto_seconds"] > 0
     assert "2 of 2 volumes verified" in report_path.with_suffix(".md").read_text()
+
+
+def test_worker_and_retention_over_ssh(fleet: dict) -> None:
+    pid = int((fleet["root"] / "archive0" / "run" / "worker.pid").read_text())
+    assert b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes()  # the shared /proc sees the archive's worker
+    policy = {"walbops_retention_policy": {"keep_last": 3}}
+    pruned = run_playbook("retention.yml", fleet["inventory"], extra_vars=policy)
+    assert pruned.returncode == 0, pruned.describe()
+    for name in STORAGES:
+        assert f"{name}-vol0: kept" in pruned.output
+    again = run_playbook("retention.yml", fleet["inventory"], extra_vars={"walbops_retention_policy": {
+        "keep_within": "1d"}})
+    assert again.returncode == 0 and set(again.changed().values()) == {0}, changed_tasks(again.output)
+
+
+def test_dr_drill_by_hash_over_ssh(fleet: dict) -> None:
+    reports = fleet["root"] / "hash-reports"
+    drill = run_playbook("dr_drill.yml", fleet["inventory"], extra_vars={"walbops_report_dir": str(reports),
+                                                                         "walbops_drill_verify": "hash"})
+    assert drill.returncode == 0, drill.describe()
+    (report_path,) = reports.glob("dr-drill-*.json")
+    report = json.loads(report_path.read_text())
+    assert report["verify"] == "hash" and int(report["verified"]) == int(report["total"]) == len(STORAGES)
+    assert all(volume["hash_match"] for volume in report["volumes"])

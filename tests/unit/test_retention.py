@@ -104,7 +104,6 @@ def test_plan_applies_to_the_oldest_kept_and_merges_the_runs_between_kept():
     chain = chain_of("--M---M-")  # snapshots 0..8; 2 and 6 implicit
     steps = plan(chain, restorable_of(chain), kept=[3, 6, 8])
     assert steps.apply_gid == 3
-    assert steps.enable == [6]  # kept but implicit: protected from later merges
     assert steps.merges == [(3, 6), (6, 8)]
     assert steps.disable == [4, 5, 7]  # explicit points inside the runs
     assert not steps.empty
@@ -114,7 +113,7 @@ def test_plan_of_what_is_kept_already_is_empty():
     chain = chain_of("----")
     assert plan(chain, restorable_of(chain), kept=[0, 1, 2, 3, 4]).empty
     assert plan(chain, restorable_of(chain), kept=[2, 3, 4]).as_dict() == {
-        "apply": 2, "enable": [], "disable": [], "merge": [], "unmergeable": []}
+        "apply": 2, "disable": [], "merge": [], "unmergeable": []}
 
 
 def test_a_compared_diff_is_never_merged():

@@ -89,6 +89,8 @@ def _snapshot(sub: argparse._SubParsersAction) -> None:
                         help="wait on this archive (repeatable; default: the primary)")
     parser.add_argument("--digest", action="store_true",
                         help="freeze the device, snapshot, sha256 the device, melt")
+    parser.add_argument("--bhash", action="store_true",
+                        help="the same with the bhash of the device (what an archive's bhash at the gid must equal)")
     add_ensure_flags(parser)
     parser.set_defaults(handler=cmd_snapshot)
 
@@ -100,7 +102,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     archives = [server_of(controller, name, "archive") for name in args.archives or []]
     outcome = take_snapshot(controller, server_of(controller, args.server, "storage"), args.vol,
                             wait=not args.no_wait, archives=archives or None, digest=args.digest,
-                            timeout=args.timeout, check=args.check)
+                            block_hash=args.bhash, timeout=args.timeout, check=args.check)
     return report(outcome, args.json)
 
 

@@ -53,7 +53,7 @@ def cmd_device(args: argparse.Namespace) -> int:
 
 def register_agent(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("agent", help="an agent process kept by a pidfile (started|stopped|restarted)")
-    parser.add_argument("role", choices=ROLES)
+    parser.add_argument("role", choices=(*ROLES, "worker"))
     parser.add_argument("--config", required=True, help="the agent's YAML configuration")
     parser.add_argument("--pidfile", required=True, help="file naming the agent's pid")
     parser.add_argument("--state", choices=("started", "stopped", "restarted"), default="started")

@@ -65,7 +65,10 @@ def cmd_retention(args: argparse.Namespace) -> int:
         outcomes.append(outcome.as_dict())
     result = {"policy": policy.as_dict(), "dry_run": args.dry_run, "volumes": outcomes,
               "changed": any(entry["changed"] for entry in outcomes),
-              "bytes_freed": None if args.dry_run else sum(entry["bytes_freed"] for entry in outcomes)}
+              "bytes_freed": None if args.dry_run else sum(entry["bytes_freed"] for entry in outcomes),
+              "diff": {"before": {entry["vol"]: sorted([*(k["gid"] for k in entry["kept"]), *entry["removed"]])
+                                  for entry in outcomes},
+                       "after": {entry["vol"]: [k["gid"] for k in entry["kept"]] for entry in outcomes}}}
     emit(result, args.json, _human)
     return 0
 

@@ -1,11 +1,12 @@
 """An agent process kept by a pidfile (the ``walb_agent`` module, for hosts without systemd).
 
 The pidfile alone is not trusted: the agent counts as running only while the process it
-names is alive and its command line is ``walbops agent ROLE`` with this config, so a
-stale pidfile (a dead pid, or one the kernel gave to another program since) is replaced,
-and another program is never signalled. A start is done once the agent answers a
-``status`` request with its own pid on its configured address, with the cluster key of
-its config; an agent that dies first fails the start with the tail of its log.
+names is alive and its command line is ``walbops agent ROLE`` (``walbops worker`` for the
+worker) with this config, so a stale pidfile (a dead pid, or one the kernel gave to another
+program since) is replaced, and another program is never signalled. A start is done once the
+agent answers a ``status`` request with its own pid on its configured address, with the
+cluster key of its config; the worker, which listens nowhere, once it has run for
+``WORKER_SETTLE`` seconds. A process that dies first fails the start with the tail of its log.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..device.registry import pid_alive
 from ..durable import atomic_write
 from ..errors import OperationError, UsageError, WalbopsError
 from ..net.auth import load_key
+from ..worker import WorkerConfig
 from . import Outcome
 
 DEFAULT_TIMEOUT = 30.0  # [s] for an agent to answer after its start, or to exit after SIGTERM
@@ -33,6 +35,14 @@ AGENT_CWD = "/"  # the agent's working directory: it pins no mount; relative con
 LOG_TAIL = 15  # [lines] of the agent's log quoted when it died at start
 LOG_TAIL_BYTES = 8192  # [bytes] read from the log's end to find them
 WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # listen address -> where to reach it
+WORKER = "worker"  # the archive's maintenance daemon (walbops worker), kept like an agent
+PROCESS_ROLES = (*agent_config.ROLES, WORKER)
+WORKER_SETTLE = 1.0  # [s] a worker that lives this long got past its config and its archive's layout
+
+
+def command_words(role: str) -> list[str]:
+    """The words after ``walbops`` that run ``role``: ``agent ROLE``, or ``worker``."""
+    return [WORKER] if role == WORKER else ["agent", role]
 
 
 def read_pid(pidfile: str) -> int | None:
@@ -54,9 +64,10 @@ def runs_agent(pid: int, role: str, config: str) -> bool:
         cwd = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         return False  # it exited meanwhile
-    for index in range(len(argv) - 1):
-        if argv[index:index + 2] == ["agent", role]:
-            program, options = argv[:index], argv[index + 2:]
+    words = command_words(role)
+    for index in range(len(argv) - len(words) + 1):
+        if argv[index:index + len(words)] == words:
+            program, options = argv[:index], argv[index + len(words):]
             break
     else:
         return False
@@ -93,8 +104,8 @@ def _validated(role: str, config: str) -> tuple[agent_config.Config, bytes]:
 def ensure_agent(role: str, config: str, pidfile: str, state: str = "started", timeout: float = DEFAULT_TIMEOUT,
                  check: bool = False) -> Outcome:
     """Make ``walbops agent ROLE --config CONFIG`` run (started), not run (stopped), or run anew (restarted)."""
-    if role not in agent_config.ROLES:
-        raise UsageError(f"unknown agent role {role!r} (expected {', '.join(agent_config.ROLES)})")
+    if role not in PROCESS_ROLES:
+        raise UsageError(f"unknown agent role {role!r} (expected {', '.join(PROCESS_ROLES)})")
     if state not in ("started", "stopped", "restarted"):
         raise UsageError(f"state must be started, stopped or restarted, not {state!r}")
     if timeout < 0:
@@ -109,14 +120,23 @@ def ensure_agent(role: str, config: str, pidfile: str, state: str = "started", t
             return Outcome(before["running"], before, after, stopped)
         return Outcome(True, before, after, {**stopped, "killed": _stop(before["pid"], pidfile, timeout)})
     # Validated before anything stops or starts: a bad config must not cost the running agent.
-    loaded, key = _validated(role, config)
-    started = {**values, "port": int(loaded.port), "state": "started"}
+    started: dict[str, Any]
+    if role == WORKER:
+        worker = WorkerConfig.load(config)
+        started = {**values, "port": None, "state": "started"}
+    else:
+        loaded, key = _validated(role, config)
+        started = {**values, "port": int(loaded.port), "state": "started"}
     if state == "started" and before["running"]:
         return Outcome(False, before, before, {**started, "pid": before["pid"]})
     if check:
         return Outcome(True, before, {**before, "running": True, "pid": None}, {**started, "pid": None})
     killed = _stop(before["pid"], pidfile, timeout) if before["running"] else False
-    pid = _start(loaded, key, config, pidfile, timeout)
+    if role == WORKER:
+        log = worker.log_file if worker.log_file != "-" else os.path.splitext(pidfile)[0] + ".log"
+        pid = _start_worker(config, pidfile, os.path.join(AGENT_CWD, log))
+    else:
+        pid = _start(loaded, key, config, pidfile, timeout)
     extra = {"killed": killed} if state == "restarted" else {}
     return Outcome(True, before, {**before, "running": True, "pid": pid}, {**started, "pid": pid, **extra})
 
@@ -162,6 +182,22 @@ def _start(loaded: agent_config.Config, key: bytes, config: str, pidfile: str, t
             # Another agent holds the port; ours is about to die of it.
             problem = f"pid {answer.get('pid')} answers on that port"
         time.sleep(POLL)
+
+
+def _start_worker(config: str, pidfile: str, log: str) -> int:
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    os.makedirs(os.path.dirname(pidfile), exist_ok=True)
+    command = [sys.executable, "-m", "walbops.cli.main", WORKER, "--config", config, "--log-file", log]
+    process = subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, cwd=AGENT_CWD)
+    atomic_write(pidfile, f"{process.pid}\n".encode())
+    try:
+        code = process.wait(WORKER_SETTLE)
+    except subprocess.TimeoutExpired:
+        return process.pid
+    os.unlink(pidfile)
+    raise OperationError(f"the worker of {config} exited with status {code} at start; the end of {log}:\n"
+                         f"{_tail(log)}")
 
 
 async def _ask_status(server: Server, key: bytes, within: float) -> dict[str, Any]:

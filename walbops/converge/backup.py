@@ -4,8 +4,9 @@ A full backup is "present" once the archive holds the volume (Archived or Stoppe
 the storage ships its logs there (Target or Stopped): running again changes nothing.
 ``force`` takes a new full backup over an existing one (after an overflow lost logs):
 the archive's copy is cleared first. A snapshot always changes something; with
-``digest`` the walb device is frozen while the snapshot is taken and the device read, so
-the digest is the volume's content at exactly that gid.
+``digest`` (sha256) or ``block_hash`` (bhash, docs/formats.md 9.4) the walb device is frozen
+while the snapshot is taken and the device read, so the value is the volume's content at
+exactly that gid.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from ..blockdev import open_uncached
 from ..controller import Controller, Server
 from ..device.control import DeviceClient
+from ..diff import bhash
 from ..errors import OperationError
 from . import Outcome
 from .cluster import volume_status
@@ -94,28 +96,31 @@ def ensure_full_backup(controller: Controller, storage: Server, vol: str, *, arc
 
 
 def take_snapshot(controller: Controller, storage: Server, vol: str, *, wait: bool = True,
-                  archives: list[Server] | None = None, digest: bool = False, timeout: float = 600.0,
-                  check: bool = False) -> Outcome:
-    """Take an explicit snapshot; optionally digest the device at it and wait until restorable."""
+                  archives: list[Server] | None = None, digest: bool = False, block_hash: bool = False,
+                  timeout: float = 600.0, check: bool = False) -> Outcome:
+    """Take an explicit snapshot; optionally digest (sha256) and bhash the device at it, and wait
+    until restorable."""
     status = volume_status(controller, storage, vol)
     if status["state"] not in ("Target", "Standby"):
         raise OperationError(f"{vol} on storage {storage.name} is {status['state']}: a snapshot needs it "
                              "started (walb_volume state=started)")
     if check:
-        return Outcome(True, values={"vol": vol, "gid": None, "digest": None, "restorable": False})
-    values: dict[str, Any] = {"vol": vol}
-    if digest:
+        return Outcome(True, values={"vol": vol, "gid": None, "digest": None, "bhash": None, "restorable": False})
+    values: dict[str, Any] = {"vol": vol, "digest": None, "bhash": None}
+    if digest or block_hash:
         with DeviceClient(status["wdev"], timeout=60.0) as device:
             path = device.call("status")["path"]
             device.call("freeze", timeout=FREEZE_TIMEOUT)
             try:
                 gid = int(controller.run(storage, "snapshot", vol=vol)["gid"])
-                values["digest"] = digest_of(path)
+                if digest:
+                    values["digest"] = digest_of(path)
+                if block_hash:
+                    values["bhash"] = bhash.hash_image(path).hexdigest()
             finally:
                 device.call("melt")
     else:
         gid = int(controller.run(storage, "snapshot", vol=vol)["gid"])
-        values["digest"] = None
     values.update(gid=gid, timestamp=int(time.time()), restorable=False)
     if wait and status["state"] == "Target":
         for archive in archives or [controller.layout.primary_archive]:
