@@ -181,6 +181,7 @@ class Controller:
             OperationError: the action failed (with the archive's reason) or is still running at the deadline.
         """
         started = accepted.get("started") if isinstance(accepted, dict) else None
+        pause = POLL / 16  # short actions are seen ending soon; long ones are polled at walblib's pace
         while True:
             outcome = self.get(archive, "action-result", vol, action)
             if outcome is not None and (started is None or outcome["started"] >= started) \
@@ -190,7 +191,8 @@ class Controller:
                 return outcome
             if time.monotonic() > deadline:
                 raise OperationError(f"{vol}: {action.lower()} still running at the deadline")
-            time.sleep(POLL)
+            time.sleep(pause)
+            pause = min(POLL, pause * 2)
 
     def get_num_action(self, server: Server | str, vol: str, action: str) -> int:
         return int(self.get(server, "num-action", vol, action))

@@ -262,3 +262,26 @@ def test_lvm_failures_carry_lvm2s_message(fake):
     with pytest.raises(OperationError, match="lvcreate .*insufficient free space") as caught:
         store.create_base(VOL, 64)
     assert "WARNING" not in str(caught.value)
+
+
+@pytest.mark.parametrize("thinpool", [None, "pool"])
+def test_apply_to_base_verifies_then_records_then_writes(fake, tmp_path, thinpool):
+    """The archive's apply on the lvm store: every diff verified before ``on_verified`` (where the
+    archive records its applying base state), then the merged IOs written into the base LV."""
+    store = store_on(fake, thinpool)
+    store.create_base(VOL, 64)
+    older = write_diff(tmp_path / "1.wdiff", [DiffIo.normal(2, b"\x01" * 4 * LB)])
+    newer = write_diff(tmp_path / "2.wdiff", [DiffIo.normal(4, b"\x02" * 2 * LB)])
+    events = []
+    store.apply_to_base(VOL, [older, newer], DiscardPolicy.ZERO, on_verified=lambda: events.append("recorded"),
+                        on_io=lambda: events.append("io"))
+    assert events == ["recorded", "io", "io"]
+    data = Path(fake.path("wb_v1")).read_bytes()
+    assert data[2 * LB:4 * LB] == b"\x01" * 2 * LB and data[4 * LB:6 * LB] == b"\x02" * 2 * LB
+    corrupt = bytearray(Path(newer).read_bytes())
+    corrupt[-600] ^= 1  # inside the record's data
+    Path(newer).write_bytes(bytes(corrupt))
+    events.clear()
+    with pytest.raises(OperationError, match="cannot apply to the base"):
+        store.apply_to_base(VOL, [older, newer], on_verified=lambda: events.append("recorded"))
+    assert events == []
