@@ -40,3 +40,35 @@ def test_storage_shipper_survives_an_unexpected_error(tmp_path, caplog: pytest.L
         asyncio.run(asyncio.wait_for(agent._ship(volume), 10))
     assert rounds == ["vol0", "vol0"]
     assert "unexpected error" in caplog.text and "a bug in this round" in caplog.text
+
+
+def test_a_second_signal_cancels_what_a_graceful_shutdown_waits_for(tmp_path) -> None:
+    """The first signal waits up to shutdown_timeout for running work; a second one cuts that short."""
+    import time
+
+    from walbops.agents.archive import ArchiveAgent
+
+    write_key(tmp_path / "key")
+    config = agent_config.load("archive", overrides={
+        "base_dir": str(tmp_path), "cluster_key_file": str(tmp_path / "key"), "port": 1, "shutdown_timeout": 60.0})
+    agent = ArchiveAgent(config)
+    cancelled = []
+
+    async def scenario() -> float:
+        async def slow_work() -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+        agent.spawn(slow_work(), "slow work")
+        agent.handle_exit()  # the first signal: graceful
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, agent.handle_exit)  # the second, while shutdown waits
+        started = time.monotonic()
+        await agent.shutdown()
+        return time.monotonic() - started
+
+    waited = asyncio.run(scenario())
+    assert cancelled == [True] and waited < 10

@@ -199,8 +199,11 @@ class Agent(Generic[V]):
             self.server.close()
         pending = self._tasks | self._connections
         if pending and not self.force_exit:
-            self.log.info("waiting up to %.0f s for %d tasks", float(self.config.shutdown_timeout), len(pending))
-            done, pending = await asyncio.wait(pending, timeout=float(self.config.shutdown_timeout))
+            self.log.info("waiting up to %.0f s for %d tasks (a second signal cancels them)",
+                          float(self.config.shutdown_timeout), len(pending))
+            deadline = time.monotonic() + float(self.config.shutdown_timeout)
+            while pending and not self.force_exit and time.monotonic() < deadline:
+                _, pending = await asyncio.wait(pending, timeout=min(TICK, deadline - time.monotonic()))
         if pending:
             self.log.warning("cancelling %d unfinished tasks", len(pending))
             for task in pending:
