@@ -98,6 +98,45 @@ def test_merge_equals_applying_in_order(specs):
     assert kinds_map(merged) == kinds_map(everything)
 
 
+def linear_merge(sources):
+    """The sweep merge written the plain way (every head looked at each step): the reference that
+    merge_ios, which keeps its heads in heaps, must match piece for piece."""
+    heads = [next(source, None) for source in sources]
+    position = 0
+    while True:
+        live = []
+        for index, source in enumerate(sources):
+            head = heads[index]
+            while head is not None and head.end <= position:
+                head = next(source, None)
+            heads[index] = head
+            if head is not None:
+                live.append((index, head))
+        if not live:
+            return
+        covering = [(index, head) for index, head in live if head.address <= position]
+        if not covering:
+            position = min(head.address for _, head in live)
+            continue
+        winner_index, winner = covering[-1]
+        end = min([winner.end] + [head.address for index, head in live if index > winner_index])
+        yield winner if position == winner.address and end == winner.end else winner.cut(position, end)
+        position = end
+
+
+@given(st.lists(st.lists(io_strategy, max_size=12), min_size=1, max_size=7))
+@settings(max_examples=300, deadline=None)
+def test_heap_merge_gives_the_pieces_of_the_plain_sweep(specs):
+    streams = [sorted_stream(spec) for spec in specs]
+    fast = list(merge_ios([iter(stream) for stream in streams]))
+    plain = list(linear_merge([iter(stream) for stream in streams]))
+    assert [(io.address, io.blocks, io.kind) for io in fast] == [(io.address, io.blocks, io.kind) for io in plain]
+    assert [bytes(io.data()) if io.kind == IoKind.NORMAL else b"" for io in fast] == \
+        [bytes(io.data()) if io.kind == IoKind.NORMAL else b"" for io in plain]
+    whole = {id(io) for stream in streams for io in stream}
+    assert [id(io) in whole for io in fast] == [id(io) in whole for io in plain]
+
+
 def test_merge_passes_whole_ios_through_untouched():
     older = [make_io(0, 4, IoKind.NORMAL, 1)]
     newer = [make_io(10, 4, IoKind.NORMAL, 2)]

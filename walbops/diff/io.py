@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import heapq
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -260,31 +261,67 @@ class IntervalMap:
 def merge_ios(sources: list[Iterator[DiffIo]]) -> Iterator[DiffIo]:
     """Merge sorted, non-overlapping IO streams, oldest first; newer data wins.
 
-    Memory is one IO per source: the merge sweeps the address space and at each
-    point emits the newest IO covering it, cut where a newer one begins.
+    Memory is one IO per source. The merge sweeps the address space: at each point the newest
+    IO covering it wins, and an IO is cut only where a newer one takes over, so an IO that no
+    newer one overlaps passes whole (the same object). Three heaps keep each step at
+    O(log sources) however many streams are merged (a restore may lay a thousand diffs): the
+    heads not reached yet by address, the heads under the sweep by end, and by age.
     """
     heads: list[DiffIo | None] = [next(source, None) for source in sources]
+    waiting = [(io.address, index) for index, io in enumerate(heads) if io is not None]  # heads ahead of the sweep
+    heapq.heapify(waiting)
+    ending: list[tuple[int, int]] = []  # (end, index) of the heads under the sweep
+    newest: list[int] = []  # -index of the heads under the sweep (lazily cleaned)
+    covering = [False] * len(sources)
+
+    def advance(index: int) -> None:
+        covering[index] = False
+        head = heads[index] = next(sources[index], None)
+        if head is not None:
+            heapq.heappush(waiting, (head.address, index))
+
     position = 0
+    piece: DiffIo | None = None  # the winner of the segments not yet emitted, [piece_start, piece_end)
+    piece_start = piece_end = 0
     while True:
-        live: list[tuple[int, DiffIo]] = []
-        for index, source in enumerate(sources):
+        while ending and ending[0][0] <= position:
+            advance(heapq.heappop(ending)[1])
+        while waiting and waiting[0][0] <= position:
+            index = heapq.heappop(waiting)[1]
             head = heads[index]
-            while head is not None and head.end <= position:
-                head = next(source, None)
-            heads[index] = head
-            if head is not None:
-                live.append((index, head))
-        if not live:
-            return
-        covering = [(index, head) for index, head in live if head.address <= position]
-        if not covering:
-            position = min(head.address for _, head in live)
+            if head is None or head.end <= position:
+                advance(index)  # wholly under newer data already
+                continue
+            covering[index] = True
+            heapq.heappush(ending, (head.end, index))
+            heapq.heappush(newest, -index)
+        if (ending and ending[0][0] <= position) or (waiting and waiting[0][0] <= position):
+            continue  # heads moved on: look again at this position
+        while newest and not covering[-newest[0]]:
+            heapq.heappop(newest)
+        if not newest:
+            if not waiting:
+                break
+            position = waiting[0][0]
             continue
-        winner_index, winner = covering[-1]
-        # Only a newer source can take over before the winner ends.
-        end = min([winner.end] + [head.address for index, head in live if index > winner_index])
-        yield winner if position == winner.address and end == winner.end else winner.cut(position, end)
-        position = end
+        winner = heads[-newest[0]]
+        if winner is None:  # cannot happen: a covering head is live; keeps the type exact
+            heapq.heappop(newest)
+            continue
+        boundary = min(winner.end, ending[0][0], waiting[0][0] if waiting else winner.end)
+        if piece is winner and piece_end == position:
+            piece_end = boundary  # the same IO goes on: one piece, cut only where another wins
+        else:
+            if piece is not None:
+                yield _piece(piece, piece_start, piece_end)
+            piece, piece_start, piece_end = winner, position, boundary
+        position = boundary
+    if piece is not None:
+        yield _piece(piece, piece_start, piece_end)
+
+
+def _piece(io: DiffIo, start: int, end: int) -> DiffIo:
+    return io if start == io.address and end == io.end else io.cut(start, end)
 
 
 @dataclass

@@ -27,10 +27,14 @@ from .io import MAX_IO_BYTES, DiffIo, IoKind, Stats, StoredImage, read_exact, sp
 _COMPRESSION_SLACK = 1 << 16
 
 
+_ALLZERO_FLAG = int(DiffFlag.ALLZERO)  # plain ints: IntFlag arithmetic is slow per record
+_DISCARD_FLAG = int(DiffFlag.DISCARD)
+
+
 def kind_of(flags: int) -> IoKind:
-    if flags & DiffFlag.ALLZERO:
+    if flags & _ALLZERO_FLAG:
         return IoKind.ALLZERO
-    if flags & DiffFlag.DISCARD:
+    if flags & _DISCARD_FLAG:
         return IoKind.DISCARD
     return IoKind.NORMAL
 

@@ -65,6 +65,8 @@ class DiffFlag(enum.IntFlag):
 # Plain ints for the per-record path (IntFlag arithmetic is slow).
 _ALLZERO = int(DiffFlag.ALLZERO)
 _DISCARD = int(DiffFlag.DISCARD)
+_NOT_EXIST = ~int(DiffFlag.EXIST)
+_COMPRESSION_IDS = frozenset(int(kind) for kind in Compression)
 
 
 @dataclass(frozen=True)
@@ -149,11 +151,8 @@ class DiffRecord(RecordKind):
         if self.is_all_zero and self.is_discard:
             raise BadField(f"diff record at LB {self.io_address}: both ALLZERO and DISCARD set")
         if self.is_normal:
-            try:
-                Compression(self.compression)
-            except ValueError:
-                raise BadField(f"diff record at LB {self.io_address}: unknown compression id "
-                               f"{self.compression}") from None
+            if self.compression not in _COMPRESSION_IDS:
+                raise BadField(f"diff record at LB {self.io_address}: unknown compression id {self.compression}")
             if self.data_size == 0:
                 raise BadField(f"diff record at LB {self.io_address}: normal record without data")
         elif self.data_size != 0:
@@ -170,7 +169,7 @@ class DiffRecord(RecordKind):
             raise TruncatedRecord(f"diff record needs {DIFF_RECORD_STRUCT.size} bytes, got {max(0, len(raw) - offset)}")
         address, blocks, flags, compression, _r1, data_offset, data_size, checksum_, _r2 = \
             DIFF_RECORD_STRUCT.unpack_from(raw, offset)
-        return cls(address, blocks, flags & ~DiffFlag.EXIST, compression, data_offset, data_size, checksum_)
+        return cls(address, blocks, flags & _NOT_EXIST, compression, data_offset, data_size, checksum_)
 
 
 @dataclass(frozen=True)
