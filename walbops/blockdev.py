@@ -50,6 +50,15 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+    """Write all of ``data`` at ``offset`` (pwrite may write less than asked); returns its length."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+    return done
+
+
 def write_zeros(fd: int, offset: int, length: int) -> None:
     """Write zeros over a byte range."""
     end = offset + length

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
-import yaml
 
+from .agents.config import load_yaml
 from .controller import Controller, Layout, Server
 from .errors import OperationError, UsageError, WalbopsError
 from .gid import MetaDiff, MetaState, Restorable
@@ -136,13 +136,7 @@ class WorkerConfig:
         Raises:
             UsageError: unreadable, invalid YAML, or a key that breaks the schema.
         """
-        try:
-            with open(path) as stream:
-                data = yaml.safe_load(stream)
-        except OSError as exc:
-            raise UsageError(f"{path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path}: not YAML: {exc}") from None
+        data = load_yaml(path)
         error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(CONFIG_SCHEMA).iter_errors(data))
         if error is not None:
             where = ".".join(str(part) for part in error.absolute_path) or "(top)"

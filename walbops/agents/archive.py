@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..blockdev import zero_range
+from ..blockdev import pwrite_all, zero_range
 from ..diff import bhash
 from ..diff.engine import DiscardPolicy, full_image
 from ..diff.files import merged_ios, verify_wdiff
@@ -375,7 +375,7 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                     nonlocal unsynced
                     # Into the page cache, in this thread: a thread hop per frame costs more
                     # (GIL hand-offs) than the write; the fdatasyncs run in a thread.
-                    _pwrite_all(target.fd, data, offset)
+                    pwrite_all(target.fd, data, offset)
                     unsynced += len(data)
                     if unsynced >= FSYNC_INTERVAL:
                         await asyncio.to_thread(os.fdatasync, target.fd)
@@ -446,13 +446,6 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                       stored, stored.data_size, verified.type.name.lower(), received - started,
                       time.monotonic() - received)
         return None
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 async def _abort(channel: Any, reason: str) -> None:

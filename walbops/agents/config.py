@@ -86,6 +86,17 @@ def schema_for(role: str) -> dict[str, Any]:
     }
 
 
+def load_yaml(path: str) -> Any:
+    """A YAML file's content; an unreadable file or bad YAML is a UsageError naming the file."""
+    try:
+        with open(path) as stream:
+            return yaml.safe_load(stream)
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML: {exc}") from None
+
+
 def host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host, int(port)
@@ -137,13 +148,7 @@ def load(role: str, path: str | None = None, overrides: dict[str, Any] | None = 
     source = path or "<flags>"
     values: dict[str, Any] = {}
     if path is not None:
-        try:
-            with open(path) as stream:
-                loaded = yaml.safe_load(stream)
-        except OSError as exc:
-            raise UsageError(f"{path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path}: not valid YAML: {exc}") from None
+        loaded = load_yaml(path)
         if loaded is not None and not isinstance(loaded, dict):
             raise UsageError(f"{path}: expected a mapping of options")
         values.update(loaded or {})

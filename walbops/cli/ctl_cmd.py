@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..agents.transfers import receive_image
-from ..blockdev import size_of, zero_range
+from ..blockdev import pwrite_all, size_of, zero_range
 from ..controller import POLL, Layout, Server, call
 from ..errors import OperationError, UsageError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
@@ -312,7 +312,7 @@ async def receive_virtual_image(server: Server, key: bytes, arguments: dict[str,
                 if to_stdout:
                     sys.stdout.buffer.write(data)
                 else:
-                    _pwrite_all(fd, data, offset)
+                    pwrite_all(fd, data, offset)
 
             async def on_zero(offset: int, length: int) -> None:
                 if to_stdout:
@@ -357,10 +357,3 @@ def _image_output(output: str, size: int) -> Iterator[int]:
         raise
     finally:
         os.close(fd)
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written

@@ -16,6 +16,8 @@ import os
 
 import numpy as np
 
+from ..blockdev import pwrite_all
+
 FICLONE = 0x40049409  # _IOW(0x94, 9, int); fcntl.FICLONE only exists from Python 3.12
 
 # errnos with which FICLONE says "not here" rather than "failed": the filesystem has
@@ -83,24 +85,17 @@ def _write_nonzero(fd: int, data: memoryview, offset: int) -> int:
     """Write the ZERO_GRAIN blocks of ``data`` that are not all zeros; returns bytes written."""
     whole = len(data) - len(data) % ZERO_GRAIN
     if offset % ZERO_GRAIN or not whole:
-        return _pwrite_all(fd, data, offset)
+        return pwrite_all(fd, data, offset)
     grains = np.frombuffer(data[:whole], dtype=np.uint64).reshape(-1, ZERO_GRAIN // 8).any(axis=1)
     # Edges of the runs of non-zero grains: starts and ends alternate.
     edges = np.flatnonzero(np.diff(np.concatenate(([False], grains, [False])).astype(np.int8))).tolist()
     written = 0
     for first, last in zip(edges[0::2], edges[1::2], strict=True):
         start, end = first * ZERO_GRAIN, last * ZERO_GRAIN
-        written += _pwrite_all(fd, data[start:end], offset + start)
+        written += pwrite_all(fd, data[start:end], offset + start)
     if whole < len(data):
-        written += _pwrite_all(fd, data[whole:], offset + whole)
+        written += pwrite_all(fd, data[whole:], offset + whole)
     return written
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> int:
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], offset + done)
-    return done
 
 
 def sparse_copy(src_fd: int, dst_fd: int) -> int:
