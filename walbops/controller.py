@@ -297,6 +297,23 @@ class Controller:
         self.run(storage, "init-vol", vol=vol, wdev=wdev)
         self.run(storage, "start", vol=vol, role="standby")
 
+    def go_standby(self, storage: Server | str, vol: str) -> None:
+        """walblib's go_standby: the storage stops shipping and discards its logs until a backup.
+
+        From Target: stopped (force), its logs reset, then Standby; from SyncReady: Standby.
+        """
+        state = self.get_state(storage, vol)
+        if state == "Target":
+            self.run(storage, "stop", vol=vol, mode="force")
+            state = self.get_state(storage, vol)
+        if state == "Stopped":
+            self.run(storage, "reset-vol", vol=vol)
+            state = self.get_state(storage, vol)
+        if state == "SyncReady":
+            self.run(storage, "start", vol=vol, role="standby")
+        elif state != "Standby":
+            raise OperationError(f"{vol}: storage is {state}; go_standby needs Target, Stopped or SyncReady")
+
     def start_synchronizing(self, archive: Server | str, vol: str, compression: str = "lz4:0:1") -> None:
         """Make every proxy send the volume's diffs to ``archive``."""
         target = self.layout.get(archive) if isinstance(archive, str) else archive
@@ -316,6 +333,42 @@ class Controller:
         except OperationError:
             return "Clear"
 
+    def _archive(self, archive: Server | str | None) -> Server:
+        if archive is None:
+            return self.layout.primary_archive
+        return self.layout.get(archive) if isinstance(archive, str) else archive
+
+    def _prepare_backup(self, storage: Server | str, vol: str, archive: Server) -> None:
+        """walblib's _prepare_backup: the storage brought to SyncReady (its logs reset), the proxies
+        told to send to ``archive``."""
+        state = self.get_state(storage, vol)
+        if state == "Standby":
+            self.run(storage, "stop", vol=vol)
+        elif state in ("Target", "Stopped"):
+            if state == "Target":
+                self.run(storage, "stop", vol=vol, mode="force")
+            self.run(storage, "reset-vol", vol=vol)
+        self.start_synchronizing(archive, vol)
+
+    def _run_backup(self, storage: Server | str, vol: str, command: str, bulk_size: int | None,
+                    timeout: float) -> None:
+        self.run(storage, command, vol=vol, **({"bulk_size": bulk_size} if bulk_size else {}))
+        state = self.wait_for_state(storage, vol, {"Target", "SyncReady"}, timeout)
+        if state != "Target":
+            raise OperationError(f"{vol}: the {command.split('-')[0]} backup failed (storage back in SyncReady; "
+                                 "see its log)")
+
+    def _wait_for_restorable_after(self, archive: Server, vol: str, gid: int, timeout: float, what: str) -> int:
+        """The first restorable gid after ``gid``, once there is one (proxies kicked meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while not (later := [g for g in self.get_restorable(archive, vol, include_implicit=True) if g > gid]):
+            if time.monotonic() > deadline:
+                raise OperationError(f"{vol}: the {what} finished but nothing new is restorable after "
+                                     f"{timeout:.0f} s (see the proxies' and archive's logs)")
+            self.kick_proxies(vol)
+            time.sleep(POLL)
+        return later[0]
+
     def full_backup(self, storage: Server | str, vol: str, timeout: float = DEFAULT_WAIT,
                     bulk_size: int | None = None, archive: Server | str | None = None) -> int:
         """Back the volume up in full to ``archive``; returns the first restorable gid.
@@ -325,33 +378,55 @@ class Controller:
         SyncReady, the archive initialised if it has no volume, and the proxies told to
         send to it.
         """
-        if archive is None:
-            archive = self.layout.primary_archive
-        elif isinstance(archive, str):
-            archive = self.layout.get(archive)
-        state = self.get_state(storage, vol)
-        if state == "Standby":
-            self.run(storage, "stop", vol=vol)
-        elif state == "Target":
-            self.run(storage, "stop", vol=vol, mode="force")
-            self.run(storage, "reset-vol", vol=vol)
-        if self._state_or_clear(archive, vol) == "Clear":
-            self.run(archive, "init-vol", vol=vol)
-        self.start_synchronizing(archive, vol)
-        self.run(storage, "full-bkp", vol=vol, **({"bulk_size": bulk_size} if bulk_size else {}))
-        state = self.wait_for_state(storage, vol, {"Target", "SyncReady"}, timeout)
-        if state != "Target":
-            raise OperationError(f"{vol}: the full backup failed (storage back in SyncReady; see its log)")
+        target = self._archive(archive)
+        if self._state_or_clear(target, vol) == "Clear":
+            self.run(target, "init-vol", vol=vol)
+        self._prepare_backup(storage, vol, target)
+        self._run_backup(storage, vol, "full-bkp", bulk_size, timeout)
         # Writes during the copy leave the base dirty: it becomes restorable once the
         # diff of those writes (shipped as soon as the storage is Target) is applied.
-        deadline = time.monotonic() + timeout
-        while not (restorable := self.get_restorable(archive, vol, include_implicit=True)):
-            if time.monotonic() > deadline:
-                raise OperationError(f"{vol}: the full backup finished but nothing is restorable after "
-                                     f"{timeout:.0f} s (see the proxies' and archive's logs)")
-            self.kick_proxies(vol)
-            time.sleep(POLL)
-        return restorable[0]
+        return self._wait_for_restorable_after(target, vol, -1, timeout, "full backup")
+
+    def hash_backup(self, storage: Server | str, vol: str, timeout: float = DEFAULT_WAIT,
+                    bulk_size: int | None = None, archive: Server | str | None = None) -> int:
+        """Bring ``archive``'s copy of the volume up to the device by a hash backup; returns the new
+        restorable gid (walblib's hash_backup).
+
+        Only the bulks the archive's latest image lacks travel, and the result is one more diff:
+        every snapshot restorable before stays restorable. It recovers a volume whose log
+        overflowed, whose proxy lost diffs, or whose storage host changed.
+
+        Raises:
+            OperationError: the archive does not hold the volume (take a full backup), or the
+                backup failed (the storage is back in SyncReady and a retry starts over).
+        """
+        target = self._archive(archive)
+        state = self._state_or_clear(target, vol)
+        if state != "Archived":
+            raise OperationError(f"{vol}: archive {target.name} is {state}; a hash backup needs the volume "
+                                 "archived there (a full backup first)")
+        latest = MetaSnap.parse(str(self.get(target, "latest-snap", vol)))
+        self._prepare_backup(storage, vol, target)
+        self._run_backup(storage, vol, "hash-bkp", bulk_size, timeout)
+        return self._wait_for_restorable_after(target, vol, latest.gid_e, timeout, "hash backup")
+
+    def resize_archive(self, archive: Server | str, vol: str, size: int, zeroclear: bool = False) -> int:
+        """Grow the volume on an archive to ``size`` bytes (its base; never shrinks); the size [LB]."""
+        return int(self.run(archive, "resize", vol=vol, size=size, zeroclear=zeroclear)["size_lb"])
+
+    def resize_storage(self, storage: Server | str, vol: str, size: int = 0) -> int:
+        """Grow the volume's walb device online to ``size`` bytes (0: its whole ddev); the size [LB]."""
+        return int(self.run(storage, "resize", vol=vol, size=size)["size_lb"])
+
+    def resize(self, vol: str, size: int, zeroclear: bool = False) -> None:
+        """walblib's resize: every archive first, then every storage that holds the volume, so that no
+        archive refuses the larger volume's diffs."""
+        for archive in self.layout.by_role("archive"):
+            if self._state_or_clear(archive, vol) != "Clear":
+                self.resize_archive(archive, vol, size, zeroclear)
+        for storage in self.layout.by_role("storage"):
+            if self._state_or_clear(storage, vol) != "Clear":
+                self.resize_storage(storage, vol, size)
 
     def snapshot(self, storage: Server | str, vol: str, archives: list[Server | str] | None = None,
                  timeout: float = DEFAULT_WAIT) -> int:

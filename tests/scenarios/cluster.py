@@ -64,13 +64,14 @@ def walbops(*args: str, timeout: float | None = None, failure: type[BaseExceptio
     return result.stdout.strip()
 
 
-def sha1_of_device(path: str) -> str:
+def sha1_of_device(path: str, size: int | None = None) -> str:
+    """sha1 of a device (O_DIRECT), or of its first ``size`` bytes (a multiple of 1 MiB)."""
     digest = hashlib.sha1()
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     try:
         buffer = mmap.mmap(-1, MiB)
         offset = 0
-        while True:
+        while size is None or offset < size:
             count = os.preadv(fd, [buffer], offset)
             if count <= 0:
                 break
@@ -456,10 +457,11 @@ class Cluster:
         # WdiffRecv is Archived while a diff arrives: the first one may already be on its way.
         assert self.ctl.get_state("a0", vol) in ("Archived", "WdiffRecv")
 
-    def restored_sha1(self, vol: str, gid: int) -> str:
+    def restored_sha1(self, vol: str, gid: int, size: int | None = None) -> str:
+        """sha1 of snapshot gid restored on a0 (of its first ``size`` bytes: a volume grown since)."""
         device = self.ctl.restore("a0", vol, gid, timeout=120)
         try:
-            return sha1_of_device(device)
+            return sha1_of_device(device, size)
         finally:
             self.ctl.del_restored("a0", vol, gid)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,19 +25,22 @@ from ..blockdev import pwrite_all, zero_range
 from ..diff import bhash
 from ..diff.engine import DiscardPolicy, full_image
 from ..diff.files import merged_ios, verify_wdiff
+from ..diff.io import DiffIo, IoKind
+from ..diff.sorted_file import SortedDiffWriter
 from ..errors import BadField, OperationError, ProtocolError, UsageError, WalbopsError
 from ..faults import crash_point
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..formats.wdiff import FileHeader
 from ..gid import MetaDiff, MetaSnap, format_pretty_time
 from ..net import messages
+from ..net.stream import HashSyncCursor
 from ..store import Store, store_from_config
 from . import metadata
 from ._server import GID, VOL, Agent, Command, Request, args_schema
 from .archive_volume import ApplyPlan, ArchiveAction, ArchiveVolume, MergePlan, delete_diff_files
 from .config import Config
 from .state import ARCHIVE_ACTIVE
-from .transfers import prefetched, receive_file, receive_image, send_image
+from .transfers import InOrder, prefetched, receive_file, receive_hash_sync, receive_image, send_image
 
 FSYNC_INTERVAL = 1 << 30  # [bytes] sync the base this often while a full backup streams (WalB -fi)
 MAX_BULK = 64 << 20  # [bytes] the largest bulk a bhash or virt-full-scan may ask for
@@ -73,12 +77,16 @@ class ArchiveAgent(Agent[ArchiveVolume]):
             "disable-snapshot": Command(self.cmd_disable_snapshot, vol_gids, "make explicit snapshots implicit"),
             "enable-snapshot": Command(self.cmd_enable_snapshot, vol_gids, "make implicit snapshots explicit"),
             "gc-diff": Command(self.cmd_gc_diff, vol_only, "delete the diffs no chain from the base uses"),
+            "resize": Command(self.cmd_resize,
+                              args_schema({"vol": VOL, "size": _SIZE}, {"zeroclear": {"type": "boolean"}}),
+                              "grow the volume's base (zeroclear: zero the new range of a thick LV)"),
             "bhash": Command(self.cmd_bhash, args_schema({"vol": VOL, "gid": GID}, {"bulk": _BULK, "size": _SIZE}),
                              "stream hash of the image at gid, read from base + diffs"),
             messages.VIRT_FULL_SCAN: Command(self.cmd_virt_full_scan,
                                              args_schema({"vol": VOL, "gid": GID}, {"bulk": _BULK, "size": _SIZE}),
                                              "stream the image at gid to the client"),
             messages.DIRTY_FULL_SYNC: Command(self.recv_full_sync, {"type": "object"}, "full backup receiver"),
+            messages.DIRTY_HASH_SYNC: Command(self.recv_hash_sync, {"type": "object"}, "hash backup receiver"),
             messages.WDIFF_TRANSFER: Command(self.recv_wdiff, {"type": "object"}, "diff receiver"),
         })
         vol_getter = self.vol_getter
@@ -286,6 +294,25 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                       request.args["gids"], len(changes))
         return {"changed": [old.range_str() for old, _ in changes]}
 
+    async def cmd_resize(self, request: Request) -> Any:
+        """WalB's archive resize: grow the base (and the size diffs may have); never shrink."""
+        volume = self.volume(request.args["vol"])
+        size = int(request.args["size"])
+        if size % LOGICAL_BLOCK_SIZE:
+            raise UsageError(f"{volume.vol}: size {size} is not a multiple of {LOGICAL_BLOCK_SIZE}")
+        plan = volume.plan_resize(size // LOGICAL_BLOCK_SIZE)
+        if plan is None:
+            return {"size_lb": volume.size_lb, "changed": False}
+        with volume.actions.begin(ArchiveAction.RESIZE):
+            if self.store.base_exists(volume.vol):
+                await asyncio.to_thread(self.store.grow_base, volume.vol, plan,
+                                        bool(request.args.get("zeroclear", False)))
+            before = volume.size_lb
+            volume.size_lb = plan
+            volume.save()
+        self.log.info("%s: resized from %d to %d LB", volume.vol, before, plan)
+        return {"size_lb": plan, "before_lb": before, "changed": True}
+
     async def cmd_gc_diff(self, request: Request) -> Any:
         volume = self.volume(request.args["vol"])
         volume.require_active("gc-diff")
@@ -404,6 +431,80 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         await request.channel.send_json(messages.ack())
         self.log.info("%s: full backup received: base %s, %d LB", volume.vol, volume.base, size_lb)
         return None
+
+    async def recv_hash_sync(self, request: Request) -> Any:
+        """The archive's side of a hash backup (docs/protocol.md §8.4): hashes of the image at the
+        latest snapshot go out while the storage's differing bulks come in and become a diff."""
+        args = request.args
+        volume = self.volume(args["vol"])
+        size_lb, bulk_lb = args["size_lb"], args["bulk_lb"]
+        with volume.begin_hash_sync(size_lb) as tx, volume.actions.begin(ArchiveAction.HASH_SYNC), \
+                self.store.open_base(volume.vol, writable=False) as base:
+            snap = volume.latest_snap()
+            paths = volume.scan_diffs(snap)
+            seed = secrets.randbits(32)
+            await request.accept()
+            channel = request.channel
+            await channel.send_json(messages.hash_begin(str(snap), seed))
+            begin = await channel.recv_json("begin")
+            uuid = bytes.fromhex(begin["uuid"])
+            cursor = HashSyncCursor(size_lb, bulk_lb)
+            tmp = volume.receiving_path()
+            hashing = asyncio.create_task(self._send_hashes(channel, cursor, base.fd, paths, size_lb, bulk_lb, seed))
+            writes = InOrder()
+            started = time.monotonic()
+            try:
+                with open(tmp, "wb") as out:
+                    writer = SortedDiffWriter(out, uuid)
+                    chunk = bytearray()
+
+                    async def on_data(offset: int, data: bytes) -> None:
+                        chunk.extend(data)
+                        if not cursor.pending:  # the bulk is whole: one record
+                            io = DiffIo.normal((offset + len(data) - len(chunk)) // LOGICAL_BLOCK_SIZE, bytes(chunk))
+                            chunk.clear()
+                            await writes.submit(writer.write, io)
+                        volume.progress_lb = offset // LOGICAL_BLOCK_SIZE
+
+                    async def on_zero(offset_lb: int, count_lb: int) -> None:
+                        await writes.submit(writer.write, DiffIo(offset_lb, count_lb, IoKind.ALLZERO))
+
+                    end = await receive_hash_sync(channel, cursor, hashing, on_data, on_zero)
+                    await writes.drain()
+                    writer.close()
+                    out.flush()
+                    await asyncio.to_thread(os.fsync, out.fileno())
+                verified = await asyncio.to_thread(verify_wdiff, tmp)
+                diff = volume.hash_sync_diff(snap, end["gid"], args["timestamp"])
+                stored = await asyncio.to_thread(volume.finish_hash_sync, tmp, diff, uuid, verified)
+                tx.commit("Archived")
+            except (WalbopsError, OSError) as exc:
+                hashing.cancel()
+                await writes.settle()
+                await asyncio.wait([hashing])
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                if not isinstance(exc, ProtocolError):
+                    await _abort(channel, str(exc))
+                raise
+            finally:
+                volume.progress_lb = 0
+        await channel.send_json(messages.ack())
+        self.log.info("%s: hash backup received from %s in %.2f s: %s (%d bytes of %d LB), uuid %s", volume.vol,
+                      snap, time.monotonic() - started, stored.range_str(), stored.data_size, size_lb, uuid.hex())
+        return None
+
+    async def _send_hashes(self, channel: Any, cursor: HashSyncCursor, base_fd: int, paths: list[str], size_lb: int,
+                           bulk_lb: int, seed: int) -> None:
+        """Send the hash of every bulk of the image at the synced snapshot, a batch at a time."""
+        batches = bhash.virtual_bulk_hashes(base_fd, paths, size_lb, bulk_lb * LOGICAL_BLOCK_SIZE, seed,
+                                            messages.MAX_HASHES)
+        async with contextlib.aclosing(prefetched(batches)) as hashed:
+            async for batch in hashed:
+                count = len(batch) // messages.HASH_SIZE
+                offset_lb, _ = cursor.hashed(count)
+                await channel.send_json(messages.hashes(offset_lb, count))
+                await channel.send_data(batch, compress=False)
 
     async def recv_wdiff(self, request: Request) -> Any:
         args = request.args

@@ -24,7 +24,7 @@ from ..diff.files import iter_diff, read_header, verify_wdiff
 from ..diff.io import merge_ios
 from ..diff.sorted_file import SortedDiffWriter
 from ..durable import fsync_dir
-from ..errors import FormatError, OperationError, UsageError
+from ..errors import BadField, FormatError, OperationError, UsageError
 from ..faults import crash_point
 from ..formats.compression import Compression
 from ..formats.wdiff import FileHeader
@@ -58,6 +58,7 @@ class ArchiveAction(enum.StrEnum):
     REPL_SYNC_AS_CLIENT = "ReplSyncAsClient"
     RESIZE = "Resize"
     FULL_SYNC = "FullSync"
+    HASH_SYNC = "HashSync"  # a hash backup reads the image at the latest snapshot from base + diffs
     VIRTUAL_SCAN = "VirtualScan"  # bhash, virt-full-scan: read the base and the diffs
     SNAPSHOT_FLAGS = "SnapshotFlags"  # disable-snapshot, enable-snapshot: rename diff files
 
@@ -69,10 +70,12 @@ _ALL_ACTIONS = tuple(ArchiveAction)
 EXCLUSIONS: dict[str, tuple[str, ...]] = {
     "restore": ("Restore", "Apply", "Merge", "Resize"),
     "virtual-scan": ("Apply", "Merge", "Resize"),
-    "apply": ("Restore", "VirtualScan", "ReplSyncAsClient", "Apply", "Merge", "Resize", "SnapshotFlags"),
-    "merge": ("Restore", "VirtualScan", "Apply", "Merge", "Resize", "SnapshotFlags"),
+    "apply": ("Restore", "VirtualScan", "ReplSyncAsClient", "Apply", "Merge", "Resize", "SnapshotFlags", "HashSync"),
+    "merge": ("Restore", "VirtualScan", "Apply", "Merge", "Resize", "SnapshotFlags", "HashSync"),
+    "hash-sync": ("Apply", "Merge", "Resize", "ReplSyncAsClient", "HashSync"),
     "snapshot-flags": ("Restore", "VirtualScan", "Apply", "Merge", "SnapshotFlags"),
     "gc-diff": ("Apply", "Merge"),
+    "resize": ("Restore", "ReplSyncAsClient", "Apply", "Resize", "HashSync", "FullSync"),
     "del-restored": ("Restore", "Resize"),
     "stop": _ALL_ACTIONS,
     "clear-vol": _ALL_ACTIONS,
@@ -216,6 +219,64 @@ class ArchiveVolume:
         self.archive_uuid = uuidlib.uuid4().bytes  # a new archive lineage begins
         self.size_lb = size_lb
         tx.commit("Archived")
+
+    # ------------------------------------------------------------------ resize
+
+    def plan_resize(self, size_lb: int) -> int | None:
+        """The size to grow to, or None when the volume is that large already (WalB's archive resize).
+
+        Raises:
+            Refused: a state resize cannot run in, or an action it excludes.
+            OperationError: a smaller size (volumes never shrink).
+        """
+        if self.state not in ARCHIVE_ACTIVE | {"SyncReady", "Stopped"}:
+            raise Refused("bad-state", f"{self.vol}: bad state {self.state} for resize")
+        self.refuse_if_busy("resize")
+        if size_lb < self.size_lb:
+            raise OperationError(f"{self.vol}: cannot shrink from {self.size_lb} to {size_lb} LB")
+        return None if size_lb == self.size_lb else size_lb
+
+    # ------------------------------------------------------------------ hash backup (walb.md §6.4)
+
+    def begin_hash_sync(self, size_lb: int) -> Any:
+        """Enter HashSync (Archived only); the caller commits or the transaction rolls back.
+
+        Raises:
+            Refused: not Archived (``not-archived``: a hash backup needs a base; take a full one),
+                a volume larger than the archive's (``smaller-lv-size``), or an action it excludes.
+        """
+        if self.state != "Archived":
+            raise Refused("not-archived", f"{self.vol}: bad state {self.state} for a hash backup (needs Archived: "
+                          "an archive without the volume's base needs a full backup)")
+        if size_lb > self.size_lb:
+            raise Refused("smaller-lv-size", f"{self.vol}: volume of {size_lb} LB does not fit the archive's "
+                          f"{self.size_lb} LB (resize the archive first)")
+        self.refuse_if_busy("hash-sync")
+        return self.machine.transaction("Archived", "HashSync")
+
+    def scan_diffs(self, snap: MetaSnap) -> list[str]:
+        """The diffs to lay over the base to read the image at ``snap`` (a snapshot of the chain)."""
+        return [self.diffs.path_of(diff) for diff in self.diffs.chain.diffs_to_scan(self.base, snap.gid_b)]
+
+    def hash_sync_diff(self, snap: MetaSnap, gid_e: int, timestamp: int) -> MetaDiff:
+        """The diff a hash backup from ``snap`` up to the storage's gid ``gid_e`` stores: dirty
+        ``snap-->|snap.gid_e+1, gid_e|``, mergeable iff ``snap`` is dirty (WalB)."""
+        if gid_e < snap.gid_e + 1:
+            raise BadField(f"{self.vol}: the hash backup ended at gid {gid_e}, before {snap.gid_e + 1}")
+        return MetaDiff(snap, MetaSnap(snap.gid_e + 1, gid_e), is_mergeable=snap.is_dirty, timestamp=timestamp)
+
+    def finish_hash_sync(self, tmp_path: str, diff: MetaDiff, uuid: bytes, verified: FileHeader) -> MetaDiff:
+        """The hash backup's diff is complete and synced: the volume takes the device's new uuid and the diff."""
+        previous = self.uuid
+        self.uuid = uuid
+        try:
+            stored, final = self.store_received_diff(tmp_path, diff, verified)
+        except BaseException:
+            self.uuid = previous
+            raise
+        self.register_diff(stored, final)
+        self.save()
+        return stored
 
     # ------------------------------------------------------------------ diffs
 

@@ -58,6 +58,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("implicit_snapshot_interval", _SECONDS, 10.0, ("storage",), "implicit snapshot every [s]"),
     Option("max_wlog_send", _SIZE, "128M", ("storage",), "most log sent in one transfer; also the gid step"),
     Option("bulk_size", _SIZE, "256K", ("storage",), "full backup bulk size"),
+    Option("full_scan_bps", _SIZE, 0, ("storage",), "most bytes a second a full or hash backup reads (0: no limit)"),
     Option("retry_delay", _SECONDS, 1.0, ("storage", "proxy"), "first retry delay [s]"),
     Option("retry_max_delay", _SECONDS, 300.0, ("storage", "proxy"), "longest retry delay (exponential backoff) [s]"),
     # proxy

@@ -31,7 +31,10 @@ from .transfers import InOrder, file_chunks, receive_file, send_wdiff
 # Reasons after which the archive holds (or never will need) the diffs: delete them.
 DROP_REASONS = {"different-uuid", "too-old-diff"}
 # Reasons that need an operator: stop retrying until kick.
-GIVE_UP_REASONS = {"smaller-lv-size", "archive-not-found"}
+GIVE_UP_REASONS = {"archive-not-found"}
+# Reasons an operator clears on the archive (a resize): flagged in is-wdiff-send-error, retried with
+# backoff so that sending resumes by itself once the archive takes them (WalB's m3 without the kick).
+FLAGGED_REASONS = {"smaller-lv-size"}
 # Reasons that never give up however long it takes.
 PATIENT_REASONS = {"too-new-diff", "syncing"}
 
@@ -244,7 +247,7 @@ class ProxyAgent(Agent[ProxyVolume]):
         delay = float(self.config.retry_delay)
         while not self.should_exit and volume.state in ("Started", "WlogRecv", "WaitForEmpty") \
                 and (volume.vol, archive) in self.forwarders:
-            if volume.send_error.get(archive):
+            if volume.send_error.get(archive) in GIVE_UP_REASONS:
                 await self._sleep(volume.vol, archive, 3600)
                 continue
             batch = volume.next_batch(archive, int(self.config.max_wdiff_send),
@@ -261,6 +264,7 @@ class ProxyAgent(Agent[ProxyVolume]):
             try:
                 await self._send_batch(volume, info, batch)
                 delay = float(self.config.retry_delay)
+                volume.send_error.pop(archive, None)
             except RemoteError as exc:
                 reason = exc.reason or ""
                 if reason in DROP_REASONS:
@@ -271,6 +275,13 @@ class ProxyAgent(Agent[ProxyVolume]):
                 if reason in GIVE_UP_REASONS:
                     volume.send_error[archive] = reason
                     self.log.error("%s: %s refused diffs (%s); waiting for kick", volume.vol, archive, reason)
+                    continue
+                if reason in FLAGGED_REASONS:
+                    volume.send_error[archive] = reason
+                    self.log.error("%s: %s refused diffs (%s); retrying in %.0f s", volume.vol, archive, reason,
+                                   delay)
+                    await self._sleep(volume.vol, archive, delay)
+                    delay = min(delay * 2, float(self.config.retry_max_delay))
                     continue
                 self._backoff_log(volume, archive, exc, delay)
                 await self._sleep(volume.vol, archive, delay)

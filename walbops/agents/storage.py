@@ -16,16 +16,18 @@ from typing import Any
 
 from ..blockdev import open_uncached
 from ..device.control import DeviceClient
+from ..device.lifecycle import resize_device
 from ..device.wlogs import Extent, RingLogs
-from ..errors import OperationError, WalbopsError
+from ..errors import OperationError, UsageError, WalbopsError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
+from ..gid import MetaSnap
 from ..net import messages
 from ..net.transport import open_connection
 from . import metadata
 from ._server import VOL, Agent, Command, Request, args_schema
 from .config import Config, host_port
 from .storage_volume import StorageVolume
-from .transfers import send_full_backup, send_wlog
+from .transfers import Throttle, send_full_backup, send_hash_backup, send_wlog
 
 IDLE_WAIT = 1.0  # [s] a shipper waits this long for new permanent logs before looking again
 
@@ -37,6 +39,7 @@ class StorageAgent(Agent[StorageVolume]):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.shippers: dict[str, asyncio.Task[Any]] = {}
+        self.full_scan_bps = int(config.full_scan_bps)  # [bytes/s] 0: full and hash scans unthrottled
         self.wakeups: dict[str, asyncio.Event] = {}
         vol_only = args_schema({"vol": VOL})
         self.commands.update({
@@ -52,6 +55,13 @@ class StorageAgent(Agent[StorageVolume]):
             "snapshot": Command(self.cmd_snapshot, vol_only, "take an explicit snapshot; returns its gid"),
             "full-bkp": Command(self.cmd_full_backup, args_schema({"vol": VOL}, {"bulk_size": {"type": "integer"}}),
                                 "full backup to the primary archive (asynchronous)"),
+            "hash-bkp": Command(self.cmd_hash_backup, args_schema({"vol": VOL}, {"bulk_size": {"type": "integer"}}),
+                                "hash backup to the primary archive: only the bulks it lacks (asynchronous)"),
+            "resize": Command(self.cmd_resize, args_schema({"vol": VOL, "size": {"type": "integer", "minimum": 0}}),
+                              "grow the walb device online (size 0: to its whole ddev)"),
+            "set-full-scan-bps": Command(self.cmd_set_full_scan_bps,
+                                         args_schema({"bps": {"type": "integer", "minimum": 0}}, {"vol": VOL}),
+                                         "limit full and hash scans to BPS bytes a second (0: none)"),
             "kick": Command(self.cmd_kick, args_schema({}, {"vol": VOL, "archive": {"type": "string"}}),
                             "ship now, retry now"),
         })
@@ -176,26 +186,65 @@ class StorageAgent(Agent[StorageVolume]):
         return {"kicked": targets}
 
     async def cmd_full_backup(self, request: Request) -> Any:
+        return await self._start_backup(request, "FullSync")
+
+    async def cmd_hash_backup(self, request: Request) -> Any:
+        return await self._start_backup(request, "HashSync")
+
+    async def cmd_resize(self, request: Request) -> Any:
+        """WalB's storage resize: grow the volume (its walb device) online; 0 grows it to the whole ddev.
+
+        Its next diffs carry the new size; an archive not resized yet refuses them
+        (``smaller-lv-size``) until it is, and shipping then resumes by itself.
+        """
+        volume = self.volume(request.args["vol"])
+        if volume.state not in ("SyncReady", "Stopped", "Target", "Standby"):
+            raise OperationError(f"{volume.vol}: bad state {volume.state} for resize")
+        size = int(request.args["size"])
+        if size % LOGICAL_BLOCK_SIZE:
+            raise UsageError(f"{volume.vol}: size {size} is not a multiple of {LOGICAL_BLOCK_SIZE}")
+        before = (await self.device_call(volume, "status"))["size_lb"]
+        result = await asyncio.to_thread(resize_device, volume.wdev, size // LOGICAL_BLOCK_SIZE)
+        self.log.info("%s: resized the walb device %s from %d to %d LB", volume.vol, volume.wdev, before,
+                      result["size_lb"])
+        return {"size_lb": result["size_lb"], "before_lb": before}
+
+    async def cmd_set_full_scan_bps(self, request: Request) -> Any:
+        """WalB's set-full-scan-bps: the most bytes a second a full or hash scan reads (0: no limit)."""
+        self.full_scan_bps = int(request.args["bps"])
+        return {"bps": self.full_scan_bps}
+
+    async def _start_backup(self, request: Request, via: str) -> Any:
+        """full-bkp (FullSync) or hash-bkp (HashSync): SyncReady -> via -> Stopped -> Target."""
         volume = self.volume(request.args["vol"])
         bulk_lb = max(1, int(request.args.get("bulk_size", self.config.bulk_size)) // LOGICAL_BLOCK_SIZE)
         if bulk_lb > 8192:
             raise OperationError("bulk size is at most 4 MiB")
-        tx = volume.machine.transaction("SyncReady", "FullSync")
+        tx = volume.machine.transaction("SyncReady", via)
         # As WalB, answer only once the archive took the backup, so that its refusal
-        # (not-sync-ready, busy, unreachable) reaches the caller instead of only the log.
+        # (not-sync-ready, not-archived, busy, unreachable) reaches the caller instead of only the log.
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        task = self.spawn(self._full_backup(volume, tx, bulk_lb, started), f"full backup {volume.vol}")
+        kind = "full" if via == "FullSync" else "hash"
+        task = self.spawn(self._backup(volume, tx, bulk_lb, kind, started), f"{kind} backup {volume.vol}")
         await asyncio.wait([started, task], return_when=asyncio.FIRST_COMPLETED)
         if not started.done():
             if task.cancelled():
-                raise OperationError(f"{volume.vol}: the full backup was cancelled")
+                raise OperationError(f"{volume.vol}: the {kind} backup was cancelled")
             error = task.exception()
             if error is not None:
                 raise error
         return messages.ACCEPTED
 
-    async def _full_backup(self, volume: StorageVolume, tx: Any, bulk_lb: int,
-                           started: asyncio.Future[None] | None = None) -> None:
+    async def _backup(self, volume: StorageVolume, tx: Any, bulk_lb: int, kind: str,
+                      started: asyncio.Future[None] | None = None) -> None:
+        """Send a full or hash backup of the device to the primary archive; Target once it acknowledged.
+
+        The ddev is read, not the walb device: WalB's dirty sync. reset-wal applies every earlier
+        write first, and every write from then on is in the logs that follow the backup, so a
+        block read before its newest write reached the ddev is made right when the archive
+        applies them. It spares the application's device (its FUSE daemon) the scan, and reads at
+        the disk's speed.
+        """
         with tx:
             status = await self.device_call(volume, "status")
             size_lb, pbs = status["size_lb"], status["pbs"]
@@ -203,13 +252,19 @@ class StorageAgent(Agent[StorageVolume]):
             channel = await open_connection(host, port, self.key, str(self.config.id), "storage",
                                             timeout=float(self.config.socket_timeout))
 
-            async def accepted() -> bytes:
+            async def reset(gid: int) -> bytes:
                 reset = await self.device_call(volume, "reset_wal")
-                volume.reset(bytes.fromhex(reset["uuid"]), gid=0)
+                volume.reset(bytes.fromhex(reset["uuid"]), gid=gid)
                 volume.save()
                 if started is not None and not started.done():
                     started.set_result(None)
                 return volume.uuid
+
+            async def accepted() -> bytes:
+                return await reset(0)
+
+            async def from_snapshot(snap: MetaSnap) -> bytes:
+                return await reset(snap.gid_e + 1)  # the archive's image ends at gid_e: ours go on from there
 
             async def streamed() -> int:
                 lsids = await self.device_call(volume, "lsids")
@@ -218,16 +273,18 @@ class StorageAgent(Agent[StorageVolume]):
             def progress(done_lb: int) -> None:
                 volume.progress_lb = done_lb
 
-            # The ddev, not the walb device: WalB's dirty full sync. reset-wal applies every
-            # earlier write first, and every write from then on is in the logs that follow the
-            # base, so a block read before its newest write reached the ddev is made right when
-            # the archive applies them. It spares the application's device (its FUSE daemon)
-            # the scan, and reads at the disk's speed.
             fd = await asyncio.to_thread(open_uncached, status["ddev"])
             try:
                 async with channel:
-                    gid = await send_full_backup(channel, volume.vol, fd, size_lb, bulk_lb, int(time.time()),
-                                                 accepted, streamed, progress)
+                    if kind == "full":
+                        gid = await send_full_backup(channel, volume.vol, fd, size_lb, bulk_lb, int(time.time()),
+                                                     accepted, streamed, progress, self.throttle())
+                        base = f"|0,{gid}|"
+                    else:
+                        snap, gid = await send_hash_backup(channel, volume.vol, fd, size_lb, bulk_lb,
+                                                           int(time.time()), from_snapshot, streamed, progress,
+                                                           self.throttle())
+                        base = f"{snap}-->|{snap.gid_e + 1},{gid}|"
             finally:
                 os.close(fd)
                 volume.progress_lb = 0
@@ -235,7 +292,10 @@ class StorageAgent(Agent[StorageVolume]):
         with volume.machine.transaction("Stopped", "StartTarget") as start:
             start.commit("Target")
         self.start_shipper(volume)
-        self.log.info("%s: full backup done, base |0,%d|; now Target", volume.vol, gid)
+        self.log.info("%s: %s backup done (%s); now Target", volume.vol, kind, base)
+
+    def throttle(self) -> Throttle:
+        return Throttle(lambda: self.full_scan_bps)
 
     # ------------------------------------------------------------------ shipping logs
 

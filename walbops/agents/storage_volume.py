@@ -95,7 +95,7 @@ class StorageVolume:
     def take_snapshot(self, latest_lsid: int, max_wlog_send_pb: int, now: int | None = None,
                       explicit: bool = True) -> int:
         """Queue a snapshot at ``latest_lsid``; returns its gid (WalB's gid rule, §5.7)."""
-        if explicit and self.state not in ("Target", "Stopped", "FullSync"):
+        if explicit and self.state not in ("Target", "Stopped", "FullSync", "HashSync"):
             raise OperationError(f"{self.vol}: bad state {self.state} for a snapshot (needs Target or Stopped)")
         pre = self._pre()
         gid = next_explicit_gid(pre, latest_lsid, max_wlog_send_pb)

@@ -12,16 +12,18 @@ import asyncio
 import contextlib
 import mmap
 import os
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from ..diff.bhash import bulk_hash
 from ..diff.io import is_all_zero
-from ..errors import BadField, OperationError, RemoteError, WalbopsError
+from ..errors import BadField, InvalidMessage, OperationError, RemoteError, WalbopsError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
-from ..gid import MetaDiff
+from ..gid import MetaDiff, MetaSnap
 from ..net import messages
 from ..net.frames import DataFrame
-from ..net.stream import ImageCursor, StreamDigest
+from ..net.stream import HashSyncCursor, ImageCursor, StreamDigest
 from ..net.transport import Channel
 
 FILE_READ = 1 << 20  # [bytes] read size when streaming a file
@@ -124,7 +126,7 @@ async def _finish(channel: Channel, digest: StreamDigest, gid: int | None = None
 
 async def send_full_backup(channel: Channel, vol: str, fd: int, size_lb: int, bulk_lb: int, timestamp: int,
                            on_accepted: Callable[[], Awaitable[bytes]], on_streamed: Callable[[], Awaitable[int]],
-                           progress: Callable[[int], None] | None = None) -> int:
+                           progress: Callable[[int], None] | None = None, throttle: "Throttle | None" = None) -> int:
     """Stream the volume behind ``fd`` to the primary archive (dirty-full-sync).
 
     Args:
@@ -142,7 +144,7 @@ async def send_full_backup(channel: Channel, vol: str, fd: int, size_lb: int, bu
     uuid = await on_accepted()
     await channel.send_json(messages.begin(uuid))
     async with contextlib.aclosing(prefetched(_read_bulks(fd, size_lb, bulk_lb))) as reads:
-        digest = await send_image(channel, reads, size_lb, bulk_lb, progress)
+        digest = await send_image(channel, _paced(reads, throttle), size_lb, bulk_lb, progress)
     gid = await on_streamed()
     await _finish(channel, digest, gid)
     return gid
@@ -214,6 +216,148 @@ async def receive_image(channel: Channel, size_lb: int, bulk_lb: int, sender: st
         cursor.item(message)
         if kind == "zero":
             await on_zero(message["offset_lb"] * LOGICAL_BLOCK_SIZE, message["count_lb"] * LOGICAL_BLOCK_SIZE)
+
+
+async def receive_hash_sync(channel: Channel, cursor: HashSyncCursor, hashing: asyncio.Task[None],
+                            on_data: Callable[[int, bytes], Awaitable[None]],
+                            on_zero: Callable[[int, int], Awaitable[None]]) -> dict[str, Any]:
+    """The archive's receiving half of a dirty-hash-sync, while ``hashing`` sends the hashes:
+    ``on_data(offset, data)`` for each chunk's bytes, ``on_zero(offset_lb, count_lb)`` for each
+    zero item; returns the checked ``end`` once the hashes are all sent.
+
+    Raises:
+        InvalidMessage: items out of order or past the hashed bulks; ``end`` before every bulk was hashed.
+        ChecksumMismatch, BadField: ``end`` disagrees with the data, or carries no gid.
+        OperationError: the storage aborted, or sending the hashes failed.
+    """
+    digest = StreamDigest()
+    receiving = asyncio.ensure_future(channel.recv())
+    try:
+        while True:
+            await asyncio.wait([receiving] if hashing.done() else [receiving, hashing],
+                               return_when=asyncio.FIRST_COMPLETED)
+            if hashing.done() and not hashing.cancelled() and hashing.exception() is not None:
+                raise OperationError(f"sending the hashes failed: {hashing.exception()}")
+            if not receiving.done():
+                continue
+            frame = receiving.result()
+            if isinstance(frame, DataFrame):
+                offset = cursor.data(len(frame.data))
+                digest.update(frame.data)
+                await on_data(offset, frame.data)
+                receiving = asyncio.ensure_future(channel.recv())
+                continue
+            message = frame.message
+            kind = message["type"]
+            if kind == "abort":
+                raise OperationError(f"the storage aborted the hash backup: {message['reason']}")
+            if kind == "end":
+                await hashing  # the storage compared every bulk only once every hash went out
+                digest.check(message)
+                cursor.finish()
+                if "gid" not in message:
+                    raise BadField("end of a hash backup without its gid")
+                return message
+            cursor.item(message)
+            if kind == "zero":
+                await on_zero(message["offset_lb"], message["count_lb"])
+            receiving = asyncio.ensure_future(channel.recv())
+    finally:
+        if not receiving.done():
+            receiving.cancel()
+            await asyncio.wait([receiving])
+
+
+async def _paced(pieces: AsyncIterator[tuple[int, bytes]],
+                 throttle: "Throttle | None") -> AsyncIterator[tuple[int, bytes]]:
+    async for piece in pieces:
+        if throttle is not None:
+            await throttle.pace(len(piece[1]))
+        yield piece
+
+
+class Throttle:
+    """Keeps a scan at or below ``bytes_per_second`` (0: no limit); WalB's -full-scan-bps."""
+
+    def __init__(self, bytes_per_second: Callable[[], int]) -> None:
+        self.rate = bytes_per_second  # read each time: set-full-scan-bps changes it during a scan
+        self.started = time.monotonic()
+        self.done = 0  # [bytes]
+
+    async def pace(self, size: int) -> None:
+        self.done += size
+        rate = self.rate()
+        if rate > 0:
+            ahead = self.done / rate - (time.monotonic() - self.started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+
+async def send_hash_backup(channel: Channel, vol: str, fd: int, size_lb: int, bulk_lb: int, timestamp: int,
+                           on_snapshot: Callable[[MetaSnap], Awaitable[bytes]],
+                           on_streamed: Callable[[], Awaitable[int]],
+                           progress: Callable[[int], None] | None = None,
+                           throttle: Throttle | None = None) -> tuple[MetaSnap, int]:
+    """The storage's half of a hash backup (dirty-hash-sync, docs/protocol.md §8.4).
+
+    Args:
+        on_snapshot: runs with the archive's latest snapshot once it accepted (the storage resets
+            its WAL there, its next gid after the snapshot's) and returns the device uuid.
+        on_streamed: runs once every bulk is compared (the storage takes its snapshot); returns gidE.
+
+    Returns:
+        (the archive's snapshot the backup started from, gidE), once the archive acknowledged.
+    """
+    await _accepted(channel, messages.DIRTY_HASH_SYNC,
+                    {"vol": vol, "size_lb": size_lb, "bulk_lb": bulk_lb, "timestamp": timestamp})
+    begin = await channel.recv_json("hash-begin")
+    snap = MetaSnap.parse(begin["snap"])
+    seed = int(begin["seed"])
+    await channel.send_json(messages.begin(await on_snapshot(snap)))
+    digest = StreamDigest()
+    position_lb = 0
+    async with channel.keepalive(), contextlib.aclosing(prefetched(_hashed_bulks(fd, size_lb, bulk_lb, seed))) \
+            as bulks:
+        while position_lb < size_lb:
+            announced = await channel.recv_json("hashes")
+            frame = await channel.recv()
+            count = announced["count"]
+            if announced["offset_lb"] != position_lb or not isinstance(frame, DataFrame) \
+                    or len(frame.data) != count * messages.HASH_SIZE:
+                raise InvalidMessage(f"hashes at LB {announced['offset_lb']} for {count} bulks do not follow LB "
+                                     f"{position_lb} with {count * messages.HASH_SIZE} bytes of hashes")
+            theirs = memoryview(frame.data)
+            for index in range(count):
+                item = await anext(bulks, None)
+                if item is None:
+                    raise InvalidMessage(f"the archive hashed past the volume's {size_lb} LB")
+                offset_lb, data, ours = item
+                if ours != theirs[index * messages.HASH_SIZE:(index + 1) * messages.HASH_SIZE]:
+                    count_lb = len(data) // LOGICAL_BLOCK_SIZE
+                    if is_all_zero(data):
+                        await channel.send_json(messages.zero(offset_lb, count_lb))
+                    else:
+                        await channel.send_json(messages.chunk(offset_lb, count_lb))
+                        digest.update(data)
+                        await channel.send_data(data)
+                position_lb = offset_lb + len(data) // LOGICAL_BLOCK_SIZE
+                if progress is not None:
+                    progress(position_lb)
+                if throttle is not None:
+                    await throttle.pace(len(data))
+    gid = await on_streamed()
+    await _finish(channel, digest, gid)
+    return snap, gid
+
+
+def _hashed_bulks(fd: int, size_lb: int, bulk_lb: int, seed: int) -> Iterator[tuple[int, bytes, bytes]]:
+    """(offset_lb, data, hash) of each bulk of the device, read about BACKUP_READ bytes at a time."""
+    bulk = bulk_lb * LOGICAL_BLOCK_SIZE
+    for start_lb, data in _read_bulks(fd, size_lb, bulk_lb):
+        view = memoryview(data)
+        for at in range(0, len(view), bulk):
+            piece = view[at:at + bulk]
+            yield start_lb + at // LOGICAL_BLOCK_SIZE, bytes(piece), bulk_hash(piece, seed)
 
 
 def _read_bulks(fd: int, size_lb: int, bulk_lb: int) -> Iterator[tuple[int, bytes]]:

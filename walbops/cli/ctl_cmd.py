@@ -36,6 +36,7 @@ POSITIONAL: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "restore": (("vol", "gid"), ()),
     "del-restored": (("vol", "gid"), ()),
     "full-bkp": (("vol",), ("bulk_size",)),
+    "hash-bkp": (("vol",), ("bulk_size",)),
     "snapshot": (("vol",), ()),
     "apply": (("vol", "gid"), ()),
     "gc-diff": (("vol",), ()),
@@ -91,7 +92,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="full-bkp, restore, apply, merge: wait until done (a progress bar on a terminal "
                              "for full-bkp); a failure exits non-zero with the agent's reason")
     parser.add_argument("command", help="walbc command: " + ", ".join(sorted(
-        [*POSITIONAL, "merge", "disable-snapshot", "enable-snapshot", "virt-full-scan", "archive-info"])) + ", get")
+        [*POSITIONAL, "merge", "disable-snapshot", "enable-snapshot", "virt-full-scan", "archive-info",
+         "set-full-scan-bps", "resize"])) + ", get")
     parser.add_argument("args", nargs="*", help="its arguments, as walbc takes them")
     parser.set_defaults(handler=cmd_ctl)
 
@@ -118,6 +120,17 @@ def request_args(command: str, words: list[str]) -> dict[str, Any]:
         return {"vol": words[0], "gids": [_integer(command, "gid", word) for word in words[1:]]}
     if command == "virt-full-scan":
         return virt_full_scan_args(words)
+    if command == "resize":
+        # walbc: resize VOL SIZE [zeroclear]
+        if len(words) not in (2, 3) or (len(words) == 3 and words[2] not in ("zeroclear", "1", "0")):
+            raise UsageError("resize: expected VOL SIZE [zeroclear]")
+        return {"vol": words[0], "size": _size(command, "size", words[1]),
+                **({"zeroclear": words[2] in ("zeroclear", "1")} if len(words) == 3 else {})}
+    if command == "set-full-scan-bps":
+        # WalB's form is `set-full-scan-bps BPS` (the storage's limit); `VOL BPS` names a volume too.
+        if len(words) not in (1, 2):
+            raise UsageError("set-full-scan-bps: expected [VOL] BYTES_PER_SECOND")
+        return {"bps": _size(command, "bps", words[-1]), **({"vol": words[0]} if len(words) == 2 else {})}
     if command not in POSITIONAL:
         return {}
     required, optional = POSITIONAL[command]
@@ -220,7 +233,7 @@ def archive_info_args(words: list[str]) -> dict[str, Any]:
 
 
 def wait_until_done(server: Server, key: bytes, command: str, arguments: dict[str, Any], timeout: float) -> Any:
-    """Poll until a full backup reaches Target (a progress bar on a terminal)."""
+    """Poll until a full or hash backup reaches Target (a progress bar on a terminal)."""
     vol = arguments["vol"]
 
     def get(target: str) -> Any:
@@ -232,7 +245,8 @@ def wait_until_done(server: Server, key: bytes, command: str, arguments: dict[st
         if state == "Target":
             break
         if state == "SyncReady":
-            raise OperationError(f"{vol}: the full backup failed (the storage is back in SyncReady)")
+            raise OperationError(f"{vol}: the {command.split('-')[0]} backup failed (the storage is back in "
+                                 "SyncReady; see its log)")
         total = total or int(get("vol-size"))
         progress_bar(int(get("progress")), total)
         time.sleep(POLL)
@@ -276,7 +290,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         result = asyncio.run(receive_virtual_image(server, key, arguments, args.timeout))
     else:
         result = asyncio.run(call(server, key, args.command, arguments, args.timeout))
-    if args.wait and args.command == "full-bkp":
+    if args.wait and args.command in ("full-bkp", "hash-bkp"):
         result = wait_until_done(server, key, args.command, arguments, args.timeout)
     elif args.wait and args.command in ARCHIVE_WAITS and isinstance(result, dict) and result.get("accepted"):
         result = wait_for_action(server, key, arguments["vol"], ARCHIVE_WAITS[args.command], result, args.timeout)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 from typing import Any
 
 from ..blockdev import size_of
 from ..device.control import DeviceClient
 from ..device.core import OverflowPolicy
-from ..device.lifecycle import format_checked, start_device, stop_device
-from ..device.registry import DevicePaths, check_name, read_info, running_devices
+from ..device.lifecycle import format_checked, resize_device, start_device, stop_device
+from ..device.registry import DevicePaths, check_name, running_devices
 from ..diff import bhash
 from ..diff.logs import LdevLogReader, WlogWriter, read_super
 from ..errors import OperationError, UsageError
@@ -183,14 +182,7 @@ def cmd_simple(args: argparse.Namespace) -> int:
 def cmd_resize(args: argparse.Namespace) -> int:
     if args.size % LOGICAL_BLOCK_SIZE:
         raise UsageError(f"size {args.size} is not a multiple of 512")
-    name = check_name(args.name)
-    with DeviceClient(name) as client:
-        result = client.call("resize", size_lb=args.size // LOGICAL_BLOCK_SIZE)
-    info = read_info(name)
-    if info is not None and info.get("loop"):
-        # The loop device learns the FUSE file's new size only when asked.
-        subprocess.run(["losetup", "--set-capacity", info["loop"]], capture_output=True, check=False)
-    emit(result, args.json)
+    emit(resize_device(args.name, args.size // LOGICAL_BLOCK_SIZE), args.json)
     return 0
 
 

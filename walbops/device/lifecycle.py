@@ -182,3 +182,21 @@ def stop_device(name: str, force: bool = False) -> Stopped:
     else:
         raise OperationError(f"walb device {name!r} (pid {pid}) did not stop within {STOP_TIMEOUT:.0f} s")
     return Stopped(name, was_running=True, pid=pid)
+
+
+def resize_device(name: str, size_lb: int) -> dict[str, Any]:
+    """Grow running device ``name`` to ``size_lb`` LB (0: as large as its ddev), online.
+
+    The loop device over the FUSE file learns the new size only when told (``losetup
+    --set-capacity``); that is done here too, so a filesystem on it can grow next.
+
+    Raises:
+        OperationError: shrinking, or the ddev is too small.
+    """
+    check_name(name)
+    with DeviceClient(name) as client:
+        result: dict[str, Any] = client.call("resize", size_lb=size_lb)
+    info = read_info(name)
+    if info is not None and info.get("loop"):
+        subprocess.run(["losetup", "--set-capacity", info["loop"]], capture_output=True, check=False)
+    return result

@@ -43,6 +43,27 @@ def check_bulk(bulk: int) -> int:
     return bulk
 
 
+def bulk_hash(bulk: bytes | bytearray | memoryview, seed: int) -> bytes:
+    """MurmurHash3_x64_128 of one bulk, 16 bytes: what a hash backup compares bulk by bulk."""
+    return bytes(mmh3.mmh3_x64_128_digest(bulk, seed % _SEED_MODULUS))
+
+
+def virtual_bulk_hashes(base_fd: int | None, diff_paths: Sequence[str], size_lb: int, bulk: int, seed: int,
+                        batch: int) -> Iterator[bytes]:
+    """The :func:`bulk_hash` of every bulk of the base with ``diff_paths`` laid over it, ``batch``
+    hashes (16 bytes each) at a time, in order: the archive's side of a hash backup."""
+    check_bulk(bulk)
+    ios = merged_ios(diff_paths) if diff_paths else iter(())
+    hashes = bytearray()
+    for piece in full_image(_within(ios, size_lb), size_lb, base_fd, bulk // LOGICAL_BLOCK_SIZE):
+        hashes += bulk_hash(piece, seed)
+        if len(hashes) >= batch * HASH_SIZE:
+            yield bytes(hashes)
+            hashes.clear()
+    if hashes:
+        yield bytes(hashes)
+
+
 class StreamHasher:
     """XOR of MurmurHash3_x64_128(bulk i, seed i) over the bulks given in order."""
 

@@ -27,6 +27,9 @@ ACCEPTED = {"accepted": True}  # the result of an accepted asynchronous command 
 WLOG_TRANSFER = "wlog-transfer"
 WDIFF_TRANSFER = "wdiff-transfer"
 DIRTY_FULL_SYNC = "dirty-full-sync"
+DIRTY_HASH_SYNC = "dirty-hash-sync"
+HASH_SIZE = 16  # [bytes] one MurmurHash3_x64_128 in a hashes frame
+MAX_HASHES = 1024  # hashes in one hashes message
 VIRT_FULL_SCAN = "virt-full-scan"
 
 U32_MAX = 2**32 - 1
@@ -85,6 +88,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "ack": _message("ack", {}),
     "abort": _message("abort", {"reason": _TEXT}),
     "keepalive": _message("keepalive", {}),
+    "hash-begin": _message("hash-begin", {"snap": {"type": "string", "maxLength": 64,
+                                                   "pattern": rf"^{_SNAP}$"}, "seed": _U32}),
+    "hashes": _message("hashes", {"offset_lb": _U64, "count": {"type": "integer", "minimum": 1,
+                                                               "maximum": MAX_HASHES}}),
 }
 
 ARGS_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -92,6 +99,8 @@ ARGS_SCHEMAS: dict[str, dict[str, Any]] = {
                           "size_lb": _U64, "diff": _DIFF, "max_log_pb": _U64}),
     WDIFF_TRANSFER: _args({"vol": _VOL, "uuid": _UUID, "size_lb": _U64, "diff": _DIFF}),
     DIRTY_FULL_SYNC: _args({"vol": _VOL, "size_lb": _U64, "bulk_lb": {**_U32, "minimum": 1, "maximum": 8192},
+                            "timestamp": _U64}),
+    DIRTY_HASH_SYNC: _args({"vol": _VOL, "size_lb": _U64, "bulk_lb": {**_U32, "minimum": 1, "maximum": 8192},
                             "timestamp": _U64}),
 }
 
@@ -221,3 +230,11 @@ def abort(reason: str) -> dict[str, Any]:
 
 def keepalive() -> dict[str, Any]:
     return {"type": "keepalive"}
+
+
+def hash_begin(snap: str, seed: int) -> dict[str, Any]:
+    return {"type": "hash-begin", "snap": snap, "seed": seed}
+
+
+def hashes(offset_lb: int, count: int) -> dict[str, Any]:
+    return {"type": "hashes", "offset_lb": offset_lb, "count": count}

@@ -107,3 +107,82 @@ class ImageCursor:
             raise InvalidMessage(f"stream ends while a chunk still owes {self.pending} bytes")
         if self.position_lb != self.size_lb:
             raise InvalidMessage(f"stream covers {self.position_lb} LB of the volume's {self.size_lb}")
+
+
+class HashSyncCursor:
+    """The archive's bookkeeping of a dirty-hash-sync: bulks hashed so far, and the storage's items.
+
+    The archive hashes bulks in order (``hashed``); the storage answers with ``chunk`` and
+    ``zero`` items in increasing order, each inside the bulks hashed already, and with each
+    chunk's bytes (docs/protocol.md §8.4).
+
+    Args:
+        size_lb: the volume size; bulk_lb: the bulk size.
+    """
+
+    def __init__(self, size_lb: int, bulk_lb: int) -> None:
+        self.size_lb = size_lb
+        self.bulk_lb = bulk_lb
+        self.hashed_lb = 0  # [LB] the archive has sent hashes up to here
+        self.position_lb = 0  # [LB] the next item starts here or later
+        self.pending = 0  # [bytes] still owed by the current chunk
+        self.offset = 0  # [bytes] where the current chunk's next bytes go
+
+    def hashed(self, count: int) -> tuple[int, int]:
+        """Account for ``count`` more bulks hashed; returns their (offset_lb, end_lb)."""
+        start = self.hashed_lb
+        self.hashed_lb = min(self.size_lb, start + count * self.bulk_lb)
+        return start, self.hashed_lb
+
+    @property
+    def all_hashed(self) -> bool:
+        return self.hashed_lb >= self.size_lb
+
+    def item(self, message: dict[str, Any]) -> None:
+        """Take a ``chunk`` or ``zero`` item.
+
+        Raises:
+            InvalidMessage: out of order, outside the volume or the hashed bulks, or a chunk longer
+                than a bulk, or the chunk before it is short.
+        """
+        kind = message["type"]
+        if kind not in ("chunk", "zero"):
+            raise InvalidMessage(f"expected chunk or zero in a hash sync, got {kind}")
+        if self.pending:
+            raise InvalidMessage(f"{kind} while the chunk before it still owes {self.pending} bytes")
+        offset, count = message["offset_lb"], message["count_lb"]
+        if offset < self.position_lb:
+            raise InvalidMessage(f"{kind} at LB {offset} goes back before LB {self.position_lb}")
+        if offset + count > self.hashed_lb:
+            raise InvalidMessage(f"{kind} [{offset}, {offset + count}) LB reaches past the bulks hashed so far "
+                                 f"({self.hashed_lb} LB of {self.size_lb})")
+        if kind == "chunk":
+            if count > self.bulk_lb:
+                raise InvalidMessage(f"chunk of {count} LB is longer than the bulk size of {self.bulk_lb} LB")
+            self.pending = count * LOGICAL_BLOCK_SIZE
+            self.offset = offset * LOGICAL_BLOCK_SIZE
+        self.position_lb = offset + count
+
+    def data(self, length: int) -> int:
+        """Account for ``length`` bytes of the current chunk; their byte offset in the volume.
+
+        Raises:
+            InvalidMessage: data outside a chunk, or more than it announced.
+        """
+        if length > self.pending:
+            raise InvalidMessage(f"{length} data bytes where the current chunk owes {self.pending}")
+        offset = self.offset
+        self.offset += length
+        self.pending -= length
+        return offset
+
+    def finish(self) -> None:
+        """At ``end``: every bulk hashed and the last chunk complete.
+
+        Raises:
+            InvalidMessage: otherwise.
+        """
+        if self.pending:
+            raise InvalidMessage(f"stream ends while a chunk still owes {self.pending} bytes")
+        if not self.all_hashed:
+            raise InvalidMessage(f"the storage ended at LB {self.hashed_lb} of {self.size_lb} hashed")
