@@ -29,6 +29,9 @@ BUILT = [
     messages.response(7, error="vol0: a backup is running", reason="syncing"),
     messages.response(7, error="no such command"),
     messages.begin(bytes(range(16))),
+    messages.begin(bytes(range(16)), size_lb=65536, bulk_lb=512),
+    messages.hash_begin("|3,7|", 2**32 - 1),
+    messages.hashes(512, 1024),
     messages.chunk(0, 512),
     messages.zero(512, 1 << 40),
     messages.end(4096, "00" * 4),
@@ -42,7 +45,8 @@ BUILT = [
 def test_every_message_type_has_a_schema_and_a_builder():
     assert {m["type"] for m in BUILT} == set(messages.SCHEMAS)
     assert set(messages.SCHEMAS) == {"hello", "challenge", "auth", "welcome", "error", "request", "response",
-                                     "begin", "chunk", "zero", "end", "ack", "abort", "keepalive"}
+                                     "begin", "chunk", "zero", "end", "ack", "abort", "keepalive", "hash-begin",
+                                     "hashes"}
 
 
 @pytest.mark.parametrize("message", BUILT, ids=lambda m: m["type"])
@@ -65,6 +69,8 @@ def test_builders_pass_validation(message):
     ({"type": "response", "id": 1, "ok": False}, "'error' is a required property"),
     ({"type": "response", "id": 1, "ok": True}, "'result' is a required property"),
     ({"type": "chunk", "offset_lb": 0, "count_lb": 0}, "chunk.count_lb"),
+    ({"type": "hashes", "offset_lb": 0, "count": 1025}, "hashes.count"),
+    ({"type": "hash-begin", "snap": "|7,3", "seed": 1}, "hash-begin.snap"),
     ({"type": "zero", "offset_lb": 2**64, "count_lb": 1}, "zero.offset_lb"),
     ({"type": "end", "size": 1, "checksum": "00"}, "end.checksum"),
     ({"type": "begin", "uuid": "00" * 15}, "begin.uuid"),
@@ -179,3 +185,27 @@ def test_image_cursor_refuses(steps, match):
                 cursor.data(argument)
             else:
                 cursor.finish()
+
+
+def test_hash_sync_cursor_keeps_items_within_the_hashed_bulks():
+    from walbops.net.stream import HashSyncCursor
+
+    cursor = HashSyncCursor(size_lb=2048 + 100, bulk_lb=512)
+    assert cursor.hashed(2) == (0, 1024)
+    cursor.item(messages.chunk(512, 512))
+    assert cursor.data(512 * 512) == 512 * 512
+    with pytest.raises(InvalidMessage, match="goes back"):
+        cursor.item(messages.zero(0, 512))
+    with pytest.raises(InvalidMessage, match="past the bulks hashed"):
+        cursor.item(messages.zero(1024, 512))
+    assert cursor.hashed(3) == (1024, 2148)  # the last bulk is short
+    cursor.item(messages.zero(1536, 512))
+    cursor.item(messages.chunk(2048, 100))
+    with pytest.raises(InvalidMessage, match="still owes"):
+        cursor.finish()
+    cursor.data(100 * 512)
+    cursor.finish()
+    short = HashSyncCursor(size_lb=4096, bulk_lb=512)
+    short.hashed(1)
+    with pytest.raises(InvalidMessage, match="ended at LB 512 of 4096"):
+        short.finish()
