@@ -1,17 +1,21 @@
 #!/usr/bin/python
-"""Ansible module walb_backup: a full backup of a volume on the primary archive."""
+"""Ansible module walb_backup: a backup of a volume on its archive (full, or hash to catch up)."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: walb_backup
-short_description: Full backup of a walbops volume to its primary archive
+short_description: Backup of a walbops volume to its archive, full or by hash
 description:
-  - Takes WalB's full backup (full-bkp) of a volume, from its storage to the layout's primary archive, and
-    waits until it is done (the storage ends in Target, shipping its logs, and the archive restorable).
-  - Present once the archive holds the volume and the storage feeds it; then nothing changes.
-  - An archive that already holds a backup the storage does not feed, or a walb device that overflowed,
-    is refused unless O(force), which clears the archive's copy and takes a new full backup.
+  - Makes the archive hold a backup of the volume that its storage feeds, and waits until it is done (the
+    storage ends in Target, shipping its logs, and a new snapshot is restorable).
+  - Present once the archive holds the volume, the storage feeds it and its log did not overflow; then
+    nothing changes.
+  - Otherwise, with O(method=auto) (the default), a hash backup (hash-bkp) when the archive holds the
+    volume - after a log overflow, a lost proxy, a storage that was standby or replaced - which sends only
+    what the archive lacks and keeps every snapshot it had; and WalB's full backup (full-bkp) when it holds
+    nothing.
+  - A full backup over an archive that holds the volume deletes its history and needs O(force).
   - Prepares the proxies (archive-info) and the archive (init-vol) as WalB's controller does.
 options:
   vol:
@@ -30,8 +34,13 @@ options:
   bulk_size:
     description: Bytes per bulk read and sent (K, M, G suffixes); the storage's own default when omitted.
     type: str
+  method:
+    description: C(auto) - hash when the archive holds the volume, else full; C(full); C(hash).
+    type: str
+    choices: [auto, full, hash]
+    default: auto
   force:
-    description: Replace an existing backup with a new full backup.
+    description: Replace an existing backup with a new full backup (the archive's history is deleted).
     type: bool
     default: false
 extends_documentation_fragment: [walbops, walbops.cluster, walbops.check_and_diff]
@@ -54,11 +63,19 @@ gid:
   returned: always
   type: int
 bytes:
-  description: Bytes of the volume backed up (0 when nothing changed).
+  description: Bytes of the volume copied by a full backup (0 when nothing changed, null after a hash backup).
   returned: always
   type: int
+method:
+  description: C(full) or C(hash), what was taken (null when nothing changed).
+  returned: always
+  type: str
+overflowed:
+  description: Whether the storage's log had overflowed (a backup was needed for it).
+  returned: always
+  type: bool
 duration:
-  description: Seconds the full backup took.
+  description: Seconds the backup took.
   returned: always
   type: float
 archive:
@@ -78,6 +95,7 @@ def main():
             storage=dict(type="str", required=True),
             archive=dict(type="str"),
             bulk_size=dict(type="str"),
+            method=dict(type="str", choices=["auto", "full", "hash"], default="auto"),
             force=dict(type="bool", default=False),
             **WALBOPS_CLUSTER_OPTIONS,
         ),
@@ -86,7 +104,8 @@ def main():
     params = module.params
     run_module(module, ["ensure", "backup", params["vol"], *flag_args([
         ("layout", params["layout"]), ("server", params["storage"]), ("timeout", params["timeout"]),
-        ("archive", params["archive"]), ("bulk_size", params["bulk_size"]), ("force", params["force"])])])
+        ("archive", params["archive"]), ("bulk_size", params["bulk_size"]), ("method", params["method"]),
+        ("force", params["force"])])])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,3 +136,47 @@ def test_dr_drill_by_hash_verifies_without_a_restore(local: dict) -> None:
     (volume,) = report["volumes"]
     assert volume["hash_match"] and volume["bhash"] == volume["archive_bhash"] and len(volume["bhash"]) == 32
     assert volume["fsck_ok"] is None and volume["rto_seconds"] is None
+
+
+def test_recover_playbook_brings_an_overflowed_volume_back_by_hash_backup(local: dict) -> None:
+    """The storage agent is down while more than the log holds is written: the log overflows and
+    the volume stops. recover.yml finds it (walb_info) and recovers it by hash backup, keeping the
+    archive's history; a second run changes nothing, and the drill verifies the volume."""
+    root = Path(local["walbops_local_root"])
+    venv_bin = ROOT / ".venv" / "bin" / "walbops"
+    env = {**os.environ, "WALBOPS_RUN_DIR": str(root / "run" / "walbops"), "WALBOPS_DEV_DIR": str(root / "dev" /
+                                                                                                 "walbops")}
+    agent = [str(venv_bin), "ensure", "agent", "storage", "--config", str(root / "etc" / "walbops" / "storage.yml"),
+             "--pidfile", str(root / "run" / "walbops-agents" / "storage.pid"), "--json"]
+    layout = str(root / "etc" / "walbops" / "layout.yml")
+
+    def ctl(*words: str) -> str:
+        result = subprocess.run([str(venv_bin), "ctl", "--layout", layout, *words], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    before = json.loads(ctl("-s", "a0", "--json", "get", "restorable", "vol0", "all"))["result"]
+    assert subprocess.run([*agent, "--state", "stopped"], capture_output=True, timeout=120, env=env).returncode == 0
+    mount = root / "mnt" / "vol0"
+    for _ in range(3):  # three times 20 MiB through the filesystem: more than the 32 MiB log
+        (mount / "burst").write_bytes(os.urandom(20 << 20))
+        os.sync()
+        (mount / "burst").unlink()
+        os.sync()
+    assert subprocess.run([*agent, "--state", "started"], capture_output=True, timeout=120, env=env).returncode == 0
+    deadline = time.monotonic() + 60
+    while ctl("-s", "s0", "get", "state", "vol0") != "Stopped":
+        assert time.monotonic() < deadline, "the overflowed volume did not stop"
+        time.sleep(0.5)
+    recovered = run_playbook("recover.yml", INVENTORY, extra_vars=local)
+    assert recovered.returncode == 0, recovered.describe()
+    assert "vol0: hash backup, gid" in recovered.output
+    assert ctl("-s", "s0", "get", "state", "vol0") == "Target"
+    after = [entry["gid"] for entry in json.loads(ctl("-s", "a0", "--json", "get", "restorable", "vol0",
+                                                      "all"))["result"]]
+    assert {entry["gid"] for entry in before} <= set(after)  # the history survived the overflow
+    again = run_playbook("recover.yml", INVENTORY, extra_vars=local)
+    assert again.returncode == 0 and set(again.changed().values()) == {0}, changed_tasks(again.output)
+    drill = run_playbook("dr_drill.yml", INVENTORY, extra_vars=local)
+    assert drill.returncode == 0, drill.describe()

@@ -147,8 +147,8 @@ class StorageAgent(Agent[StorageVolume]):
         role = request.args.get("role", "target")
         if role == "target":
             if (await self.device_call(volume, "is_overflow"))["overflow"]:
-                raise OperationError(f"{volume.vol}: the walb device overflowed; reset it (reset-vol) and back up "
-                                     "again")
+                raise OperationError(f"{volume.vol}: the walb device overflowed; reset it (reset-vol) and take a "
+                                     "hash backup (hash-bkp), which keeps the archive's history")
             with volume.machine.transaction("Stopped", "StartTarget") as tx:
                 tx.commit("Target")
         else:
@@ -382,8 +382,9 @@ class StorageAgent(Agent[StorageVolume]):
         if status["overflow"]:
             with volume.machine.transaction("Target", "StopTarget") as tx:
                 tx.commit("Stopped")
-            raise OperationError(f"{volume.vol}: the walb device overflowed; stopped (reset-vol and full-bkp "
-                                 "to recover)")
+            raise OperationError(f"{volume.vol}: the walb device overflowed; stopped. A hash backup recovers "
+                                 "it keeping the archive's history (reset-vol, hash-bkp; Controller.hash_backup; "
+                                 "ansible/playbooks/recover.yml)")
         lsids, pbs = status["lsids"], status["pbs"]
         max_pb = self.max_send_pb(pbs)
         volume.maybe_implicit_snapshot(lsids["latest"], max_pb, float(self.config.implicit_snapshot_interval))

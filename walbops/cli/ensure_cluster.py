@@ -59,24 +59,26 @@ def cmd_volume(args: argparse.Namespace) -> int:
 
 
 def _backup(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("backup", help="a full backup of a volume on the primary archive")
+    parser = sub.add_parser("backup", help="a backup of a volume on the primary archive (full or hash)")
     parser.add_argument("vol")
     add_cluster_flags(parser, "the storage (its name in the layout)")
     parser.add_argument("--archive", help="the archive the storage sends to (default: the layout's first)")
     parser.add_argument("--bulk-size", type=parse_size, help="bytes per bulk (default: the storage's)")
-    parser.add_argument("--force", action="store_true", help="replace an existing backup with a new one")
+    parser.add_argument("--method", choices=("auto", "full", "hash"), default="auto",
+                        help="auto (default): hash when the archive holds the volume, else full")
+    parser.add_argument("--force", action="store_true", help="replace an existing backup with a new full one")
     add_ensure_flags(parser)
     parser.set_defaults(handler=cmd_backup)
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from ..converge.backup import ensure_full_backup
+    from ..converge.backup import ensure_backup
 
     controller = open_controller(args.layout)
     archive = server_of(controller, args.archive, "archive") if args.archive else None
-    outcome = ensure_full_backup(controller, server_of(controller, args.server, "storage"), args.vol,
-                                 archive=archive, force=args.force, timeout=args.timeout, bulk_size=args.bulk_size,
-                                 check=args.check)
+    outcome = ensure_backup(controller, server_of(controller, args.server, "storage"), args.vol, archive=archive,
+                            method=args.method, force=args.force, timeout=args.timeout, bulk_size=args.bulk_size,
+                            check=args.check)
     return report(outcome, args.json)
 
 

@@ -1,9 +1,10 @@
-"""Full backups and snapshots (the ``walb_backup`` and ``walb_snapshot`` modules).
+"""Backups and snapshots (the ``walb_backup`` and ``walb_snapshot`` modules).
 
-A full backup is "present" once the archive holds the volume (Archived or Stopped) and
-the storage ships its logs there (Target or Stopped): running again changes nothing.
-``force`` takes a new full backup over an existing one (after an overflow lost logs):
-the archive's copy is cleared first. A snapshot always changes something; with
+A backup is "present" once the archive holds the volume (Archived or Stopped), the storage
+ships its logs there (Target or Stopped) and its log did not overflow: running again changes
+nothing. Otherwise a hash backup brings the archive's copy up to the device, keeping its
+history, or a full backup copies the device when the archive holds nothing; ``force`` takes a
+new full backup over an existing one (the archive's copy is cleared first). A snapshot always changes something; with
 ``digest`` (sha256) or ``block_hash`` (bhash, docs/formats.md 9.4) the walb device is frozen
 while the snapshot is taken and the device read, so the value is the volume's content at
 exactly that gid.
@@ -21,7 +22,7 @@ from ..blockdev import open_uncached
 from ..controller import Controller, Server
 from ..device.control import DeviceClient
 from ..diff import bhash
-from ..errors import OperationError
+from ..errors import OperationError, UsageError
 from . import Outcome
 from .cluster import volume_status
 from .volume import ensure_volume
@@ -55,10 +56,23 @@ def _overflowed(controller: Controller, storage: Server, vol: str) -> bool:
     return bool(int(controller.get(storage, "is-overflow", vol)))
 
 
-def ensure_full_backup(controller: Controller, storage: Server, vol: str, *, archive: Server | None = None,
-                       force: bool = False, timeout: float = 3600.0, bulk_size: int | None = None,
-                       check: bool = False) -> Outcome:
-    """Make ``archive`` (default: the primary) hold a full backup of ``vol`` fed by the storage's logs."""
+BACKUP_METHODS = ("auto", "full", "hash")
+
+
+def ensure_backup(controller: Controller, storage: Server, vol: str, *, archive: Server | None = None,
+                  method: str = "auto", force: bool = False, timeout: float = 3600.0, bulk_size: int | None = None,
+                  check: bool = False) -> Outcome:
+    """Make ``archive`` (default: the primary) hold a backup of ``vol`` fed by the storage's logs.
+
+    Present when the archive holds the volume (Archived or Stopped), the storage ships to it
+    (Target or Stopped) and its walb device did not overflow. Otherwise a backup is taken:
+    ``hash`` (and ``auto`` when the archive holds the volume) brings the archive's copy up to the
+    device and keeps every snapshot it had; ``full`` (and ``auto`` when it holds nothing) copies
+    the whole device. A full backup over an archive that holds the volume deletes its history,
+    so it needs ``force``.
+    """
+    if method not in BACKUP_METHODS:
+        raise UsageError(f"method must be one of {', '.join(BACKUP_METHODS)}, not {method!r}")
     archive = archive or controller.layout.primary_archive
     storage_state = volume_status(controller, storage, vol)["state"]
     archive_state = volume_status(controller, archive, vol)["state"]
@@ -66,32 +80,40 @@ def ensure_full_backup(controller: Controller, storage: Server, vol: str, *, arc
     if storage_state == "Clear":
         raise OperationError(f"{vol} is not initialised on storage {storage.name}: "
                              "walb_volume state=initialized (with its wdev) first")
-    backed_up = archive_state in ARCHIVE_HOLDS_BACKUP and storage_state in STORAGE_SHIPPING
-    if backed_up and not force:
-        if _overflowed(controller, storage, vol):
-            raise OperationError(f"{vol}: the walb device on storage {storage.name} overflowed and lost logs; "
-                                 "force: true takes a new full backup")
+    archived = archive_state in ARCHIVE_HOLDS_BACKUP
+    overflowed = storage_state in STORAGE_SHIPPING and _overflowed(controller, storage, vol)
+    if archived and storage_state in STORAGE_SHIPPING and not overflowed and not force:
         restorable = controller.get_restorable(archive, vol, include_implicit=True)
-        return Outcome(False, before, before, {"vol": vol, "archive": archive.name,
+        return Outcome(False, before, before, {"vol": vol, "archive": archive.name, "method": None,
                                                "gid": restorable[-1] if restorable else None,
-                                               "bytes": 0, "duration": 0.0})
-    if archive_state in ARCHIVE_HOLDS_BACKUP and not force:
-        raise OperationError(f"{vol}: archive {archive.name} already holds a backup ({archive_state}) that the "
-                             f"storage does not feed ({storage_state}); force: true replaces it with a new "
-                             "full backup")
+                                               "bytes": 0, "duration": 0.0, "overflowed": False})
+    kind = method if method != "auto" else ("hash" if archived and not force else "full")
+    if kind == "hash" and not archived:
+        raise OperationError(f"{vol}: archive {archive.name} holds no backup of it ({archive_state}); a hash "
+                             "backup needs one: method full (or auto)")
+    if kind == "hash" and archive_state != "Archived":
+        raise OperationError(f"{vol}: archive {archive.name} is {archive_state}; start it (walb_volume "
+                             "state=started) before a hash backup")
+    if kind == "full" and archived and not force:
+        raise OperationError(f"{vol}: archive {archive.name} already holds a backup ({archive_state}); a full "
+                             "backup would delete its history: method hash (or auto) keeps it, force: true "
+                             "replaces it")
     after = {"storage": "Target", "archive": "Archived"}
+    values: dict[str, Any] = {"vol": vol, "archive": archive.name, "method": kind, "overflowed": overflowed}
     if check:
-        return Outcome(True, before, after, {"vol": vol, "archive": archive.name, "gid": None, "bytes": None,
-                                             "duration": None})
+        return Outcome(True, before, after, {**values, "gid": None, "bytes": None, "duration": None})
     started = time.monotonic()
-    if archive_state in ARCHIVE_HOLDS_BACKUP:
-        ensure_volume(controller, archive, vol, "cleared", force=True)
-    gid = controller.full_backup(storage, vol, timeout=timeout, bulk_size=bulk_size, archive=archive)
+    if kind == "full":
+        if archived:
+            ensure_volume(controller, archive, vol, "cleared", force=True)
+        gid = controller.full_backup(storage, vol, timeout=timeout, bulk_size=bulk_size, archive=archive)
+    else:
+        gid = controller.hash_backup(storage, vol, timeout=timeout, bulk_size=bulk_size, archive=archive)
     duration = time.monotonic() - started
     size_lb = int(controller.get(storage, "vol-size", vol))
     after = {"storage": volume_status(controller, storage, vol)["state"],
              "archive": volume_status(controller, archive, vol)["state"]}
-    return Outcome(True, before, after, {"vol": vol, "archive": archive.name, "gid": gid, "bytes": size_lb * 512,
+    return Outcome(True, before, after, {**values, "gid": gid, "bytes": size_lb * 512 if kind == "full" else None,
                                          "duration": round(duration, 3)})
 
 
