@@ -180,3 +180,25 @@ def test_recover_playbook_brings_an_overflowed_volume_back_by_hash_backup(local:
     assert again.returncode == 0 and set(again.changed().values()) == {0}, changed_tasks(again.output)
     drill = run_playbook("dr_drill.yml", INVENTORY, extra_vars=local)
     assert drill.returncode == 0, drill.describe()
+
+
+def test_resize_playbook_grows_archive_device_and_filesystem(local: dict) -> None:
+    """resize.yml grows vol0 to the inventory's new size: the archive first, then the loop file, the
+    walb device online and its ext4; a second run changes nothing and the drill still verifies."""
+    root = Path(local["walbops_local_root"])
+    # Offline: this sandbox's kernel refuses ext4's online resize (no CAP_SYS_RESOURCE).
+    grown = {**local, "walbops_resize_fs": "offline",
+             "walbops_volumes": [{"name": "vol0", "size": "96M", "log_size": "32M", "fs": "ext4",
+                                  "mount": str(root / "mnt" / "vol0")}]}
+    checked = run_playbook("resize.yml", INVENTORY, "--check", "--diff", extra_vars=grown)
+    assert checked.returncode == 0, checked.describe()
+    assert os.statvfs(root / "mnt" / "vol0").f_blocks * os.statvfs(root / "mnt" / "vol0").f_frsize < 70 << 20
+    resized = run_playbook("resize.yml", INVENTORY, extra_vars=grown)
+    assert resized.returncode == 0, resized.describe()
+    assert resized.changed()["a0"] == 1 and resized.changed()["s0"] == 2, changed_tasks(resized.output)
+    stat = os.statvfs(root / "mnt" / "vol0")
+    assert stat.f_blocks * stat.f_frsize > 80 << 20  # from about 57 MiB (1 KiB blocks, journal, metadata)
+    again = run_playbook("resize.yml", INVENTORY, extra_vars=grown)
+    assert again.returncode == 0 and set(again.changed().values()) == {0}, changed_tasks(again.output)
+    drill = run_playbook("dr_drill.yml", INVENTORY, extra_vars=grown)
+    assert drill.returncode == 0, drill.describe()

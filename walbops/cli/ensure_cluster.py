@@ -108,6 +108,28 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return report(outcome, args.json)
 
 
+def _resized(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("resized", help="a volume grown on an archive or a storage (and its filesystem)")
+    parser.add_argument("vol")
+    add_cluster_flags(parser, "the archive or storage (its name in the layout)")
+    parser.add_argument("--size", type=parse_size, required=True, help="the size it must have at least")
+    parser.add_argument("--zeroclear", action="store_true", help="archive: zero the new range of a thick LV")
+    parser.add_argument("--grow-fs", choices=("no", "online", "offline"), default="no",
+                        help="storage: grow the filesystem mounted on it too, mounted (online) or unmounted for the "
+                             "time it takes (offline, ext only)")
+    add_ensure_flags(parser)
+    parser.set_defaults(handler=cmd_resized)
+
+
+def cmd_resized(args: argparse.Namespace) -> int:
+    from ..converge.resize import ensure_resized
+
+    controller = open_controller(args.layout)
+    outcome = ensure_resized(controller, server_of(controller, args.server), args.vol, args.size,
+                             zeroclear=args.zeroclear, grow_fs=args.grow_fs, check=args.check)
+    return report(outcome, args.json)
+
+
 def _restored(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("restored", help="a restored snapshot on an archive (present|absent)")
     parser.add_argument("vol")
@@ -130,7 +152,7 @@ def cmd_restored(args: argparse.Namespace) -> int:
     return report(outcome, args.json)
 
 
-KINDS = (_volume, _backup, _snapshot, _restored)
+KINDS = (_volume, _backup, _snapshot, _restored, _resized)
 
 
 def register_info(commands: argparse._SubParsersAction) -> None:

@@ -26,6 +26,23 @@ def walbops_layout_servers(groups, hostvars, role_groups, ports):
     return servers
 
 
+def walbops_archived_volumes(archive_host, groups, hostvars, role_groups, only=None):
+    """The volumes (their walbops_volumes entries) whose storage backs up to ``archive_host``.
+
+    A storage host's archive is its ``walbops_storage_archive``, else the first archive of the
+    inventory. ``only`` keeps one volume by name.
+    """
+    archives = groups.get(role_groups["archive"], [])
+    primary = archives[0] if archives else None
+    found = []
+    for host in groups.get(role_groups["storage"], []):
+        facts = hostvars[host]
+        if (facts.get("walbops_storage_archive") or primary) == archive_host:
+            found += [volume for volume in facts.get("walbops_volumes") or [] if only in (None, volume["name"])]
+    return found
+
+
 class FilterModule:
     def filters(self):
-        return {"walbops_endpoint": walbops_endpoint, "walbops_layout_servers": walbops_layout_servers}
+        return {"walbops_endpoint": walbops_endpoint, "walbops_layout_servers": walbops_layout_servers,
+                "walbops_archived_volumes": walbops_archived_volumes}
