@@ -63,10 +63,9 @@ def fleet(netns_hosts: Callable[[Sequence[str]], netns.TestHosts], wheelhouse: P
     for name in STORAGES:
         host_vars[name]["walbops_volumes"] = [{"name": f"{name}-vol0", "size": "32M", "log_size": "16M",
                                                "fs": "ext4", "mount": str(root / name / "mnt" / "vol0")}]
-    inventory = hosts.write_inventory(root / "inventory" / "hosts.yml", {
-        "walbops_storage": list(STORAGES), "walbops_proxy": ["proxy0"], "walbops_archive": ["archive0"],
-    }, host_vars)
-    yield {"inventory": inventory, "root": root, "hosts": hosts}
+    groups = {"walbops_storage": list(STORAGES), "walbops_proxy": ["proxy0"], "walbops_archive": ["archive0"]}
+    inventory = hosts.write_inventory(root / "inventory" / "hosts.yml", groups, host_vars)
+    yield {"inventory": inventory, "root": root, "hosts": hosts, "groups": groups, "host_vars": host_vars}
     teardown = run_playbook("teardown.yml", inventory, "--tags", "all,destroy_backups,destroy_disks")
     leftovers = subprocess.run(["losetup", "--list", "--noheadings", "--output", "BACK-FILE"], capture_output=True,
                                text=True).stdout
@@ -134,3 +133,43 @@ def test_dr_drill_by_hash_over_ssh(fleet: dict) -> None:
     report = json.loads(report_path.read_text())
     assert report["verify"] == "hash" and int(report["verified"]) == int(report["total"]) == len(STORAGES)
     assert all(volume["hash_match"] for volume in report["volumes"])
+
+
+def test_recover_over_ssh_after_an_overflow(fleet: dict) -> None:
+    """storage0's agent is down while more than its 16 MiB log is written: the volume overflows and
+    stops; recover.yml recovers it by hash backup over ssh, and a second run changes nothing."""
+    hosts, home = fleet["hosts"], fleet["root"] / "storage0"
+    environment = f"WALBOPS_RUN_DIR={home / 'walbops-run'} WALBOPS_DEV_DIR={home / 'dev'}"
+    agent = (f"{environment} {home / 'venv' / 'bin' / 'walbops'} ensure agent storage --config "
+             f"{home / 'etc' / 'storage.yml'} --pidfile {home / 'run' / 'storage.pid'} --state")
+    assert hosts.ssh("storage0", f"{agent} stopped").returncode == 0
+    burst = home / "mnt" / "vol0" / "burst"
+    for _ in range(3):  # 3 x 8 MiB through the filesystem: more than the log holds
+        result = hosts.ssh("storage0", f"dd if=/dev/urandom of={burst} bs=1M count=8 status=none && sync && "
+                                       f"rm {burst} && sync", timeout=120)
+        assert result.returncode == 0, result.stderr
+    assert hosts.ssh("storage0", f"{agent} started").returncode == 0
+    recovered = run_playbook("recover.yml", fleet["inventory"])
+    assert recovered.returncode == 0, recovered.describe()
+    assert "storage0-vol0: hash backup, gid" in recovered.output
+    again = run_playbook("recover.yml", fleet["inventory"])
+    assert again.returncode == 0 and set(again.changed().values()) == {0}, changed_tasks(again.output)
+
+
+def test_resize_over_ssh(fleet: dict) -> None:
+    """Both storages' volumes grow from 32 to 40 MiB in the inventory: resize.yml grows the archive,
+    the loop files, the walb devices and their ext4 (offline: no CAP_SYS_RESOURCE here); a second
+    run changes nothing, and the drill verifies every volume."""
+    host_vars = {name: dict(values) for name, values in fleet["host_vars"].items()}
+    for name in STORAGES:
+        host_vars[name]["walbops_volumes"] = [{**volume, "size": "40M"}
+                                              for volume in host_vars[name]["walbops_volumes"]]
+    inventory = fleet["hosts"].write_inventory(fleet["root"] / "inventory" / "grown.yml", fleet["groups"], host_vars)
+    resized = run_playbook("resize.yml", inventory, extra_vars={"walbops_resize_fs": "offline"})
+    assert resized.returncode == 0, resized.describe()
+    assert resized.changed()["archive0"] == 1 and all(resized.changed()[name] == 2 for name in STORAGES)
+    again = run_playbook("resize.yml", inventory, extra_vars={"walbops_resize_fs": "offline"})
+    assert again.returncode == 0 and set(again.changed().values()) == {0}, changed_tasks(again.output)
+    reports = fleet["root"] / "resize-reports"
+    drill = run_playbook("dr_drill.yml", inventory, extra_vars={"walbops_report_dir": str(reports)})
+    assert drill.returncode == 0, drill.describe()
