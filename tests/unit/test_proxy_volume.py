@@ -22,9 +22,13 @@ def started(tmp_path) -> ProxyVolume:
     return volume
 
 
-def wlog(path, seed: int = 0) -> str:
+DEVICE_UUID = bytes(range(16))
+
+
+def wlog(path, seed: int = 0, uuid: bytes = DEVICE_UUID) -> str:
+    """A random wlog of the same device (uuid) unless told otherwise."""
     with open(path, "wb") as out:
-        generate_wlog(out, GenConfig(device_lb=4096, log_pb=2000, seed=seed))
+        generate_wlog(out, GenConfig(device_lb=4096, log_pb=2000, seed=seed, uuid=uuid))
     return str(path)
 
 
@@ -55,6 +59,19 @@ def test_received_logs_are_queued_for_every_archive(tmp_path):
     volume.sent("a0", batch)
     assert volume.pending("a0") == [] and len(volume.pending("a1")) == 3
     assert os.stat(volume.paths("a1", volume.pending("a1"))[0]).st_nlink == 1
+
+
+def test_a_batch_never_merges_diffs_of_two_device_uuids(tmp_path):
+    """After a reset-wal (full or hash backup) the logs are another lineage: WalB merges only diffs
+    of one uuid, or an old diff's blocks would ride into the archive under the new uuid."""
+    volume = started(tmp_path)
+    for gid, uuid in ((0, DEVICE_UUID), (1, DEVICE_UUID), (2, bytes(16))):
+        volume.store_wlog(wlog(tmp_path / f"{gid}.wlog", gid, uuid), MetaDiff(gid, gid + 1, is_mergeable=gid > 0,
+                                                                              timestamp=100 + gid), 4096)
+    batch = volume.next_batch("a0", max_bytes=1 << 30, max_count=10)
+    assert [str(d.snap_e) for d in batch] == ["|1|", "|2|"]
+    volume.sent("a0", batch)
+    assert [str(d.snap_e) for d in volume.next_batch("a0", max_bytes=1 << 30, max_count=10)] == ["|3|"]
 
 
 def test_corrupt_wlog_is_not_stored(tmp_path):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from ..diff.engine import log_ios
+from ..diff.files import read_header
 from ..diff.indexed_file import IndexedDiffWriter
 from ..diff.logs import WlogStream
 from ..errors import BadField, OperationError, UsageError
@@ -190,14 +191,18 @@ class ProxyVolume:
         return sorted(diffs, key=lambda d: (d.snap_b.gid_b, d.snap_e.gid_b))
 
     def next_batch(self, archive: str, max_bytes: int, max_count: int) -> list[MetaDiff]:
-        """The first diff plus the following mergeable ones, within the size and count limits."""
+        """The first diff plus the following mergeable ones of the same device uuid (WalB's rule: a
+        diff of the lineage before a reset-wal never merges with one after it), within the size and
+        count limits."""
         pending = self.pending(archive)
         if not pending:
             return []
         batch = [pending[0]]
         total = pending[0].data_size
+        uuid = read_header(self.paths(archive, batch)[0]).uuid
         for diff in pending[1:]:
-            if len(batch) >= max_count or total + diff.data_size > max_bytes or not can_merge(merge(*batch), diff):
+            if len(batch) >= max_count or total + diff.data_size > max_bytes or not can_merge(merge(*batch), diff) \
+                    or read_header(self.paths(archive, [diff])[0]).uuid != uuid:
                 break
             batch.append(diff)
             total += diff.data_size

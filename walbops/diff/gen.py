@@ -43,6 +43,7 @@ class GenConfig:
     compressible: bool = False  # half of each IO zeros, the rest random
     ring_buffer_size: int | None = None
     begin_lsid: int = 0
+    uuid: bytes | None = None  # the device's uuid in the header (default: drawn from the seed)
 
     def check(self) -> None:
         check_pbs(self.pbs)
@@ -70,7 +71,7 @@ def generate_wlog(stream: BinaryIO, config: GenConfig) -> Stats:
     step = config.pbs // LOGICAL_BLOCK_SIZE  # IOs stay aligned to the physical block, as a block layer does
     salt = int(rng.integers(0, 1 << 32))
     uuid = rng.bytes(16)
-    header = WlogHeader(config.pbs, salt, uuid, config.begin_lsid)
+    header = WlogHeader(config.pbs, salt, config.uuid or uuid, config.begin_lsid)
     writer = WlogWriter(stream, header)
     builder = LogpackBuilder(config.pbs, salt, config.begin_lsid, config.ring_buffer_size)
     stats = Stats()
