@@ -14,7 +14,7 @@ description:
     only - unmounted, checked, grown and mounted again with its options).
   - Unchanged when the volume is that large already and, with O(grow_fs), its filesystem fills it. Volumes
     never shrink; a smaller O(size) fails.
-  - Grow the archives first (C(resize.yml) does): a storage grown first sends diffs the archive refuses until
+  - Grow the archives first, as C(resize.yml) does - a storage grown first sends diffs the archive refuses until
     it is grown too (sending then resumes by itself).
 options:
   vol:

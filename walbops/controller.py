@@ -314,6 +314,17 @@ class Controller:
         elif state != "Standby":
             raise OperationError(f"{vol}: storage is {state}; go_standby needs Target, Stopped or SyncReady")
 
+    def switch_target(self, vol: str, storage: Server | str, timeout: float = DEFAULT_WAIT,
+                      archive: Server | str | None = None) -> int:
+        """Make ``storage`` the volume's target (WalB's n12): every other storage that ships the volume
+        goes standby, then ``storage`` catches the archive up with a hash backup; returns the new
+        restorable gid. The archive's history stays whole."""
+        target = self.layout.get(storage) if isinstance(storage, str) else storage
+        for other in self.layout.by_role("storage"):
+            if other.name != target.name and self._state_or_clear(other, vol) in ("Target", "Stopped"):
+                self.go_standby(other, vol)
+        return self.hash_backup(target, vol, timeout, archive=archive)
+
     def start_synchronizing(self, archive: Server | str, vol: str, compression: str = "lz4:0:1") -> None:
         """Make every proxy send the volume's diffs to ``archive``."""
         target = self.layout.get(archive) if isinstance(archive, str) else archive

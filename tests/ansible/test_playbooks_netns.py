@@ -63,6 +63,9 @@ def fleet(netns_hosts: Callable[[Sequence[str]], netns.TestHosts], wheelhouse: P
     for name in STORAGES:
         host_vars[name]["walbops_volumes"] = [{"name": f"{name}-vol0", "size": "32M", "log_size": "16M",
                                                "fs": "ext4", "mount": str(root / name / "mnt" / "vol0")}]
+    # storage1 also holds a copy of storage0's volume, standby until switch.yml makes it the target.
+    host_vars["storage1"]["walbops_volumes"].append({"name": "storage0-vol0", "size": "32M", "log_size": "16M",
+                                                     "role": "standby"})
     groups = {"walbops_storage": list(STORAGES), "walbops_proxy": ["proxy0"], "walbops_archive": ["archive0"]}
     inventory = hosts.write_inventory(root / "inventory" / "hosts.yml", groups, host_vars)
     yield {"inventory": inventory, "root": root, "hosts": hosts, "groups": groups, "host_vars": host_vars}
@@ -173,3 +176,16 @@ def test_resize_over_ssh(fleet: dict) -> None:
     reports = fleet["root"] / "resize-reports"
     drill = run_playbook("dr_drill.yml", inventory, extra_vars={"walbops_report_dir": str(reports)})
     assert drill.returncode == 0, drill.describe()
+
+
+def test_switch_the_target_over_ssh_and_back(fleet: dict) -> None:
+    """switch.yml makes storage1 the target of storage0's volume (storage0 goes standby, storage1
+    catches the archive up by hash backup), then switches it back; each second run changes nothing."""
+    for target, standby in (("storage1", "storage0"), ("storage0", "storage1")):
+        chosen = {"walbops_vol": "storage0-vol0", "walbops_target": target}
+        switched = run_playbook("switch.yml", fleet["inventory"], extra_vars=chosen)
+        assert switched.returncode == 0, switched.describe()
+        assert f"storage0-vol0: {target} is its target, restorable at gid" in switched.output
+        assert switched.changed()[standby] == 1, changed_tasks(switched.output)
+        again = run_playbook("switch.yml", fleet["inventory"], extra_vars=chosen)
+        assert again.returncode == 0 and set(again.changed().values()) == {0}, changed_tasks(again.output)

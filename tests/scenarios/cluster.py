@@ -314,6 +314,7 @@ class Cluster:
     device_path: str = ""
     relays: dict[tuple[str, str], Relay] = field(default_factory=dict)
     agent_args: dict[str, list[str]] = field(default_factory=dict)
+    extra_devices: list[str] = field(default_factory=list)  # walb devices of add_storage
     tuning: dict[str, list[str]] = field(default_factory=lambda: dict(TEST_TUNING))
 
     def __post_init__(self) -> None:
@@ -338,6 +339,21 @@ class Cluster:
         self.ports["proxy1"] = free_port()
         self._write_layout()
         return "proxy1"
+
+    def add_storage(self, name: str) -> tuple[str, str]:
+        """A second storage, s1 (role name ``storage1``), with a walb device ``name`` of its own over new
+        files: another host that may hold the volume (WalB's n12). Returns (role, device path).
+
+        Call before start_all. Its device is deleted at teardown like the first one."""
+        self.ports["storage1"] = free_port()
+        self._write_layout()
+        ldev, ddev = str(self.root / "ldev1.img"), str(self.root / "ddev1.img")
+        for path, size in ((ldev, self.ldev_size), (ddev, self.device_size)):
+            with open(path, "wb") as stream:
+                stream.truncate(size)
+        self.cli("wdev", "format-ldev", ldev, ddev, "--name", name)
+        self.extra_devices.append(name)
+        return "storage1", self.cli("wdev", "create", ldev, ddev, "--name", name, "--checkpoint-interval-ms", "1000")
 
     def add_relay(self, client: str, server: str) -> Relay:
         """Route ``client``'s connections to ``server`` (role names) through a Relay.
@@ -390,7 +406,7 @@ class Cluster:
                 "--port", str(self.ports[role]), "--id", agent_id(role), "--base-dir", str(self.root / role),
                 "--cluster-key-file", str(self.key), "--log-file", str(self.root / f"{role}.log"),
                 "--shutdown-timeout", "10"]
-        if role == "storage":
+        if kind(role) == "storage":
             proxies = ",".join(f"127.0.0.1:{self.port_for(role, proxy)}" for proxy in self.proxies())
             args += ["--archive", f"127.0.0.1:{self.port_for(role, 'archive')}", "--proxies", proxies]
         args += self.tuning.get(kind(role), []) + self.agent_args.get(role, [])
@@ -523,13 +539,16 @@ class Cluster:
         self.relays.clear()
         for device in loop_devices_under(self.root / "archive"):
             subprocess.run(["losetup", "--detach", device], capture_output=True)
-        if self.device_name:
+        for name in [self.device_name, *self.extra_devices]:
+            if not name:
+                continue
             try:
-                result = subprocess.run([sys.executable, "-m", "walbops.cli.main", "wdev", "delete",
-                                         self.device_name, "--force"], capture_output=True, text=True, timeout=120)
+                result = subprocess.run([sys.executable, "-m", "walbops.cli.main", "wdev", "delete", name, "--force"],
+                                        capture_output=True, text=True, timeout=120)
                 if result.returncode != 0:
-                    errors.append(f"wdev delete {self.device_name}: {result.stderr.strip()}")
+                    errors.append(f"wdev delete {name}: {result.stderr.strip()}")
             except (OSError, subprocess.TimeoutExpired) as exc:
-                errors.append(f"wdev delete {self.device_name}: {exc}")
-            self.device_name = self.device_path = ""
+                errors.append(f"wdev delete {name}: {exc}")
+        self.device_name = self.device_path = ""
+        self.extra_devices.clear()
         return errors

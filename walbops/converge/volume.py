@@ -84,9 +84,13 @@ def _plan_storage(plan: Plan, wanted: str, start_as: str | None, wdev: str | Non
                           "which leaves the volume in Target")
         plan.add("start", {"role": "target"}, "Target")
     else:
-        if plan.state != "SyncReady":
-            raise _refuse(server, vol, plan.state, "it is backed up; standby would drop its logs: "
-                          "state=cleared with force: true first")
+        if plan.state in ("Target", "Stopped"):
+            if not force:
+                raise _refuse(server, vol, plan.state, "it ships its logs; standby drops them (another storage "
+                              "takes over with a hash backup: ansible/playbooks/switch.yml); set force: true")
+            if plan.state == "Target":
+                plan.add("stop", {"mode": "force"}, "Stopped")
+            plan.add("reset-vol", {}, "SyncReady")
         plan.add("start", {"role": "standby"}, "Standby")
 
 

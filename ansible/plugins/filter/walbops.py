@@ -42,7 +42,13 @@ def walbops_archived_volumes(archive_host, groups, hostvars, role_groups, only=N
     return found
 
 
+def walbops_targets(volumes):
+    """The volumes this storage is the target of: every walbops_volumes entry but those with
+    ``role: standby`` (a copy of a volume another storage ships, WalB's standby)."""
+    return [volume for volume in volumes or [] if volume.get("role", "target") != "standby"]
+
+
 class FilterModule:
     def filters(self):
         return {"walbops_endpoint": walbops_endpoint, "walbops_layout_servers": walbops_layout_servers,
-                "walbops_archived_volumes": walbops_archived_volumes}
+                "walbops_archived_volumes": walbops_archived_volumes, "walbops_targets": walbops_targets}
