@@ -32,6 +32,7 @@ BUILT = [
     messages.begin(bytes(range(16)), size_lb=65536, bulk_lb=512),
     messages.hash_begin("|3,7|", 2**32 - 1),
     messages.hashes(512, 1024),
+    messages.bulks([(512, 8, False), (1024, 8, True)]),
     messages.chunk(0, 512),
     messages.zero(512, 1 << 40),
     messages.end(4096, "00" * 4),
@@ -46,7 +47,7 @@ def test_every_message_type_has_a_schema_and_a_builder():
     assert {m["type"] for m in BUILT} == set(messages.SCHEMAS)
     assert set(messages.SCHEMAS) == {"hello", "challenge", "auth", "welcome", "error", "request", "response",
                                      "begin", "chunk", "zero", "end", "ack", "abort", "keepalive", "hash-begin",
-                                     "hashes"}
+                                     "hashes", "bulks"}
 
 
 @pytest.mark.parametrize("message", BUILT, ids=lambda m: m["type"])
@@ -71,6 +72,8 @@ def test_builders_pass_validation(message):
     ({"type": "chunk", "offset_lb": 0, "count_lb": 0}, "chunk.count_lb"),
     ({"type": "hashes", "offset_lb": 0, "count": 1025}, "hashes.count"),
     ({"type": "hash-begin", "snap": "|7,3", "seed": 1}, "hash-begin.snap"),
+    ({"type": "bulks", "items": [[0, 8, 2]]}, "bulks.items.0.2"),
+    ({"type": "bulks", "items": []}, "bulks.items"),
     ({"type": "zero", "offset_lb": 2**64, "count_lb": 1}, "zero.offset_lb"),
     ({"type": "end", "size": 1, "checksum": "00"}, "end.checksum"),
     ({"type": "begin", "uuid": "00" * 15}, "begin.uuid"),
@@ -187,24 +190,29 @@ def test_image_cursor_refuses(steps, match):
                 cursor.finish()
 
 
-def test_hash_sync_cursor_keeps_items_within_the_hashed_bulks():
+def test_hash_sync_cursor_keeps_bulks_within_the_hashed_ones():
     from walbops.net.stream import HashSyncCursor
 
     cursor = HashSyncCursor(size_lb=2048 + 100, bulk_lb=512)
     assert cursor.hashed(2) == (0, 1024)
-    cursor.item(messages.chunk(512, 512))
-    assert cursor.data(512 * 512) == 512 * 512
+    assert cursor.bulks([[512, 512, 0]]) == 512 * 512
+    with pytest.raises(InvalidMessage, match="still owe"):
+        cursor.bulks([[1024, 8, 1]])
+    cursor.data(512 * 512)
     with pytest.raises(InvalidMessage, match="goes back"):
-        cursor.item(messages.zero(0, 512))
+        cursor.bulks([[0, 512, 1]])
     with pytest.raises(InvalidMessage, match="past the bulks hashed"):
-        cursor.item(messages.zero(1024, 512))
+        cursor.bulks([[1024, 512, 1]])
     assert cursor.hashed(3) == (1024, 2148)  # the last bulk is short
-    cursor.item(messages.zero(1536, 512))
-    cursor.item(messages.chunk(2048, 100))
-    with pytest.raises(InvalidMessage, match="still owes"):
+    assert cursor.bulks([[1536, 512, 1], [2048, 100, 0]]) == 100 * 512
+    with pytest.raises(InvalidMessage, match="still owe"):
         cursor.finish()
+    with pytest.raises(InvalidMessage, match="where the bulks owe"):
+        cursor.data(101 * 512)
     cursor.data(100 * 512)
     cursor.finish()
+    with pytest.raises(InvalidMessage, match="longer than the bulk size"):
+        HashSyncCursor(4096, 512).bulks([[0, 1024, 0]])
     short = HashSyncCursor(size_lb=4096, bulk_lb=512)
     short.hashed(1)
     with pytest.raises(InvalidMessage, match="ended at LB 512 of 4096"):

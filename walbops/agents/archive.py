@@ -456,20 +456,19 @@ class ArchiveAgent(Agent[ArchiveVolume]):
             try:
                 with open(tmp, "wb") as out:
                     writer = SortedDiffWriter(out, uuid)
-                    chunk = bytearray()
+                    async def on_bulks(items: list[list[int]], data: bytes) -> None:
+                        ios, at = [], 0
+                        for offset_lb, count_lb, zero in items:
+                            if zero:
+                                ios.append(DiffIo(offset_lb, count_lb, IoKind.ALLZERO))
+                            else:
+                                size = count_lb * LOGICAL_BLOCK_SIZE
+                                ios.append(DiffIo.normal(offset_lb, data[at:at + size]))
+                                at += size
+                        await writes.submit(_write_all, writer, ios)
+                        volume.progress_lb = items[-1][0] + items[-1][1]
 
-                    async def on_data(offset: int, data: bytes) -> None:
-                        chunk.extend(data)
-                        if not cursor.pending:  # the bulk is whole: one record
-                            io = DiffIo.normal((offset + len(data) - len(chunk)) // LOGICAL_BLOCK_SIZE, bytes(chunk))
-                            chunk.clear()
-                            await writes.submit(writer.write, io)
-                        volume.progress_lb = offset // LOGICAL_BLOCK_SIZE
-
-                    async def on_zero(offset_lb: int, count_lb: int) -> None:
-                        await writes.submit(writer.write, DiffIo(offset_lb, count_lb, IoKind.ALLZERO))
-
-                    end = await receive_hash_sync(channel, cursor, hashing, on_data, on_zero)
+                    end = await receive_hash_sync(channel, cursor, hashing, on_bulks)
                     await writes.drain()
                     writer.close()
                     out.flush()
@@ -498,7 +497,7 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                            bulk_lb: int, seed: int) -> None:
         """Send the hash of every bulk of the image at the synced snapshot, a batch at a time."""
         batches = bhash.virtual_bulk_hashes(base_fd, paths, size_lb, bulk_lb * LOGICAL_BLOCK_SIZE, seed,
-                                            messages.MAX_HASHES)
+                                            messages.hash_batch(bulk_lb))
         async with contextlib.aclosing(prefetched(batches)) as hashed:
             async for batch in hashed:
                 count = len(batch) // messages.HASH_SIZE
@@ -562,6 +561,11 @@ def _finally(step: Callable[[], None]) -> Iterator[None]:
         yield
     finally:
         step()
+
+
+def _write_all(writer: SortedDiffWriter, ios: list[DiffIo]) -> None:
+    for io in ios:
+        writer.write(io)
 
 
 def _ios_within(paths: list[str], size_lb: int) -> Any:

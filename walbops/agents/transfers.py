@@ -16,6 +16,8 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+import numpy as np
+
 from ..diff.bhash import bulk_hash
 from ..diff.io import is_all_zero
 from ..errors import BadField, InvalidMessage, OperationError, RemoteError, WalbopsError
@@ -219,19 +221,20 @@ async def receive_image(channel: Channel, size_lb: int, bulk_lb: int, sender: st
 
 
 async def receive_hash_sync(channel: Channel, cursor: HashSyncCursor, hashing: asyncio.Task[None],
-                            on_data: Callable[[int, bytes], Awaitable[None]],
-                            on_zero: Callable[[int, int], Awaitable[None]]) -> dict[str, Any]:
+                            on_bulks: Callable[[list[list[int]], bytes], Awaitable[None]]) -> dict[str, Any]:
     """The archive's receiving half of a dirty-hash-sync, while ``hashing`` sends the hashes:
-    ``on_data(offset, data)`` for each chunk's bytes, ``on_zero(offset_lb, count_lb)`` for each
-    zero item; returns the checked ``end`` once the hashes are all sent.
+    ``on_bulks(items, data)`` for each ``bulks`` message with the bytes of its non-zero bulks;
+    returns the checked ``end`` once the hashes are all sent.
 
     Raises:
-        InvalidMessage: items out of order or past the hashed bulks; ``end`` before every bulk was hashed.
+        InvalidMessage: bulks out of order or past the hashed ones; ``end`` before every bulk was hashed.
         ChecksumMismatch, BadField: ``end`` disagrees with the data, or carries no gid.
         OperationError: the storage aborted, or sending the hashes failed.
     """
     digest = StreamDigest()
     receiving = asyncio.ensure_future(channel.recv())
+    items: list[list[int]] = []
+    data = bytearray()
     try:
         while True:
             await asyncio.wait([receiving] if hashing.done() else [receiving, hashing],
@@ -241,11 +244,14 @@ async def receive_hash_sync(channel: Channel, cursor: HashSyncCursor, hashing: a
             if not receiving.done():
                 continue
             frame = receiving.result()
+            receiving = asyncio.ensure_future(channel.recv())
             if isinstance(frame, DataFrame):
-                offset = cursor.data(len(frame.data))
+                cursor.data(len(frame.data))
                 digest.update(frame.data)
-                await on_data(offset, frame.data)
-                receiving = asyncio.ensure_future(channel.recv())
+                data.extend(frame.data)
+                if not cursor.pending:
+                    await on_bulks(items, bytes(data))
+                    data.clear()
                 continue
             message = frame.message
             kind = message["type"]
@@ -258,10 +264,11 @@ async def receive_hash_sync(channel: Channel, cursor: HashSyncCursor, hashing: a
                 if "gid" not in message:
                     raise BadField("end of a hash backup without its gid")
                 return message
-            cursor.item(message)
-            if kind == "zero":
-                await on_zero(message["offset_lb"], message["count_lb"])
-            receiving = asyncio.ensure_future(channel.recv())
+            if kind != "bulks":
+                raise InvalidMessage(f"expected bulks or end in a hash sync, got {kind}")
+            items = message["items"]
+            if not cursor.bulks(items):
+                await on_bulks(items, b"")  # all zeros: no data follows
     finally:
         if not receiving.done():
             receiving.cancel()
@@ -315,49 +322,55 @@ async def send_hash_backup(channel: Channel, vol: str, fd: int, size_lb: int, bu
     seed = int(begin["seed"])
     await channel.send_json(messages.begin(await on_snapshot(snap)))
     digest = StreamDigest()
-    position_lb = 0
-    async with channel.keepalive(), contextlib.aclosing(prefetched(_hashed_bulks(fd, size_lb, bulk_lb, seed))) \
-            as bulks:
-        while position_lb < size_lb:
+    bulk = bulk_lb * LOGICAL_BLOCK_SIZE
+    batches = _hashed_batches(fd, size_lb, bulk_lb, seed, messages.hash_batch(bulk_lb))
+    async with channel.keepalive(), contextlib.aclosing(prefetched(batches)) as reads:
+        async for offset_lb, data, ours in reads:
             announced = await channel.recv_json("hashes")
             frame = await channel.recv()
-            count = announced["count"]
-            if announced["offset_lb"] != position_lb or not isinstance(frame, DataFrame) \
-                    or len(frame.data) != count * messages.HASH_SIZE:
-                raise InvalidMessage(f"hashes at LB {announced['offset_lb']} for {count} bulks do not follow LB "
-                                     f"{position_lb} with {count * messages.HASH_SIZE} bytes of hashes")
-            theirs = memoryview(frame.data)
-            for index in range(count):
-                item = await anext(bulks, None)
-                if item is None:
-                    raise InvalidMessage(f"the archive hashed past the volume's {size_lb} LB")
-                offset_lb, data, ours = item
-                if ours != theirs[index * messages.HASH_SIZE:(index + 1) * messages.HASH_SIZE]:
-                    count_lb = len(data) // LOGICAL_BLOCK_SIZE
-                    if is_all_zero(data):
-                        await channel.send_json(messages.zero(offset_lb, count_lb))
-                    else:
-                        await channel.send_json(messages.chunk(offset_lb, count_lb))
-                        digest.update(data)
-                        await channel.send_data(data)
-                position_lb = offset_lb + len(data) // LOGICAL_BLOCK_SIZE
-                if progress is not None:
-                    progress(position_lb)
-                if throttle is not None:
-                    await throttle.pace(len(data))
+            count = len(ours) // messages.HASH_SIZE
+            if announced["offset_lb"] != offset_lb or announced["count"] != count or not isinstance(frame, DataFrame) \
+                    or len(frame.data) != len(ours):
+                raise InvalidMessage(f"hashes at LB {announced['offset_lb']} for {announced['count']} bulks, where "
+                                     f"{count} bulks from LB {offset_lb} were due")
+            # One comparison for the whole batch: the bulks whose 16 bytes differ.
+            differ = np.flatnonzero((np.frombuffer(ours, dtype=np.uint64) != np.frombuffer(frame.data, dtype=np.uint64))
+                                    .reshape(count, 2).any(axis=1)).tolist()
+            if differ:
+                # One message for the batch's differing bulks, then their bytes (all-zero ones go as a flag).
+                view = memoryview(data)
+                items, pieces = [], []
+                for index in differ:
+                    piece = view[index * bulk:(index + 1) * bulk]
+                    zero = is_all_zero(piece)
+                    items.append((offset_lb + index * bulk_lb, len(piece) // LOGICAL_BLOCK_SIZE, zero))
+                    if not zero:
+                        pieces.append(piece)
+                await channel.send_json(messages.bulks(items))
+                if pieces:
+                    joined = b"".join(pieces)
+                    digest.update(joined)
+                    await channel.send_data(joined)
+            if progress is not None:
+                progress(offset_lb + len(data) // LOGICAL_BLOCK_SIZE)
+            if throttle is not None:
+                await throttle.pace(len(data))
     gid = await on_streamed()
     await _finish(channel, digest, gid)
     return snap, gid
 
 
-def _hashed_bulks(fd: int, size_lb: int, bulk_lb: int, seed: int) -> Iterator[tuple[int, bytes, bytes]]:
-    """(offset_lb, data, hash) of each bulk of the device, read about BACKUP_READ bytes at a time."""
+def _hashed_batches(fd: int, size_lb: int, bulk_lb: int, seed: int, batch: int) -> Iterator[tuple[int, bytes, bytes]]:
+    """(offset_lb, data, hashes) of ``batch`` bulks of the device at a time: the region the archive's
+    next hashes message covers, read in one go, and the bulk_hash of each of its bulks."""
     bulk = bulk_lb * LOGICAL_BLOCK_SIZE
-    for start_lb, data in _read_bulks(fd, size_lb, bulk_lb):
+    step_lb = batch * bulk_lb
+    buffer = mmap.mmap(-1, step_lb * LOGICAL_BLOCK_SIZE)  # page-aligned, for O_DIRECT
+    for offset_lb in range(0, size_lb, step_lb):
+        count = min(step_lb, size_lb - offset_lb)
+        data = _read_bulk(fd, buffer, count * LOGICAL_BLOCK_SIZE, offset_lb * LOGICAL_BLOCK_SIZE)
         view = memoryview(data)
-        for at in range(0, len(view), bulk):
-            piece = view[at:at + bulk]
-            yield start_lb + at // LOGICAL_BLOCK_SIZE, bytes(piece), bulk_hash(piece, seed)
+        yield offset_lb, data, b"".join(bulk_hash(view[at:at + bulk], seed) for at in range(0, len(data), bulk))
 
 
 def _read_bulks(fd: int, size_lb: int, bulk_lb: int) -> Iterator[tuple[int, bytes]]:

@@ -51,17 +51,12 @@ def bulk_hash(bulk: bytes | bytearray | memoryview, seed: int) -> bytes:
 def virtual_bulk_hashes(base_fd: int | None, diff_paths: Sequence[str], size_lb: int, bulk: int, seed: int,
                         batch: int) -> Iterator[bytes]:
     """The :func:`bulk_hash` of every bulk of the base with ``diff_paths`` laid over it, ``batch``
-    hashes (16 bytes each) at a time, in order: the archive's side of a hash backup."""
+    hashes (16 bytes each) at a time, in order: the archive's side of a hash backup. The image is
+    read ``batch`` bulks at a time (the bulk boundaries stay those of ``bulk``)."""
     check_bulk(bulk)
     ios = merged_ios(diff_paths) if diff_paths else iter(())
-    hashes = bytearray()
-    for piece in full_image(_within(ios, size_lb), size_lb, base_fd, bulk // LOGICAL_BLOCK_SIZE):
-        hashes += bulk_hash(piece, seed)
-        if len(hashes) >= batch * HASH_SIZE:
-            yield bytes(hashes)
-            hashes.clear()
-    if hashes:
-        yield bytes(hashes)
+    for window in full_image(_within(ios, size_lb), size_lb, base_fd, batch * bulk // LOGICAL_BLOCK_SIZE):
+        yield b"".join(bulk_hash(window[at:at + bulk], seed) for at in range(0, len(window), bulk))
 
 
 class StreamHasher:

@@ -30,6 +30,12 @@ DIRTY_FULL_SYNC = "dirty-full-sync"
 DIRTY_HASH_SYNC = "dirty-hash-sync"
 HASH_SIZE = 16  # [bytes] one MurmurHash3_x64_128 in a hashes frame
 MAX_HASHES = 1024  # hashes in one hashes message
+HASH_BATCH_BYTES = 4 << 20  # [bytes] of the image one hashes message covers (the last may cover less)
+
+
+def hash_batch(bulk_lb: int) -> int:
+    """How many bulks one hashes message covers: about HASH_BATCH_BYTES of the image, 1 to MAX_HASHES."""
+    return max(1, min(MAX_HASHES, HASH_BATCH_BYTES // (bulk_lb * 512)))
 VIRT_FULL_SCAN = "virt-full-scan"
 
 U32_MAX = 2**32 - 1
@@ -92,6 +98,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                                                    "pattern": rf"^{_SNAP}$"}, "seed": _U32}),
     "hashes": _message("hashes", {"offset_lb": _U64, "count": {"type": "integer", "minimum": 1,
                                                                "maximum": MAX_HASHES}}),
+    # [offset_lb, count_lb, zero (0|1)] of the bulks of one batch that differ
+    "bulks": _message("bulks", {"items": {"type": "array", "minItems": 1, "maxItems": MAX_HASHES,
+                                          "items": {"type": "array", "prefixItems": [_U64, {**_U32, "minimum": 1},
+                                                                                     {"enum": [0, 1]}],
+                                                    "minItems": 3, "maxItems": 3}}}),
 }
 
 ARGS_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -238,3 +249,8 @@ def hash_begin(snap: str, seed: int) -> dict[str, Any]:
 
 def hashes(offset_lb: int, count: int) -> dict[str, Any]:
     return {"type": "hashes", "offset_lb": offset_lb, "count": count}
+
+
+def bulks(items: list[tuple[int, int, bool]]) -> dict[str, Any]:
+    """The bulks of a hash-sync batch that differ: (offset_lb, count_lb, all zeros) each."""
+    return {"type": "bulks", "items": [[offset, count, int(zero)] for offset, count, zero in items]}

@@ -110,11 +110,11 @@ class ImageCursor:
 
 
 class HashSyncCursor:
-    """The archive's bookkeeping of a dirty-hash-sync: bulks hashed so far, and the storage's items.
+    """The archive's bookkeeping of a dirty-hash-sync: bulks hashed so far, and the storage's answers.
 
-    The archive hashes bulks in order (``hashed``); the storage answers with ``chunk`` and
-    ``zero`` items in increasing order, each inside the bulks hashed already, and with each
-    chunk's bytes (docs/protocol.md §8.4).
+    The archive hashes bulks in order (``hashed``); the storage answers with ``bulks`` messages
+    listing, in increasing order and inside the bulks hashed already, the bulks that differ, each
+    followed by the bytes of those that are not all zeros (docs/protocol.md §8.4).
 
     Args:
         size_lb: the volume size; bulk_lb: the bulk size.
@@ -125,8 +125,7 @@ class HashSyncCursor:
         self.bulk_lb = bulk_lb
         self.hashed_lb = 0  # [LB] the archive has sent hashes up to here
         self.position_lb = 0  # [LB] the next item starts here or later
-        self.pending = 0  # [bytes] still owed by the current chunk
-        self.offset = 0  # [bytes] where the current chunk's next bytes go
+        self.pending = 0  # [bytes] still owed by the current bulks message
 
     def hashed(self, count: int) -> tuple[int, int]:
         """Account for ``count`` more bulks hashed; returns their (offset_lb, end_lb)."""
@@ -138,51 +137,46 @@ class HashSyncCursor:
     def all_hashed(self) -> bool:
         return self.hashed_lb >= self.size_lb
 
-    def item(self, message: dict[str, Any]) -> None:
-        """Take a ``chunk`` or ``zero`` item.
+    def bulks(self, items: list[list[int]]) -> int:
+        """Take a ``bulks`` message; returns the data bytes that must follow it.
 
         Raises:
-            InvalidMessage: out of order, outside the volume or the hashed bulks, or a chunk longer
-                than a bulk, or the chunk before it is short.
+            InvalidMessage: an item out of order, longer than a bulk, or past the bulks hashed
+                so far; or the bulks before it still owed data.
         """
-        kind = message["type"]
-        if kind not in ("chunk", "zero"):
-            raise InvalidMessage(f"expected chunk or zero in a hash sync, got {kind}")
         if self.pending:
-            raise InvalidMessage(f"{kind} while the chunk before it still owes {self.pending} bytes")
-        offset, count = message["offset_lb"], message["count_lb"]
-        if offset < self.position_lb:
-            raise InvalidMessage(f"{kind} at LB {offset} goes back before LB {self.position_lb}")
-        if offset + count > self.hashed_lb:
-            raise InvalidMessage(f"{kind} [{offset}, {offset + count}) LB reaches past the bulks hashed so far "
-                                 f"({self.hashed_lb} LB of {self.size_lb})")
-        if kind == "chunk":
+            raise InvalidMessage(f"bulks while the ones before still owe {self.pending} bytes")
+        total = 0
+        for offset, count, zero in items:
+            if offset < self.position_lb:
+                raise InvalidMessage(f"bulk at LB {offset} goes back before LB {self.position_lb}")
             if count > self.bulk_lb:
-                raise InvalidMessage(f"chunk of {count} LB is longer than the bulk size of {self.bulk_lb} LB")
-            self.pending = count * LOGICAL_BLOCK_SIZE
-            self.offset = offset * LOGICAL_BLOCK_SIZE
-        self.position_lb = offset + count
+                raise InvalidMessage(f"bulk of {count} LB is longer than the bulk size of {self.bulk_lb} LB")
+            if offset + count > self.hashed_lb:
+                raise InvalidMessage(f"bulk [{offset}, {offset + count}) LB reaches past the bulks hashed so far "
+                                     f"({self.hashed_lb} LB of {self.size_lb})")
+            self.position_lb = offset + count
+            total += 0 if zero else count * LOGICAL_BLOCK_SIZE
+        self.pending = total
+        return total
 
-    def data(self, length: int) -> int:
-        """Account for ``length`` bytes of the current chunk; their byte offset in the volume.
+    def data(self, length: int) -> None:
+        """Account for ``length`` bytes of the current bulks' data.
 
         Raises:
-            InvalidMessage: data outside a chunk, or more than it announced.
+            InvalidMessage: data where none is owed, or more than is owed.
         """
         if length > self.pending:
-            raise InvalidMessage(f"{length} data bytes where the current chunk owes {self.pending}")
-        offset = self.offset
-        self.offset += length
+            raise InvalidMessage(f"{length} data bytes where the bulks owe {self.pending}")
         self.pending -= length
-        return offset
 
     def finish(self) -> None:
-        """At ``end``: every bulk hashed and the last chunk complete.
+        """At ``end``: every bulk hashed and the last bulks' data complete.
 
         Raises:
             InvalidMessage: otherwise.
         """
         if self.pending:
-            raise InvalidMessage(f"stream ends while a chunk still owes {self.pending} bytes")
+            raise InvalidMessage(f"stream ends while the bulks still owe {self.pending} bytes")
         if not self.all_hashed:
             raise InvalidMessage(f"the storage ended at LB {self.hashed_lb} of {self.size_lb} hashed")
