@@ -314,6 +314,23 @@ class Controller:
         elif state != "Standby":
             raise OperationError(f"{vol}: storage is {state}; go_standby needs Target, Stopped or SyncReady")
 
+    def recover(self, storage: Server | str, vol: str, timeout: float = DEFAULT_WAIT,
+                archive: Server | str | None = None) -> int | None:
+        """Bring a volume whose backup stopped back: a log that overflowed, or a storage left Stopped or
+        SyncReady. A hash backup when ``archive`` holds the volume (its history stays), a full backup
+        only when it holds none; returns the new restorable gid, or None when nothing was wrong
+        (Target and not overflowed, or Standby on purpose)."""
+        target = self._archive(archive)
+        state = self.get_state(storage, vol)
+        overflowed = state in ("Target", "Stopped") and bool(int(self.get(storage, "is-overflow", vol)))
+        if state in ("Target", "Standby") and not overflowed:
+            return None
+        if self._state_or_clear(target, vol) in ("Archived", "Stopped"):
+            if self.get_state(target, vol) == "Stopped":
+                self.run(target, "start", vol=vol)
+            return self.hash_backup(storage, vol, timeout, archive=target)
+        return self.full_backup(storage, vol, timeout, archive=target)
+
     def switch_target(self, vol: str, storage: Server | str, timeout: float = DEFAULT_WAIT,
                       archive: Server | str | None = None) -> int:
         """Make ``storage`` the volume's target (WalB's n12): every other storage that ships the volume

@@ -94,8 +94,11 @@ def test_e4_storage_down_until_overflow_then_hash_backup(cluster):
     cluster.start("storage")
     wait_until(lambda: cluster.ctl.get_state("s0", VOL) == "Stopped", 60, "the overflowed volume stopping")
     assert cluster.ctl.get("s0", "is-overflow", VOL) == 1
-    hash_backup_and_verify(cluster)
+    expected = sha1_of_device(cluster.device_path)
+    gid = cluster.ctl.recover("s0", VOL, timeout=120)  # the controller finds the overflow: a hash backup
+    assert gid is not None and cluster.restored_sha1(VOL, gid) == expected
     assert cluster.ctl.get("s0", "is-overflow", VOL) == 0
+    assert cluster.ctl.recover("s0", VOL) is None  # healthy again: nothing to do
     assert_history_kept(cluster, taken)
     write_random(device, random.Random(42), count=16)
     cluster.snapshot_and_verify(VOL)

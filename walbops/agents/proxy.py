@@ -61,6 +61,8 @@ class ProxyAgent(Agent[ProxyVolume]):
             "clear-vol": Command(self.cmd_clear_vol, args_schema({"vol": VOL}), "Stopped -> Clear"),
             "kick": Command(self.cmd_kick, args_schema({}, {"vol": VOL, "archive": {"type": "string"}}),
                             "send now; clear send errors"),
+            "resize": Command(self.cmd_resize, args_schema({"vol": VOL, "size": {"type": "integer", "minimum": 1}}),
+                              "the volume's size as the proxy sends it on (WalB's proxy resize; never shrinks)"),
             messages.WLOG_TRANSFER: Command(self.recv_wlog, {"type": "object"}, "wlog receiver"),
         })
         self.getters.update({
@@ -144,6 +146,16 @@ class ProxyAgent(Agent[ProxyVolume]):
         volume.clear_vol()
         self.volumes.pop(volume.vol, None)
         return {"state": "Clear"}
+
+    async def cmd_resize(self, request: Request) -> Any:
+        """WalB's proxy resize: the size the proxy states when it sends diffs on. Each received wlog
+        raises it anyway; this sets it ahead of them. Only grows."""
+        volume = self.volume(request.args["vol"])
+        size_lb = int(request.args["size"]) // 512
+        if size_lb > volume.size_lb:
+            volume.size_lb = size_lb
+            volume.save()
+        return {"size_lb": volume.size_lb}
 
     async def cmd_kick(self, request: Request) -> Any:
         kicked = []
