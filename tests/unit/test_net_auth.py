@@ -6,6 +6,8 @@ import hashlib
 import hmac
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -230,3 +232,23 @@ def test_bad_local_ids_fail_before_sending():
         ClientHandshake(KEY, "bad id", "storage").hello()
     with pytest.raises(InvalidMessage, match="challenge.host_type"):
         ServerHandshake(KEY, "a0", "controller").receive(messages.hello("s0", "storage", "c1" * 32))
+
+
+def test_load_refuses_a_fifo_without_waiting_for_a_writer(tmp_path):
+    # Run in a child so that a regression hangs one subprocess with a timeout, not the suite.
+    path = tmp_path / "cluster.key"
+    os.mkfifo(path, 0o600)
+    probe = ("import sys\nfrom walbops.net.auth import load_key\nfrom walbops.errors import OperationError\n"
+             "try:\n    load_key(sys.argv[1])\nexcept OperationError as error:\n    print(error)\n")
+    result = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "regular file" in result.stdout
+
+
+def test_load_refuses_a_key_owned_by_another_user(tmp_path):
+    path = tmp_path / "cluster.key"
+    auth.write_key(path, KEY)
+    stranger = os.geteuid() + 4242
+    os.chown(path, stranger, -1)
+    with pytest.raises(OperationError, match=f"owned by uid {stranger}"):
+        auth.load_key(path)

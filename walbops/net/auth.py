@@ -33,6 +33,7 @@ from ..errors import (
     OperationError,
     PeerTimeout,
     ProtocolError,
+    ServerBusy,
     VersionMismatch,
 )
 from . import messages
@@ -73,17 +74,24 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
     """Read the cluster key from a key file.
 
     Raises:
-        OperationError: the file grants any permission to group or others, or is not a regular file.
+        OperationError: the file is not a regular file, is owned by another user than us or
+            root, or grants any permission to group or others.
         BadField: the content is not a key.
         OSError: the file cannot be opened or read.
     """
     name = os.fspath(path)
-    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever; on a
+    # regular file the flag changes nothing.
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         # fstat the open file, not the path, so what we check is what we read.
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OperationError(f"{name}: a key file must be a regular file")
+        if info.st_uid not in (os.geteuid(), 0):
+            # Like ssh with its identity files: another user could have replaced the content.
+            raise OperationError(f"{name}: key file is owned by uid {info.st_uid}, not by us "
+                                 f"(uid {os.geteuid()}) or root; run chown {os.geteuid()} {name}")
         if info.st_mode & 0o077:
             raise OperationError(f"{name}: key file mode {stat.S_IMODE(info.st_mode):04o} gives group or others "
                                  f"access; run chmod 600 {name}")
@@ -172,6 +180,7 @@ _PEER_ERRORS: dict[str, type[ProtocolError]] = {
     VersionMismatch.reason: VersionMismatch,
     PeerTimeout.reason: PeerTimeout,
     FrameTooLarge.reason: FrameTooLarge,
+    ServerBusy.reason: ServerBusy,
 }
 
 
