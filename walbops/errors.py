@@ -169,6 +169,12 @@ class AuthenticationError(ProtocolError):
     reason = "authentication failed"
 
 
+class ServerBusy(ProtocolError):
+    """The server has too many connections in their handshake to take one more; try again later."""
+
+    reason = "busy"
+
+
 class PeerClosed(ProtocolError):
     """The peer closed the connection (or it was reset)."""
 

@@ -23,7 +23,9 @@ from walbops.diff.gen import GenConfig, generate_wlog
 from walbops.diff.logs import WlogReader
 from walbops.errors import AuthenticationError, RemoteError
 from walbops.gid import MetaDiff
+from walbops.net import messages
 from walbops.net.auth import load_key, write_key
+from walbops.net.frames import encode_json
 from walbops.net.transport import open_connection
 from walbops.store.dirstore import DirStore
 
@@ -37,11 +39,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def archive(tmp_path):
+def start_archive(tmp_path: Path, port: int) -> subprocess.Popen:
     key = tmp_path / "cluster.key"
-    write_key(key)
-    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "walbops.cli.main", "agent", "archive", "--listen", "127.0.0.1", "--port", str(port),
          "--id", "a0", "--base-dir", str(tmp_path / "a0"), "--cluster-key-file", str(key),
@@ -55,6 +54,15 @@ def archive(tmp_path):
             if time.monotonic() > deadline or process.poll() is not None:
                 raise AssertionError((tmp_path / "a0.log").read_text())
             time.sleep(0.05)
+    return process
+
+
+@pytest.fixture
+def archive(tmp_path):
+    key = tmp_path / "cluster.key"
+    write_key(key)
+    port = free_port()
+    process = start_archive(tmp_path, port)
     yield port, load_key(key), tmp_path
     process.terminate()
     process.wait(timeout=30)
@@ -162,6 +170,70 @@ def test_full_backup_diffs_and_restore_over_the_network(archive):
         asyncio.run(ctl(port, key, "del-restored", vol="vol0", gid=gid))
 
 
+def backing_files() -> dict[str, str]:
+    listing = subprocess.run(["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
+                             capture_output=True, text=True, check=True).stdout
+    return {name: back for name, _, back in (line.strip().partition(" ") for line in listing.splitlines())}
+
+
+def test_a_restored_snapshot_is_a_loop_device_and_get_restored_path_changes_nothing(archive):
+    port, key, tmp_path = archive
+    image_with_data(tmp_path / "volume.img")
+    asyncio.run(ctl(port, key, "init-vol", vol="vol0"))
+    asyncio.run(send_image(port, key, tmp_path / "volume.img"))
+    asyncio.run(ctl(port, key, "restore", vol="vol0", gid=0))
+    deadline = time.monotonic() + 30
+    while 0 not in asyncio.run(ctl(port, key, "get", target="restored", vol="vol0")):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    image = str(tmp_path / "a0" / "images" / "vol0" / "restored" / "wr_vol0_0.img")
+    device = asyncio.run(ctl(port, key, "get", target="restored-path", vol="vol0", args=0))
+    assert backing_files().get(device) == image
+
+    async def refusals() -> list[tuple[str | None, str]]:
+        # One connection: each refusal ends its request, not the connection.
+        channel = await open_connection("127.0.0.1", port, key, "test", "controller")
+        found = []
+        async with channel:
+            for args in ("abc", [1.5], True, ["1", "2"], None, 7):
+                try:
+                    await channel.request("get", {"target": "restored-path", "vol": "vol0", "args": args})
+                except RemoteError as exc:
+                    found.append((exc.reason, str(exc)))
+            assert await channel.request("get", {"target": "host-type"}) == "archive"
+        return found
+
+    found = asyncio.run(refusals())
+    assert [reason for reason, _ in found] == ["bad-args"] * 5 + [None]
+    assert "not restored" in found[-1][1]
+    assert "Traceback" not in (tmp_path / "a0.log").read_text()
+
+    subprocess.run(["losetup", "--detach", device], check=True)
+    assert asyncio.run(ctl(port, key, "get", target="restored-path", vol="vol0", args=0)) == image
+    assert image not in backing_files().values(), "get restored-path attached a loop device"
+    asyncio.run(ctl(port, key, "shutdown"))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    restarted = start_archive(tmp_path, port)
+    try:
+        deadline = time.monotonic() + 20  # the agent attaches after it starts listening
+        while (device := asyncio.run(ctl(port, key, "get", target="restored-path", vol="vol0", args=0))) == image:
+            assert time.monotonic() < deadline, "the restart did not attach the restored snapshot again"
+            time.sleep(0.1)
+        assert backing_files().get(device) == image
+        asyncio.run(ctl(port, key, "del-restored", vol="vol0", gid=0))
+        assert image not in backing_files().values()
+    finally:
+        restarted.terminate()
+        restarted.wait(timeout=30)
+
+
 def test_full_backup_to_an_archived_volume_fails_clearly(archive):
     """WalB's m1: a second full backup while the archive is Archived is refused."""
     port, key, tmp_path = archive
@@ -178,6 +250,37 @@ def test_a_client_without_the_key_is_refused_and_the_agent_serves_on(archive, tm
     with pytest.raises(AuthenticationError):
         asyncio.run(ctl(port, os.urandom(32), "status"))
     assert asyncio.run(ctl(port, key, "get", target="host-type")) == "archive"
+
+
+def test_a_peers_words_cannot_forge_log_lines_or_reach_a_terminal_raw(archive):
+    port, key, tmp_path = archive
+    forged = "2026-01-01 00:00:00,000 walbops.archive INFO volume vol0 deleted"
+
+    async def stranger() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(encode_json(messages.error("protocol error", f"bye\n{forged}\n\x1b[2J")))
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    asyncio.run(stranger())
+    deadline = time.monotonic() + 10
+    log = tmp_path / "a0.log"
+    while "peer refused the handshake" not in log.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    lines = log.read_text().splitlines()
+    refused = [line for line in lines if "peer refused the handshake" in line]
+    assert len(refused) == 1 and "bye\\n2026-01-01" in refused[0] and "\\x1b[2J" in refused[0]
+    assert not any(line.startswith("2026-01-01") for line in lines)
+    assert "\x1b" not in log.read_text()
+
+    # ctl prints an agent's refusal, which quotes what it was sent, without the escape codes.
+    result = subprocess.run([sys.executable, "-m", "walbops.cli.main", "ctl", "-a", "127.0.0.1", "-p", str(port),
+                             "--key", str(tmp_path / "cluster.key"), "get", "state", "vol\x1b]0;owned\x07"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "vol\\x1b]0;owned\\x07" in result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
 
 
 class ThickLikeStore(DirStore):

@@ -175,18 +175,22 @@ def test_bhash_and_virt_full_scan_read_the_image_at_a_gid(history, tmp_path):
     assert reference_bhash(out.read_bytes(), 256 << 10) != history.ctl.get_block_hash("a0", history.vol, gids[1])
 
 
-def test_ctl_wait_reports_a_failed_apply_with_the_archives_reason(history):
-    """A corrupt diff is refused before anything is written; --wait exits non-zero with the reason."""
+@pytest.mark.parametrize("action", ["apply", "restore"])
+def test_ctl_wait_reports_a_failed_action_with_the_archives_reason(history, action):
+    """A corrupt diff is refused before anything is written; --wait exits non-zero with the reason
+    (issue 13's probe: `ctl restore --wait` used to wait forever)."""
     gids = with_snapshots(history, "EE")
     first = history.base_dir / history.vol / diff_files(history)[0]
     data = bytearray(first.read_bytes())
     data[-100] ^= 0xFF  # inside the last record's data
     first.write_bytes(bytes(data))
     result = walbops("ctl", "-a", "127.0.0.1", "-p", str(history.port), "--key", str(history.key_file), "--wait",
-                     "apply", history.vol, str(gids[1]))
-    assert result.returncode != 0 and "apply failed on the archive" in result.stderr and "checksum" in result.stderr
+                     action, history.vol, str(gids[1]))
+    assert result.returncode != 0 and f"{action} failed on the archive" in result.stderr, result.stderr
+    assert "checksum" in result.stderr
     assert str(history.ctl.get_base("a0", history.vol)) .startswith("<|0|>")  # never marked applying
     assert history.restorable() == [0, *gids]
+    assert history.ctl.get("a0", "restored", history.vol) == []  # nothing half restored is left
 
 
 # Where an apply may die: each crash point, and IOs early, in the middle and late in the base write.

@@ -72,3 +72,45 @@ def test_a_second_signal_cancels_what_a_graceful_shutdown_waits_for(tmp_path) ->
 
     waited = asyncio.run(scenario())
     assert cancelled == [True] and waited < 10
+
+
+def test_a_command_that_fails_unexpectedly_is_refused_and_the_connection_serves_on(tmp_path, caplog) -> None:
+    """A bug in one command (replaced here: an error branch) answers ``internal-error``, logs the
+    traceback, and the same connection is served on."""
+    import socket
+
+    from walbops.agents._server import Command
+    from walbops.agents.archive import ArchiveAgent
+    from walbops.errors import RemoteError
+    from walbops.net.transport import open_connection
+
+    write_key(tmp_path / "key")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = agent_config.load("archive", overrides={
+        "base_dir": str(tmp_path), "cluster_key_file": str(tmp_path / "key"), "port": port, "listen": "127.0.0.1"})
+    agent = ArchiveAgent(config)
+
+    async def broken(request):
+        raise KeyError("a bug")
+
+    agent.commands["broken"] = Command(broken)
+
+    async def scenario() -> tuple[RemoteError, str]:
+        await agent.startup()
+        try:
+            channel = await open_connection("127.0.0.1", agent.port, agent.key, "c0", "controller")
+            async with channel:
+                with pytest.raises(RemoteError) as info:
+                    await channel.request("broken", {})
+                return info.value, await channel.request("get", {"target": "host-type"})
+        finally:
+            agent.should_exit = True
+            await agent.shutdown()
+
+    with caplog.at_level(logging.ERROR):
+        refusal, host_type = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert refusal.reason == "internal-error" and "its log has the traceback" in refusal.error
+    assert host_type == "archive"
+    assert "broken: internal error" in caplog.text and "KeyError: 'a bug'" in caplog.text

@@ -458,3 +458,63 @@ def test_cancelled_handler_closes_its_connection_quietly(caplog):
     with caplog.at_level(logging.ERROR):
         run(scenario())
     assert "Exception in callback" not in caplog.text
+
+
+@pytest.mark.parametrize("version", ["1", 1.5, True, None, [1], {"v": 1}, -1, 2 ** 64])
+def test_a_hello_with_a_version_that_is_not_an_integer_is_refused(version):
+    hello = {**messages.hello("s0", "storage", os.urandom(32).hex()), "version": version}
+
+    async def scenario():
+        async with archive_server() as (handler, port):
+            frames = await raw_exchange(port, encode_json(hello))
+            assert error_reasons(frames) in (["protocol error"], ["version mismatch"])
+            assert handler.requests == []
+            await assert_serves_a_good_client(port, handler)
+    run(scenario())
+
+
+def test_handshakes_beyond_the_per_source_cap_are_told_busy_and_counted_out_when_they_end(caplog):
+    async def scenario():
+        async with archive_server(max_handshakes=100, max_handshakes_per_source=3) as (handler, port):
+            # Three silent connections hold the source's handshake slots.
+            silent = [await asyncio.open_connection(HOST, port) for _ in range(3)]
+            await asyncio.sleep(0.1)
+            with pytest.raises(ProtocolError, match="busy") as info:
+                await connect(port)
+            assert type(info.value).__name__ == "ServerBusy"
+            for _, writer in silent:
+                writer.close()
+            await asyncio.sleep(0.2)
+            # Their slots are free again; authenticated connections never count.
+            channels = [await connect(port, client_id=f"c{n}") for n in range(6)]
+            await assert_serves_a_good_client(port, handler)
+            for channel in channels:
+                await channel.close()
+    with caplog.at_level(logging.WARNING, logger="walbops.net"):
+        run(scenario())
+    assert "connections are handshaking (3 from this address)" in caplog.text
+
+
+def test_the_total_handshake_cap_holds_for_every_source(caplog):
+    async def scenario():
+        async with archive_server(max_handshakes=2, max_handshakes_per_source=50) as (handler, port):
+            silent = [await asyncio.open_connection(HOST, port) for _ in range(2)]
+            await asyncio.sleep(0.1)
+            with pytest.raises(ProtocolError, match="busy"):
+                await connect(port)
+            for _, writer in silent:
+                writer.close()
+            await asyncio.sleep(0.2)
+            await assert_serves_a_good_client(port, handler)
+    run(scenario())
+
+
+def test_refused_handshakes_are_logged_at_most_ten_a_minute(caplog):
+    async def scenario():
+        async with archive_server() as (handler, port):
+            for _ in range(25):
+                await raw_exchange(port, encode_json(messages.request(1, "echo", {})))
+            await asyncio.sleep(0.1)
+    with caplog.at_level(logging.WARNING, logger="walbops.net"):
+        run(scenario())
+    assert caplog.text.count("handshake refused") == 10

@@ -267,6 +267,11 @@ class Agent(Generic[V]):
         except OSError as exc:
             self.log.error("%s: %s", request.command, exc)
             await self._refuse(request, f"{request.command}: {exc.strerror or exc}", "io-error")
+        except Exception:
+            # A bug, not the peer's fault: keep the traceback for us, answer the peer, keep serving.
+            self.log.exception("%s: internal error", request.command)
+            await self._refuse(request, f"{request.command}: internal error in the {self.host_type} agent "
+                               f"{self.config.id} (its log has the traceback)", "internal-error")
         else:
             if not request.answered:
                 await channel.respond(request.id, result)

@@ -113,7 +113,7 @@ class ArchiveAgent(Agent[ArchiveVolume]):
             "restoring": vol_getter(lambda v, a: sorted(v.restoring)),
             "base-usage": vol_getter(lambda v, a: self.store.base_allocated(v.vol) if self.store.base_exists(v.vol)
                                      else 0),
-            "restored-path": vol_getter(lambda v, a: self._restored_device(v.vol, int(a))),
+            "restored-path": vol_getter(lambda v, a: self._restored_device(v.vol, required_gid(a))),
             "num-action": vol_getter(lambda v, a: v.actions.count(action_name(a))),
             "action-result": vol_getter(lambda v, a: action_result(v, action_name(a))),
             "meta-snap": vol_getter(lambda v, a: str(v.meta_snap(optional_gid(a)))),
@@ -143,6 +143,10 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                 volume.machine.force("SyncReady")
             if volume.state == "Clear":
                 continue
+            for gid in self.store.restored(vol):
+                # Loop devices do not survive a reboot; the restored snapshots come back as devices.
+                if self.store.attached(vol, gid) is None:
+                    await asyncio.to_thread(self._attach_restored, vol, gid)
             garbage = volume.garbage()
             if garbage:
                 # An apply or a merge that died after its new state was durable leaves these.
@@ -199,6 +203,8 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                 restored = await asyncio.to_thread(self.store.restore, volume.vol, gid, paths, self.discard)
                 self.log.info("%s: restored gid %d with %d diffs (%s) at %s", volume.vol, gid, len(paths),
                               restored.clone, restored.path)
+                # Like WalB's restored LV, the snapshot is a block device as soon as it exists.
+                action.detail["device"] = await asyncio.to_thread(self._attach_restored, volume.vol, gid)
 
         self.spawn(restore(), f"restore {volume.vol} {gid}")
         return {**messages.ACCEPTED, "started": action.started}
@@ -209,9 +215,20 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         await asyncio.to_thread(self.store.delete_restored, volume.vol, request.args["gid"])
         return {"deleted": request.args["gid"]}
 
+    def _attach_restored(self, vol: str, gid: int) -> str | None:
+        """Attach a read-only loop device over restored ``gid``; None (and a warning) if that fails:
+        the image is complete all the same, and ``get restored-path`` names the image itself."""
+        try:
+            return self.store.attach(vol, gid, read_only=True)
+        except (WalbopsError, OSError) as exc:
+            self.log.warning("%s: restored gid %d has no loop device: %s", vol, gid, exc)
+            return None
+
     def _restored_device(self, vol: str, gid: int) -> str:
-        """A loop device for a restored snapshot (attached once, then reused)."""
-        return self.store.attach(vol, gid, read_only=True)
+        """The loop device over restored ``gid``, or the image if none is attached; attaches nothing."""
+        if not self.store.has_restored(vol, gid):
+            raise OperationError(f"{vol}: snapshot {gid} is not restored on archive {self.config.id}")
+        return self.store.attached(vol, gid) or self.store.restored_path(vol, gid)
 
     # ------------------------------------------------------------------ lifecycle (walb.md §5.6)
 
@@ -585,10 +602,11 @@ def _ints(args: Any, at_most: int, what: str) -> list[int]:
     words = [] if args is None else list(args) if isinstance(args, list) else [args]
     if len(words) > at_most:
         raise UsageError(f"{what}: at most {at_most} arguments, got {len(words)}")
-    try:
-        values = [int(word) for word in words]
-    except (TypeError, ValueError):
-        raise UsageError(f"{what}: {words} are not gids") from None
+    # Only integers and decimal strings: int() would also take 1.5, True or " 7_0 ".
+    if not all((isinstance(word, int) and not isinstance(word, bool)) or
+               (isinstance(word, str) and word.isascii() and word.isdigit()) for word in words):
+        raise UsageError(f"{what}: {words} are not gids")
+    values = [int(word) for word in words]
     if any(not 0 <= value <= messages.U64_MAX for value in values):
         raise UsageError(f"{what}: gids are u64")
     return values
@@ -602,6 +620,13 @@ def gid_range(args: Any) -> tuple[int, int | None]:
     if gid_e is not None and gid_e <= gid_b:
         raise UsageError(f"gid range: GID1 {gid_e} must be greater than GID0 {gid_b}")
     return gid_b, gid_e
+
+
+def required_gid(args: Any) -> int:
+    values = _ints(args, 1, "gid")
+    if not values:
+        raise UsageError("expected a GID")
+    return values[0]
 
 
 def optional_gid(args: Any) -> int | None:

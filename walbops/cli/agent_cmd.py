@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
+from .. import logs
 from ..agents import config as agent_config
 
 
@@ -20,10 +19,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     config = agent_config.from_args(args.role, args)
-    log_path = config.log_path()
-    handlers: list[logging.Handler] = [logging.FileHandler(log_path) if log_path else logging.StreamHandler(sys.stderr)]
-    logging.basicConfig(level=logging.DEBUG if config.debug else logging.INFO, handlers=handlers,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure(config.log_path(), config.debug)
     from ..agents._server import run  # imported late: the agents pull in asyncio servers and stores
 
     if args.role == "archive":

@@ -14,6 +14,7 @@ import sys
 from .. import __version__
 from ..allocator import tune_for_streaming
 from ..errors import WalbopsError
+from ..logs import printable
 from . import (
     agent_cmd,
     ctl_cmd,
@@ -54,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except WalbopsError as exc:
-        print(f"walbops: {exc}", file=sys.stderr)
+        print(f"walbops: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"walbops: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"walbops: {printable(where + str(exc.strerror or exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("walbops: interrupted", file=sys.stderr)

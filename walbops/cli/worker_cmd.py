@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
+from .. import logs
 from ..worker import Worker, WorkerConfig
 
 
@@ -20,9 +19,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     config = WorkerConfig.load(args.config)
-    log_file = args.log_file or config.log_file
-    handler: logging.Handler = logging.StreamHandler(sys.stderr) if log_file == "-" else logging.FileHandler(log_file)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, handlers=[handler],
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure(args.log_file or config.log_file, args.debug)
     worker = Worker(config)
     return worker.run_once() if args.once else worker.run()

@@ -21,6 +21,7 @@ from typing import Any
 
 import mfusepy
 
+from .. import logs
 from ..errors import OperationError, WalbopsError
 from .control import Controller, ControlServer
 from .core import LB, DeviceConfig, OverflowPolicy, WalbDevice
@@ -168,7 +169,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure(None)
     config = DeviceConfig(name=check_name(args.name), ldev=os.path.abspath(args.ldev),
                           ddev=os.path.abspath(args.ddev), overflow=OverflowPolicy(args.overflow),
                           checkpoint_interval_ms=args.checkpoint_interval_ms,

@@ -25,8 +25,10 @@ from ..errors import (
     PeerTimeout,
     ProtocolError,
     RemoteError,
+    ServerBusy,
     WalbopsError,
 )
+from ..logs import RateLimit
 from . import messages
 from .auth import ClientHandshake, ServerHandshake, error_message, peer_error
 from .frames import (
@@ -43,6 +45,9 @@ from .frames import (
 
 HANDSHAKE_TIMEOUT = 10.0  # [s] for connect + the whole handshake: a trickling peer cannot hold a slot
 DEFAULT_TIMEOUT = 10.0  # [s] for any one read or write (walb-tools' -to default)
+MAX_HANDSHAKES = 128  # connections a server lets handshake at once; more are refused ("busy")
+MAX_HANDSHAKES_PER_SOURCE = 32  # of them from one address: one prober cannot take them all (a
+# handshake takes milliseconds, so honest clients, all-in-one on 127.0.0.1 too, stay far below)
 KEEPALIVE_INTERVAL = 2.0  # [s] between keepalives while the peer waits for us
 LINGER_TIMEOUT = 1.0  # [s] to drain the peer's bytes after our error, so it reads the error, not a reset
 READ_SIZE = 256 << 10  # [bytes] per read from the socket
@@ -306,6 +311,21 @@ class Channel:
             raise PeerClosed(f"{self.name}: {exc}") from exc
 
 
+def _log_refusal(limit: RateLimit, message: str, *args: Any) -> None:
+    """A warning about a stranger's connection, at most ``limit`` allows; says how many were not logged."""
+    suppressed = limit.allow()
+    if suppressed is None:
+        return
+    if suppressed:
+        message += f" ({suppressed} similar refusals not logged in the last {limit.period:.0f} s)"
+    logger.warning(message, *args)
+
+
+def _peer_host(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
 def _peer_name(writer: asyncio.StreamWriter) -> str:
     peer = writer.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
@@ -379,33 +399,85 @@ async def accept_channel(reader: asyncio.StreamReader, writer: asyncio.StreamWri
 
 
 async def serve(host: str, port: int, key: bytes, server_id: str, host_type: str, handler: Handler,
-                timeout: float = DEFAULT_TIMEOUT, *, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> asyncio.Server:
+                timeout: float = DEFAULT_TIMEOUT, *, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                max_handshakes: int = MAX_HANDSHAKES,
+                max_handshakes_per_source: int = MAX_HANDSHAKES_PER_SOURCE) -> asyncio.Server:
     """Listen on ``host:port`` and run ``handler(channel)`` for every client that authenticates.
 
     A client that fails the handshake never reaches the handler. A handler's failure closes its
     connection and is logged; the server goes on serving. The channel is closed when the
-    handler returns. Port 0 picks a free port (``server.sockets[0].getsockname()``). Closing
+    handler returns. At most ``max_handshakes`` connections handshake at once, at most
+    ``max_handshakes_per_source`` of them from one address; one more is sent ``error {busy}``.
+    Refusals are logged at most 10 a minute. Port 0 picks a free port (``server.sockets[0].getsockname()``). Closing
     the server stops new connections only: the caller tracks and cancels running handlers.
     """
+    admission = Admission(max_handshakes, max_handshakes_per_source)
+    refusals = RateLimit(burst=10, period=60.0)
+
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        source = _peer_host(writer)
+        if not admission.enter(source):
+            _log_refusal(refusals, "%s: refused: %d connections are handshaking (%d from this address)",
+                         _peer_name(writer), admission.total, admission.by_source.get(source, 0))
+            await Channel(reader, writer, timeout=timeout).fail(
+                ServerBusy(f"{admission.total} connections are in their handshake; try again later"))
+            return
+        handshaking = True
+
+        def authenticated() -> None:
+            nonlocal handshaking
+            if handshaking:
+                handshaking = False
+                admission.leave(source)
+
         try:
-            await _serve_one(reader, writer, key, server_id, host_type, handler, timeout, handshake_timeout)
+            await _serve_one(reader, writer, key, server_id, host_type, handler, timeout, handshake_timeout,
+                             authenticated, refusals)
         except asyncio.CancelledError:
             # Only a shutdown cancels a connection, and nobody awaits this task: Python 3.11's
             # start_server would log a cancelled one as an error. The channel is closed already.
             pass
+        finally:
+            authenticated()  # a failed handshake leaves the count too
 
     return await asyncio.start_server(on_connect, host, port)
 
 
+class Admission:
+    """Counts the connections that have not finished their handshake, in all and per address."""
+
+    def __init__(self, limit: int, per_source: int) -> None:
+        self.limit = limit
+        self.per_source = per_source
+        self.total = 0
+        self.by_source: dict[str, int] = {}
+
+    def enter(self, source: str) -> bool:
+        if self.total >= self.limit or self.by_source.get(source, 0) >= self.per_source:
+            return False
+        self.total += 1
+        self.by_source[source] = self.by_source.get(source, 0) + 1
+        return True
+
+    def leave(self, source: str) -> None:
+        count = self.by_source[source]
+        self.total -= 1
+        if count == 1:
+            del self.by_source[source]
+        else:
+            self.by_source[source] = count - 1
+
+
 async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes, server_id: str,
-                     host_type: str, handler: Handler, timeout: float, handshake_timeout: float) -> None:
+                     host_type: str, handler: Handler, timeout: float, handshake_timeout: float,
+                     authenticated: Callable[[], None], refusals: RateLimit) -> None:
     try:
         channel = await accept_channel(reader, writer, key, server_id, host_type, timeout,
                                        handshake_timeout=handshake_timeout)
     except PEER_ERRORS as exc:
-        logger.warning("%s: handshake refused: %s", _peer_name(writer), exc)
+        _log_refusal(refusals, "%s: handshake refused: %s", _peer_name(writer), exc)
         return
+    authenticated()
     try:
         await handler(channel)
     except (WalbopsError, OSError) as exc:

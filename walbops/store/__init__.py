@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 from ..diff.engine import BlockTarget, DiscardPolicy
 from ..diff.io import Stats
 from ..durable import fsync_dir  # noqa: F401  (the store's modules import it from here)
+from . import loop
 from .clone import CloneMethod, ClonePolicy
 from .diffs import apply_diffs, verify_or_refuse
 from .names import check_gid, check_volume_id
@@ -248,6 +249,11 @@ class Store(abc.ABC):
 
     def has_restored(self, vol: str, gid: int) -> bool:
         return check_gid(gid) in self.restored(vol)
+
+    def attached(self, vol: str, gid: int) -> str | None:
+        """The loop device over restored ``gid`` if one is attached (read-only first); attaches nothing."""
+        found = sorted(loop.attachments(self.restored_path(vol, gid)), key=lambda a: not a.read_only)
+        return found[0].device if found else None
 
 
 # The store kinds and their classes are registered in walbops.store.registry, the one table of them.
