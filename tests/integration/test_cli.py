@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -134,13 +135,49 @@ def test_output_is_atomic_on_failure(tmp_path: Path, vectors: Path):
     out = tmp_path / "out.wdiff"
     result = walbops("wlog", "to-wdiff", str(bad), "-o", str(out))
     assert result.returncode == 3
-    assert not out.exists() and not list(tmp_path.glob(".out.wdiff.tmp*"))
+    assert not out.exists() and not list(tmp_path.glob(".out.wdiff.*"))
 
 
 def test_merge_refuses_to_overwrite_an_input(tmp_path: Path, vectors: Path):
     copy = tmp_path / "a.wdiff"
     copy.write_bytes((vectors / "s2.sorted.wdiff").read_bytes())
     assert_one_line_error(walbops("wdiff", "merge", str(copy), "-o", str(copy)), 2, "inputs")
+
+
+def test_no_command_writes_over_one_of_its_inputs_by_any_name(tmp_path: Path, vectors: Path, monkeypatch):
+    """Issue 13's probe: the same file through another spelling, a symlink or a hard link."""
+    monkeypatch.chdir(tmp_path)
+    wdiff = tmp_path / "a.wdiff"
+    wdiff.write_bytes((vectors / "s2.sorted.wdiff").read_bytes())
+    wlog = tmp_path / "c.wlog"
+    wlog.write_bytes((vectors / "s2.wlog").read_bytes())
+    base = tmp_path / "base.img"
+    base.write_bytes(bytes(4 << 20))
+    (tmp_path / "link.wdiff").symlink_to(wdiff)
+    os.link(wdiff, tmp_path / "hard.wdiff")
+    (tmp_path / "sub").mkdir()
+    before = {path: path.read_bytes() for path in (wdiff, wlog, base)}
+    size = "4M"
+    attempts = [
+        ["wdiff", "full", "a.wdiff", "--size", size, "-o", "./sub/../a.wdiff"],
+        ["wdiff", "full", "a.wdiff", "--size", size, "-o", "link.wdiff"],
+        ["wdiff", "full", "a.wdiff", "--size", size, "-o", "hard.wdiff"],
+        ["wdiff", "full", "a.wdiff", "--size", size, "--base", "base.img", "-o", str(base)],
+        ["wdiff", "merge", "a.wdiff", "-o", "link.wdiff"],
+        ["wlog", "to-wdiff", "c.wlog", "-o", "./c.wlog"],
+    ]
+    for args in attempts:
+        stderr = assert_one_line_error(walbops(*args), 2, "is one of the inputs")
+        assert "destroy" in stderr
+    assert {path: path.read_bytes() for path in before} == before
+    assert (tmp_path / "link.wdiff").is_symlink()
+
+
+def test_output_to_a_device_node_is_written_in_place_not_replaced(tmp_path: Path):
+    # Run as root, an atomic rename over /dev/null would replace the device with a file.
+    result = walbops("wlog", "gen", "/dev/null", "--device-size", "1M", "--log-size", "256K")
+    assert result.returncode == 0, result.stderr
+    assert Path("/dev/null").is_char_device()
 
 
 def test_to_wdiff_of_consecutive_wlogs_equals_to_wdiff_of_the_whole(tmp_path: Path):

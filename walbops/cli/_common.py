@@ -6,13 +6,15 @@ import argparse
 import contextlib
 import json
 import os
+import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 from .. import units
 from ..converge import Outcome
 from ..diff.files import read_header
+from ..durable import atomic_file
 from ..errors import FormatError, UsageError
 from ..formats.compression import CompressOpt
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
@@ -59,32 +61,43 @@ def emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]]
 
 
 @contextlib.contextmanager
-def atomic_output(path: str) -> Iterator[BinaryIO]:
-    """Write ``path`` via a temporary file, fsync and rename; '-' writes to stdout.
+def atomic_output(path: str, inputs: Sequence[str] = ()) -> Iterator[BinaryIO]:
+    """Write ``path`` whole or not at all (:func:`walbops.durable.atomic_file`); '-' is stdout.
 
-    A failure leaves no partial output behind.
+    Raises:
+        UsageError: ``path`` is the same file as one of ``inputs`` (by device and inode, so a
+            link or another spelling of the name is caught too): writing it would destroy it.
     """
     if path == "-":
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    refuse_an_input_as_output(path, inputs)
+    with atomic_file(path) as stream:
+        yield stream
+
+
+def same_file(one: os.stat_result, other: os.stat_result) -> bool:
+    """The same file by device and inode; two block device nodes of one device are the same too."""
+    if stat.S_ISBLK(one.st_mode) and stat.S_ISBLK(other.st_mode):
+        return one.st_rdev == other.st_rdev
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
+
+
+def refuse_an_input_as_output(output: str, inputs: Sequence[str]) -> None:
+    """Raise UsageError when ``output`` exists and is one of ``inputs``; '-' is never a file."""
     try:
-        with open(tmp, "wb") as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
+        written = os.stat(output)
+    except FileNotFoundError:
+        return
+    for path in inputs:
+        if path == "-":
+            continue
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+            read = os.stat(path)
+            if same_file(read, written):
+                same = "" if path == output else f" (it is {path})"
+                raise UsageError(f"the output {output} is one of the inputs{same}; writing it would destroy it")
 
 
 @contextlib.contextmanager

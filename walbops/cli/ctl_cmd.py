@@ -17,6 +17,7 @@ from typing import Any
 from ..agents.transfers import receive_image
 from ..blockdev import pwrite_all, size_of, zero_range
 from ..controller import POLL, Layout, Server, call
+from ..durable import atomic_file
 from ..errors import OperationError, UsageError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..net import messages
@@ -306,8 +307,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 async def receive_virtual_image(server: Server, key: bytes, arguments: dict[str, Any], timeout: float) -> Any:
     """virt-full-scan: the archive streams the image at a gid; write it to a device, a file or stdout.
 
-    A new file is written under a temporary name and renamed once complete; a device (or an
-    existing file) is written in place. Zero ranges become holes in a file and BLKZEROOUT
+    A file is written under a temporary name and renamed once complete; a block device is
+    written in place. Zero ranges become holes in a file and BLKZEROOUT
     on a device.
     """
     output = arguments.pop("output")
@@ -348,26 +349,14 @@ def _image_output(output: str, size: int) -> Iterator[int]:
     if output in ("stdout", "-"):
         yield -1
         return
-    if os.path.exists(output) and not stat.S_ISREG(os.stat(output).st_mode):
-        fd = os.open(output, os.O_WRONLY)  # a device: written in place
-        try:
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(os.stat(output).st_mode) and not stat.S_ISBLK(os.stat(output).st_mode):
+            raise UsageError(f"{output}: an image goes to a file, a block device or stdout")
+    with atomic_file(output, 0o600) as stream:
+        fd = stream.fileno()
+        if stat.S_ISBLK(os.fstat(fd).st_mode):
             if size_of(fd) < size:
                 raise OperationError(f"{output} holds {size_of(fd)} bytes, the image needs {size}")
-            yield fd
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return
-    tmp = f"{output}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.ftruncate(fd, size)  # a hole: zero ranges cost nothing
+        else:
+            os.ftruncate(fd, size)  # a hole: zero ranges cost nothing
         yield fd
-        os.fsync(fd)
-        os.rename(tmp, output)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    finally:
-        os.close(fd)

@@ -209,7 +209,7 @@ def cmd_cat_wlog(args: argparse.Namespace) -> int:
         packs = 0
         try:
             sector = read_super(fd)
-            with atomic_output(args.output) as out:
+            with atomic_output(args.output, [status["ldev"], status["ddev"]]) as out:
                 writer = WlogWriter(out, WlogHeader(sector.physical_bs, sector.log_checksum_salt, sector.uuid,
                                                     args.begin))
                 lsid = args.begin

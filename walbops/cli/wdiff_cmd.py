@@ -132,9 +132,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    require(args.output not in args.wdiffs, "the output must not be one of the inputs")
     opt: CompressOpt = args.compression
-    with atomic_output(args.output) as out:
+    with atomic_output(args.output, args.wdiffs) as out:
         writer = SortedDiffWriter(out, diff_uuid(args.wdiffs[-1]), opt.kind, opt.level, args.max_io_size)
         stats = write_sorted(merge_ios([iter_diff(path) for path in args.wdiffs]), writer)
     if args.output != "-":
@@ -164,7 +163,7 @@ def cmd_full(args: argparse.Namespace) -> int:
                     io.data()
         ios = merged_ios(args.wdiffs) if args.wdiffs else iter(())
         written = 0
-        with atomic_output(args.output) as out:
+        with atomic_output(args.output, [*args.wdiffs, *([args.base] if args.base else [])]) as out:
             for chunk in full_image(ios, args.size, base_fd):
                 out.write(chunk)
                 written += len(chunk)

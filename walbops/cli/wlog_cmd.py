@@ -184,7 +184,6 @@ def consecutive_ios(readers: list[WlogReader], stats: Stats, in_file: bool) -> I
 
 
 def cmd_to_wdiff(args: argparse.Namespace) -> int:
-    require(args.output == "-" or args.output not in args.wlogs, "the output must not be one of the inputs")
     require(args.wlogs == ["-"] or "-" not in args.wlogs, "stdin cannot be mixed with wlog files")
     # From files, IOs refer to their data in the wlogs instead of copying it, so every
     # input stays open until the output is written.
@@ -196,7 +195,7 @@ def cmd_to_wdiff(args: argparse.Namespace) -> int:
                    for path in args.wlogs]
         ios = consecutive_ios(readers, source, in_file)
         uuid = readers[0].header.uuid
-        with atomic_output(args.output) as out:
+        with atomic_output(args.output, args.wlogs) as out:
             tmp_dir = os.path.dirname(os.path.abspath(args.output)) if args.output != "-" else None
             if args.indexed:
                 written = convert_to_indexed(ios, out, uuid, opt.kind, opt.level, args.max_io_size, tmp_dir)

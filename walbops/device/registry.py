@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..durable import atomic_write
 from ..errors import UsageError
 
 NAME_PATTERN = re.compile(r"[0-9A-Za-z_][0-9A-Za-z_.-]{0,30}")  # fits WalB's 32-byte name with its NUL
@@ -95,11 +96,7 @@ def read_info(name: str) -> dict[str, Any] | None:
 
 
 def write_info(name: str, info: dict[str, Any]) -> None:
-    paths = DevicePaths(name)
-    tmp = paths.info + ".tmp"
-    with open(tmp, "w") as stream:
-        json.dump(info, stream)
-    os.replace(tmp, paths.info)
+    atomic_write(DevicePaths(name).info, json.dumps(info).encode())
 
 
 def running_devices() -> list[dict[str, Any]]:
