@@ -211,15 +211,7 @@ def test_a_restored_snapshot_is_a_loop_device_and_get_restored_path_changes_noth
     subprocess.run(["losetup", "--detach", device], check=True)
     assert asyncio.run(ctl(port, key, "get", target="restored-path", vol="vol0", args=0)) == image
     assert image not in backing_files().values(), "get restored-path attached a loop device"
-    asyncio.run(ctl(port, key, "shutdown"))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        except OSError:
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    stop_agent(port, key)
     restarted = start_archive(tmp_path, port)
     try:
         deadline = time.monotonic() + 20  # the agent attaches after it starts listening
@@ -229,6 +221,49 @@ def test_a_restored_snapshot_is_a_loop_device_and_get_restored_path_changes_noth
         assert backing_files().get(device) == image
         asyncio.run(ctl(port, key, "del-restored", vol="vol0", gid=0))
         assert image not in backing_files().values()
+    finally:
+        restarted.terminate()
+        restarted.wait(timeout=30)
+
+
+def stop_agent(port: int, key: bytes) -> None:
+    asyncio.run(ctl(port, key, "shutdown"))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b"[1, 2]", b'{"state": "Archived", "base": "<|nonsense"}',
+                                    b'{"state": "NoSuchState"}', b'{"state": "Archived", "size_lb": "big"}',
+                                    b"\xff\xfe"])
+def test_a_corrupt_meta_json_breaks_its_volume_only(archive, damage):
+    port, key, tmp_path = archive
+    for vol in ("vol0", "vol1"):
+        asyncio.run(ctl(port, key, "init-vol", vol=vol))
+    meta = tmp_path / "a0" / "vol1" / "meta.json"
+    good = meta.read_bytes()
+    stop_agent(port, key)
+    meta.write_bytes(damage)
+    restarted = start_archive(tmp_path, port)
+    try:
+        status = asyncio.run(ctl(port, key, "status"))
+        assert status["volumes"]["vol0"]["state"] == "SyncReady"
+        broken = status["volumes"]["vol1"]
+        assert broken["state"] == "Broken" and broken["error"].startswith(str(meta) + ": ")
+        with pytest.raises(RemoteError) as info:
+            asyncio.run(ctl(port, key, "get", target="state", vol="vol1"))
+        assert info.value.reason == "broken-volume" and str(meta) in str(info.value)
+        assert asyncio.run(ctl(port, key, "get", target="state", vol="vol0")) == "SyncReady"
+        assert "volume vol1 is broken, the others are served" in (tmp_path / "a0.log").read_text()
+        # Repaired, it is served again without a restart.
+        meta.write_bytes(good)
+        assert asyncio.run(ctl(port, key, "get", target="state", vol="vol1")) == "SyncReady"
+        assert "Traceback" not in (tmp_path / "a0.log").read_text()
     finally:
         restarted.terminate()
         restarted.wait(timeout=30)

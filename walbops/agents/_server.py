@@ -9,6 +9,7 @@ is left and says so in the log; a second signal (or ``shutdown force``) cancels 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -33,6 +34,7 @@ HANDLED_SIGNALS = (
     signal.SIGTERM,  # kill <pid>
 )
 TICK = 0.1  # [s] main loop period
+BROKEN = "Broken"  # not a WalB state: what status says of a volume whose metadata does not load
 
 
 @dataclass
@@ -118,18 +120,50 @@ class Agent(Generic[V]):
         self.server: asyncio.Server | None = None
         self.key = b""
         self.volumes: dict[str, V] = {}
+        self.broken: dict[str, str] = {}  # volume id -> its metadata file and what is wrong with it
 
     # ------------------------------------------------------------------ to be provided by agents
 
     def volume(self, vol: str, create: bool = False) -> V:
-        """The volume ``vol``; unless ``create``, one in state Clear is refused as unknown."""
+        """The volume ``vol``; unless ``create``, one in state Clear is refused as unknown.
+
+        Raises:
+            Refused: (``broken-volume``) its metadata cannot be loaded; see :meth:`_load_volume`.
+        """
         volume = self.volumes.get(vol)
         if volume is None:
-            volume = self.volume_class(self.config.base_dir, vol)
+            volume = self._load_volume(vol)
             if volume.state == "Clear" and not create:
                 raise OperationError(f"volume {vol!r} not found on {self.host_type} {self.config.id}")
             self.volumes[vol] = volume
         return volume
+
+    def _load_volume(self, vol: str) -> V:
+        """Load ``vol`` from its metadata. A volume whose metadata is unreadable or corrupt is
+        broken: it is refused (and listed in ``status``) while the others are served, and every
+        later use reads the file again, so a repaired or removed file needs no restart."""
+        metadata.check_volume_id(vol)
+        try:
+            volume = self.volume_class(self.config.base_dir, vol)
+        except (WalbopsError, OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            detail = str(exc) if isinstance(exc, WalbopsError) else f"{type(exc).__name__}: {exc}"
+            problem = f"{metadata.meta_path(self.config.base_dir, vol)}: {detail}"
+            if self.broken.get(vol) != problem:
+                self.log.error("volume %s is broken, the others are served: %s", vol, problem)
+            self.broken[vol] = problem
+            raise Refused("broken-volume", f"volume {vol} on {self.host_type} {self.config.id} is broken: {problem} "
+                          "(repair or move away the file; the next request reads it again)") from exc
+        if self.broken.pop(vol, None) is not None:
+            self.log.info("volume %s loads again", vol)
+        return volume
+
+    def stored_volumes(self) -> list[V]:
+        """Every volume with metadata under ``base_dir`` that loads (broken ones are logged, skipped)."""
+        loaded = []
+        for vol in metadata.volume_dirs(self.config.base_dir):
+            with contextlib.suppress(Refused):
+                loaded.append(self.volume(vol, create=True))
+        return loaded
 
     def volume_ids(self) -> list[str]:
         return sorted(set(metadata.volume_dirs(self.config.base_dir)) |
@@ -291,7 +325,15 @@ class Agent(Generic[V]):
             return self.volume_status(vol)
         return {"host_type": self.host_type, "id": self.config.id, "pid": os.getpid(), "version": __version__,
                 "uptime": round(time.time() - self.started_at, 1),
-                "volumes": {vol: self.volume_status(vol) for vol in self.volume_ids()}}
+                "volumes": {vol: self._status_or_broken(vol) for vol in self.volume_ids()}}
+
+    def _status_or_broken(self, vol: str) -> dict[str, Any]:
+        try:
+            return self.volume_status(vol)
+        except Refused as exc:
+            if exc.reason != "broken-volume":
+                raise
+            return {"vol": vol, "state": BROKEN, "error": self.broken.get(vol, str(exc))}
 
     async def cmd_get(self, request: Request) -> Any:
         target = request.args["target"]

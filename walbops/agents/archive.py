@@ -35,7 +35,6 @@ from ..gid import MetaDiff, MetaSnap, format_pretty_time
 from ..net import messages
 from ..net.stream import HashSyncCursor
 from ..store import Store, store_from_config
-from . import metadata
 from ._server import GID, VOL, Agent, Command, Request, args_schema
 from .archive_volume import ApplyPlan, ArchiveAction, ArchiveVolume, MergePlan, delete_diff_files
 from .config import Config
@@ -124,8 +123,8 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         })
 
     def active_volume_ids(self) -> list[str]:
-        """Volumes with a base state (not Clear)."""
-        return [vol for vol in self.volume_ids() if self.volume(vol, create=True).state != "Clear"]
+        """Volumes with a base state (not Clear); broken ones are in ``status``, not here."""
+        return [volume.vol for volume in self.stored_volumes() if volume.state != "Clear"]
 
     # ------------------------------------------------------------------ volumes
 
@@ -135,8 +134,8 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                 if volume.state in ARCHIVE_ACTIVE else [], "restored": self.store.restored(vol)}
 
     async def on_start(self) -> None:
-        for vol in metadata.volume_dirs(self.config.base_dir):
-            volume = self.volume(vol)
+        for volume in self.stored_volumes():
+            vol = volume.vol
             for leftover in self.store.cleanup(vol):
                 self.log.info("%s: removed %s left by an interrupted restore", vol, leftover)
             if volume.state not in volume.machine.steady_states - volume.machine.transient_states:

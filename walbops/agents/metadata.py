@@ -13,10 +13,11 @@ import re
 from typing import Any
 
 from ..durable import atomic_write, fsync_dir  # noqa: F401  (fsync_dir: for the volumes)
-from ..errors import UsageError
+from ..errors import BadField, UsageError
 
 VOLUME_ID = re.compile(r"[0-9A-Za-z-]{1,64}")  # WalB's command_param_parser rule
 META_FILE = "meta.json"
+MAX_META_SIZE = 16 << 20  # [bytes] far above any volume's (a storage's queue of snapshots is the largest)
 
 
 def check_volume_id(vol: str) -> str:
@@ -29,13 +30,31 @@ def save(directory: str, meta: dict[str, Any]) -> None:
     atomic_write(os.path.join(directory, META_FILE), json.dumps(meta, indent=1, sort_keys=True).encode())
 
 
+def meta_path(base_dir: str, vol: str) -> str:
+    return os.path.join(base_dir, vol, META_FILE)
+
+
 def load(directory: str) -> dict[str, Any] | None:
-    """The saved metadata, or None if the volume has none."""
+    """The saved metadata, or None if the volume has none.
+
+    Raises:
+        BadField: the file is not a JSON object (the volume is broken, docs/agents.md).
+        OSError: the file cannot be read.
+    """
+    path = os.path.join(directory, META_FILE)
     try:
-        with open(os.path.join(directory, META_FILE)) as stream:
-            meta: dict[str, Any] = json.load(stream)
+        with open(path, "rb") as stream:
+            content = stream.read(MAX_META_SIZE + 1)
     except FileNotFoundError:
         return None
+    if len(content) > MAX_META_SIZE:
+        raise BadField(f"metadata larger than {MAX_META_SIZE} bytes", source=path)
+    try:
+        meta = json.loads(content)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadField(f"not JSON ({exc})", source=path) from None
+    if not isinstance(meta, dict):
+        raise BadField(f"a JSON object was expected, not {type(meta).__name__}", source=path)
     return meta
 
 

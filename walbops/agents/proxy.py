@@ -21,7 +21,6 @@ from ..formats.compression import CompressOpt
 from ..gid import MetaDiff, merge
 from ..net import messages
 from ..net.transport import open_connection
-from . import metadata
 from ._server import VOL, Agent, Command, Request, args_schema
 from .config import Config
 from .proxy_volume import SENDING_PREFIX, STORED_COMPRESSION, ArchiveInfo, ProxyVolume, WlogReceiver
@@ -79,8 +78,7 @@ class ProxyAgent(Agent[ProxyVolume]):
 
     async def on_start(self) -> None:
         # WalB: the proxy starts every volume that has a directory.
-        for vol in metadata.volume_dirs(self.config.base_dir):
-            volume = self.volume(vol)
+        for volume in self.stored_volumes():
             if volume.state not in ("Stopped", "Started"):
                 volume.machine.force("Stopped")
             if volume.state == "Stopped" and volume.archives:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from ..errors import OperationError
+from ..errors import BadField, OperationError
 
 Transition = tuple[str, str, str]  # (from, via, to)
 
@@ -45,6 +45,9 @@ class StateMachine:
         self._ends = {(via, target) for _, via, target in self.transitions}
         self.steady_states = {source for source, _, _ in self.transitions} | {t for _, _, t in self.transitions}
         self.transient_states = {via for _, via, _ in self.transitions}
+        known = self.steady_states | self.transient_states
+        if state not in known:
+            raise BadField(f"state {state!r} is none of {', '.join(sorted(known))}")
         self.state = state
         self.on_steady = on_steady
 

@@ -23,7 +23,6 @@ from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..gid import MetaSnap
 from ..net import messages
 from ..net.transport import open_connection
-from . import metadata
 from ._server import VOL, Agent, Command, Request, args_schema
 from .config import Config, host_port
 from .storage_volume import StorageVolume
@@ -104,8 +103,7 @@ class StorageAgent(Agent[StorageVolume]):
         return max(1, int(self.config.max_wlog_send) // pbs)
 
     async def on_start(self) -> None:
-        for vol in metadata.volume_dirs(self.config.base_dir):
-            volume = self.volume(vol)
+        for volume in self.stored_volumes():
             if volume.state in ("FullSync", "HashSync", "InitVol", "ClearVol", "Reset", "StartTarget",
                                 "StopTarget", "StartStandby", "StopStandby"):
                 volume.machine.force("SyncReady")  # WalB: a transient state never survives a restart
