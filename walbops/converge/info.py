@@ -73,7 +73,9 @@ def server_info(controller: Controller, server: Server, vol: str | None = None) 
         if vol is not None and name != vol:
             continue
         entry = {"state": volume["state"]}
-        if server.role == "storage":
+        if "error" in volume:  # a broken volume: its metadata does not load (docs/agents.md)
+            entry["error"] = volume["error"]
+        elif server.role == "storage":
             entry.update(_storage_volume(controller, server, name, volume))
         elif server.role == "proxy":
             entry.update(_proxy_volume(volume))
