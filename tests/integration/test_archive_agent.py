@@ -269,6 +269,17 @@ def test_a_corrupt_meta_json_breaks_its_volume_only(archive, damage):
         restarted.wait(timeout=30)
 
 
+def test_a_second_agent_on_the_same_base_dir_refuses_to_start(archive):
+    port, key, tmp_path = archive
+    second = subprocess.run(
+        [sys.executable, "-m", "walbops.cli.main", "agent", "archive", "--listen", "127.0.0.1", "--port",
+         str(free_port()), "--id", "a1", "--base-dir", str(tmp_path / "a0"), "--cluster-key-file",
+         str(tmp_path / "cluster.key")], capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0
+    assert f"{tmp_path / 'a0'} is in use by archive a0 (pid" in second.stderr, second.stderr
+    assert asyncio.run(ctl(port, key, "get", target="host-type")) == "archive"
+
+
 def test_full_backup_to_an_archived_volume_fails_clearly(archive):
     """WalB's m1: a second full backup while the archive is Archived is refused."""
     port, key, tmp_path = archive

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ HANDLED_SIGNALS = (
     signal.SIGTERM,  # kill <pid>
 )
 TICK = 0.1  # [s] main loop period
+LOCK_FILE = ".lock"  # in the base dir; not a volume id, so never taken for a volume
 BROKEN = "Broken"  # not a WalB state: what status says of a volume whose metadata does not load
 
 
@@ -121,6 +123,7 @@ class Agent(Generic[V]):
         self.key = b""
         self.volumes: dict[str, V] = {}
         self.broken: dict[str, str] = {}  # volume id -> its metadata file and what is wrong with it
+        self._lock_fd = -1  # holds the base dir's lock for the process's life (lock_base_dir)
 
     # ------------------------------------------------------------------ to be provided by agents
 
@@ -199,6 +202,7 @@ class Agent(Generic[V]):
     async def startup(self) -> None:
         self.key = load_key(self.config.key_file)
         os.makedirs(self.config.base_dir, exist_ok=True)
+        self._lock_fd = lock_base_dir(self.config.base_dir, f"{self.host_type} {self.config.id}")
         loop = asyncio.get_running_loop()
         for sig in HANDLED_SIGNALS:
             loop.add_signal_handler(sig, self.handle_exit, sig)
@@ -351,6 +355,28 @@ class Agent(Generic[V]):
 
     async def cmd_version(self, request: Request) -> Any:
         return {"version": __version__, "protocol": messages.PROTOCOL_VERSION}
+
+
+def lock_base_dir(base_dir: str, holder: str) -> int:
+    """Take ``<base_dir>/.lock`` for this process (flock, released when the process ends, even by
+    SIGKILL) and write ``holder`` and our pid into it; returns the descriptor to keep open.
+
+    Raises:
+        OperationError: another process holds it: two agents on one base dir would each think
+            they own its volumes.
+    """
+    path = os.path.join(base_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise OperationError(f"{base_dir} is in use by {owner} (it holds {path}); "
+                             "one agent per base directory") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
+    return fd
 
 
 def run(agent: Agent) -> int:
