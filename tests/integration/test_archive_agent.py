@@ -21,7 +21,7 @@ from walbops.agents.transfers import file_chunks, send_full_backup, send_wdiff
 from walbops.diff.engine import convert_to_sorted, log_ios
 from walbops.diff.gen import GenConfig, generate_wlog
 from walbops.diff.logs import WlogReader
-from walbops.errors import AuthenticationError, RemoteError
+from walbops.errors import AuthenticationError, ProtocolError, RemoteError
 from walbops.gid import MetaDiff
 from walbops.net import messages
 from walbops.net.auth import load_key, write_key
@@ -267,6 +267,76 @@ def test_a_corrupt_meta_json_breaks_its_volume_only(archive, damage):
     finally:
         restarted.terminate()
         restarted.wait(timeout=30)
+
+
+@pytest.mark.parametrize("cut", ["before the first bulk", "after the last bulk"])
+def test_a_failed_full_backup_leaves_no_partial_base(archive, cut):
+    port, key, tmp_path = archive
+    image_with_data(tmp_path / "volume.img")
+    asyncio.run(ctl(port, key, "init-vol", vol="vol0"))
+    base = tmp_path / "a0" / "images" / "vol0" / "base.img"
+
+    async def cut_short() -> None:
+        fd = os.open(tmp_path / "volume.img", os.O_RDONLY)
+        channel = await open_connection("127.0.0.1", port, key, "s0", "storage")
+        try:
+            async with channel:
+                async def accepted() -> bytes:
+                    assert base.exists()  # the archive made the base before it accepted
+                    if cut == "before the first bulk":
+                        raise ConnectionResetError("cut")
+                    return bytes(16)
+
+                async def streamed() -> int:
+                    raise ConnectionResetError("cut")
+
+                await send_full_backup(channel, "vol0", fd, SIZE_LB, 512, 1, accepted, streamed)
+        finally:
+            os.close(fd)
+
+    with pytest.raises(ConnectionResetError):
+        asyncio.run(cut_short())
+    deadline = time.monotonic() + 20
+    while base.exists() or asyncio.run(ctl(port, key, "get", target="state", vol="vol0")) != "SyncReady":
+        assert time.monotonic() < deadline, "the partial base was left behind"
+        time.sleep(0.05)
+    assert "removed the partial base of a failed full backup" in (tmp_path / "a0.log").read_text()
+    assert asyncio.run(send_image(port, key, tmp_path / "volume.img")) == 0
+    assert base.exists() and asyncio.run(ctl(port, key, "get", target="state", vol="vol0")) == "Archived"
+
+
+def test_sizes_a_peer_announces_are_bounded(archive):
+    port, key, tmp_path = archive
+    asyncio.run(ctl(port, key, "init-vol", vol="vol0"))
+
+    async def announce(size_lb: int) -> RemoteError:
+        channel = await open_connection("127.0.0.1", port, key, "s0", "storage")
+        async with channel:
+            with pytest.raises(RemoteError) as info:
+                await channel.request(messages.DIRTY_FULL_SYNC, {"vol": "vol0", "size_lb": size_lb, "bulk_lb": 512,
+                                                                 "timestamp": 1})
+            return info.value
+
+    refusal = asyncio.run(announce(2 ** 63))
+    assert refusal.reason == "bad-args" and "max_volume_size" in str(refusal)
+    assert not (tmp_path / "a0" / "images" / "vol0").exists()
+    assert asyncio.run(ctl(port, key, "get", target="state", vol="vol0")) == "SyncReady"
+
+    # A diff stream longer than any diff of the volume can be (2 x 4 MiB + 64 MiB) is cut off.
+    image_with_data(tmp_path / "volume.img")
+    asyncio.run(send_image(port, key, tmp_path / "volume.img"))
+
+    async def endless_diff() -> None:
+        channel = await open_connection("127.0.0.1", port, key, "p0", "proxy")
+        async with channel:
+            await send_wdiff(channel, "vol0", bytes(16), SIZE_LB, MetaDiff(0, 1), (bytes(MiB) for _ in range(100)))
+
+    with pytest.raises((RemoteError, ProtocolError)) as info:
+        asyncio.run(endless_diff())
+    assert "exceeds" in str(info.value) or "exceeds" in (tmp_path / "a0.log").read_text()
+    assert asyncio.run(ctl(port, key, "get", target="state", vol="vol0")) == "Archived"
+    assert [entry["gid"] for entry in asyncio.run(ctl(port, key, "get", target="restorable", vol="vol0"))] == [0]
+    assert not list((tmp_path / "a0" / "vol0").glob("*.wdiff*"))
 
 
 def test_a_second_agent_on_the_same_base_dir_refuses_to_start(archive):

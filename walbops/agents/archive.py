@@ -43,6 +43,7 @@ from .transfers import InOrder, prefetched, receive_file, receive_hash_sync, rec
 
 FSYNC_INTERVAL = 1 << 30  # [bytes] sync the base this often while a full backup streams (WalB -fi)
 MAX_BULK = 64 << 20  # [bytes] the largest bulk a bhash or virt-full-scan may ask for
+DIFF_SLACK = 64 << 20  # [bytes] headers and end marker of a diff of a tiny volume, and then some
 SCAN_READ = 4 << 20  # [bytes] a virt-full-scan reads and sends this much of the image at a time
 _BULK = {"type": "integer", "minimum": LOGICAL_BLOCK_SIZE, "maximum": MAX_BULK, "multipleOf": LOGICAL_BLOCK_SIZE}
 _SIZE = {"type": "integer", "minimum": 1, "maximum": messages.U64_MAX}
@@ -121,6 +122,12 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                                       for vol in self.active_volume_ids()],
             "all-actions": lambda args: [all_actions(self.volume(vol)) for vol in self.active_volume_ids()],
         })
+
+    def check_volume_size(self, vol: str, size_lb: int) -> None:
+        """Refuse a volume size a peer announces beyond ``max_volume_size``, before any space is taken."""
+        if size_lb * LOGICAL_BLOCK_SIZE > int(self.config.max_volume_size):
+            raise UsageError(f"{vol}: a volume of {size_lb * LOGICAL_BLOCK_SIZE} bytes is larger than this "
+                             f"archive's max_volume_size ({self.config.max_volume_size} bytes)")
 
     def active_volume_ids(self) -> list[str]:
         """Volumes with a base state (not Clear); broken ones are in ``status``, not here."""
@@ -316,6 +323,7 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         size = int(request.args["size"])
         if size % LOGICAL_BLOCK_SIZE:
             raise UsageError(f"{volume.vol}: size {size} is not a multiple of {LOGICAL_BLOCK_SIZE}")
+        self.check_volume_size(volume.vol, size // LOGICAL_BLOCK_SIZE)
         plan = volume.plan_resize(size // LOGICAL_BLOCK_SIZE)
         if plan is None:
             return {"size_lb": volume.size_lb, "changed": False}
@@ -397,6 +405,7 @@ class ArchiveAgent(Agent[ArchiveVolume]):
     async def recv_full_sync(self, request: Request) -> Any:
         args = request.args
         volume = self.volume(args["vol"])
+        self.check_volume_size(volume.vol, args["size_lb"])
         tx = volume.begin_full_sync()
         with tx:
             size_lb, bulk_lb = args["size_lb"], args["bulk_lb"]
@@ -405,48 +414,64 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                 # stale, and zero ranges are not written below, so start again from a fresh base.
                 await asyncio.to_thread(self.store.remove_volume, volume.vol)
             self.store.create_base(volume.vol, size_lb)
-            reads_zeros = self.store.new_base_reads_zeros
-            with volume.actions.begin(ArchiveAction.FULL_SYNC), \
-                    self.store.open_base(volume.vol, writable=True) as target:
-                await request.accept()
-                channel = request.channel
-                begin = await channel.recv_json("begin")
-                unsynced = 0
-                volume.progress_lb = 0
-
-                async def on_data(offset: int, data: bytes) -> None:
-                    nonlocal unsynced
-                    # Into the page cache, in this thread: a thread hop per frame costs more
-                    # (GIL hand-offs) than the write; the fdatasyncs run in a thread.
-                    pwrite_all(target.fd, data, offset)
-                    unsynced += len(data)
-                    if unsynced >= FSYNC_INTERVAL:
-                        await asyncio.to_thread(os.fdatasync, target.fd)
-                        unsynced = 0
-                    volume.progress_lb = (offset + len(data)) // LOGICAL_BLOCK_SIZE
-
-                async def on_zero(offset: int, length: int) -> None:
-                    # A fresh file or thin LV reads as zeros already; a thick LV is zeroed here.
-                    if not reads_zeros:
-                        await asyncio.to_thread(zero_range, target.fd, offset, length)
-                    volume.progress_lb = (offset + length) // LOGICAL_BLOCK_SIZE
-
-                try:
-                    end = await receive_image(channel, size_lb, bulk_lb, f"{volume.vol}: the storage", on_data,
-                                              on_zero)
-                    if "gid" not in end:
-                        raise BadField("end of a full backup without its gid")
-                    await asyncio.to_thread(os.fdatasync, target.fd)
-                    volume.finish_full_sync(tx, bytes.fromhex(begin["uuid"]), size_lb, end["gid"], args["timestamp"])
-                except (WalbopsError, OSError) as exc:
-                    if not isinstance(exc, ProtocolError):
-                        await _abort(channel, str(exc))
-                    raise
-                finally:
-                    volume.progress_lb = 0
+            with _on_failure(lambda: self._remove_partial_base(volume.vol)):
+                await self._receive_base(request, volume, tx, size_lb, bulk_lb)
         await request.channel.send_json(messages.ack())
         self.log.info("%s: full backup received: base %s, %d LB", volume.vol, volume.base, size_lb)
         return None
+
+    def _remove_partial_base(self, vol: str) -> None:
+        """A full backup that failed leaves no partial base behind (the volume stays SyncReady)."""
+        try:
+            self.store.remove_volume(vol)
+        except (WalbopsError, OSError) as exc:
+            self.log.error("%s: the partial base of a failed full backup could not be removed: %s "
+                           "(the next full backup removes it)", vol, exc)
+        else:
+            self.log.info("%s: removed the partial base of a failed full backup", vol)
+
+    async def _receive_base(self, request: Request, volume: ArchiveVolume, tx: Any, size_lb: int,
+                            bulk_lb: int) -> None:
+        args = request.args
+        reads_zeros = self.store.new_base_reads_zeros
+        with volume.actions.begin(ArchiveAction.FULL_SYNC), \
+                self.store.open_base(volume.vol, writable=True) as target:
+            await request.accept()
+            channel = request.channel
+            begin = await channel.recv_json("begin")
+            unsynced = 0
+            volume.progress_lb = 0
+
+            async def on_data(offset: int, data: bytes) -> None:
+                nonlocal unsynced
+                # Into the page cache, in this thread: a thread hop per frame costs more
+                # (GIL hand-offs) than the write; the fdatasyncs run in a thread.
+                pwrite_all(target.fd, data, offset)
+                unsynced += len(data)
+                if unsynced >= FSYNC_INTERVAL:
+                    await asyncio.to_thread(os.fdatasync, target.fd)
+                    unsynced = 0
+                volume.progress_lb = (offset + len(data)) // LOGICAL_BLOCK_SIZE
+
+            async def on_zero(offset: int, length: int) -> None:
+                # A fresh file or thin LV reads as zeros already; a thick LV is zeroed here.
+                if not reads_zeros:
+                    await asyncio.to_thread(zero_range, target.fd, offset, length)
+                volume.progress_lb = (offset + length) // LOGICAL_BLOCK_SIZE
+
+            try:
+                end = await receive_image(channel, size_lb, bulk_lb, f"{volume.vol}: the storage", on_data,
+                                          on_zero)
+                if "gid" not in end:
+                    raise BadField("end of a full backup without its gid")
+                await asyncio.to_thread(os.fdatasync, target.fd)
+                volume.finish_full_sync(tx, bytes.fromhex(begin["uuid"]), size_lb, end["gid"], args["timestamp"])
+            except (WalbopsError, OSError) as exc:
+                if not isinstance(exc, ProtocolError):
+                    await _abort(channel, str(exc))
+                raise
+            finally:
+                volume.progress_lb = 0
 
     async def recv_hash_sync(self, request: Request) -> Any:
         """The archive's side of a hash backup (docs/protocol.md §8.4): hashes of the image at the
@@ -454,6 +479,7 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         args = request.args
         volume = self.volume(args["vol"])
         size_lb, bulk_lb = args["size_lb"], args["bulk_lb"]
+        self.check_volume_size(volume.vol, size_lb)
         with volume.begin_hash_sync(size_lb) as tx, volume.actions.begin(ArchiveAction.HASH_SYNC), \
                 self.store.open_base(volume.vol, writable=False) as base:
             snap = volume.latest_snap()
@@ -537,7 +563,8 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                     async def take(data: bytes) -> None:
                         out.write(data)
 
-                    await receive_file(channel, "diff", f"{volume.vol}: the sender", messages.U64_MAX, take)
+                    await receive_file(channel, "diff", f"{volume.vol}: the sender", diff_size_bound(volume.size_lb),
+                                       take)
                     out.flush()
                     received = time.monotonic()
                     # Verify the file (from the page cache) while it is fsynced: both before the ack.
@@ -569,6 +596,16 @@ async def _abort(channel: Any, reason: str) -> None:
         await channel.send_json(messages.abort(reason[: messages.MAX_TEXT]))
     except (WalbopsError, OSError):
         pass
+
+
+@contextlib.contextmanager
+def _on_failure(step: Callable[[], None]) -> Iterator[None]:
+    """Run ``step`` when the block fails (cancellation included), then let the failure go on."""
+    try:
+        yield
+    except BaseException:
+        step()
+        raise
 
 
 @contextlib.contextmanager
@@ -619,6 +656,13 @@ def gid_range(args: Any) -> tuple[int, int | None]:
     if gid_e is not None and gid_e <= gid_b:
         raise UsageError(f"gid range: GID1 {gid_e} must be greater than GID0 {gid_b}")
     return gid_b, gid_e
+
+
+def diff_size_bound(size_lb: int) -> int:
+    """The most bytes a diff of a ``size_lb`` volume can take, with room to spare: its IOs do not
+    overlap, so their data is at most the volume (and lz4 grows incompressible data by under 1 %),
+    and a record (32 bytes in a 4 KiB pack header) carries at least one 512-byte block."""
+    return 2 * size_lb * LOGICAL_BLOCK_SIZE + DIFF_SLACK
 
 
 def required_gid(args: Any) -> int:

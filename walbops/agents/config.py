@@ -65,7 +65,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("give_up_timeout", _SECONDS, 1800.0, ("proxy",), "stop retrying a send when no log arrived for [s]"),
     Option("max_wdiff_send", _SIZE, "128M", ("proxy",), "most diff data merged into one send"),
     Option("max_wdiff_send_count", {"type": "integer", "minimum": 1}, 1000, ("proxy",), "most diff files in one send"),
+    Option("max_wlog_receive", _SIZE, "1G", ("proxy",),
+           "largest wlog transfer a storage may announce (at least its max_wlog_send)"),
     # archive
+    Option("max_volume_size", _SIZE, "64T", ("archive",),
+           "largest volume a full or hash backup or a resize may announce; diffs are bounded by it too"),
     Option("store", store_config_schema(), {"kind": "dir"}, ("archive",),
            "dir (default: base_dir/images) or lvm with a VG and optional thin pool"),
     # A walbops device reads discarded blocks back as zeros, so zeroing them on apply

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..diff.files import merged_ios, read_header
 from ..diff.sorted_file import SortedDiffWriter
-from ..errors import BadField, OperationError, ProtocolError, RemoteError, WalbopsError
+from ..errors import BadField, OperationError, ProtocolError, RemoteError, UsageError, WalbopsError
 from ..formats.compression import CompressOpt
 from ..gid import MetaDiff, merge
 from ..net import messages
@@ -171,8 +171,13 @@ class ProxyAgent(Agent[ProxyVolume]):
         volume = self.volume(args["vol"])
         if volume.state != "Started":
             raise Refused("stopped", f"{volume.vol}: proxy volume is {volume.state}")
+        announced = args["max_log_pb"] * args["pbs"]  # [bytes]
+        if announced > int(self.config.max_wlog_receive):
+            raise UsageError(f"{volume.vol}: a wlog of up to {announced} bytes is larger than this proxy's "
+                             f"max_wlog_receive ({self.config.max_wlog_receive} bytes); lower the storage's "
+                             "max_wlog_send or raise max_wlog_receive")
         free = os.statvfs(volume.directory)
-        needed = args["max_log_pb"] * args["pbs"] * 2  # its diff, and a merged copy of it when sent in a batch
+        needed = announced * 2  # its diff, and a merged copy of it when sent in a batch
         if free.f_bavail * free.f_frsize < needed:
             raise Refused("no-space", f"{volume.vol}: not enough free space for {needed} bytes")
         diff = MetaDiff.parse(args["diff"])
