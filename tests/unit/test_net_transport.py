@@ -518,3 +518,37 @@ def test_refused_handshakes_are_logged_at_most_ten_a_minute(caplog):
     with caplog.at_level(logging.WARNING, logger="walbops.net"):
         run(scenario())
     assert caplog.text.count("handshake refused") == 10
+
+
+def test_a_receiver_that_aborts_before_end_closes_and_after_end_stays_open():
+    """docs/protocol.md §7.2: before ``end`` the sender may still be sending, so the receiver
+    closes after its abort; after ``end`` the connection serves the next request."""
+    outcomes = []
+
+    async def receiver(channel: Channel) -> None:
+        while not channel.closed and (request := await channel.recv_request()) is not None:
+            await channel.accept(request["id"])
+            if request["command"] == "early":
+                await channel.recv()  # one data frame, then give up
+                await channel.abort_receiving("disk full")
+            else:
+                while not isinstance(await channel.recv(), JsonFrame):
+                    pass
+                await channel.abort_receiving("checksum mismatch")
+            outcomes.append((request["command"], channel.closed))
+
+    async def scenario():
+        async with archive_server(receiver) as (_, port):
+            async with await connect(port) as channel:
+                await channel.request("late")
+                await channel.send_data(b"x" * 1000)
+                await channel.send_json(messages.end(1000, "00000000"))
+                with pytest.raises(RemoteError, match="checksum mismatch"):
+                    await channel.recv_json("ack")
+                await channel.request("early")
+                with pytest.raises((RemoteError, ProtocolError, OSError)):
+                    for _ in range(10000):  # the receiver's close stops a sender that keeps sending
+                        await channel.send_data(os.urandom(1 << 16))
+                    await channel.recv_json("ack")
+    run(scenario())
+    assert outcomes == [("late", False), ("early", True)]

@@ -270,7 +270,7 @@ class Agent(Generic[V]):
             self._connections.add(task)
         try:
             async with self._slots:
-                while not self.should_exit:
+                while not self.should_exit and not channel.closed:  # a receiver's abort closes it
                     request = await channel.recv_request()
                     if request is None:
                         return

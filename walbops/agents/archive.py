@@ -393,7 +393,7 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                     digest = await send_image(channel, pieces, size_lb, bulk_lb)
             except (WalbopsError, OSError) as exc:
                 if not isinstance(exc, ProtocolError):
-                    await _abort(channel, str(exc))
+                    await channel.send_abort(str(exc))
                 raise
             await channel.send_json(digest.end())
         self.log.info("%s: virt-full-scan of gid %d sent to %s (%d bytes of data)", volume.vol, request.args["gid"],
@@ -468,7 +468,7 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                 volume.finish_full_sync(tx, bytes.fromhex(begin["uuid"]), size_lb, end["gid"], args["timestamp"])
             except (WalbopsError, OSError) as exc:
                 if not isinstance(exc, ProtocolError):
-                    await _abort(channel, str(exc))
+                    await channel.abort_receiving(str(exc))
                 raise
             finally:
                 volume.progress_lb = 0
@@ -526,7 +526,7 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 if not isinstance(exc, ProtocolError):
-                    await _abort(channel, str(exc))
+                    await channel.abort_receiving(str(exc))
                 raise
             finally:
                 volume.progress_lb = 0
@@ -581,7 +581,7 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                 if os.path.exists(tmp):
                     os.unlink(tmp)
                 if not isinstance(exc, ProtocolError):
-                    await _abort(channel, str(exc))
+                    await channel.abort_receiving(str(exc))
                 raise
             tx.commit("Archived")
         await channel.send_json(messages.ack())
@@ -589,13 +589,6 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                       stored, stored.data_size, verified.type.name.lower(), received - started,
                       time.monotonic() - received)
         return None
-
-
-async def _abort(channel: Any, reason: str) -> None:
-    try:
-        await channel.send_json(messages.abort(reason[: messages.MAX_TEXT]))
-    except (WalbopsError, OSError):
-        pass
 
 
 @contextlib.contextmanager

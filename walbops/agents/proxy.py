@@ -200,10 +200,7 @@ class ProxyAgent(Agent[ProxyVolume]):
                 stored = await asyncio.to_thread(receiver.commit, diff, args["size_lb"])
             except (WalbopsError, OSError) as exc:
                 if not isinstance(exc, ProtocolError):
-                    try:
-                        await channel.send_json(messages.abort(str(exc)[: messages.MAX_TEXT]))
-                    except (WalbopsError, OSError):
-                        pass
+                    await channel.abort_receiving(str(exc))
                 raise
             finally:
                 await converting.settle()  # the converter's file must outlive its last write

@@ -440,7 +440,6 @@ async def send_wlog(channel: Channel, vol: str, uuid: bytes, pbs: int, salt: int
         await _send_chunks(channel, chunks, digest)
     except (WalbopsError, OSError) as exc:
         # The logs could not be read to the end: the proxy must discard what it got (§7.2).
-        with contextlib.suppress(WalbopsError, OSError):
-            await channel.send_json(messages.abort(str(exc)[: messages.MAX_TEXT]))
+        await channel.send_abort(str(exc))
         raise
     await _finish(channel, digest)

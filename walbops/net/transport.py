@@ -80,6 +80,7 @@ class Channel:
         self.name = name if name is not None else _peer_name(writer)
         self.peer_id: str | None = None  # the peer's id and role, known after the handshake
         self.peer_role: str | None = None
+        self._stream_ended = True  # False from a request until its stream's end or abort is read
 
     @property
     def closed(self) -> bool:
@@ -183,6 +184,21 @@ class Channel:
                 # The body notices a dead connection on its next send or receive.
                 logger.debug("%s: keepalive stopped: %s", self.name, task.exception())
 
+    async def send_abort(self, reason: str) -> None:
+        """A sender's abort (§7.2): the stream ends without ``end``; best effort, the connection stays."""
+        with contextlib.suppress(WalbopsError, OSError):
+            await self.send_json(messages.abort(reason))
+
+    async def abort_receiving(self, reason: str) -> None:
+        """A receiver's abort (§7.2): ``abort``, and unless the stream's ``end`` was read (the
+        sender may still be sending frames) a lingering close of the connection."""
+        if self._stream_ended:
+            await self.send_abort(reason)
+            return
+        with contextlib.suppress(OSError):
+            self._writer.write(encode_json(messages.abort(reason)))
+        await self._linger_close()
+
     # Closing.
 
     async def close(self) -> None:
@@ -201,10 +217,17 @@ class Channel:
             return
         with contextlib.suppress(OSError):
             self._writer.write(encode_json(error_message(exc)))
+        await self._linger_close()
+
+    async def _linger_close(self) -> None:
+        """Half-close, read and drop the peer's bytes for up to LINGER_TIMEOUT, then close."""
+        if self._closed:
+            return
+        with contextlib.suppress(OSError):
             if self._writer.can_write_eof():
                 self._writer.write_eof()
-        # Closing with unread input makes the kernel send a reset, which can destroy the error
-        # before the peer reads it: drain the peer's bytes for a moment first (a lingering close).
+        # Closing with unread input makes the kernel send a reset, which can destroy what we
+        # sent last before the peer reads it: drain the peer's bytes for a moment first.
         with contextlib.suppress(OSError, TimeoutError):
             async with asyncio.timeout(LINGER_TIMEOUT):
                 while await self._reader.read(READ_SIZE):
@@ -256,6 +279,10 @@ class Channel:
             if kind == "error":
                 await self.close()  # never answer an error
                 raise peer_error(frame.message)
+            if kind in ("end", "abort"):
+                self._stream_ended = True
+            elif kind == "request":
+                self._stream_ended = False
             if kind != "keepalive":
                 return frame
 
