@@ -53,6 +53,14 @@ _INDEX_DTYPE = np.dtype([("address", "<u8"), ("blocks", "<u4"), ("flags", "u1"),
                          ("rec_checksum", "<u4")])
 _MAX_COMPRESSION = max(Compression)
 _VERIFY_WINDOW = 8 << 20  # [bytes] of images read and checked at once
+_INDEX_SCAN_BATCH = 1 << 16  # index records (3 MiB) checked at once by verify
+_DISTINCT_MERGE_ROWS = 1 << 20  # images collected from batches before duplicates are merged away
+_IMAGE_FIELDS = ("data_offset", "data_size", "compression", "io_checksum", "orig_blocks")
+MIN_CACHED_IMAGES = 2  # kept whatever their size: a large IO with small writes inside it stays cached
+# A reader may decompress at most this many times the bytes of the distinct images it holds (and
+# MAX_IO_BYTES * 4 more): an index whose records jump between images so that each must be
+# decompressed again and again (WalB's writer never makes one) is refused, not served for hours.
+DECOMPRESSION_FACTOR = 16
 _KIND_FLAGS = int(FLAGS_OF[IoKind.ALLZERO] | FLAGS_OF[IoKind.DISCARD])
 _WRITE_BATCH_BYTES = 4 << 20  # [bytes] of images summed and written at once
 _WRITE_BATCH_IOS = 4096  # IOs indexed at once, at most (zero and discard IOs have no bytes)
@@ -86,7 +94,8 @@ class IndexedDiffReader:
         self.uuid = self.header.uuid
         self._cache: OrderedDict[int, StoredImage] = OrderedDict()
         self._cached_bytes = 0
-        self._verified: set[int] = set()
+        self._decompressed = 0  # [bytes] by _image, held to _decompression_budget()
+        self.distinct_image_bytes: int | None = None  # [bytes] decompressed, once _distinct_images ran
 
     def records(self) -> Iterator[IndexRecord]:
         """Yield the index records, checking order and bounds."""
@@ -126,6 +135,11 @@ class IndexedDiffReader:
         if image is not None:
             self._cache.move_to_end(rec.data_offset)
             return image
+        self._decompressed += rec.orig_blocks * LOGICAL_BLOCK_SIZE
+        if self._decompressed > self._decompression_budget():
+            raise BadField(f"reading up to LB {rec.io_address} decompresses {self._decompressed} bytes, over "
+                           f"{DECOMPRESSION_FACTOR} times its distinct images ({self.distinct_image_bytes} bytes): "
+                           "its index jumps between images in a way WalB's writer never does", None, self.source)
         stored = os.pread(self.fd, rec.data_size, rec.data_offset)
         if len(stored) < rec.data_size:
             raise TruncatedRecord(f"image of LB {rec.io_address} is cut short", rec.data_offset, self.source)
@@ -138,34 +152,65 @@ class IndexedDiffReader:
             raise exc.located(self.source, rec.data_offset)
         self._cache[rec.data_offset] = image
         self._cached_bytes += rec.orig_blocks * LOGICAL_BLOCK_SIZE
-        while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
+        while self._cached_bytes > CACHE_BYTES and len(self._cache) > MIN_CACHED_IMAGES:
             _, old = self._cache.popitem(last=False)
             self._cached_bytes -= old.blocks * LOGICAL_BLOCK_SIZE
         return image
 
+    def _decompression_budget(self) -> int:
+        """[bytes] the most :meth:`_image` may decompress; the first call beyond the slack scans the index."""
+        slack = 4 * MAX_IO_BYTES
+        if self._decompressed <= slack:
+            return slack
+        if self.distinct_image_bytes is None:
+            self._distinct_images()
+        return DECOMPRESSION_FACTOR * (self.distinct_image_bytes or 0) + slack
+
     def verify(self) -> int:
         """Check the whole file as iterating it and loading every image would, but at numpy speed:
         every index record (checksum, alignment, bounds, order) and every image (checksum, and
-        decompression to its size). Returns the number of index records.
+        decompression to its size), each distinct image once. Returns the number of index records.
+
+        The index is read ``_INDEX_SCAN_BATCH`` records at a time, so memory follows the number of
+        distinct images (21 bytes each), not the size the index claims.
 
         Raises:
             FormatError: the first problem, as :meth:`records` and the image loader report it.
         """
-        n_records = self.index.n_records
-        raw = os.pread(self.fd, n_records * INDEX_RECORD_STRUCT.size, self.index.index_offset)
-        if len(raw) < n_records * INDEX_RECORD_STRUCT.size or not self._index_is_sound(raw):
-            for _ in self.records():  # the exact error, at its record
-                pass
-            raise BadField("the index breaks a rule of the format", self.index.index_offset, self.source)
-        table = np.frombuffer(raw, dtype=_INDEX_DTYPE)
-        images = np.unique(table[(table["flags"] & _KIND_FLAGS) == 0][
-            ["data_offset", "data_size", "compression", "io_checksum", "orig_blocks"]])
+        images = self._distinct_images()
         if len(images):
             self._verify_images(images)
-        return n_records
+        return self.index.n_records
 
-    def _index_is_sound(self, raw: bytes) -> bool:
-        """Whether every index record passes every check of :meth:`records` (vectorized)."""
+    def _distinct_images(self) -> np.ndarray:
+        """The distinct images the index points to (offset, size, compression, checksum, blocks),
+        sorted by offset, after checking every index record; sets ``distinct_image_bytes``."""
+        previous_end = 0  # [LB] where the record before the batch ends
+        found: list[np.ndarray] = []
+        pending = 0
+        for first in range(0, self.index.n_records, _INDEX_SCAN_BATCH):
+            count = min(_INDEX_SCAN_BATCH, self.index.n_records - first)
+            at = self.index.index_offset + first * INDEX_RECORD_STRUCT.size
+            raw = os.pread(self.fd, count * INDEX_RECORD_STRUCT.size, at)
+            if len(raw) < count * INDEX_RECORD_STRUCT.size or not self._index_is_sound(raw, previous_end):
+                for _ in self.records():  # the exact error, at its record
+                    pass
+                raise BadField("the index breaks a rule of the format", at, self.source)
+            table = np.frombuffer(raw, dtype=_INDEX_DTYPE)
+            previous_end = int(table["address"][-1]) + int(table["blocks"][-1])
+            batch = np.unique(table[(table["flags"] & _KIND_FLAGS) == 0][list(_IMAGE_FIELDS)])
+            found.append(batch)
+            pending += len(batch)
+            if pending > _DISTINCT_MERGE_ROWS:  # an image several batches point to is kept once
+                found = [np.unique(np.concatenate(found))]
+                pending = len(found[0])
+        images = np.unique(np.concatenate(found)) if found else np.empty(0, _INDEX_DTYPE[list(_IMAGE_FIELDS)])
+        self.distinct_image_bytes = int(images["orig_blocks"].sum(dtype=np.uint64)) * LOGICAL_BLOCK_SIZE
+        return images
+
+    def _index_is_sound(self, raw: bytes, previous_end: int = 0) -> bool:
+        """Whether every index record passes every check of :meth:`records` (vectorized); the
+        first must start at or after ``previous_end``."""
         if not raw:
             return True
         table = np.frombuffer(raw, dtype=_INDEX_DTYPE)
@@ -187,6 +232,7 @@ class IndexedDiffReader:
                     & (size <= index_offset - np.minimum(offset, index_offset)))
         ok &= ((flags & _KIND_FLAGS) != 0) | image_ok
         # Sorted and non-overlapping: each record starts at or after the end of the one before.
+        ok[0] &= bool(address[0] >= np.uint64(previous_end))
         ok[1:] &= (address[1:] >= address[:-1]) & (address[1:] - address[:-1] >= blocks[:-1])
         return bool(ok.all())
 
