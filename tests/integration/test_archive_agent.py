@@ -339,6 +339,29 @@ def test_sizes_a_peer_announces_are_bounded(archive):
     assert not list((tmp_path / "a0" / "vol0").glob("*.wdiff*"))
 
 
+def test_each_command_takes_only_the_roles_that_may_call_it(archive):
+    port, key, tmp_path = archive
+    asyncio.run(ctl(port, key, "init-vol", vol="vol0"))
+
+    async def as_role(role: str, command: str, **args):
+        channel = await open_connection("127.0.0.1", port, key, f"{role}-probe", role)
+        async with channel:
+            return await channel.request(command, args)
+
+    for role in ("proxy", "storage", "archive"):
+        with pytest.raises(RemoteError) as info:
+            asyncio.run(as_role(role, "clear-vol", vol="vol0"))
+        assert info.value.reason == "forbidden"
+        assert f"clear-vol on the archive agent needs role controller; this connection is {role}" in str(info.value)
+    with pytest.raises(RemoteError, match="needs role storage") as info:
+        asyncio.run(as_role("proxy", messages.DIRTY_FULL_SYNC, vol="vol0", size_lb=8, bulk_lb=8, timestamp=1))
+    with pytest.raises(RemoteError, match="needs role archive or proxy"):
+        asyncio.run(as_role("storage", messages.WDIFF_TRANSFER, vol="vol0"))
+    assert asyncio.run(as_role("proxy", "version"))["version"]
+    assert asyncio.run(ctl(port, key, "get", target="state", vol="vol0")) == "SyncReady"
+    assert "refused clear-vol from proxy proxy-probe" in (tmp_path / "a0.log").read_text()
+
+
 def test_a_second_agent_on_the_same_base_dir_refuses_to_start(archive):
     port, key, tmp_path = archive
     second = subprocess.run(

@@ -58,11 +58,19 @@ class Request:
 Handler = Callable[[Request], Awaitable[Any]]
 
 
+CONTROLLER = frozenset({"controller"})
+ANY_ROLE = frozenset(messages.ROLES)
+
+
 @dataclass
 class Command:
+    """A command an agent serves: its handler, its arguments' schema, and the client roles that
+    may call it (docs/protocol.md §6.2; the controller alone unless said otherwise)."""
+
     handler: Handler
     schema: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
     help: str = ""
+    roles: frozenset[str] = CONTROLLER
 
 
 def args_schema(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -109,7 +117,7 @@ class Agent(Generic[V]):
                            "a value (walbc get TARGET)"),
             "shutdown": Command(self.cmd_shutdown, args_schema({}, {"mode": {"enum": ["graceful", "force"]}}),
                                 "stop the agent"),
-            "version": Command(self.cmd_version, args_schema({}), "walbops version"),
+            "version": Command(self.cmd_version, args_schema({}), "walbops version", ANY_ROLE),
         }
         self.getters: dict[str, Callable[[dict[str, Any]], Any]] = {
             "host-type": lambda args: self.host_type,
@@ -285,6 +293,13 @@ class Agent(Generic[V]):
         if command is None:
             await channel.refuse(request.id, f"unknown command {request.command!r} for the {self.host_type} agent",
                                  "unknown-command")
+            return
+        if channel.peer_role not in command.roles:
+            needed = " or ".join(sorted(command.roles))
+            await channel.refuse(request.id, f"{request.command} on the {self.host_type} agent needs role {needed}; "
+                                 f"this connection is {channel.peer_role} {channel.peer_id}", "forbidden")
+            self.log.warning("refused %s from %s %s (%s): needs role %s", request.command, channel.peer_role,
+                             channel.peer_id, channel.name, needed)
             return
         try:
             messages.validate_args(request.command, request.args)

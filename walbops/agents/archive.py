@@ -85,9 +85,13 @@ class ArchiveAgent(Agent[ArchiveVolume]):
             messages.VIRT_FULL_SCAN: Command(self.cmd_virt_full_scan,
                                              args_schema({"vol": VOL, "gid": GID}, {"bulk": _BULK, "size": _SIZE}),
                                              "stream the image at gid to the client"),
-            messages.DIRTY_FULL_SYNC: Command(self.recv_full_sync, {"type": "object"}, "full backup receiver"),
-            messages.DIRTY_HASH_SYNC: Command(self.recv_hash_sync, {"type": "object"}, "hash backup receiver"),
-            messages.WDIFF_TRANSFER: Command(self.recv_wdiff, {"type": "object"}, "diff receiver"),
+            messages.DIRTY_FULL_SYNC: Command(self.recv_full_sync, {"type": "object"}, "full backup receiver",
+                                              frozenset({"storage"})),
+            messages.DIRTY_HASH_SYNC: Command(self.recv_hash_sync, {"type": "object"}, "hash backup receiver",
+                                              frozenset({"storage"})),
+            # From a proxy, and from another archive when it replicates (walb.md §6.7).
+            messages.WDIFF_TRANSFER: Command(self.recv_wdiff, {"type": "object"}, "diff receiver",
+                                             frozenset({"proxy", "archive"})),
         })
         vol_getter = self.vol_getter
         self.getters.update({

@@ -62,7 +62,8 @@ class ProxyAgent(Agent[ProxyVolume]):
                             "send now; clear send errors"),
             "resize": Command(self.cmd_resize, args_schema({"vol": VOL, "size": {"type": "integer", "minimum": 1}}),
                               "the volume's size as the proxy sends it on (WalB's proxy resize; never shrinks)"),
-            messages.WLOG_TRANSFER: Command(self.recv_wlog, {"type": "object"}, "wlog receiver"),
+            messages.WLOG_TRANSFER: Command(self.recv_wlog, {"type": "object"}, "wlog receiver",
+                                            frozenset({"storage"})),
         })
         self.getters.update({
             "state": self.vol_getter(lambda v, a: v.state),
