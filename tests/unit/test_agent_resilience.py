@@ -42,6 +42,39 @@ def test_storage_shipper_survives_an_unexpected_error(tmp_path, caplog: pytest.L
     assert "unexpected error" in caplog.text and "a bug in this round" in caplog.text
 
 
+def test_storage_shipper_survives_the_device_vanishing_while_it_waits_for_logs(tmp_path, caplog) -> None:
+    """The fresh-clone run of a61bac6 lost its shipper this way: the device daemon was killed while
+    the shipper waited for new logs, and the wait's error ended the shipper for good."""
+    from walbops.errors import OperationError
+
+    write_key(tmp_path / "key")
+    config = agent_config.load("storage", overrides={
+        "base_dir": str(tmp_path), "cluster_key_file": str(tmp_path / "key"), "archive": "127.0.0.1:1",
+        "proxies": ["127.0.0.1:2"], "retry_delay": 0.0, "port": 1})
+    agent = StorageAgent(config)
+    volume = StorageVolume(str(tmp_path), "vol0")
+    volume.init_vol("dev0")
+    volume.machine.force("Target")
+    rounds = []
+
+    async def ship_once(shipped_volume: StorageVolume) -> bool:
+        rounds.append("ship")
+        if len(rounds) > 1:
+            agent.should_exit = True
+        return False  # nothing to send: the shipper waits for logs
+
+    async def wait_for_logs(waiting_volume: StorageVolume) -> None:
+        raise OperationError("walb device 'dev0' is not running")
+
+    agent._ship_once = ship_once  # type: ignore[method-assign]
+    agent._wait_for_logs = wait_for_logs  # type: ignore[method-assign]
+    agent.wakeups["vol0"] = asyncio.Event()
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(asyncio.wait_for(agent._ship(volume), 10))
+    assert rounds == ["ship", "ship"]
+    assert "log shipping failed, retrying" in caplog.text and "is not running" in caplog.text
+
+
 def test_a_second_signal_cancels_what_a_graceful_shutdown_waits_for(tmp_path) -> None:
     """The first signal waits up to shutdown_timeout for running work; a second one cuts that short."""
     import time

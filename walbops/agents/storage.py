@@ -180,6 +180,9 @@ class StorageAgent(Agent[StorageVolume]):
     async def cmd_kick(self, request: Request) -> Any:
         targets = [request.args["vol"]] if "vol" in request.args else list(self.wakeups)
         for vol in targets:
+            volume = self.volumes.get(vol)
+            if volume is not None and volume.state in ("Target", "Standby"):
+                self.start_shipper(volume)  # a shipper that ended (it should not) starts again
             self.wake(vol)
         return {"kicked": targets}
 
@@ -324,20 +327,17 @@ class StorageAgent(Agent[StorageVolume]):
             try:
                 shipped = await (self._ship_once(volume) if volume.state == "Target" else self._discard_once(volume))
                 delay = float(self.config.retry_delay)
+                if not shipped:
+                    # Inside the try: the device may be gone (its daemon restarting) while we wait.
+                    await self._wait_for_logs(volume)
+                continue
             except (WalbopsError, OSError) as exc:
                 self.log.warning("%s: log shipping failed, retrying in %.0f s: %s", volume.vol, delay, exc)
-                shipped = False
-                await self._sleep(volume.vol, delay)
-                delay = min(delay * 2, float(self.config.retry_max_delay))
-                continue
             except Exception:
                 # A bug must not end shipping for good: the logs would pile up until overflow.
                 self.log.exception("%s: log shipping hit an unexpected error; retrying in %.0f s", volume.vol, delay)
-                await self._sleep(volume.vol, delay)
-                delay = min(delay * 2, float(self.config.retry_max_delay))
-                continue
-            if not shipped:
-                await self._wait_for_logs(volume)
+            await self._sleep(volume.vol, delay)
+            delay = min(delay * 2, float(self.config.retry_max_delay))
 
     async def _sleep(self, vol: str, seconds: float) -> None:
         event = self.wakeups.get(vol)
