@@ -6,7 +6,8 @@ A layout file (YAML) names the servers::
       - {name: s0, address: 127.0.0.1, port: 10000, role: storage}
       - {name: p0, address: 127.0.0.1, port: 10100, role: proxy}
       - {name: a0, address: 127.0.0.1, port: 10200, role: archive}
-    key_file: /etc/walbops/cluster.key
+    key_file: /etc/walbops/cluster.key      # key mode, or TLS mode:
+    # tls: {cert: /etc/walbops/tls/ctl.crt, key: /etc/walbops/tls/ctl.key, ca: /etc/walbops/tls/ca.crt}
 
 The first archive is the primary one. Blocking waits poll ``get`` every 0.3 s, as walblib does.
 """
@@ -24,6 +25,7 @@ import yaml
 from .errors import OperationError, RemoteError, UsageError
 from .gid import MetaDiff, MetaSnap, MetaState
 from .net.auth import load_key
+from .net.tls import Credentials, Secret, TlsFiles
 from .net.transport import open_connection
 
 POLL = 0.3  # [s] between polls of a blocking wait (walblib's interval)
@@ -42,10 +44,24 @@ class Server:
 
 @dataclass(frozen=True)
 class Layout:
-    """The servers of one backup group, and the cluster key."""
+    """The servers of one backup group, and how to authenticate to them: the cluster key, or a
+    controller certificate (TLS mode)."""
 
     servers: tuple[Server, ...]
-    key_file: str
+    key_file: str | None = None
+    tls: TlsFiles | None = None
+
+    def credentials(self) -> Secret:
+        """The loaded key or the checked TLS files.
+
+        Raises:
+            UsageError: neither is given; OperationError, OSError: the key file is unusable.
+        """
+        if self.tls is not None:
+            return Credentials(tls=self.tls.check())
+        if self.key_file is None:
+            raise UsageError("the layout gives neither key_file nor tls")
+        return load_key(self.key_file)
 
     @classmethod
     def load(cls, path: str) -> "Layout":
@@ -65,8 +81,13 @@ class Layout:
                 raise UsageError(f"{path}: servers[{index}] needs name, address, port and role") from None
             if servers[-1].role not in ("storage", "proxy", "archive"):
                 raise UsageError(f"{path}: servers[{index}].role must be storage, proxy or archive")
+        tls = data.get("tls")
+        if tls is not None:
+            if not isinstance(tls, dict) or not {"cert", "key", "ca"} <= set(tls):
+                raise UsageError(f"{path}: tls needs cert, key and ca")
+            return cls(tuple(servers), None, TlsFiles(str(tls["cert"]), str(tls["key"]), str(tls["ca"])))
         if "key_file" not in data:
-            raise UsageError(f"{path}: key 'key_file' is required")
+            raise UsageError(f"{path}: key 'key_file' (or tls) is required")
         return cls(tuple(servers), str(data["key_file"]))
 
     def get(self, name: str) -> Server:
@@ -86,11 +107,11 @@ class Layout:
         return archives[0]
 
 
-async def call(server: Server, key: bytes, command: str, args: dict[str, Any] | None = None,
-               timeout: float = 30.0, client_id: str | None = None) -> Any:
+async def call(server: Server, key: Secret, command: str, args: dict[str, Any] | None = None,
+               timeout: float = 30.0, client_id: str | None = None, role: str = "controller") -> Any:
     """Send one request to ``server`` and return its result (a fresh connection, as walbc does)."""
     channel = await open_connection(server.address, server.port, key, client_id or f"ctl-{socket.gethostname()}",
-                                    "controller", timeout=timeout)
+                                    role, timeout=timeout)
     async with channel:
         return await channel.request(command, args or {})
 
@@ -100,7 +121,7 @@ class Controller:
 
     def __init__(self, layout: Layout, timeout: float = 30.0) -> None:
         self.layout = layout
-        self.key = load_key(layout.key_file)
+        self.key = layout.credentials()
         self.timeout = timeout
 
     def run(self, server: Server | str, command: str, **args: Any) -> Any:

@@ -20,11 +20,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import yaml
 from helpers import loop_devices_under
 
+from walbops import pki
 from walbops.controller import Controller, Layout
 from walbops.errors import WalbopsError
 from walbops.net.auth import write_key
@@ -316,17 +317,38 @@ class Cluster:
     agent_args: dict[str, list[str]] = field(default_factory=dict)
     extra_devices: list[str] = field(default_factory=list)  # walb devices of add_storage
     tuning: dict[str, list[str]] = field(default_factory=lambda: dict(TEST_TUNING))
+    # TLS mode (certificates from a CA made for the cluster) when WALBOPS_TEST_TLS=1: the scenario
+    # suite runs in either mode (docs/security.md).
+    tls: bool = field(default_factory=lambda: os.environ.get("WALBOPS_TEST_TLS") == "1")
 
     def __post_init__(self) -> None:
         self.key = self.root / "cluster.key"
         write_key(self.key)
+        self.pki = self.root / "pki"
+        if self.tls:
+            pki.init_ca(str(self.pki))
+            pki.issue(str(self.pki), "ctl", "controller", names=["127.0.0.1"])
         self.ports = {role: free_port() for role in ROLES}
         self.layout_path = self.root / "layout.yml"
         self._write_layout()
 
+    def credential_args(self, role: str) -> list[str]:
+        """The agent flags that authenticate role ``role``: its certificate, or the cluster key."""
+        if not self.tls:
+            return ["--cluster-key-file", str(self.key)]
+        host = agent_id(role)
+        if not (self.pki / f"{host}.crt").exists():
+            pki.issue(str(self.pki), host, kind(role), names=["127.0.0.1"])
+        return ["--tls-cert", str(self.pki / f"{host}.crt"), "--tls-key", str(self.pki / f"{host}.key"),
+                "--tls-ca", str(self.pki / "ca.crt")]
+
     def _write_layout(self) -> None:
+        credentials: dict[str, Any] = {"key_file": str(self.key)}
+        if self.tls:
+            credentials = {"tls": {"cert": str(self.pki / "ctl.crt"), "key": str(self.pki / "ctl.key"),
+                                   "ca": str(self.pki / "ca.crt")}}
         self.layout_path.write_text(yaml.safe_dump({
-            "key_file": str(self.key),
+            **credentials,
             "servers": [{"name": agent_id(role), "address": "127.0.0.1", "port": port, "role": kind(role)}
                         for role, port in self.ports.items()],
         }))
@@ -404,7 +426,7 @@ class Cluster:
         """Start the agent ``role`` (archive, proxy, proxy1, storage) on its port and base dir."""
         args = [sys.executable, "-m", "walbops.cli.main", "agent", kind(role), "--listen", "127.0.0.1",
                 "--port", str(self.ports[role]), "--id", agent_id(role), "--base-dir", str(self.root / role),
-                "--cluster-key-file", str(self.key), "--log-file", str(self.root / f"{role}.log"),
+                *self.credential_args(role), "--log-file", str(self.root / f"{role}.log"),
                 "--shutdown-timeout", "10"]
         if kind(role) == "storage":
             proxies = ",".join(f"127.0.0.1:{self.port_for(role, proxy)}" for proxy in self.proxies())

@@ -24,7 +24,7 @@ import jsonschema
 from .. import __version__
 from ..errors import OperationError, ProtocolError, RemoteError, UsageError, WalbopsError
 from ..net import messages
-from ..net.auth import load_key
+from ..net.tls import Credentials, Secret
 from ..net.transport import Channel, serve
 from . import metadata
 from .config import Config
@@ -128,7 +128,7 @@ class Agent(Generic[V]):
         self._connections: set[asyncio.Task[Any]] = set()
         self._slots = asyncio.Semaphore(int(config.max_connections))
         self.server: asyncio.Server | None = None
-        self.key = b""
+        self.key: Secret = b""
         self.volumes: dict[str, V] = {}
         self.broken: dict[str, str] = {}  # volume id -> its metadata file and what is wrong with it
         self._lock_fd = -1  # holds the base dir's lock for the process's life (lock_base_dir)
@@ -208,7 +208,7 @@ class Agent(Generic[V]):
             await self.shutdown()
 
     async def startup(self) -> None:
-        self.key = load_key(self.config.key_file)
+        self.key = self.config.credentials()
         os.makedirs(self.config.base_dir, exist_ok=True)
         self._lock_fd = lock_base_dir(self.config.base_dir, f"{self.host_type} {self.config.id}")
         loop = asyncio.get_running_loop()
@@ -217,8 +217,9 @@ class Agent(Generic[V]):
         self.server = await serve(self.config.listen, int(self.config.port), self.key, str(self.config.id),
                                   self.host_type, self._serve_channel, timeout=float(self.config.socket_timeout))
         await self.on_start()
-        self.log.info("%s agent %s listening on %s:%s (pid %d)", self.host_type, self.config.id, self.config.listen,
-                      self.port, os.getpid())
+        mode = "TLS" if isinstance(self.key, Credentials) and self.key.tls else "key mode, unencrypted"
+        self.log.info("%s agent %s listening on %s:%s (pid %d, %s)", self.host_type, self.config.id,
+                      self.config.listen, self.port, os.getpid(), mode)
 
     @property
     def port(self) -> int:
@@ -343,7 +344,7 @@ class Agent(Generic[V]):
         if vol is not None:
             return self.volume_status(vol)
         return {"host_type": self.host_type, "id": self.config.id, "pid": os.getpid(), "version": __version__,
-                "uptime": round(time.time() - self.started_at, 1),
+                "uptime": round(time.time() - self.started_at, 1), "auth": self.auth_status(),
                 "volumes": {vol: self._status_or_broken(vol) for vol in self.volume_ids()}}
 
     def _status_or_broken(self, vol: str) -> dict[str, Any]:
@@ -353,6 +354,17 @@ class Agent(Generic[V]):
             if exc.reason != "broken-volume":
                 raise
             return {"vol": vol, "state": BROKEN, "error": self.broken.get(vol, str(exc))}
+
+    def auth_status(self) -> dict[str, Any]:
+        """How this agent authenticates: key mode, or TLS with its certificate's role and expiry."""
+        if not (isinstance(self.key, Credentials) and self.key.tls):
+            return {"mode": "key"}
+        from ..pki import certificate_info  # cryptography, only where TLS is on
+
+        try:
+            return {"mode": "tls", "certificate": certificate_info(self.key.tls.cert).as_dict()}
+        except (WalbopsError, OSError) as exc:
+            return {"mode": "tls", "certificate": None, "error": str(exc)}
 
     async def cmd_get(self, request: Request) -> Any:
         target = request.args["target"]
@@ -369,7 +381,8 @@ class Agent(Generic[V]):
         return messages.ACCEPTED
 
     async def cmd_version(self, request: Request) -> Any:
-        return {"version": __version__, "protocol": messages.PROTOCOL_VERSION}
+        return {"version": __version__, "protocol": messages.PROTOCOL_VERSION, "pid": os.getpid(),
+                "host_type": self.host_type, "id": self.config.id}
 
 
 def lock_base_dir(base_dir: str, holder: str) -> int:

@@ -17,6 +17,8 @@ import jsonschema
 import yaml
 
 from ..errors import UsageError
+from ..net.auth import load_key
+from ..net.tls import Credentials, Secret, TlsFiles
 from ..store import parse_store_flag, store_config_schema
 from ..units import parse_size
 
@@ -48,7 +50,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_connections", {"type": "integer", "minimum": 1, "maximum": 10000}, 10, ROLES,
            "connections served at once; more wait"),
     Option("socket_timeout", _SECONDS, 10.0, ROLES, "seconds a peer may stay silent [s]"),
-    Option("cluster_key_file", {"type": "string"}, None, ROLES, "the cluster key (walbops keygen)"),
+    Option("cluster_key_file", {"type": "string"}, None, ROLES,
+           "the cluster key (walbops keygen): key mode, frames unencrypted; not with tls_*"),
+    Option("tls_cert", {"type": "string"}, None, ROLES, "TLS mode: this agent's certificate (walbops pki issue)"),
+    Option("tls_key", {"type": "string"}, None, ROLES, "TLS mode: its private key"),
+    Option("tls_ca", {"type": "string"}, None, ROLES, "TLS mode: the CA certificates it trusts (two in a rollover)"),
     Option("shutdown_timeout", _SECONDS, 30.0, ROLES, "graceful shutdown waits this long for work to end [s]"),
     Option("debug", {"type": "boolean"}, False, ROLES, "debug logging"),
     # storage
@@ -78,8 +84,8 @@ OPTIONS: tuple[Option, ...] = (
            "what applying a DISCARD does"),
 )
 
-REQUIRED = {"storage": ("cluster_key_file", "archive", "proxies"), "proxy": ("cluster_key_file",),
-            "archive": ("cluster_key_file",)}
+REQUIRED = {"storage": ("archive", "proxies"), "proxy": (), "archive": ()}
+TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
 
 
 def schema_for(role: str) -> dict[str, Any]:
@@ -125,6 +131,18 @@ class Config:
     def key_file(self) -> str:
         return str(self.values["cluster_key_file"])
 
+    def credentials(self, cwd: str = "") -> Secret:
+        """The cluster key (key mode), or the TLS files (TLS mode), loaded and checked; relative
+        paths are relative to ``cwd`` (the agent's working directory when another process asks).
+
+        Raises:
+            UsageError, OperationError, OSError: a file is missing or not what it should be.
+        """
+        if "tls_cert" in self.values:
+            cert, key, ca = (os.path.join(cwd, self.values[name]) for name in ("tls_cert", "tls_key", "tls_ca"))
+            return Credentials(tls=TlsFiles(cert, key, ca).check())
+        return load_key(os.path.join(cwd, self.key_file))
+
     def log_path(self) -> str | None:
         path = self.values["log_file"]
         if path in ("-", "", None):
@@ -165,6 +183,12 @@ def load(role: str, path: str | None = None, overrides: dict[str, Any] | None = 
     missing = [key for key in REQUIRED[role] if key not in values]
     if missing:
         raise UsageError(f"{source}: key {missing[0]!r} is required for the {role} agent")
+    tls = [key for key in TLS_KEYS if key in values]
+    if tls and len(tls) < len(TLS_KEYS):
+        raise UsageError(f"{source}: TLS mode needs all of {', '.join(TLS_KEYS)}; "
+                         f"{', '.join(key for key in TLS_KEYS if key not in tls)} missing")
+    if bool(tls) == ("cluster_key_file" in values):
+        raise UsageError(f"{source}: give either cluster_key_file (key mode) or {', '.join(TLS_KEYS)} (TLS mode)")
     for option in OPTIONS:
         if role in option.roles and option.key not in values and option.default is not None:
             values[option.key] = option.default

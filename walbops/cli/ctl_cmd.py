@@ -21,7 +21,7 @@ from ..durable import atomic_file
 from ..errors import OperationError, UsageError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..net import messages
-from ..net.auth import load_key
+from ..net.tls import Secret, TlsFiles
 from ..net.transport import open_connection
 from ..units import parse_size
 from ._common import emit
@@ -60,7 +60,10 @@ def add_where_flags(parser: argparse.ArgumentParser, role: str = "?") -> None:
     where.add_argument("-s", "--server", help="server name from the layout")
     where.add_argument("-a", "--address", help="server address (without a layout)")
     where.add_argument("-p", "--port", type=int, help="server port (without a layout)")
-    where.add_argument("--key", help="cluster key file (without a layout)")
+    where.add_argument("--key", help="cluster key file (key mode, without a layout)")
+    where.add_argument("--tls-cert", help="TLS mode: the controller certificate (without a layout)")
+    where.add_argument("--tls-key", help="TLS mode: its private key")
+    where.add_argument("--tls-ca", help="TLS mode: the CA certificates to trust")
     parser.add_argument("--timeout", type=float, default=30.0, help="socket timeout [s]")
     parser.set_defaults(server_role=role)
 
@@ -76,13 +79,24 @@ def resolve_server(args: argparse.Namespace) -> tuple[Layout, Server]:
         if not args.server:
             raise UsageError("--server NAME is needed with --layout")
         server = layout.get(args.server)
-        if args.key:
-            layout = Layout(layout.servers, args.key)
+        if args.key or tls_flags(args):
+            layout = Layout(layout.servers, args.key, tls_flags(args))
         return layout, server
-    if not (args.address and args.port and args.key):
-        raise UsageError("give --layout and --server, or --address, --port and --key")
+    if not (args.address and args.port and (args.key or tls_flags(args))):
+        raise UsageError("give --layout and --server, or --address, --port and --key (or --tls-cert, --tls-key "
+                         "and --tls-ca)")
     server = Server("-", args.address, args.port, args.server_role)
-    return Layout((server,), args.key), server
+    return Layout((server,), args.key, tls_flags(args)), server
+
+
+def tls_flags(args: argparse.Namespace) -> TlsFiles | None:
+    """--tls-cert, --tls-key and --tls-ca, all or none."""
+    given = [args.tls_cert, args.tls_key, args.tls_ca]
+    if not any(given):
+        return None
+    if not all(given):
+        raise UsageError("TLS mode needs all of --tls-cert, --tls-key and --tls-ca")
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -233,7 +247,7 @@ def archive_info_args(words: list[str]) -> dict[str, Any]:
     return args
 
 
-def wait_until_done(server: Server, key: bytes, command: str, arguments: dict[str, Any], timeout: float) -> Any:
+def wait_until_done(server: Server, key: Secret, command: str, arguments: dict[str, Any], timeout: float) -> Any:
     """Poll until a full or hash backup reaches Target (a progress bar on a terminal)."""
     vol = arguments["vol"]
 
@@ -255,7 +269,7 @@ def wait_until_done(server: Server, key: bytes, command: str, arguments: dict[st
     return {"done": True, "state": "Target"}
 
 
-def wait_for_action(server: Server, key: bytes, vol: str, action: str, accepted: Any, timeout: float) -> Any:
+def wait_for_action(server: Server, key: Secret, vol: str, action: str, accepted: Any, timeout: float) -> Any:
     """Poll until the archive's background ``action`` on ``vol`` that ``accepted`` started has ended;
     its outcome, or OperationError with the archive's reason if it failed."""
     started = accepted.get("started") if isinstance(accepted, dict) else None
@@ -285,7 +299,7 @@ def progress_bar(done: int, total: int, final: bool = False) -> None:
 
 def cmd_ctl(args: argparse.Namespace) -> int:
     layout, server = resolve_server(args)
-    key = load_key(layout.key_file)
+    key = layout.credentials()
     arguments = request_args(args.command, args.args)
     if args.command == "virt-full-scan":
         result = asyncio.run(receive_virtual_image(server, key, arguments, args.timeout))
@@ -304,7 +318,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return 0
 
 
-async def receive_virtual_image(server: Server, key: bytes, arguments: dict[str, Any], timeout: float) -> Any:
+async def receive_virtual_image(server: Server, key: Secret, arguments: dict[str, Any], timeout: float) -> Any:
     """virt-full-scan: the archive streams the image at a gid; write it to a device, a file or stdout.
 
     A file is written under a temporary name and renamed once complete; a block device is

@@ -22,6 +22,7 @@ from . import (
     ensure_cluster,
     ensure_cmd,
     keygen_cmd,
+    pki_cmd,
     retention_cmd,
     wdev_cmd,
     wdiff_cmd,
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     wdiff_cmd.register(commands)
     wdev_cmd.register(commands)
     keygen_cmd.register(commands)
+    pki_cmd.register(commands)
     agent_cmd.register(commands)
     ctl_cmd.register(commands)
     retention_cmd.register(commands)

@@ -24,7 +24,7 @@ from ..controller import Server, call
 from ..device.registry import pid_alive
 from ..durable import atomic_write
 from ..errors import OperationError, UsageError, WalbopsError
-from ..net.auth import load_key
+from ..net.tls import Secret
 from ..worker import WorkerConfig
 from . import Outcome
 
@@ -89,14 +89,15 @@ def _describe(role: str, config: str, pidfile: str) -> dict[str, Any]:
     return {"role": role, "config": config, "pidfile": pidfile, "running": running, "pid": pid if running else None}
 
 
-def _validated(role: str, config: str) -> tuple[agent_config.Config, bytes]:
-    """The agent's configuration and cluster key, or the error the agent would die of."""
+def _validated(role: str, config: str) -> tuple[agent_config.Config, Secret]:
+    """The agent's configuration and its key or TLS files, or the error the agent would die of."""
     loaded = agent_config.load(role, config)
-    key_file = os.path.join(AGENT_CWD, loaded.key_file)
     try:
-        return loaded, load_key(key_file)
+        return loaded, loaded.credentials(AGENT_CWD)  # relative paths are the agent's: it runs there
     except OSError as exc:
-        raise UsageError(f"{config}: key 'cluster_key_file': {key_file}: {exc.strerror}") from None
+        raise UsageError(f"{config}: key 'cluster_key_file': {exc.filename}: {exc.strerror}") from None
+    except UsageError as exc:
+        raise UsageError(f"{config}: {exc}") from None
     except WalbopsError as exc:
         raise UsageError(f"{config}: key 'cluster_key_file': {exc}") from None
 
@@ -149,7 +150,7 @@ def _log_file(loaded: agent_config.Config, pidfile: str) -> str:
     return os.path.splitext(pidfile)[0] + ".log"
 
 
-def _start(loaded: agent_config.Config, key: bytes, config: str, pidfile: str, timeout: float) -> int:
+def _start(loaded: agent_config.Config, key: Secret, config: str, pidfile: str, timeout: float) -> int:
     log = _log_file(loaded, pidfile)
     os.makedirs(os.path.dirname(log), exist_ok=True)
     os.makedirs(os.path.dirname(pidfile), exist_ok=True)
@@ -173,7 +174,7 @@ def _start(loaded: agent_config.Config, key: bytes, config: str, pidfile: str, t
             raise OperationError(f"the {loaded.role} agent of {config} (pid {process.pid}, still running) did not "
                                  f"answer on {host}:{loaded.port} within {timeout:g} s ({problem}); see {log}")
         try:
-            answer = asyncio.run(_ask_status(server, key, remaining))
+            answer = asyncio.run(_ask_version(server, key, loaded.role, remaining))
         except (OSError, WalbopsError) as exc:
             problem = str(exc) or type(exc).__name__
         else:
@@ -200,8 +201,10 @@ def _start_worker(config: str, pidfile: str, log: str) -> int:
                          f"{_tail(log)}")
 
 
-async def _ask_status(server: Server, key: bytes, within: float) -> dict[str, Any]:
-    answer: dict[str, Any] = await asyncio.wait_for(call(server, key, "status", timeout=within), within)
+async def _ask_version(server: Server, key: Secret, role: str, within: float) -> dict[str, Any]:
+    """``version`` (which every role may ask): in TLS mode we hold the agent's own certificate."""
+    answer: dict[str, Any] = await asyncio.wait_for(
+        call(server, key, "version", timeout=within, client_id=f"walb_agent-{role}", role=role), within)
     return answer
 
 

@@ -83,7 +83,7 @@ def server_info(controller: Controller, server: Server, vol: str | None = None) 
             entry.update(_archive_volume(controller, server, name, volume, now))
         volumes[name] = entry
     return {**facts, "reachable": True, "version": status.get("version"), "uptime": status.get("uptime"),
-            "volumes": volumes}
+            "auth": status.get("auth"), "volumes": volumes}
 
 
 def cluster_info(controller: Controller, servers: list[Server], vol: str | None = None) -> dict[str, Any]:

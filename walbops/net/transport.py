@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
 from ..errors import (
+    AuthenticationError,
     FormatError,
     InvalidMessage,
     PeerClosed,
@@ -42,6 +44,7 @@ from .frames import (
     encode_json,
     split_data,
 )
+from .tls import Secret, certified_role, credentials, tls_failure
 
 HANDSHAKE_TIMEOUT = 10.0  # [s] for connect + the whole handshake: a trickling peer cannot hold a slot
 DEFAULT_TIMEOUT = 10.0  # [s] for any one read or write (walb-tools' -to default)
@@ -81,6 +84,7 @@ class Channel:
         self.peer_id: str | None = None  # the peer's id and role, known after the handshake
         self.peer_role: str | None = None
         self._stream_ended = True  # False from a request until its stream's end or abort is read
+        self.certified_role: str | None = None  # TLS mode: the role the peer's certificate names
 
     @property
     def closed(self) -> bool:
@@ -246,7 +250,10 @@ class Channel:
 
     async def _server_handshake(self, handshake: ServerHandshake) -> None:
         while not handshake.done:
-            await self._write(encode_json(handshake.receive(await self._handshake_message())))
+            reply = handshake.receive(await self._handshake_message())
+            if handshake.role is not None:
+                self._check_certified(handshake.role)  # before the challenge: a liar learns nothing
+            await self._write(encode_json(reply))
         self._authenticated(handshake.client_id, handshake.role)
 
     async def _handshake_message(self) -> dict[str, Any]:
@@ -255,9 +262,38 @@ class Channel:
             raise InvalidMessage("data frame during the handshake")
         return frame.message
 
+    def _check_certified(self, role: str | None) -> None:
+        """TLS mode: what a peer says it is must be what its certificate says (§4.6)."""
+        if self.certified_role is not None and role != self.certified_role:
+            raise AuthenticationError(f"{self.name}: its certificate is for role {self.certified_role}, "
+                                      f"but it says it is {role}")
+
     def _authenticated(self, peer_id: str | None, peer_role: str | None) -> None:
+        self._check_certified(peer_role)
         self.peer_id, self.peer_role = peer_id, peer_role
         self._decoder.max_payload = MAX_PAYLOAD_SIZE
+
+    async def _start_tls(self, context: ssl.SSLContext, deadline: float, server_hostname: str | None = None) -> None:
+        """TLS on this connection, before the handshake; learns the role the peer's certificate names.
+
+        Raises:
+            AuthenticationError: TLS failed (a certificate that does not verify, expired, from
+                another CA, or naming no role); the connection is closed.
+            PeerTimeout: TLS did not finish by ``deadline`` (loop time).
+        """
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._writer.start_tls(context, server_hostname=server_hostname)
+            self.certified_role = certified_role(self._writer.get_extra_info("ssl_object"))
+        except TimeoutError:
+            await self.close()
+            raise PeerTimeout(f"TLS with {self.name} did not finish in time") from None
+        except (ssl.SSLError, OSError) as exc:
+            await self.close()
+            raise tls_failure(self.name, exc) from None
+        except AuthenticationError as exc:
+            await self.close()
+            raise AuthenticationError(f"{self.name}: {exc}") from None
 
     # Internals.
 
@@ -361,13 +397,14 @@ def _peer_name(writer: asyncio.StreamWriter) -> str:
 
 
 async def _handshake(channel: Channel, run: Awaitable[None], handshake: ClientHandshake | ServerHandshake,
-                     deadline: float) -> None:
-    """Run one side of the handshake within ``deadline`` [s]; on failure tell the peer and close."""
+                     deadline: float, budget: float) -> None:
+    """Run one side of the handshake until ``deadline`` (loop time; ``budget`` [s] from the
+    connection's start, for the message); on failure tell the peer and close."""
     try:
-        async with asyncio.timeout(deadline):
+        async with asyncio.timeout_at(deadline):
             await run
     except TimeoutError:
-        exc = PeerTimeout(f"handshake with {channel.name} did not finish within {deadline:g} s")
+        exc = PeerTimeout(f"handshake with {channel.name} did not finish within {budget:g} s")
         await channel.fail(exc)
         raise exc from None
     except (FormatError, ProtocolError) as exc:
@@ -380,52 +417,64 @@ async def _handshake(channel: Channel, run: Awaitable[None], handshake: ClientHa
         raise
 
 
-async def open_connection(host: str, port: int, key: bytes, client_id: str, role: str,
+async def open_connection(host: str, port: int, key: Secret, client_id: str, role: str,
                           timeout: float = DEFAULT_TIMEOUT, *,
                           handshake_timeout: float = HANDSHAKE_TIMEOUT) -> Channel:
     """Connect to a walbops server and authenticate both ways.
 
     Args:
-        key: the cluster key.
+        key: the cluster key, or :class:`~walbops.net.tls.Credentials` (TLS mode: TLS 1.3 with
+            certificates on both sides, then the handshake inside it).
         client_id: this client's id; role: one of ``messages.ROLES``.
         timeout: the socket timeout of the channel [s].
-        handshake_timeout: deadline for connecting and the whole handshake [s].
+        handshake_timeout: deadline for connecting, TLS and the whole handshake [s].
 
     Raises:
-        AuthenticationError: the server cannot prove the key, or refused ours.
+        AuthenticationError: the server cannot prove the key or its certificate does not verify,
+            or it refused ours.
         VersionMismatch, PeerTimeout, PeerClosed, InvalidMessage, FormatError: the handshake failed.
         OSError: the connection cannot be made (refused, unreachable).
     """
-    handshake = ClientHandshake(key, client_id, role)
+    secret = credentials(key)
+    handshake = ClientHandshake(secret.key, client_id, role)
+    deadline = asyncio.get_running_loop().time() + handshake_timeout
     try:
-        async with asyncio.timeout(handshake_timeout):
+        async with asyncio.timeout_at(deadline):
             reader, writer = await asyncio.open_connection(host, port)
     except TimeoutError:
         raise PeerTimeout(f"connecting to {host}:{port} took longer than {handshake_timeout:g} s") from None
     channel = Channel(reader, writer, timeout=timeout, name=f"{host}:{port}")
-    await _handshake(channel, channel._client_handshake(handshake), handshake, handshake_timeout)
+    context = secret.client_context()
+    if context is not None:
+        await channel._start_tls(context, deadline, server_hostname=host)
+    await _handshake(channel, channel._client_handshake(handshake), handshake, deadline, handshake_timeout)
     return channel
 
 
-async def accept_channel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes, server_id: str,
+async def accept_channel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: Secret, server_id: str,
                          host_type: str, timeout: float = DEFAULT_TIMEOUT, *,
                          handshake_timeout: float = HANDSHAKE_TIMEOUT) -> Channel:
-    """Run the server's side of the handshake on a new connection.
+    """Run the server's side of TLS (in TLS mode) and of the handshake on a new connection.
 
-    On failure the client is sent an ``error`` and the connection is closed before the
-    exception is raised; no request is read.
+    On failure the client is sent an ``error`` (after TLS, when TLS worked) and the connection
+    is closed before the exception is raised; no request is read.
 
     Raises:
         AuthenticationError, VersionMismatch, PeerTimeout, PeerClosed, InvalidMessage,
         FrameTooLarge, FormatError: the client did not complete the handshake.
     """
+    secret = credentials(key)
+    deadline = asyncio.get_running_loop().time() + handshake_timeout
     channel = Channel(reader, writer, timeout=timeout)
-    handshake = ServerHandshake(key, server_id, host_type)
-    await _handshake(channel, channel._server_handshake(handshake), handshake, handshake_timeout)
+    context = secret.server_context()
+    if context is not None:
+        await channel._start_tls(context, deadline)
+    handshake = ServerHandshake(secret.key, server_id, host_type)
+    await _handshake(channel, channel._server_handshake(handshake), handshake, deadline, handshake_timeout)
     return channel
 
 
-async def serve(host: str, port: int, key: bytes, server_id: str, host_type: str, handler: Handler,
+async def serve(host: str, port: int, key: Secret, server_id: str, host_type: str, handler: Handler,
                 timeout: float = DEFAULT_TIMEOUT, *, handshake_timeout: float = HANDSHAKE_TIMEOUT,
                 max_handshakes: int = MAX_HANDSHAKES,
                 max_handshakes_per_source: int = MAX_HANDSHAKES_PER_SOURCE) -> asyncio.Server:
@@ -440,14 +489,18 @@ async def serve(host: str, port: int, key: bytes, server_id: str, host_type: str
     """
     admission = Admission(max_handshakes, max_handshakes_per_source)
     refusals = RateLimit(burst=10, period=60.0)
+    tls_mode = credentials(key).tls is not None
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         source = _peer_host(writer)
         if not admission.enter(source):
             _log_refusal(refusals, "%s: refused: %d connections are handshaking (%d from this address)",
                          _peer_name(writer), admission.total, admission.by_source.get(source, 0))
-            await Channel(reader, writer, timeout=timeout).fail(
-                ServerBusy(f"{admission.total} connections are in their handshake; try again later"))
+            busy = Channel(reader, writer, timeout=timeout)
+            if tls_mode:  # before TLS nothing can be said to a TLS client; a TLS handshake costs too much here
+                await busy.close()
+            else:
+                await busy.fail(ServerBusy(f"{admission.total} connections are in their handshake; try again later"))
             return
         handshaking = True
 
@@ -495,14 +548,15 @@ class Admission:
             self.by_source[source] = count - 1
 
 
-async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes, server_id: str,
+async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: Secret, server_id: str,
                      host_type: str, handler: Handler, timeout: float, handshake_timeout: float,
                      authenticated: Callable[[], None], refusals: RateLimit) -> None:
+    peer = _peer_name(writer)  # now: a closed TLS transport no longer knows it
     try:
         channel = await accept_channel(reader, writer, key, server_id, host_type, timeout,
                                        handshake_timeout=handshake_timeout)
     except PEER_ERRORS as exc:
-        _log_refusal(refusals, "%s: handshake refused: %s", _peer_name(writer), exc)
+        _log_refusal(refusals, "%s: handshake refused: %s", peer, exc)
         return
     authenticated()
     try:

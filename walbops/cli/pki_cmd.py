@@ -1,0 +1,78 @@
+"""``walbops pki``: the cluster CA and the hosts' certificates (docs/security.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .. import pki
+from ..net.messages import ROLES
+from ._common import add_json_flag, emit
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    group = commands.add_parser("pki", help="the cluster CA and host certificates for TLS mode")
+    sub = group.add_subparsers(dest="pki_command", required=True, metavar="COMMAND")
+
+    init = sub.add_parser("init", help="create the cluster CA in DIR (once; keep DIR off the hosts)")
+    init.add_argument("dir")
+    init.add_argument("--name", default="walbops cluster CA", help="the CA's common name")
+    init.add_argument("--days", type=int, default=pki.CA_DAYS, help="lifetime [days]")
+    init.add_argument("--force", action="store_true", help="replace an existing CA (a rollover: see the docs)")
+    add_json_flag(init)
+    init.set_defaults(handler=cmd_init)
+
+    issue = sub.add_parser("issue", help="issue HOST.key and HOST.crt for a role, signed by the CA in DIR")
+    issue.add_argument("dir", help="the CA directory")
+    issue.add_argument("host", help="the host's name (the certificate's CN and first subjectAltName)")
+    issue.add_argument("--role", required=True, choices=ROLES)
+    issue.add_argument("--name", action="append", default=[], dest="names",
+                       help="another DNS name or IP address the host is reached by (repeatable)")
+    issue.add_argument("--out", help="where the key and certificate go (default: DIR)")
+    issue.add_argument("--days", type=int, default=pki.HOST_DAYS, help="lifetime [days]")
+    issue.add_argument("--renew-within", type=float, default=30.0,
+                       help="keep a valid certificate of this CA, role and names unless it expires within "
+                            "this many days [days]")
+    add_json_flag(issue)
+    issue.set_defaults(handler=cmd_issue)
+
+    bundle = sub.add_parser("bundle", help="write the trust file of a rollover: several CA certificates")
+    bundle.add_argument("out")
+    bundle.add_argument("ca_certs", nargs="+", metavar="CA_CERT")
+    add_json_flag(bundle)
+    bundle.set_defaults(handler=cmd_bundle)
+
+    show = sub.add_parser("show", help="subject, role, issuer and expiry of a certificate")
+    show.add_argument("cert")
+    add_json_flag(show)
+    show.set_defaults(handler=cmd_show)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    cert = os.path.join(args.dir, pki.CA_CERT)
+    changed = args.force or not os.path.exists(cert)
+    if changed:
+        pki.init_ca(args.dir, args.name, args.days, force=args.force)
+    emit({"changed": changed, **pki.certificate_info(cert).as_dict()}, args.json)
+    return 0
+
+
+def cmd_issue(args: argparse.Namespace) -> int:
+    out = args.out or args.dir
+    cert = os.path.join(out, f"{args.host}.crt")
+    reason = pki.reissue_reason(args.dir, cert, args.role, [args.host, *args.names], args.renew_within)
+    if reason is not None:
+        pki.issue(args.dir, args.host, args.role, out, args.names, args.days)
+    emit({"changed": reason is not None, "reason": reason, **pki.certificate_info(cert).as_dict()}, args.json)
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    pki.bundle(args.out, args.ca_certs)
+    emit({"path": os.path.abspath(args.out), "cas": len(args.ca_certs)}, args.json)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    emit(pki.certificate_info(args.cert).as_dict(), args.json)
+    return 0
