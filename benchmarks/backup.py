@@ -40,6 +40,9 @@ before each timed step), because absolute times on shared machines are not stabl
     would reach for. The bytes each moves are reported: the hash backup's stored diff and the
     hashes it exchanged; rsync's literal data and total bytes sent. The clock starts at the
     ``hash-bkp`` request (the standby volume stopped before it, as the controller prepares it).
+(f) TLS: (a) and (b) at 1 % on fresh clusters in key mode and in TLS mode (docs/security.md),
+    ``--tls-rounds`` rounds in alternating order; the cost is TLS's mean time over key mode's,
+    minus one.
 
     .venv/bin/python benchmarks/backup.py [--quick] [--size 2G] [--scale-sizes 1G,4G|none] [--skip-large]
                                           [--changes 1,5] [--dir /var/tmp] [--verify]
@@ -49,7 +52,7 @@ before each timed step), because absolute times on shared machines are not stabl
 Targets (issue 4): full backup >= 0.7x the raw TCP copy; snapshot -> restorable >= 10x faster
 than the hash scan at 1 % change; every agent under 256 MiB peak RSS. (e): the hash backup
 faster than rsync and than the full backup at both change rates, its bytes near the changed
-bytes. Needs root, FUSE and
+bytes. (f) (issue 13): TLS costs under 15 % on (a) and under 10 % on (b). Needs root, FUSE and
 loop devices, and 3.3x the largest volume size + 1 GiB of free disk in ``--dir`` (a scale
 size that does not fit is skipped and listed under ``skipped``; ``--skip-large`` leaves out
 those above ``--size``). The default run takes about 5 minutes. ``--quick`` runs the same
@@ -87,6 +90,8 @@ BLOCK = 4096  # [bytes] the size of each changing write
 FULL_TARGET = 0.7  # walbops full backup throughput / raw TCP copy throughput
 INCREMENTAL_TARGET = 10.0  # hash-scan seconds / walbops snapshot->restorable seconds, at 1 %
 RSS_TARGET = 256 * MiB  # [bytes] per agent
+TLS_FULL_TARGET = 0.15  # (f): TLS mode's extra time on (a), as a fraction of key mode's
+TLS_INCREMENTAL_TARGET = 0.10  # (f): the same on (b)
 RECORD = struct.Struct("<QI")  # a hash-scan block on the wire: index, length (then the bytes)
 END = (1 << 64) - 1  # RECORD index that ends the hash-scan stream
 DISK_FACTOR = 3.3  # free disk a volume needs, in volume sizes (ddev, scan target, archive base, diffs)
@@ -581,6 +586,87 @@ def bench_hash_backup(work: Path, size: int, changes: list[float], args: argpars
                 print("[backup bench] cleanup: " + "; ".join(errors), file=sys.stderr, flush=True)
 
 
+def tls_round(root: Path, mode: str, source: Path, size: int, count: int, index: int,
+              args: argparse.Namespace) -> tuple[float, float]:
+    """One (f) round in one mode on a fresh cluster: the full backup's and the incremental's seconds."""
+    root.mkdir()
+    ddev, ldev = str(root / "ddev.img"), str(root / "ldev.img")
+    shutil.copyfile(source, ddev)
+    with open(ldev, "wb") as stream:
+        stream.truncate(int(2.5 * size / 100) // MiB * MiB + 64 * MiB)
+    cluster = Cluster(root, tuning={}, tls=mode == "tls")
+    ctl, vol = cluster.ctl, cluster.vol
+    slow = max(300.0, size / (10 * MiB))
+    try:
+        device = cluster.make_device(f"bkt{os.getpid()}{index}{mode}", ldev, ddev, pbs=4096,
+                                     checkpoint_interval_ms=None)
+        cluster.start_all()
+        cluster.setup_volume()
+        say(f"(f) round {index + 1}, {mode} mode: full backup")
+        drop_caches()
+        start = time.perf_counter()
+        ctl.run("s0", "full-bkp", vol=vol)
+        cluster.wait(lambda: ctl.get_state("s0", vol) == "Target", "the full backup", slow)
+        full = time.perf_counter() - start
+        say(f"(f) round {index + 1}, {mode} mode: 1 % changed, snapshot -> restorable")
+        ctl.run("s0", "stop", vol=vol)
+        random_writes(device, size, count, np.random.default_rng(args.seed + 300 + index))
+        cluster.wait_applied()
+        drop_caches()
+        start = time.perf_counter()
+        gid = int(ctl.run("s0", "snapshot", vol=vol)["gid"])
+        ctl.run("s0", "start", vol=vol, role="target")
+        cluster.wait(lambda: gid in ctl.get_restorable("a0", vol, include_implicit=True),
+                     f"snapshot {gid} restorable", slow)
+        incremental = time.perf_counter() - start
+        if args.verify:
+            expected = sha1_of(device)
+            restored = ctl.restore("a0", vol, gid, timeout=slow)
+            try:
+                if sha1_of(restored) != expected:
+                    raise SystemExit(f"(f) {mode} mode: the restored snapshot differs from the device")
+            finally:
+                ctl.del_restored("a0", vol, gid)
+        return full, incremental
+    finally:
+        with cleaning():
+            errors = cluster.teardown()
+            shutil.rmtree(root, ignore_errors=True)
+            if errors:
+                print("[backup bench] cleanup: " + "; ".join(errors), file=sys.stderr, flush=True)
+
+
+def bench_tls(work: Path, size: int, args: argparse.Namespace) -> dict[str, Any]:
+    """(f): (a) and (b) in key mode and in TLS mode on the same data, alternating the order over
+    ``args.tls_rounds`` rounds (key, TLS; then TLS, key; …) so that drift favours neither."""
+    rng = np.random.default_rng(args.seed + 200)
+    source = work / "tls-source.img"
+    say(f"(f) {label(size)}: writing the volume (half random, half zeros)")
+    fill_mixed(str(source), size, rng)
+    count = max(1, round(size // BLOCK * 1 / 100))
+    times: dict[str, dict[str, list[float]]] = {mode: {"full": [], "incremental": []} for mode in ("key", "tls")}
+    for index in range(args.tls_rounds):
+        for mode in (("key", "tls") if index % 2 == 0 else ("tls", "key")):
+            full, incremental = tls_round(work / f"tls-{index}-{mode}", mode, source, size, count, index, args)
+            times[mode]["full"].append(full)
+            times[mode]["incremental"].append(incremental)
+    source.unlink()
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    full_cost = mean(times["tls"]["full"]) / mean(times["key"]["full"]) - 1
+    incremental_cost = mean(times["tls"]["incremental"]) / mean(times["key"]["incremental"]) - 1
+    return {
+        "volume": label(size), "rounds": args.tls_rounds, "changed_percent": 1,
+        "seconds": {mode: {step: [round(value, 3) for value in values] for step, values in steps.items()}
+                    for mode, steps in times.items()},
+        "a_full_backup_tls_cost": round(full_cost, 3),
+        "b_incremental_tls_cost": round(incremental_cost, 3),
+        "ok": full_cost < TLS_FULL_TARGET and incremental_cost < TLS_INCREMENTAL_TARGET,
+    }
+
+
 def fit(rows: list[dict[str, Any]], key: str) -> dict[str, float] | None:
     """Least squares ``seconds = a + b * changed GiB + c * volume GiB`` over the table's rows."""
     matrix = np.array([[1.0, row["changed_bytes"] / GiB, parse_size(row["volume"]) / GiB] for row in rows])
@@ -609,6 +695,8 @@ def main() -> int:
                         help="full-bkp bulk_size (default: the storage agent's, 256K)")
     parser.add_argument("--hash-changes", default="1,10",
                         help="(e): percentages changed before each hash backup ('none': skip (e))")
+    parser.add_argument("--tls-rounds", type=int, default=2,
+                        help="(f): rounds of (a) and (b) in key mode and in TLS mode (0: skip (f))")
     parser.add_argument("--verify", action="store_true", help="check restores and scanned images (sha1)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", default="/var/tmp", help="scratch directory")
@@ -658,6 +746,7 @@ def main() -> int:
             volumes[index] = bench_volume(work, index, volume_size, changes, args)
         hash_backup = None if args.hash_changes == "none" else bench_hash_backup(
             work, size, [float(text) for text in args.hash_changes.split(",")], args)
+        tls = bench_tls(work, size, args) if args.tls_rounds > 0 else None
     finally:
         with cleaning():
             shutil.rmtree(work, ignore_errors=True)
@@ -691,6 +780,7 @@ def main() -> int:
         },
         "d_peak_rss_mib_after_full_backup": main_volume["peak_rss_after_full_backup_mib"],
         "e_hash_backup": hash_backup,
+        "f_tls": tls,
         "full_backup_by_size": [{"volume": label(volume["volume_bytes"]), **volume["full_backup"]}
                                 for volume in volumes.values()],
         "peak_rss_mib_at_end_by_size": {label(volume["volume_bytes"]): volume["peak_rss_at_end_mib"]
@@ -703,6 +793,8 @@ def main() -> int:
             "rss_mib": RSS_TARGET >> 20,
             "rss_ok": all(value < RSS_TARGET / MiB for value in rss.values()),
             "hash_backup_ok": None if hash_backup is None else hash_backup["ok"],
+            "tls_full_backup_cost": TLS_FULL_TARGET, "tls_incremental_cost": TLS_INCREMENTAL_TARGET,
+            "tls_ok": None if tls is None else tls["ok"],
         },
         "total_seconds": round(time.perf_counter() - started, 1),
     }, indent=2))

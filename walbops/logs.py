@@ -9,6 +9,7 @@ rather than at each call site that might pass a peer's words. Tracebacks keep th
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
@@ -36,8 +37,13 @@ class OneLineFormatter(logging.Formatter):
 
 def configure(destination: str | None, debug: bool = False) -> None:
     """Log to the file ``destination`` (stderr when None or ``-``) through :class:`OneLineFormatter`."""
-    handler: logging.Handler = (logging.StreamHandler(sys.stderr) if destination in (None, "-")
-                                else logging.FileHandler(str(destination)))
+    handler: logging.Handler
+    if destination in (None, "-"):
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        # A log file in a base dir that does not exist yet (the agent makes it when it starts).
+        os.makedirs(os.path.dirname(os.path.abspath(str(destination))), exist_ok=True)
+        handler = logging.FileHandler(str(destination))
     handler.setFormatter(OneLineFormatter(LOG_FORMAT))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler])
 

@@ -48,3 +48,20 @@ def test_the_rate_limit_passes_a_burst_per_period_and_counts_the_rest():
     clock.now += 0.1
     # The first line of the next period says how many were left out.
     assert [limit.allow() for _ in range(4)] == [3, 0, 0, None]
+
+
+def test_a_log_file_in_a_directory_that_does_not_exist_yet_is_created(tmp_path):
+    # An agent's log_file is relative to its base_dir, which the agent makes only once it starts.
+    from walbops.logs import configure
+
+    path = tmp_path / "base" / "dir" / "archive.log"
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        configure(str(path))
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in before:
+                root.removeHandler(handler)
+                handler.close()
+    assert path.exists()
