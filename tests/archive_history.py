@@ -16,14 +16,13 @@ import io
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers import loop_devices_under
+from helpers import free_port, loop_devices_under
 
 from walbops.agents.transfers import send_full_backup, send_wdiff
 from walbops.controller import Controller, Layout
@@ -39,12 +38,6 @@ KiB = 1 << 10
 MiB = 1 << 20
 BASE_TIME = 1_767_225_600  # [s] 2026-01-01T00:00:00Z, the start of simulated time
 UUID = bytes.fromhex("5eedc0de" * 4)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

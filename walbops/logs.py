@@ -45,7 +45,9 @@ def configure(destination: str | None, debug: bool = False) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(str(destination))), exist_ok=True)
         handler = logging.FileHandler(str(destination))
     handler.setFormatter(OneLineFormatter(LOG_FORMAT))
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler])
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
 class RateLimit:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from walbops.agents import config as agent_config
 from walbops.agents.archive import ArchiveAgent
@@ -31,12 +32,6 @@ from walbops.store.dirstore import DirStore
 
 SIZE_LB = 8192  # 4 MiB volume
 MiB = 1 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_archive(tmp_path: Path, port: int) -> subprocess.Popen:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from test_archive_agent import SIZE_LB, free_port, image_with_data, wdiff_of_random_log
+from helpers import free_port
+from relay import Relay
+from test_archive_agent import SIZE_LB, image_with_data, wdiff_of_random_log
 
 from walbops import pki
 from walbops.agents.transfers import file_chunks, send_full_backup, send_wdiff
@@ -27,46 +27,19 @@ HOST = "127.0.0.1"
 
 
 class BitFlipper:
-    """A TCP relay that flips one bit of the client's stream at byte ``at`` (0: relay faithfully)."""
+    """Flips one bit of the client's stream at byte ``at`` on its way through a relay."""
 
-    def __init__(self, target_port: int, at: int) -> None:
-        self.target_port, self.at = target_port, at
-        self.listener = socket.create_server((HOST, 0))
-        self.port = self.listener.getsockname()[1]
+    def __init__(self, at: int) -> None:
+        self.at = at
         self.flipped = False
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection((HOST, self.target_port))
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket, flip: bool) -> None:
-        seen = 0
-        try:
-            while data := source.recv(1 << 16):
-                if flip and self.at and seen <= self.at < seen + len(data):
-                    data = bytearray(data)
-                    data[self.at - seen] ^= 0x10
-                    self.flipped = True
-                seen += len(data)
-                target.sendall(bytes(data))
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
+    def __call__(self, data: bytes, offset: int) -> bytes:
+        if not offset <= self.at < offset + len(data):
+            return data
+        changed = bytearray(data)
+        changed[self.at - offset] ^= 0x10
+        self.flipped = True
+        return bytes(changed)
 
 
 def start_agent(args: list[str], port: int, log: Path) -> subprocess.Popen:
@@ -154,7 +127,8 @@ def test_one_flipped_bit_on_the_wire_breaks_the_transfer_and_nothing_is_stored(a
     mode, port, secret, request, uuid, tmp_path = archive
     path, _ = wdiff_of_random_log(tmp_path, 1, uuid)
     size = path.stat().st_size
-    relay = BitFlipper(port, at=4096 + size // 2)  # past the handshake, inside the diff's bytes
+    flipper = BitFlipper(at=4096 + size // 2)  # past the handshake, inside the diff's bytes
+    relay = Relay(port, tamper=flipper)
 
     async def send(through: int) -> None:
         async with await open_connection(HOST, through, secret("p0"), "p0", "proxy") as channel:
@@ -164,7 +138,7 @@ def test_one_flipped_bit_on_the_wire_breaks_the_transfer_and_nothing_is_stored(a
     try:
         with pytest.raises((WalbopsError, OSError)) as info:
             asyncio.run(send(relay.port))
-        assert relay.flipped
+        assert flipper.flipped
         if mode == "key":
             assert isinstance(info.value, RemoteError) and "checksum" in str(info.value)
         else:

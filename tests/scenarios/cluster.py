@@ -7,13 +7,11 @@ keep what the benchmarks use (Cluster with ``tuning={}``, ``make_device`` over g
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import mmap
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +21,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from helpers import loop_devices_under
+from helpers import free_port, loop_devices_under
+from relay import Relay
 
 from walbops import pki
 from walbops.controller import Controller, Layout
@@ -48,12 +47,6 @@ def kind(role: str) -> str:
 def agent_id(role: str) -> str:
     """The id of the agent a role name runs: storage s0, proxy p0, proxy1 p1, archive a0."""
     return f"{role[0]}{role[len(kind(role)):] or 0}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def walbops(*args: str, timeout: float | None = None, failure: type[BaseException] = AssertionError) -> str:
@@ -207,93 +200,6 @@ class RandomWriter:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=60)
-
-
-class Relay:
-    """A TCP relay between two agents, to cut the network between them (WalB's packet-repeater).
-
-    ``cut()`` drops every relayed connection at once and refuses new ones (the peers see the
-    connection closed); ``cut(silent=True)`` stops forwarding but keeps the connections open, as a
-    network that loses every packet does (the peers see nothing until their socket timeout).
-    ``restore()`` relays again.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        self.down = threading.Event()
-        self.silent = False
-        self.closed = False
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        threading.Thread(target=self._accept, name=f"relay {self.port}", daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.down.is_set():
-                if self.silent:
-                    with self._lock:
-                        self._sockets.add(client)  # accepted, never answered
-                else:
-                    client.close()
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._sockets |= {client, upstream}
-            for source, target in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
-        try:
-            while True:
-                while self.down.is_set() and self.silent and not self.closed:
-                    time.sleep(0.05)  # nothing goes through: the sender's buffers fill up
-                data = source.recv(1 << 16)
-                if not data or self.down.is_set():
-                    break
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            if not (self.down.is_set() and self.silent):
-                for sock in (source, target):
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-
-    def cut(self, silent: bool = False) -> None:
-        self.silent = silent
-        self.down.set()
-        if not silent:
-            self._drop_all()
-
-    def restore(self) -> None:
-        """Relay again; connections that lived through a silent cut are dropped then."""
-        self._drop_all()
-        self.down.clear()
-        self.silent = False
-
-    def _drop_all(self) -> None:
-        with self._lock:
-            sockets, self._sockets = self._sockets, set()
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def close(self) -> None:
-        self.closed = True
-        self.listener.close()
-        self._drop_all()
 
 
 @dataclass

@@ -456,34 +456,35 @@ def test_bad_transfers_are_refused_and_change_nothing(cluster):
     fake = MetaDiff(latest.gid_e, latest.gid_e + 1, timestamp=int(time.time()))
     garbage = random.Random(23).randbytes(256 * 1024)
 
-    async def connect(role: str):
-        return await open_connection("127.0.0.1", cluster.ports[role], cluster.ctl.key, "rogue", "storage",
+    async def connect(server: str, role: str):
+        """A connection to ``server`` that says it is a ``role`` (each transfer needs its sender's)."""
+        return await open_connection("127.0.0.1", cluster.ports[server], cluster.ctl.key, "rogue", role,
                                      timeout=10)
 
     async def attacks() -> list[str]:
         outcomes = []
         # A wlog that is not one (the stream itself is intact: the checksum matches).
-        async with await connect("proxy") as channel:
+        async with await connect("proxy", "storage") as channel:
             with pytest.raises(RemoteError) as refused:
                 await send_wlog(channel, VOL, bytes.fromhex(s_uuid), 512, 0, size_lb, fake, 1 << 20, [garbage])
             outcomes.append(str(refused.value))
         # More than the announced size.
-        async with await connect("proxy") as channel:
+        async with await connect("proxy", "storage") as channel:
             with pytest.raises((RemoteError, WalbopsError, OSError)) as refused:
                 await send_wlog(channel, VOL, bytes.fromhex(s_uuid), 512, 0, size_lb, fake, 1, [garbage] * 8)
             outcomes.append(str(refused.value))
         # A stream abandoned half way.
-        async with await connect("proxy") as channel:
+        async with await connect("proxy", "storage") as channel:
             await channel.request("wlog-transfer", {"vol": VOL, "uuid": s_uuid, "pbs": 512, "salt": 0,
                                                     "size_lb": size_lb, "diff": str(fake), "max_log_pb": 4096})
             await channel.send_data(garbage[:4096])
         # A wdiff that applies to the archive's latest snapshot but is not a wdiff.
-        async with await connect("archive") as channel:
+        async with await connect("archive", "proxy") as channel:
             with pytest.raises(RemoteError) as refused:
                 await send_wdiff(channel, VOL, bytes.fromhex(a_uuid), size_lb, fake, [garbage])
             outcomes.append(str(refused.value))
         # A wdiff whose checksum does not match what was sent.
-        async with await connect("archive") as channel:
+        async with await connect("archive", "proxy") as channel:
             await channel.request("wdiff-transfer", {"vol": VOL, "uuid": a_uuid, "size_lb": size_lb,
                                                      "diff": str(fake)})
             await channel.send_data(garbage)
@@ -492,7 +493,7 @@ def test_bad_transfers_are_refused_and_change_nothing(cluster):
                 await channel.recv_json("ack")
             outcomes.append(str(refused.value))
         # A wdiff from another volume's lineage, and one already applied.
-        async with await connect("archive") as channel:
+        async with await connect("archive", "proxy") as channel:
             with pytest.raises(RemoteError) as refused:
                 await send_wdiff(channel, VOL, bytes(16), size_lb, fake, [garbage])
             assert refused.value.reason == "different-uuid"
@@ -503,10 +504,20 @@ def test_bad_transfers_are_refused_and_change_nothing(cluster):
             with pytest.raises(RemoteError) as refused:
                 await channel.request("no-such-command", {})
             assert refused.value.reason == "unknown-command"
+            # A transfer from a client of the wrong role.
+            with pytest.raises(RemoteError) as refused:
+                await channel.request("dirty-full-sync", {"vol": VOL, "size_lb": size_lb, "bulk_lb": 8,
+                                                          "timestamp": 0})
+            assert refused.value.reason == "forbidden"
+        async with await connect("archive", "storage") as channel:
+            with pytest.raises(RemoteError) as refused:
+                await send_wdiff(channel, VOL, bytes.fromhex(a_uuid), size_lb, fake, [garbage])
+            assert refused.value.reason == "forbidden"
             with pytest.raises(RemoteError) as refused:
                 await channel.request("dirty-full-sync", {"vol": VOL, "size_lb": size_lb, "bulk_lb": 8,
                                                           "timestamp": 0})
             assert refused.value.reason == "not-sync-ready"
+        async with await connect("archive", "controller") as channel:
             assert await channel.request("get", {"target": "state", "vol": VOL}) == "Archived"
         return outcomes
 

@@ -244,6 +244,34 @@ def test_handshake_deadline_on_the_client():
     run(scenario())
 
 
+def test_a_caller_cancelled_during_the_handshake_leaves_no_socket_open():
+    async def scenario():
+        async def silent(reader, writer):
+            await reader.read()  # accepts, never answers
+            writer.close()
+
+        server = await asyncio.start_server(silent, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        before = open_sockets()
+        try:
+            connecting = asyncio.create_task(connect(port))
+            await asyncio.sleep(0.2)
+            connecting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await connecting
+            await asyncio.sleep(0.1)  # the transports close their sockets (the server sees EOF)
+            assert open_sockets() == before
+        finally:
+            server.close()
+            await server.wait_closed()
+    run(scenario())
+
+
+def open_sockets() -> int:
+    return sum(os.readlink(f"/proc/self/fd/{fd}").startswith("socket:") for fd in os.listdir("/proc/self/fd")
+               if os.path.exists(f"/proc/self/fd/{fd}"))
+
+
 def test_connection_refused_is_an_os_error():
     async def scenario():
         server = await asyncio.start_server(lambda r, w: None, HOST, 0)

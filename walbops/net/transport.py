@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
@@ -415,11 +416,16 @@ async def _handshake(channel: Channel, run: Awaitable[None], handshake: ClientHa
         else:
             await channel.fail(exc)
         raise
+    except BaseException:
+        # A reset connection or a cancelled caller: release the socket now, not at some later
+        # garbage collection.
+        await channel.close()
+        raise
 
 
 async def open_connection(host: str, port: int, key: Secret, client_id: str, role: str,
                           timeout: float = DEFAULT_TIMEOUT, *,
-                          handshake_timeout: float = HANDSHAKE_TIMEOUT) -> Channel:
+                          handshake_timeout: float = HANDSHAKE_TIMEOUT, sock: socket.socket | None = None) -> Channel:
     """Connect to a walbops server and authenticate both ways.
 
     Args:
@@ -428,6 +434,8 @@ async def open_connection(host: str, port: int, key: Secret, client_id: str, rol
         client_id: this client's id; role: one of ``messages.ROLES``.
         timeout: the socket timeout of the channel [s].
         handshake_timeout: deadline for connecting, TLS and the whole handshake [s].
+        sock: a socket already connected to the server (an SSH tunnel's); ``host:port`` then
+            only names it.
 
     Raises:
         AuthenticationError: the server cannot prove the key or its certificate does not verify,
@@ -440,7 +448,10 @@ async def open_connection(host: str, port: int, key: Secret, client_id: str, rol
     deadline = asyncio.get_running_loop().time() + handshake_timeout
     try:
         async with asyncio.timeout_at(deadline):
-            reader, writer = await asyncio.open_connection(host, port)
+            if sock is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            else:
+                reader, writer = await asyncio.open_connection(sock=sock)
     except TimeoutError:
         raise PeerTimeout(f"connecting to {host}:{port} took longer than {handshake_timeout:g} s") from None
     channel = Channel(reader, writer, timeout=timeout, name=f"{host}:{port}")
