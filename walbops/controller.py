@@ -25,8 +25,9 @@ import yaml
 from .errors import OperationError, RemoteError, UsageError
 from .gid import MetaDiff, MetaSnap, MetaState
 from .net.auth import load_key
+from .net.ssh import SshRoute, open_tunnel
 from .net.tls import Credentials, Secret, TlsFiles
-from .net.transport import open_connection
+from .net.transport import Channel, open_connection
 
 POLL = 0.3  # [s] between polls of a blocking wait (walblib's interval)
 DEFAULT_WAIT = 600.0  # [s]
@@ -34,12 +35,14 @@ DEFAULT_WAIT = 600.0  # [s]
 
 @dataclass(frozen=True)
 class Server:
-    """One agent of a layout (walblib's ServerConnectionParam)."""
+    """One agent of a layout (walblib's ServerConnectionParam); ``address`` is as seen from its
+    ``ssh`` host when it is reached through SSH."""
 
     name: str
     address: str
     port: int
     role: str
+    ssh: SshRoute | None = None
 
 
 @dataclass(frozen=True)
@@ -72,13 +75,22 @@ class Layout:
             raise UsageError(f"{path}: {exc.strerror}") from None
         if not isinstance(data, dict) or not isinstance(data.get("servers"), list):
             raise UsageError(f"{path}: expected a mapping with a 'servers' list")
+        ssh_options = data.get("ssh") or {}
+        if not isinstance(ssh_options, dict) or not set(ssh_options) <= {"known_hosts", "key_file"}:
+            raise UsageError(f"{path}: ssh takes known_hosts and key_file")
         servers = []
         for index, entry in enumerate(data["servers"]):
             try:
+                route = None
+                if entry.get("ssh"):
+                    route = SshRoute.parse(str(entry["ssh"]), ssh_options.get("known_hosts"),
+                                           ssh_options.get("key_file"))
                 servers.append(Server(str(entry["name"]), str(entry["address"]), int(entry["port"]),
-                                      str(entry["role"])))
-            except (KeyError, TypeError, ValueError):
+                                      str(entry["role"]), route))
+            except (KeyError, TypeError, ValueError, AttributeError):
                 raise UsageError(f"{path}: servers[{index}] needs name, address, port and role") from None
+            except UsageError as exc:
+                raise UsageError(f"{path}: servers[{index}]: {exc}") from None
             if servers[-1].role not in ("storage", "proxy", "archive"):
                 raise UsageError(f"{path}: servers[{index}].role must be storage, proxy or archive")
         tls = data.get("tls")
@@ -107,11 +119,20 @@ class Layout:
         return archives[0]
 
 
+async def connect(server: Server, key: Secret, timeout: float = 30.0, client_id: str | None = None,
+                  role: str = "controller") -> Channel:
+    """An authenticated connection to ``server``, directly or through its SSH host."""
+    sock = None
+    if server.ssh is not None:
+        sock = await asyncio.to_thread(open_tunnel, server.ssh, server.address, server.port)
+    return await open_connection(server.address, server.port, key, client_id or f"ctl-{socket.gethostname()}",
+                                 role, timeout=timeout, sock=sock)
+
+
 async def call(server: Server, key: Secret, command: str, args: dict[str, Any] | None = None,
                timeout: float = 30.0, client_id: str | None = None, role: str = "controller") -> Any:
     """Send one request to ``server`` and return its result (a fresh connection, as walbc does)."""
-    channel = await open_connection(server.address, server.port, key, client_id or f"ctl-{socket.gethostname()}",
-                                    role, timeout=timeout)
+    channel = await connect(server, key, timeout, client_id, role)
     async with channel:
         return await channel.request(command, args or {})
 

@@ -7,22 +7,22 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import stat
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from ..agents.transfers import receive_image
 from ..blockdev import pwrite_all, size_of, zero_range
-from ..controller import POLL, Layout, Server, call
+from ..controller import POLL, Layout, Server, call, connect
 from ..durable import atomic_file
 from ..errors import OperationError, UsageError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..net import messages
+from ..net.ssh import DEFAULT_KNOWN_HOSTS, SshRoute
 from ..net.tls import Secret, TlsFiles
-from ..net.transport import open_connection
 from ..units import parse_size
 from ._common import emit
 
@@ -64,6 +64,13 @@ def add_where_flags(parser: argparse.ArgumentParser, role: str = "?") -> None:
     where.add_argument("--tls-cert", help="TLS mode: the controller certificate (without a layout)")
     where.add_argument("--tls-key", help="TLS mode: its private key")
     where.add_argument("--tls-ca", help="TLS mode: the CA certificates to trust")
+    where.add_argument("--ssh", metavar="[USER@]HOST[:PORT]",
+                       help="reach the agent through SSH to this host (the address is then as that host sees "
+                            "it, e.g. 127.0.0.1)")
+    where.add_argument("--ssh-key", help="SSH: the private key to log in with (default: the ssh agent and "
+                                         "~/.ssh/id_*)")
+    where.add_argument("--known-hosts", help="SSH: the known_hosts file that must hold the host's key "
+                                             f"(default {DEFAULT_KNOWN_HOSTS})")
     parser.add_argument("--timeout", type=float, default=30.0, help="socket timeout [s]")
     parser.set_defaults(server_role=role)
 
@@ -78,15 +85,28 @@ def resolve_server(args: argparse.Namespace) -> tuple[Layout, Server]:
         layout = Layout.load(args.layout)
         if not args.server:
             raise UsageError("--server NAME is needed with --layout")
-        server = layout.get(args.server)
+        server = ssh_flags(args, layout.get(args.server))
         if args.key or tls_flags(args):
             layout = Layout(layout.servers, args.key, tls_flags(args))
         return layout, server
     if not (args.address and args.port and (args.key or tls_flags(args))):
         raise UsageError("give --layout and --server, or --address, --port and --key (or --tls-cert, --tls-key "
                          "and --tls-ca)")
-    server = Server("-", args.address, args.port, args.server_role)
+    server = ssh_flags(args, Server("-", args.address, args.port, args.server_role))
     return Layout((server,), args.key, tls_flags(args)), server
+
+
+def ssh_flags(args: argparse.Namespace, server: Server) -> Server:
+    """``server`` reached through --ssh, or through its layout's ssh host with --ssh-key and
+    --known-hosts overriding the layout's."""
+    if args.ssh:
+        return replace(server, ssh=SshRoute.parse(args.ssh, args.known_hosts, args.ssh_key))
+    if server.ssh is not None and (args.known_hosts or args.ssh_key):
+        return replace(server, ssh=replace(server.ssh, known_hosts=args.known_hosts or server.ssh.known_hosts,
+                                           key_file=args.ssh_key or server.ssh.key_file))
+    if args.known_hosts or args.ssh_key:
+        raise UsageError("--ssh-key and --known-hosts go with --ssh (or a layout entry with ssh)")
+    return server
 
 
 def tls_flags(args: argparse.Namespace) -> TlsFiles | None:
@@ -327,8 +347,7 @@ async def receive_virtual_image(server: Server, key: Secret, arguments: dict[str
     """
     output = arguments.pop("output")
     to_stdout = output in ("stdout", "-")
-    channel = await open_connection(server.address, server.port, key, f"ctl-{socket.gethostname()}",
-                                    "controller", timeout=timeout)
+    channel = await connect(server, key, timeout)
     async with channel:
         if await channel.request(messages.VIRT_FULL_SCAN, arguments) != messages.ACCEPTED:
             raise OperationError("virt-full-scan: the archive did not accept")
