@@ -30,6 +30,15 @@ CA_CERT = "ca.crt"
 CA_DAYS = 3650  # [days] the CA's lifetime; rotate it well before (a rollover trusts two CAs)
 HOST_DAYS = 365  # [days] a host certificate's default lifetime
 _CLOCK_SKEW = datetime.timedelta(minutes=5)  # certificates are valid from a little before now
+# The CA key's passphrase comes from the environment, never from a command line (ps shows those);
+# Ansible passes it from a Vault variable.
+PASSPHRASE_ENV = "WALBOPS_CA_PASSPHRASE"
+
+
+def ca_passphrase() -> bytes | None:
+    """The CA key's passphrase from :data:`PASSPHRASE_ENV`, or None (an unencrypted key)."""
+    value = os.environ.get(PASSPHRASE_ENV)
+    return value.encode() if value else None
 
 
 def _crypto() -> Any:
@@ -71,10 +80,12 @@ def _check_role(role: str) -> str:
     return role
 
 
-def _write_private_key(path: str, key: Any) -> None:
+def _write_private_key(path: str, key: Any, passphrase: bytes | None = None) -> None:
+    """PKCS#8 PEM, mode 0600; encrypted with ``passphrase`` when given (the CA's key at rest)."""
     _, _, serialization, _, _, _ = _crypto()
-    atomic_write(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()), mode=0o600)
+    encryption = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    atomic_write(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption),
+                 mode=0o600)
 
 
 def _pem(cert: Any) -> bytes:
@@ -82,8 +93,10 @@ def _pem(cert: Any) -> bytes:
     return bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def init_ca(directory: str, name: str = "walbops cluster CA", days: int = CA_DAYS, force: bool = False) -> str:
-    """Create the cluster CA in ``directory``; returns the certificate's path.
+def init_ca(directory: str, name: str = "walbops cluster CA", days: int = CA_DAYS, force: bool = False,
+            passphrase: bytes | None = None) -> str:
+    """Create the cluster CA in ``directory``; returns the certificate's path. ``passphrase``
+    encrypts its key (then needed by every :func:`issue`).
 
     Raises:
         OperationError: a CA is there already (unless ``force``).
@@ -105,30 +118,41 @@ def init_ca(directory: str, name: str = "walbops cluster CA", days: int = CA_DAY
                                          key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256()))
-    _write_private_key(key_path, key)
+    _write_private_key(key_path, key, passphrase)
     atomic_write(cert_path, _pem(cert))
     return cert_path
 
 
 def issue(ca_directory: str, host: str, role: str, out_directory: str | None = None,
-          names: Sequence[str] = (), days: int = HOST_DAYS) -> tuple[str, str]:
+          names: Sequence[str] = (), days: int = HOST_DAYS, passphrase: bytes | None = None) -> tuple[str, str]:
     """Issue ``HOST.key`` and ``HOST.crt`` for ``role``; returns their paths.
 
     ``names`` are more DNS names or IP addresses the host is reached by (``host`` is always one).
 
     Raises:
-        OperationError: the CA is missing or unreadable.
+        OperationError: the CA is missing or unreadable, or its key needs a passphrase that was
+            not given or is wrong.
         UsageError: an unknown role.
     """
     x509, hashes, serialization, ec, eku, oid = _crypto()
     _check_role(role)
+    key_path = os.path.join(ca_directory, CA_KEY)
     try:
-        with open(os.path.join(ca_directory, CA_KEY), "rb") as stream:
-            ca_key = serialization.load_pem_private_key(stream.read(), password=None)
+        with open(key_path, "rb") as stream:
+            pem = stream.read()
         with open(os.path.join(ca_directory, CA_CERT), "rb") as stream:
             ca_cert = x509.load_pem_x509_certificate(stream.read())
     except (OSError, ValueError) as exc:
         raise OperationError(f"{ca_directory}: no usable CA ({exc}); run walbops pki init first") from None
+    try:
+        ca_key = serialization.load_pem_private_key(pem, password=passphrase)
+    except TypeError:
+        if passphrase:
+            raise OperationError(f"{key_path} is not encrypted, yet a passphrase was given") from None
+        raise OperationError(f"{key_path} is encrypted: give its passphrase in {PASSPHRASE_ENV}") from None
+    except ValueError as exc:
+        reason = "wrong passphrase" if passphrase else str(exc)
+        raise OperationError(f"{key_path}: cannot load it ({reason})") from None
     key = ec.generate_private_key(ec.SECP256R1())
     alt_names: list[Any] = [x509.UniformResourceIdentifier(ROLE_URI_PREFIX + role)]
     for name in dict.fromkeys([host, *names]):

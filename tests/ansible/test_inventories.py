@@ -50,3 +50,16 @@ def test_example_fleet_layout() -> None:
     assert hostvars["mq1.example.net"]["walbops_storage_archive"] == "archive2.example.net"
     volumes = [volume["name"] for host in groups["walbops_storage"] for volume in hostvars[host]["walbops_volumes"]]
     assert len(volumes) == len(set(volumes)) == 4, "volume ids must be unique in a backup group"
+
+
+def test_auth_config_names_the_key_or_the_roles_certificate() -> None:
+    filters = load_filters()
+    assert filters.walbops_auth_config("key", "storage", "/etc/walbops/cluster.key", "/etc/walbops/tls") == {
+        "cluster_key_file": "/etc/walbops/cluster.key"}
+    assert filters.walbops_auth_config("key", "controller", "/k", "/t") == {"key_file": "/k"}
+    assert filters.walbops_auth_config("tls", "proxy", "/k", "/t") == {
+        "tls_cert": "/t/proxy.crt", "tls_key": "/t/proxy.key", "tls_ca": "/t/ca.crt"}
+    assert filters.walbops_auth_config("tls", "controller", "/k", "/t") == {
+        "tls": {"cert": "/t/controller.crt", "key": "/t/controller.key", "ca": "/t/ca.crt"}}
+    with pytest.raises(ValueError, match="walbops_auth must be key or tls"):
+        filters.walbops_auth_config("none", "proxy", "/k", "/t")

@@ -22,8 +22,11 @@ import pytest
 from helpers import ROOT
 from playbooks import changed_tasks, run_playbook
 
+from walbops import pki
+
 STORAGES = ("storage0", "storage1")
 HOSTS = (*STORAGES, "proxy0", "archive0")
+CA_PASSPHRASE = "fleet test passphrase"
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +52,11 @@ def fleet(netns_hosts: Callable[[Sequence[str]], netns.TestHosts], wheelhouse: P
             "walbops_data_dir": str(home / "data"),
             "walbops_run_dir": str(home / "run"),
             "walbops_pip_extra_args": f"--no-index --find-links {wheelhouse}",
-            "walbops_cluster_key_src": str(root / "controller" / "cluster.key"),
+            # The fleet runs in TLS mode: a CA on the controller (its key encrypted with a
+            # passphrase that a real inventory keeps in Ansible Vault), a certificate per host and role.
+            "walbops_auth": "tls",
+            "walbops_ca_dir": str(root / "controller" / "ca"),
+            "walbops_ca_passphrase": CA_PASSPHRASE,
             "walbops_service_manager": "process",
             "walbops_implicit_snapshot_interval": 2,
             "walbops_environment": {"WALBOPS_RUN_DIR": str(home / "walbops-run"),
@@ -86,6 +93,20 @@ def test_site_over_ssh_from_nothing(fleet: dict) -> None:
     # Each storage's agent really lives in its namespace and ships to the proxy's address.
     config = (fleet["root"] / "storage0" / "etc" / "storage.yml").read_text()
     assert f"{fleet['hosts']['proxy0'].ip}:10100" in config and f"{fleet['hosts']['archive0'].ip}:10200" in config
+    # TLS mode: each agent holds its own role's certificate, the CA's key stays on the controller,
+    # encrypted, and the passphrase is in no output.
+    assert "cluster_key_file" not in config and "tls_cert: " + str(fleet["root"] / "storage0" / "etc" / "tls" /
+                                                                   "storage.crt") in config
+    ca = fleet["root"] / "controller" / "ca"
+    assert b"ENCRYPTED" in (ca / "ca.key").read_bytes()
+    assert not list(fleet["root"].glob("*/etc/tls/ca.key"))
+    assert CA_PASSPHRASE not in first.output
+    for name, roles in (("storage0", {"storage", "controller"}), ("archive0", {"archive", "controller"})):
+        tls_dir = fleet["root"] / name / "etc" / "tls"
+        assert {path.stem for path in tls_dir.glob("*.crt")} == roles | {"ca"}
+        for role in roles:
+            assert pki.certificate_info(str(tls_dir / f"{role}.crt")).role == role
+            assert (tls_dir / f"{role}.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_site_again_changes_nothing(fleet: dict) -> None:

@@ -6,7 +6,7 @@ import pytest
 from test_net_transport import Archive, archive_server, run
 
 from walbops import pki
-from walbops.errors import AuthenticationError, ProtocolError
+from walbops.errors import AuthenticationError, OperationError, ProtocolError
 from walbops.net.tls import Credentials, TlsFiles
 from walbops.net.transport import open_connection
 
@@ -92,3 +92,15 @@ def test_certificate_info_names_role_and_expiry(fleet):
 
 
 del Archive  # imported for archive_server's default handler
+
+
+def test_an_encrypted_ca_key_issues_only_with_its_passphrase(tmp_path):
+    ca = str(tmp_path / "ca")
+    pki.init_ca(ca, passphrase=b"vault secret")
+    assert b"ENCRYPTED" in (tmp_path / "ca" / pki.CA_KEY).read_bytes()
+    with pytest.raises(OperationError, match=f"is encrypted: give its passphrase in {pki.PASSPHRASE_ENV}"):
+        pki.issue(ca, "s0", "storage", str(tmp_path))
+    with pytest.raises(OperationError, match="wrong passphrase"):
+        pki.issue(ca, "s0", "storage", str(tmp_path), passphrase=b"guess")
+    _, cert = pki.issue(ca, "s0", "storage", str(tmp_path), passphrase=b"vault secret")
+    assert pki.certificate_info(cert).role == "storage"

@@ -11,7 +11,9 @@ from ._common import add_json_flag, emit
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    group = commands.add_parser("pki", help="the cluster CA and host certificates for TLS mode")
+    group = commands.add_parser("pki", help="the cluster CA and host certificates for TLS mode",
+                                epilog=f"{pki.PASSPHRASE_ENV}: the CA key's passphrase (init encrypts the key "
+                                       "with it; issue needs it then)")
     sub = group.add_subparsers(dest="pki_command", required=True, metavar="COMMAND")
 
     init = sub.add_parser("init", help="create the cluster CA in DIR (once; keep DIR off the hosts)")
@@ -52,7 +54,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     cert = os.path.join(args.dir, pki.CA_CERT)
     changed = args.force or not os.path.exists(cert)
     if changed:
-        pki.init_ca(args.dir, args.name, args.days, force=args.force)
+        pki.init_ca(args.dir, args.name, args.days, force=args.force, passphrase=pki.ca_passphrase())
     emit({"changed": changed, **pki.certificate_info(cert).as_dict()}, args.json)
     return 0
 
@@ -62,7 +64,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
     cert = os.path.join(out, f"{args.host}.crt")
     reason = pki.reissue_reason(args.dir, cert, args.role, [args.host, *args.names], args.renew_within)
     if reason is not None:
-        pki.issue(args.dir, args.host, args.role, out, args.names, args.days)
+        pki.issue(args.dir, args.host, args.role, out, args.names, args.days, pki.ca_passphrase())
     emit({"changed": reason is not None, "reason": reason, **pki.certificate_info(cert).as_dict()}, args.json)
     return 0
 

@@ -26,6 +26,22 @@ def walbops_layout_servers(groups, hostvars, role_groups, ports):
     return servers
 
 
+def walbops_auth_config(auth, role, key_file, tls_dir):
+    """How an agent (``role``), or the layout (role ``controller``), authenticates.
+
+    ``auth`` key: the cluster key; tls: this host's certificate and key for that role and the CA
+    certificate, as the tls tasks of walbops_common put them in ``tls_dir``.
+    """
+    if auth == "key":
+        return {"key_file": key_file} if role == "controller" else {"cluster_key_file": key_file}
+    if auth != "tls":
+        raise ValueError(f"walbops_auth must be key or tls, not {auth!r}")
+    files = {"cert": f"{tls_dir}/{role}.crt", "key": f"{tls_dir}/{role}.key", "ca": f"{tls_dir}/ca.crt"}
+    if role == "controller":
+        return {"tls": files}
+    return {f"tls_{name}": path for name, path in files.items()}
+
+
 def walbops_archived_volumes(archive_host, groups, hostvars, role_groups, only=None):
     """The volumes (their walbops_volumes entries) whose storage backs up to ``archive_host``.
 
@@ -51,4 +67,5 @@ def walbops_targets(volumes):
 class FilterModule:
     def filters(self):
         return {"walbops_endpoint": walbops_endpoint, "walbops_layout_servers": walbops_layout_servers,
-                "walbops_archived_volumes": walbops_archived_volumes, "walbops_targets": walbops_targets}
+                "walbops_archived_volumes": walbops_archived_volumes, "walbops_targets": walbops_targets,
+                "walbops_auth_config": walbops_auth_config}
