@@ -28,6 +28,7 @@ from walbops import pki
 from walbops.controller import Controller, Layout
 from walbops.errors import WalbopsError
 from walbops.net.auth import write_key
+from walbops.net.tls import Credentials, Secret, TlsFiles
 
 MiB = 1 << 20
 ROLES = ("archive", "proxy", "storage")
@@ -247,6 +248,17 @@ class Cluster:
             pki.issue(str(self.pki), host, kind(role), names=["127.0.0.1"])
         return ["--tls-cert", str(self.pki / f"{host}.crt"), "--tls-key", str(self.pki / f"{host}.key"),
                 "--tls-ca", str(self.pki / "ca.crt")]
+
+    def secret(self, client_role: str) -> Secret:
+        """What a client of ``client_role`` (storage, proxy, archive, controller) authenticates with:
+        the cluster key, or in TLS mode a certificate for that role."""
+        if not self.tls:
+            return self.ctl.key
+        host = f"rogue-{client_role}"
+        if not (self.pki / f"{host}.crt").exists():
+            pki.issue(str(self.pki), host, client_role, names=["127.0.0.1"])
+        return Credentials(tls=TlsFiles(str(self.pki / f"{host}.crt"), str(self.pki / f"{host}.key"),
+                                        str(self.pki / "ca.crt")).check())
 
     def _write_layout(self) -> None:
         credentials: dict[str, Any] = {"key_file": str(self.key)}
