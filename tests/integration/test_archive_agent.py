@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import free_port, loop_devices_under
 
 from walbops.agents import config as agent_config
 from walbops.agents.archive import ArchiveAgent
@@ -61,6 +61,8 @@ def archive(tmp_path):
     yield port, load_key(key), tmp_path
     process.terminate()
     process.wait(timeout=30)
+    for device in loop_devices_under(tmp_path):  # restored images stay attached when the agent stops
+        subprocess.run(["losetup", "--detach", device], capture_output=True)
 
 
 async def ctl(port: int, key: bytes, command: str, **args):
