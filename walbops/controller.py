@@ -302,6 +302,26 @@ class Controller:
         self._wait_for_action(archive, vol, "Merge", accepted, deadline)
         return str(accepted["merged"])
 
+    def replicate_once(self, source: Server | str, vol: str, destination: Server | str, gid: int | None = None,
+                       do_resync: bool = False, timeout: float = DEFAULT_WAIT) -> int:
+        """Replicate ``vol`` from archive ``source`` to archive ``destination`` (both in the layout)
+        until the destination can restore ``gid`` (default: the source's latest restorable
+        snapshot) and wait; the gid replicated (walblib's replicate_once)."""
+        deadline = time.monotonic() + timeout
+        target = self.layout.get(destination) if isinstance(destination, str) else destination
+        if gid is None:
+            gid = max(self.get_restorable(source, vol, include_implicit=True))
+        accepted = self._run_when_idle(source, "replicate", deadline, vol=vol, gid=gid, host=target.address,
+                                       port=target.port, do_resync=do_resync)
+        self._wait_for_action(source, vol, "ReplSyncAsClient", accepted, deadline)
+        self.wait_for_replicated(source, vol, target, gid, max(1.0, deadline - time.monotonic()))
+        return gid
+
+    def wait_for_replicated(self, source: Server | str, vol: str, destination: Server | str, gid: int,
+                            timeout: float = DEFAULT_WAIT) -> None:
+        """Wait until ``destination`` can restore ``gid`` (walblib's wait_for_replicated)."""
+        self.wait_for_restorable(destination, vol, gid, timeout)
+
     def gc_diff(self, archive: Server | str, vol: str) -> list[str]:
         return list(self.run(archive, "gc-diff", vol=vol)["removed"])
 

@@ -280,6 +280,14 @@ class Cluster:
         self._write_layout()
         return "proxy1"
 
+    def add_archive(self) -> str:
+        """A second archive, a1 (role name ``archive1``): a replication's destination (WalB's n7).
+
+        Call before start_all, or start it with start("archive1")."""
+        self.ports["archive1"] = free_port()
+        self._write_layout()
+        return "archive1"
+
     def add_storage(self, name: str) -> tuple[str, str]:
         """A second storage, s1 (role name ``storage1``), with a walb device ``name`` of its own over new
         files: another host that may hold the volume (WalB's n12). Returns (role, device path).
@@ -413,13 +421,13 @@ class Cluster:
         # WdiffRecv is Archived while a diff arrives: the first one may already be on its way.
         assert self.ctl.get_state("a0", vol) in ("Archived", "WdiffRecv")
 
-    def restored_sha1(self, vol: str, gid: int, size: int | None = None) -> str:
-        """sha1 of snapshot gid restored on a0 (of its first ``size`` bytes: a volume grown since)."""
-        device = self.ctl.restore("a0", vol, gid, timeout=120)
+    def restored_sha1(self, vol: str, gid: int, size: int | None = None, archive: str = "a0") -> str:
+        """sha1 of snapshot gid restored on ``archive`` (of its first ``size`` bytes: a volume grown since)."""
+        device = self.ctl.restore(archive, vol, gid, timeout=120)
         try:
             return sha1_of_device(device, size)
         finally:
-            self.ctl.del_restored("a0", vol, gid)
+            self.ctl.del_restored(archive, vol, gid)
 
     def snapshot_and_verify(self, vol: str = "vol0", timeout: float = 120) -> int:
         """WalB's restore_and_verify_sha1: sha1 of the device, snapshot, restorable, restore, compare.

@@ -313,6 +313,53 @@ def test_accept_channel_directly():
     run(scenario())
 
 
+class StrictWriter:
+    """A StreamWriter stand-in that fails as asyncio's does on a write after write_eof."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.eof = self.closed = False
+
+    def write(self, data: bytes) -> None:
+        if self.eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        self.written.append(data)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def wait_closed(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default=None):
+        return default
+
+
+def test_a_receiver_abort_after_the_channel_failed_writes_nothing():
+    """A stream cut inside a frame is answered by the channel itself (fail: error, EOF, close); the
+    receiver's abort afterwards must not write to that connection."""
+    async def scenario():
+        reader = asyncio.StreamReader()
+        reader.feed_eof()
+        writer = StrictWriter()
+        channel = Channel(reader, writer, timeout=1)  # type: ignore[arg-type]
+        channel._stream_ended = False  # inside a transfer's stream
+        await channel.fail(ProtocolError("a frame broke off"))
+        sent = len(writer.written)
+        await channel.abort_receiving("the diff could not be received")
+        assert len(writer.written) == sent and writer.closed
+    run(scenario())
+
+
 # After the handshake.
 
 @pytest.mark.parametrize("bad, error", [

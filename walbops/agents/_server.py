@@ -54,6 +54,11 @@ class Request:
         await self.channel.accept(self.id)
         self.answered = True
 
+    async def answer(self, result: Any) -> None:
+        """Answer with ``result`` before the handler ends (a stream or more requests follow)."""
+        await self.channel.respond(self.id, result)
+        self.answered = True
+
 
 Handler = Callable[[Request], Awaitable[Any]]
 

@@ -18,28 +18,39 @@ import contextlib
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from ..blockdev import pwrite_all, zero_range
 from ..diff import bhash
 from ..diff.engine import DiscardPolicy, full_image
-from ..diff.files import merged_ios, verify_wdiff
+from ..diff.files import merged_ios, read_header, verify_wdiff
 from ..diff.io import DiffIo, IoKind
 from ..diff.sorted_file import SortedDiffWriter
 from ..errors import BadField, OperationError, ProtocolError, UsageError, WalbopsError
 from ..faults import crash_point
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..formats.wdiff import FileHeader
-from ..gid import MetaDiff, MetaSnap, format_pretty_time
+from ..gid import MetaDiff, MetaSnap, MetaState, apply, format_pretty_time
 from ..net import messages
 from ..net.stream import HashSyncCursor
+from ..net.transport import open_connection
 from ..store import Store, store_from_config
 from ._server import GID, VOL, Agent, Command, Request, args_schema
 from .archive_volume import ApplyPlan, ArchiveAction, ArchiveVolume, MergePlan, delete_diff_files
 from .config import Config
 from .state import ARCHIVE_ACTIVE
-from .transfers import InOrder, prefetched, receive_file, receive_hash_sync, receive_image, send_image
+from .transfers import (
+    InOrder,
+    file_chunks,
+    prefetched,
+    receive_file,
+    receive_hash_sync,
+    receive_image,
+    send_base_replica,
+    send_image,
+    send_wdiff,
+)
 
 FSYNC_INTERVAL = 1 << 30  # [bytes] sync the base this often while a full backup streams (WalB -fi)
 MAX_BULK = 64 << 20  # [bytes] the largest bulk a bhash or virt-full-scan may ask for
@@ -47,6 +58,9 @@ DIFF_SLACK = 64 << 20  # [bytes] headers and end marker of a diff of a tiny volu
 SCAN_READ = 4 << 20  # [bytes] a virt-full-scan reads and sends this much of the image at a time
 _BULK = {"type": "integer", "minimum": LOGICAL_BLOCK_SIZE, "maximum": MAX_BULK, "multipleOf": LOGICAL_BLOCK_SIZE}
 _SIZE = {"type": "integer", "minimum": 1, "maximum": messages.U64_MAX}
+_HOST = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\s]+$"}
+_PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+REPL_BULK_LB = 512  # [LB] bulk of a full replication's image stream (WalB's default, 256 KiB)
 _GIDS = {"type": "array", "items": GID, "minItems": 1, "maxItems": 10000}
 
 
@@ -58,6 +72,8 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         super().__init__(config)
         self.store: Store = store_from_config(config.store, config.base_dir)
         self.discard = DiscardPolicy(config.discard)
+        # (vol, destination "host:port") -> where this agent last left a replication there
+        self.replicas: dict[tuple[str, str], dict[str, Any]] = {}
         vol_only = args_schema({"vol": VOL})
         vol_gid = args_schema({"vol": VOL, "gid": GID})
         vol_gids = args_schema({"vol": VOL, "gids": _GIDS})
@@ -92,6 +108,14 @@ class ArchiveAgent(Agent[ArchiveVolume]):
             # From a proxy, and from another archive when it replicates (walb.md §6.7).
             messages.WDIFF_TRANSFER: Command(self.recv_wdiff, {"type": "object"}, "diff receiver",
                                              frozenset({"proxy", "archive"})),
+            messages.REPL_SYNC: Command(self.recv_repl_sync, {"type": "object"}, "replication receiver",
+                                        frozenset({"archive"})),
+            "replicate": Command(self.cmd_replicate,
+                                 args_schema({"vol": VOL, "host": _HOST, "port": _PORT},
+                                             {"gid": GID, "size": {**_SIZE, "minimum": 0},
+                                              "do_resync": {"type": "boolean"}}),
+                                 "replicate to another archive: up to gid, or until at most size bytes of diffs "
+                                 "remain (asynchronous)"),
         })
         vol_getter = self.vol_getter
         self.getters.update({
@@ -114,6 +138,7 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                  "text": f"{r.gid} {format_pretty_time(r.timestamp)} {int(r.is_explicit)}"}
                 for r in v.restorable(include_implicit=a == "all" or a == ["all"])]),
             "restored": vol_getter(lambda v, a: self.store.restored(v.vol)),
+            "ts-delta": vol_getter(lambda v, a: self.ts_delta(v)),
             "restoring": vol_getter(lambda v, a: sorted(v.restoring)),
             "base-usage": vol_getter(lambda v, a: self.store.base_allocated(v.vol) if self.store.base_exists(v.vol)
                                      else 0),
@@ -418,8 +443,14 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                 # stale, and zero ranges are not written below, so start again from a fresh base.
                 await asyncio.to_thread(self.store.remove_volume, volume.vol)
             self.store.create_base(volume.vol, size_lb)
+
+            def finish(begin: dict[str, Any], end: dict[str, Any]) -> None:
+                if "gid" not in end:
+                    raise BadField("end of a full backup without its gid")
+                volume.finish_full_sync(tx, bytes.fromhex(begin["uuid"]), size_lb, end["gid"], args["timestamp"])
+
             with _on_failure(lambda: self._remove_partial_base(volume.vol)):
-                await self._receive_base(request, volume, tx, size_lb, bulk_lb)
+                await self._receive_base(request, volume, size_lb, bulk_lb, "the storage", request.accept, finish)
         await request.channel.send_json(messages.ack())
         self.log.info("%s: full backup received: base %s, %d LB", volume.vol, volume.base, size_lb)
         return None
@@ -434,15 +465,22 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         else:
             self.log.info("%s: removed the partial base of a failed full backup", vol)
 
-    async def _receive_base(self, request: Request, volume: ArchiveVolume, tx: Any, size_lb: int,
-                            bulk_lb: int) -> None:
-        args = request.args
+    async def _receive_base(self, request: Request, volume: ArchiveVolume, size_lb: int, bulk_lb: int | None,
+                            sender: str, answer: Callable[[], Awaitable[None]],
+                            finish: Callable[[dict[str, Any], dict[str, Any]], None]) -> None:
+        """Receive a base image (docs/protocol.md §8.3, §8.6) into the new base: ``answer`` tells the
+        sender to start; ``finish(begin, end)`` records the base once the image is synced.
+        ``bulk_lb`` None: the sender's ``begin`` says it."""
         reads_zeros = self.store.new_base_reads_zeros
         with volume.actions.begin(ArchiveAction.FULL_SYNC), \
                 self.store.open_base(volume.vol, writable=True) as target:
-            await request.accept()
+            await answer()
             channel = request.channel
             begin = await channel.recv_json("begin")
+            if bulk_lb is None:
+                bulk_lb = int(begin.get("bulk_lb", 0))
+                if not 1 <= bulk_lb <= MAX_BULK // LOGICAL_BLOCK_SIZE:
+                    raise BadField(f"begin: bulk_lb {bulk_lb} is not 1 … {MAX_BULK // LOGICAL_BLOCK_SIZE}")
             unsynced = 0
             volume.progress_lb = 0
 
@@ -464,12 +502,9 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                 volume.progress_lb = (offset + length) // LOGICAL_BLOCK_SIZE
 
             try:
-                end = await receive_image(channel, size_lb, bulk_lb, f"{volume.vol}: the storage", on_data,
-                                          on_zero)
-                if "gid" not in end:
-                    raise BadField("end of a full backup without its gid")
+                end = await receive_image(channel, size_lb, bulk_lb, f"{volume.vol}: {sender}", on_data, on_zero)
                 await asyncio.to_thread(os.fdatasync, target.fd)
-                volume.finish_full_sync(tx, bytes.fromhex(begin["uuid"]), size_lb, end["gid"], args["timestamp"])
+                finish(begin, end)
             except (WalbopsError, OSError) as exc:
                 if not isinstance(exc, ProtocolError):
                     await channel.abort_receiving(str(exc))
@@ -579,8 +614,12 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                         if isinstance(outcome, BaseException):
                             raise outcome
                 assert isinstance(verified, FileHeader)
-                stored, final = await asyncio.to_thread(volume.store_received_diff, tmp, diff, verified)
+                uuid = bytes.fromhex(args["uuid"]) if request.channel.peer_role == "archive" else None
+                stored, final = await asyncio.to_thread(volume.store_received_diff, tmp, diff, verified, uuid)
                 volume.register_diff(stored, final)
+                if uuid is not None and uuid != volume.uuid:  # a replica follows its source's uuid (hash backups)
+                    volume.uuid = uuid
+                    volume.save()
             except (WalbopsError, OSError) as exc:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
@@ -593,6 +632,130 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                       stored, stored.data_size, verified.type.name.lower(), received - started,
                       time.monotonic() - received)
         return None
+
+
+    # ------------------------------------------------------------------ replication (docs/protocol.md §8.6)
+
+    async def recv_repl_sync(self, request: Request) -> Any:
+        """The destination's side: choose the kind; for ``full`` receive the source's base, for
+        ``diff`` answer this volume's latest snapshot (the diffs follow as wdiff-transfers)."""
+        args = request.args
+        volume = self.volume(args["vol"])
+        archive_uuid = bytes.fromhex(args["archive_uuid"])
+        kind = volume.replication_kind(archive_uuid, args["size_lb"], args["do_resync"])
+        source = request.channel.peer_id
+        if kind == "diff":
+            await request.answer({"kind": "diff", "latest": str(volume.latest_snap())})
+            self.log.info("%s: replication from %s: diffs after %s", volume.vol, source, volume.latest_snap())
+            return None
+        size_lb = args["size_lb"]
+        self.check_volume_size(volume.vol, size_lb)
+        tx = volume.begin_full_sync()
+        with tx:
+            if self.store.base_exists(volume.vol):
+                await asyncio.to_thread(self.store.remove_volume, volume.vol)  # a replication cut short
+            self.store.create_base(volume.vol, size_lb)
+
+            async def answer() -> None:
+                await request.answer({"kind": "full", "latest": None})
+
+            def finish(begin: dict[str, Any], end: dict[str, Any]) -> None:
+                if "base" not in begin:
+                    raise BadField("begin of a full replication without the base state")
+                base = MetaState.parse(begin["base"])
+                if base.is_applying:
+                    raise BadField(f"a full replication sent an applying base {base}")
+                volume.finish_replica(tx, bytes.fromhex(begin["uuid"]), size_lb, base, archive_uuid)
+
+            with _on_failure(lambda: self._remove_partial_base(volume.vol)):
+                await self._receive_base(request, volume, size_lb, None, f"the source archive {source}", answer,
+                                         finish)
+        await request.channel.send_json(messages.ack())
+        self.log.info("%s: full replication from %s received: base %s, %d LB", volume.vol, source, volume.base,
+                      size_lb)
+        return None
+
+    async def cmd_replicate(self, request: Request) -> Any:
+        args = request.args
+        volume = self.volume(args["vol"])
+        if args.get("gid") is not None and args.get("size") is not None:
+            raise UsageError("replicate takes gid or size, not both")
+        action = volume.begin_replicate()
+        destination = f"{args['host']}:{args['port']}"
+        self.spawn(self._replicate(volume, args, action), f"replicate {volume.vol} to {destination}")
+        return {**messages.ACCEPTED, "started": action.started}
+
+    async def _replicate(self, volume: ArchiveVolume, args: dict[str, Any], action: Any) -> None:
+        """The source's side: a full replication of the base if the destination has nothing, then
+        this archive's diffs from the destination's latest snapshot, oldest first."""
+        with action:
+            started = time.monotonic()
+            destination = f"{args['host']}:{args['port']}"
+            channel = await open_connection(args["host"], args["port"], self.key, str(self.config.id), "archive",
+                                            timeout=float(self.config.socket_timeout))
+            async with channel:
+                answer = await channel.request(messages.REPL_SYNC, {
+                    "vol": volume.vol, "uuid": volume.uuid.hex(), "archive_uuid": volume.archive_uuid.hex(),
+                    "size_lb": volume.size_lb, "do_resync": bool(args.get("do_resync", False))})
+                kind = answer.get("kind") if isinstance(answer, dict) else None
+                if kind not in messages.REPL_KINDS:
+                    raise OperationError(f"{volume.vol}: {destination} answered repl-sync with {answer!r}")
+                if kind == "full":
+                    base = volume.base
+                    with self.store.open_base(volume.vol, writable=False) as target:
+                        await send_base_replica(channel, volume.uuid, target.fd, volume.size_lb, REPL_BULK_LB,
+                                                base.to_str(), lambda lb: setattr(volume, "progress_lb", lb))
+                    latest = base.snap_b
+                    self._note_replica(volume, destination, latest, base.timestamp)
+                else:
+                    latest = MetaSnap.parse(str(answer.get("latest")))
+                latest, sent = await self._send_diffs(channel, volume, destination, latest, args)
+            action.detail.update(kind=kind, diffs=sent, destination=destination, latest=str(latest))
+            self.log.info("%s: replicated to %s (%s, %d diffs) in %.2f s; it is at %s", volume.vol, destination, kind,
+                          sent, time.monotonic() - started, latest)
+
+    async def _send_diffs(self, channel: Any, volume: ArchiveVolume, destination: str, latest: MetaSnap,
+                          args: dict[str, Any]) -> tuple[MetaSnap, int]:
+        """Send the chain from ``latest`` until the destination reaches ``gid``, or at most ``size``
+        bytes of diffs remain, or nothing is left; the destination's latest snapshot and the count."""
+        target_gid, max_remaining = args.get("gid"), args.get("size")
+        sent = 0
+        while target_gid is None or latest.gid_b < target_gid:
+            if latest.gid_b < volume.base.snap_b.gid_b:
+                raise OperationError(
+                    f"{volume.vol}: {destination} is at {latest}, older than this archive's base {volume.base}: the "
+                    "diffs in between are applied here, which needs a hash replication (not built yet); clear-vol "
+                    "and init-vol the volume there, and replicate again (full)")
+            chain = volume.diffs.chain.applicable_diffs(latest, max_gid=target_gid)
+            if not chain or (max_remaining is not None and sum(d.data_size for d in chain) <= max_remaining):
+                break
+            diff = chain[0]
+            path = volume.diffs.path_of(diff)
+            header = await asyncio.to_thread(read_header, path)
+            await send_wdiff(channel, volume.vol, header.uuid, volume.size_lb, diff, file_chunks(path))
+            latest = apply(latest, diff)
+            sent += 1
+            self._note_replica(volume, destination, latest, diff.timestamp)
+        return latest, sent
+
+    def _note_replica(self, volume: ArchiveVolume, destination: str, latest: MetaSnap, timestamp: int) -> None:
+        """Remember where a destination is (``get ts-delta``)."""
+        self.replicas[(volume.vol, destination)] = {"destination": destination, "latest": str(latest),
+                                                    "timestamp": timestamp, "updated": int(time.time())}
+
+    def ts_delta(self, volume: ArchiveVolume) -> list[dict[str, Any]]:
+        """Each destination this agent replicated ``volume`` to: its latest snapshot, and how far
+        behind this archive's latest it is (gids and seconds of snapshot time)."""
+        here = volume.latest_snap()
+        newest = max([volume.base.timestamp, *(diff.timestamp for diff in volume.diffs.chain.applicable_diffs(
+            volume.base.snap_b))])
+        found = []
+        for (vol, _), entry in sorted(self.replicas.items()):
+            if vol == volume.vol:
+                there = MetaSnap.parse(entry["latest"])
+                found.append({**entry, "source_latest": str(here), "gid_delta": here.gid_b - there.gid_b,
+                              "time_delta": max(0, newest - entry["timestamp"])})
+        return found
 
 
 @contextlib.contextmanager

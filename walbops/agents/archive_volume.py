@@ -63,6 +63,9 @@ class ArchiveAction(enum.StrEnum):
     SNAPSHOT_FLAGS = "SnapshotFlags"  # disable-snapshot, enable-snapshot: rename diff files
 
 
+# Archive states in which the volume has no complete base image.
+NO_BASE_STATES = frozenset({"Clear", "InitVol", "ClearVol", "SyncReady", "ResetVol", "FullSync", "Resync"})
+
 # What each operation refuses to run beside (walb.md §3.3). Restore, apply and merge exclude each
 # other both ways, and a virtual scan reads the base and the diffs as a restore does: an apply
 # rewrites the base and a merge deletes the diffs under them.
@@ -71,10 +74,12 @@ EXCLUSIONS: dict[str, tuple[str, ...]] = {
     "restore": ("Restore", "Apply", "Merge", "Resize"),
     "virtual-scan": ("Apply", "Merge", "Resize"),
     "apply": ("Restore", "VirtualScan", "ReplSyncAsClient", "Apply", "Merge", "Resize", "SnapshotFlags", "HashSync"),
-    "merge": ("Restore", "VirtualScan", "Apply", "Merge", "Resize", "SnapshotFlags", "HashSync"),
+    "merge": ("Restore", "VirtualScan", "ReplSyncAsClient", "Apply", "Merge", "Resize", "SnapshotFlags", "HashSync"),
+    # A replication reads the stored diffs: nothing may merge, apply or rename them meanwhile.
+    "replicate": ("Restore", "ReplSyncAsClient", "Apply", "Merge", "Resize", "SnapshotFlags"),
     "hash-sync": ("Apply", "Merge", "Resize", "ReplSyncAsClient", "HashSync"),
-    "snapshot-flags": ("Restore", "VirtualScan", "Apply", "Merge", "SnapshotFlags"),
-    "gc-diff": ("Apply", "Merge"),
+    "snapshot-flags": ("Restore", "VirtualScan", "ReplSyncAsClient", "Apply", "Merge", "SnapshotFlags"),
+    "gc-diff": ("Apply", "Merge", "ReplSyncAsClient"),
     "resize": ("Restore", "ReplSyncAsClient", "Apply", "Resize", "HashSync", "FullSync"),
     "del-restored": ("Restore", "Resize"),
     "stop": _ALL_ACTIONS,
@@ -220,6 +225,49 @@ class ArchiveVolume:
         self.size_lb = size_lb
         tx.commit("Archived")
 
+    # ------------------------------------------------------------------ replication
+
+    def begin_replicate(self) -> Any:
+        """Start the source's side of a replication (WalB's ReplSyncAsClient action)."""
+        self.require_active("replicate")
+        if self.base.is_applying:
+            raise Refused("bad-state", f"{self.vol}: the base is being applied ({self.base}); replicate afterwards")
+        self.refuse_if_busy("replicate")
+        return self.actions.begin(ArchiveAction.REPL_SYNC_AS_CLIENT)
+
+    def replication_kind(self, archive_uuid: bytes, size_lb: int, do_resync: bool) -> str:
+        """The destination's choice (walb.md §6.7): ``full`` into a SyncReady volume, ``diff`` into
+        an archived one of the same lineage.
+
+        Raises:
+            Refused: another lineage (``resync-needed``, or ``not-implemented`` with do_resync),
+                a volume too small, or a state that takes no replication.
+        """
+        if self.state == "SyncReady":
+            self.refuse_if_busy("full-sync")
+            return "full"
+        if self.state != "Archived":
+            raise Refused("bad-state", f"{self.vol}: bad state {self.state} for a replication (needs SyncReady or "
+                          "Archived)")
+        if archive_uuid != self.archive_uuid:
+            if do_resync:
+                raise Refused("not-implemented", f"{self.vol}: the lineages differ and resync replication is not "
+                              "built yet; clear-vol and init-vol this volume here, then replicate (full)")
+            raise Refused("resync-needed", f"{self.vol}: this archive's lineage {self.archive_uuid.hex()} is not the "
+                          f"source's {archive_uuid.hex()} (a new full backup began another); replicate with doResync")
+        if size_lb > self.size_lb:
+            raise Refused("smaller-lv-size", f"{self.vol}: volume of {size_lb} LB does not fit the base of "
+                          f"{self.size_lb} LB; resize it here first")
+        return "diff"
+
+    def finish_replica(self, tx: Any, uuid: bytes, size_lb: int, base: MetaState, archive_uuid: bytes) -> None:
+        """A full replication's base is complete and synced: it is the source's, of its lineage."""
+        self.base = base
+        self.uuid = uuid
+        self.archive_uuid = archive_uuid
+        self.size_lb = size_lb
+        tx.commit("Archived")
+
     # ------------------------------------------------------------------ resize
 
     def plan_resize(self, size_lb: int) -> int | None:
@@ -307,8 +355,8 @@ class ArchiveVolume:
     def receiving_path(self) -> str:
         return os.path.join(self.directory, f"incoming{TMP_SUFFIX}")
 
-    def store_received_diff(self, tmp_path: str, diff: MetaDiff,
-                            verified: FileHeader | None = None) -> tuple[MetaDiff, str]:
+    def store_received_diff(self, tmp_path: str, diff: MetaDiff, verified: FileHeader | None = None,
+                            uuid: bytes | None = None) -> tuple[MetaDiff, str]:
         """Verify a received wdiff (sorted or indexed, fsynced) and give it its WalB name.
 
         Touches files only, so it may run in a thread; :meth:`register_diff` then makes it
@@ -317,6 +365,8 @@ class ArchiveVolume:
         Args:
             verified: the file header if the caller already verified the file completely
                 (``verify_wdiff``); otherwise it is verified here.
+            uuid: the uuid its header must have (default: the volume's; a replicated diff
+                has the one its source took it with).
 
         Raises:
             FormatError: the file is corrupt (it is removed and nothing changes).
@@ -324,8 +374,9 @@ class ArchiveVolume:
         """
         try:
             header = verified if verified is not None else verify_wdiff(tmp_path)
-            if header.uuid != self.uuid:
-                raise OperationError(f"{self.vol}: received diff has uuid {header.uuid.hex()}")
+            expected = self.uuid if uuid is None else uuid
+            if header.uuid != expected:
+                raise OperationError(f"{self.vol}: received diff has uuid {header.uuid.hex()}, not {expected.hex()}")
         except (FormatError, OperationError):
             os.unlink(tmp_path)
             raise
@@ -520,6 +571,8 @@ class ArchiveVolume:
     # ------------------------------------------------------------------ restore
 
     def restorable(self, include_implicit: bool = False) -> list[Restorable]:
+        if self.state in NO_BASE_STATES:
+            return []  # the base is missing or incomplete: nothing restores yet
         return self.diffs.chain.restorable_list(self.base, include_implicit)
 
     def restore_paths(self, gid: int) -> list[str]:

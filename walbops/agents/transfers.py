@@ -152,6 +152,16 @@ async def send_full_backup(channel: Channel, vol: str, fd: int, size_lb: int, bu
     return gid
 
 
+async def send_base_replica(channel: Channel, uuid: bytes, fd: int, size_lb: int, bulk_lb: int, base: str,
+                            progress: Callable[[int], None] | None = None) -> None:
+    """A full replication's stream (docs/protocol.md §8.6), once repl-sync answered ``full``: the
+    base image behind ``fd`` and its MetaState ``base``; returns once the destination holds it."""
+    await channel.send_json(messages.begin(uuid, size_lb, bulk_lb, base))
+    async with contextlib.aclosing(prefetched(_read_bulks(fd, size_lb, bulk_lb))) as reads:
+        digest = await send_image(channel, reads, size_lb, bulk_lb, progress)
+    await _finish(channel, digest)
+
+
 async def send_image(channel: Channel, pieces: AsyncIterator[tuple[int, bytes | memoryview]], size_lb: int,
                      bulk_lb: int, progress: Callable[[int], None] | None = None) -> StreamDigest:
     """The items of an image stream (docs/protocol.md §8.3) after its ``begin``, up to its ``end``.

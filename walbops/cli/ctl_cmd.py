@@ -49,7 +49,8 @@ POSITIONAL: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 INTEGER_ARGS = {"gid"}
 SIZE_ARGS = {"bulk_size", "bulk", "size"}  # sizes in bytes, with k/m/g suffixes as walbc takes them
 # Commands whose --wait follows a background action on the archive to its end: its action name.
-ARCHIVE_WAITS = {"apply": "Apply", "merge": "Merge", "restore": "Restore"}
+ARCHIVE_WAITS = {"apply": "Apply", "merge": "Merge", "restore": "Restore", "replicate": "ReplSyncAsClient"}
+REPLICATE_USAGE = "replicate: expected VOL (gid GID | size MAX_MB) HOST:PORT [doResync]"
 MERGE_USAGE = "merge: expected VOL GIDB (gid GIDE | size MAX_MB) or VOL GIDB GIDE [MAX_SIZE]"
 
 
@@ -124,10 +125,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_where_flags(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--wait", action="store_true",
-                        help="full-bkp, restore, apply, merge: wait until done (a progress bar on a terminal "
-                             "for full-bkp); a failure exits non-zero with the agent's reason")
+                        help="full-bkp, hash-bkp, restore, apply, merge, replicate: wait until done (a progress bar "
+                             "on a terminal for full-bkp); a failure exits non-zero with the agent's reason")
     parser.add_argument("command", help="walbc command: " + ", ".join(sorted(
-        [*POSITIONAL, "merge", "disable-snapshot", "enable-snapshot", "virt-full-scan", "archive-info",
+        [*POSITIONAL, "merge", "replicate", "disable-snapshot", "enable-snapshot", "virt-full-scan", "archive-info",
          "set-full-scan-bps", "resize"])) + ", get")
     parser.add_argument("args", nargs="*", help="its arguments, as walbc takes them")
     parser.set_defaults(handler=cmd_ctl)
@@ -149,6 +150,8 @@ def request_args(command: str, words: list[str]) -> dict[str, Any]:
         return archive_info_args(words)
     if command == "merge":
         return merge_args(words)
+    if command == "replicate":
+        return replicate_args(words)
     if command in ("disable-snapshot", "enable-snapshot"):
         if len(words) < 2:
             raise UsageError(f"{command}: expected VOL GID...")
@@ -195,6 +198,26 @@ def _size(command: str, name: str, word: str) -> int:
         return parse_size(word)
     except UsageError as exc:
         raise UsageError(f"{command}: {name}: {exc}") from None
+
+
+def replicate_args(words: list[str]) -> dict[str, Any]:
+    """walbc's ``replicate VOL gid GID HOST:PORT [doResync]`` and ``replicate VOL size MAX_MB HOST:PORT
+    [doResync]`` (size 0: everything); doResync is 0 or 1."""
+    if not 4 <= len(words) <= 5 or words[1] not in ("gid", "size"):
+        raise UsageError(REPLICATE_USAGE)
+    host, _, port = words[3].rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"replicate: the destination must be HOST:PORT, not {words[3]!r}")
+    args: dict[str, Any] = {"vol": words[0], "host": host.strip("[]"), "port": int(port)}
+    if words[1] == "gid":
+        args["gid"] = _integer("replicate", "GID", words[2])
+    else:
+        args["size"] = _size("replicate", "size", words[2] + ("" if words[2][-1:].isalpha() else "M"))
+    if len(words) == 5:
+        if words[4] not in ("0", "1"):
+            raise UsageError(f"replicate: doResync must be 0 or 1, not {words[4]!r}")
+        args["do_resync"] = words[4] == "1"
+    return args
 
 
 def merge_args(words: list[str]) -> dict[str, Any]:

@@ -37,6 +37,8 @@ def hash_batch(bulk_lb: int) -> int:
     """How many bulks one hashes message covers: about HASH_BATCH_BYTES of the image, 1 to MAX_HASHES."""
     return max(1, min(MAX_HASHES, HASH_BATCH_BYTES // (bulk_lb * 512)))
 VIRT_FULL_SCAN = "virt-full-scan"
+REPL_SYNC = "repl-sync"  # archive -> archive: replication (section 8.6)
+REPL_KINDS = ("full", "diff")
 
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
@@ -86,7 +88,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     # ok selects the branch, so a failure names the field of the right one.
     "response": {"if": {"properties": {"ok": {"const": False}}, "required": ["ok"]},
                  "then": _RESPONSE_FAILED, "else": _RESPONSE_OK},
-    "begin": _message("begin", {"uuid": _UUID, "size_lb": _U64, "bulk_lb": {**_U32, "minimum": 1}},
+    "begin": _message("begin", {"uuid": _UUID, "size_lb": _U64, "bulk_lb": {**_U32, "minimum": 1},
+                                "base": {"type": "string", "maxLength": 256}},
                       required=("uuid",)),
     "chunk": _message("chunk", {"offset_lb": _U64, "count_lb": {**_U32, "minimum": 1}}),
     "zero": _message("zero", {"offset_lb": _U64, "count_lb": {**_U64, "minimum": 1}}),
@@ -113,6 +116,8 @@ ARGS_SCHEMAS: dict[str, dict[str, Any]] = {
                             "timestamp": _U64}),
     DIRTY_HASH_SYNC: _args({"vol": _VOL, "size_lb": _U64, "bulk_lb": {**_U32, "minimum": 1, "maximum": 8192},
                             "timestamp": _U64}),
+    REPL_SYNC: _args({"vol": _VOL, "uuid": _UUID, "archive_uuid": _UUID, "size_lb": _U64,
+                      "do_resync": {"type": "boolean"}}),
 }
 
 _VALIDATORS = {name: Draft202012Validator(schema) for name, schema in SCHEMAS.items()}
@@ -206,13 +211,17 @@ def response(request_id: int, result: Any = None, *, error: str | None = None,
     return message
 
 
-def begin(uuid: bytes, size_lb: int | None = None, bulk_lb: int | None = None) -> dict[str, Any]:
-    """The start of an image stream; a virt-full-scan also says the image's size and bulk."""
+def begin(uuid: bytes, size_lb: int | None = None, bulk_lb: int | None = None,
+          base: str | None = None) -> dict[str, Any]:
+    """The start of an image stream; a virt-full-scan also says the image's size and bulk, a full
+    replication the base state it sends."""
     message: dict[str, Any] = {"type": "begin", "uuid": uuid.hex()}
     if size_lb is not None:
         message["size_lb"] = size_lb
     if bulk_lb is not None:
         message["bulk_lb"] = bulk_lb
+    if base is not None:
+        message["base"] = base
     return message
 
 

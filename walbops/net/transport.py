@@ -196,7 +196,10 @@ class Channel:
 
     async def abort_receiving(self, reason: str) -> None:
         """A receiver's abort (§7.2): ``abort``, and unless the stream's ``end`` was read (the
-        sender may still be sending frames) a lingering close of the connection."""
+        sender may still be sending frames) a lingering close of the connection. Nothing when the
+        connection is closed already (a frame that broke off was answered by :meth:`fail`)."""
+        if self._closed:
+            return
         if self._stream_ended:
             await self.send_abort(reason)
             return

@@ -1,0 +1,127 @@
+"""Replication from one archive to another (walb.md §6.7; WalB's n7, n14, and failures of e14/e15).
+
+Each scenario ends as WalB's do: the image restored on the destination archive has the sha1 of the
+device at that snapshot.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from cluster import fill_random, write_random
+from relay import Relay
+
+from walbops.errors import OperationError
+
+VOL = "vol0"
+
+
+def replicated_volume(cluster) -> tuple[str, list[tuple[int, str]]]:
+    """A backed-up volume with two more snapshots, and a second archive a1 holding nothing yet:
+    (device, [(gid, sha1)])."""
+    cluster.add_archive()
+    device = cluster.backed_up(VOL)
+    taken = []
+    for seed in (71, 72):
+        write_random(device, random.Random(seed), count=16)
+        taken.append(cluster.snapshot_restorable(VOL))
+    cluster.ctl.run("a1", "init-vol", vol=VOL)
+    return device, taken
+
+
+def explicit_restorable(cluster, archive: str) -> list[int]:
+    return cluster.ctl.get_restorable(archive, VOL)
+
+
+def test_n7_full_then_diff_replication_restores_on_the_destination(cluster):
+    device, taken = replicated_volume(cluster)
+    assert cluster.ctl.get_state("a1", VOL) == "SyncReady"
+    gid = cluster.ctl.replicate_once("a0", VOL, "a1")
+    assert gid == taken[-1][0]
+    assert cluster.ctl.get_state("a1", VOL) == "Archived"
+    assert explicit_restorable(cluster, "a1") == explicit_restorable(cluster, "a0")
+    assert cluster.ctl.get("a1", "archive-uuid", VOL) == cluster.ctl.get("a0", "archive-uuid", VOL)
+    assert cluster.ctl.get("a1", "uuid", VOL) == cluster.ctl.get("a0", "uuid", VOL)
+    for snapshot, expected in taken:
+        assert cluster.restored_sha1(VOL, snapshot, archive="a1") == expected
+    outcome = cluster.ctl.get("a0", "action-result", VOL, "ReplSyncAsClient")
+    assert outcome["ok"] and outcome["kind"] == "full" and outcome["diffs"] >= 2
+
+    # More writes: the next replication sends only the diffs since.
+    write_random(device, random.Random(73), count=16)
+    later, expected = cluster.snapshot_restorable(VOL)
+    cluster.ctl.replicate_once("a0", VOL, "a1", gid=later)
+    outcome = cluster.ctl.get("a0", "action-result", VOL, "ReplSyncAsClient")
+    assert outcome["kind"] == "diff" and outcome["diffs"] >= 1
+    assert cluster.restored_sha1(VOL, later, archive="a1") == expected
+    (delta,) = cluster.ctl.get("a0", "ts-delta", VOL)
+    assert delta["destination"] == f"127.0.0.1:{cluster.ports['archive1']}" and delta["gid_delta"] >= 0
+    # Nothing new: replicating again sends nothing and changes nothing.
+    before = cluster.ctl.get("a1", "diff", VOL)
+    cluster.ctl.replicate_once("a0", VOL, "a1", gid=later)
+    assert cluster.ctl.get("a0", "action-result", VOL, "ReplSyncAsClient")["diffs"] == 0
+    assert cluster.ctl.get("a1", "diff", VOL) == before
+
+
+def test_n14_another_lineage_needs_a_resync(cluster):
+    """After a0 begins a new lineage (a new full backup), replicating to a1 without doResync fails."""
+    device, taken = replicated_volume(cluster)
+    cluster.ctl.replicate_once("a0", VOL, "a1")
+    ctl = cluster.ctl
+    ctl.run("s0", "stop", vol=VOL)
+    ctl.wait_for_state("s0", VOL, {"Stopped"}, timeout=60)
+    ctl.run("a0", "stop", vol=VOL)
+    ctl.wait_for_state("a0", VOL, {"Stopped"}, timeout=60)
+    ctl.run("a0", "reset-vol", vol=VOL)
+    ctl.run("s0", "reset-vol", vol=VOL)
+    cluster.full_backup(VOL)
+    assert ctl.get("a0", "archive-uuid", VOL) != ctl.get("a1", "archive-uuid", VOL)
+    with pytest.raises(OperationError, match="resync-needed|lineage .* is not the source's"):
+        ctl.replicate_once("a0", VOL, "a1")
+    with pytest.raises(OperationError, match="resync replication is not built yet"):
+        ctl.replicate_once("a0", VOL, "a1", do_resync=True)
+    # a1 still serves what it had.
+    assert cluster.restored_sha1(VOL, taken[-1][0], archive="a1") == taken[-1][1]
+
+
+def test_a_destination_behind_the_sources_applied_base_is_refused_by_name(cluster):
+    device, taken = replicated_volume(cluster)
+    cluster.ctl.replicate_once("a0", VOL, "a1", gid=taken[0][0])
+    cluster.ctl.apply("a0", VOL, taken[-1][0])
+    with pytest.raises(OperationError, match="needs a hash replication"):
+        cluster.ctl.replicate_once("a0", VOL, "a1")
+    assert cluster.restored_sha1(VOL, taken[0][0], archive="a1") == taken[0][1]
+
+
+def test_a_cut_full_replication_leaves_the_destination_sync_ready_and_a_retry_works(cluster):
+    """e14/e15's shape: the network between the archives is cut during a full replication; the
+    destination rolls back to SyncReady with no partial base, and the next replication succeeds."""
+    cluster.device_size = 64 << 20
+    cluster.add_archive()
+    device = cluster.make_device("wdev0")
+    fill_random(device, random.Random(74), cluster.device_size)  # a base of 64 MiB: the stream takes a while
+    cluster.start_all()
+    cluster.setup_volume(VOL)
+    cluster.full_backup(VOL)
+    gid, expected = cluster.snapshot_restorable(VOL)
+    cluster.ctl.run("a1", "init-vol", vol=VOL)
+    relay = Relay(cluster.ports["archive1"])
+    try:
+        def cut_after_a_while(data: bytes, offset: int) -> bytes:
+            if offset > (8 << 20):
+                relay.cut()
+            return data
+
+        relay.tamper = cut_after_a_while
+        accepted = cluster.ctl.run("a0", "replicate", vol=VOL, gid=gid, host="127.0.0.1", port=relay.port)
+        assert accepted["accepted"]
+        with pytest.raises(OperationError, match="replsyncasclient failed"):
+            cluster.ctl._wait_for_action("a0", VOL, "ReplSyncAsClient", accepted, 1e12)
+    finally:
+        relay.close()
+    cluster.ctl.wait_for_state("a1", VOL, {"SyncReady"}, timeout=60)
+    assert cluster.ctl.get("a1", "exists-base-image", VOL) == 0
+    assert explicit_restorable(cluster, "a1") == []
+    cluster.ctl.replicate_once("a0", VOL, "a1", gid=gid)
+    assert cluster.restored_sha1(VOL, gid, archive="a1") == expected
