@@ -6,6 +6,7 @@ device at that snapshot.
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -57,10 +58,11 @@ def test_n7_full_then_diff_replication_restores_on_the_destination(cluster):
     assert cluster.restored_sha1(VOL, later, archive="a1") == expected
     (delta,) = cluster.ctl.get("a0", "ts-delta", VOL)
     assert delta["destination"] == f"127.0.0.1:{cluster.ports['archive1']}" and delta["gid_delta"] >= 0
-    # Nothing new: replicating again sends nothing and changes nothing.
+    # Nothing new: replicating again (walbc's words, with ctl) sends nothing and changes nothing.
     before = cluster.ctl.get("a1", "diff", VOL)
-    cluster.ctl.replicate_once("a0", VOL, "a1", gid=later)
-    assert cluster.ctl.get("a0", "action-result", VOL, "ReplSyncAsClient")["diffs"] == 0
+    printed = cluster.cli("ctl", "--layout", str(cluster.layout_path), "-s", "a0", "--json", "--wait", "replicate",
+                          VOL, "gid", str(later), f"127.0.0.1:{cluster.ports['archive1']}")
+    assert json.loads(printed)["result"]["diffs"] == 0
     assert cluster.ctl.get("a1", "diff", VOL) == before
 
 
