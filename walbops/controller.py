@@ -306,16 +306,99 @@ class Controller:
                        do_resync: bool = False, timeout: float = DEFAULT_WAIT) -> int:
         """Replicate ``vol`` from archive ``source`` to archive ``destination`` (both in the layout)
         until the destination can restore ``gid`` (default: the source's latest restorable
-        snapshot) and wait; the gid replicated (walblib's replicate_once)."""
+        snapshot) and wait; the gid replicated (walblib's replicate_once: the destination is
+        initialized when Clear and grown when smaller first)."""
         deadline = time.monotonic() + timeout
-        target = self.layout.get(destination) if isinstance(destination, str) else destination
+        target = self._prepare_replica(source, vol, destination)
         if gid is None:
             gid = max(self.get_restorable(source, vol, include_implicit=True))
-        accepted = self._run_when_idle(source, "replicate", deadline, vol=vol, gid=gid, host=target.address,
-                                       port=target.port, do_resync=do_resync)
-        self._wait_for_action(source, vol, "ReplSyncAsClient", accepted, deadline)
+        self._replicate(source, vol, target, deadline, gid=gid, do_resync=do_resync)
         self.wait_for_replicated(source, vol, target, gid, max(1.0, deadline - time.monotonic()))
         return gid
+
+    def _prepare_replica(self, source: Server | str, vol: str, destination: Server | str) -> Server:
+        """init-vol on a Clear destination; grow it to the source's size."""
+        target = self.layout.get(destination) if isinstance(destination, str) else destination
+        state = self._state_or_clear(target, vol)
+        if state == "Clear":
+            self.run(target, "init-vol", vol=vol)
+        elif state != "SyncReady":  # a full replication sizes a SyncReady volume itself
+            size_lb = int(self.get(source, "vol-size", vol))
+            if int(self.get(target, "vol-size", vol)) < size_lb:
+                self.run(target, "resize", vol=vol, size=size_lb * 512)
+        return target
+
+    def _replicate(self, source: Server | str, vol: str, target: Server, deadline: float, **args: Any) -> Any:
+        accepted = self._run_when_idle(source, "replicate", deadline, vol=vol, host=target.address,
+                                       port=target.port, **args)
+        return self._wait_for_action(source, vol, "ReplSyncAsClient", accepted, deadline)
+
+    def synchronize(self, source: Server | str, vol: str, destination: Server | str,
+                    timeout: float = DEFAULT_WAIT, compression: str = "lz4:0:1") -> None:
+        """Keep ``destination`` up to date continuously (walblib's synchronize): the proxies send
+        what they hold and stop, learn ``destination`` as an archive of the volume, ``source``
+        replicates everything it has, and the proxies start again: from then on each diff goes to
+        both archives."""
+        deadline = time.monotonic() + timeout
+        target = self._prepare_replica(source, vol, destination)
+        proxies = self.layout.by_role("proxy")
+        for proxy in proxies:
+            self._stop_proxy(proxy, vol, "empty", deadline)
+        for proxy in proxies:
+            if self._state_or_clear(proxy, vol) == "Clear":
+                continue  # this proxy never carried the volume
+            if target.name not in self.run(proxy, "archive-info", cmd="list", vol=vol):
+                self.run(proxy, "archive-info", cmd="add", vol=vol, archive=target.name, host=target.address,
+                         port=target.port, compression=compression)
+        self._replicate(source, vol, target, deadline, size=0)  # everything the source has
+        for proxy in proxies:
+            if self._state_or_clear(proxy, vol) == "Stopped":
+                self.run(proxy, "start", vol=vol)
+        for storage in self.layout.by_role("storage"):
+            if self._state_or_clear(storage, vol) == "Target":
+                self.kick(storage, vol)
+
+    def _stop_proxy(self, proxy: Server, vol: str, mode: str, deadline: float) -> None:
+        """Stop the volume on ``proxy`` (``empty``: after it sent everything), waiting out a wlog
+        being received (WlogRecv) or another stop; nothing when it is Stopped or Clear."""
+        while (state := self._state_or_clear(proxy, vol)) not in ("Stopped", "Clear"):
+            if state == "Started":
+                try:
+                    self.run(proxy, "stop", vol=vol, mode=mode)
+                    continue
+                except RemoteError as exc:
+                    if exc.reason not in ("bad-state", None):
+                        raise
+            if time.monotonic() > deadline:
+                raise OperationError(f"{vol}: {proxy.name} is still {state}; it did not stop in time")
+            time.sleep(POLL / 4)
+
+    def is_synchronizing(self, archive: Server | str, vol: str) -> bool:
+        """Whether every proxy of the volume sends it to ``archive`` (walblib's is_synchronizing).
+
+        Raises:
+            OperationError: some proxies do and others do not.
+        """
+        target = self.layout.get(archive) if isinstance(archive, str) else archive
+        lists = {proxy.name: target.name in self.run(proxy, "archive-info", cmd="list", vol=vol)
+                 for proxy in self.layout.by_role("proxy") if self._state_or_clear(proxy, vol) != "Clear"}
+        if len(set(lists.values())) > 1:
+            raise OperationError(f"{vol}: the proxies disagree about {target.name}: "
+                                 + ", ".join(f"{name} {'sends' if on else 'does not send'}" for name, on in
+                                             sorted(lists.items())))
+        return bool(lists) and all(lists.values())
+
+    def stop_synchronizing(self, archive: Server | str, vol: str) -> None:
+        """The proxies stop sending the volume to ``archive`` (walblib's stop_synchronizing)."""
+        target = self.layout.get(archive) if isinstance(archive, str) else archive
+        for proxy in self.layout.by_role("proxy"):
+            state = self._state_or_clear(proxy, vol)
+            if state == "Clear" or target.name not in self.run(proxy, "archive-info", cmd="list", vol=vol):
+                continue
+            self._stop_proxy(proxy, vol, "graceful", time.monotonic() + DEFAULT_WAIT)
+            self.run(proxy, "archive-info", cmd="delete", vol=vol, archive=target.name)
+            if self._state_or_clear(proxy, vol) == "Stopped":
+                self.run(proxy, "start", vol=vol)
 
     def wait_for_replicated(self, source: Server | str, vol: str, destination: Server | str, gid: int,
                             timeout: float = DEFAULT_WAIT) -> None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 import pytest
-from cluster import fill_random, write_random
+from cluster import RandomWriter, fill_random, sha1_of_device, write_random
 from relay import Relay
 
 from walbops.errors import OperationError
@@ -127,3 +128,28 @@ def test_a_cut_full_replication_leaves_the_destination_sync_ready_and_a_retry_wo
     assert explicit_restorable(cluster, "a1") == []
     cluster.ctl.replicate_once("a0", VOL, "a1", gid=gid)
     assert cluster.restored_sha1(VOL, gid, archive="a1") == expected
+
+
+def test_n10_synchronizing_under_writes_then_stop_synchronizing(cluster):
+    """synchronize: the proxies send each new diff to both archives; snapshots taken under writes
+    restore on a1 with the device's sha1; after stop_synchronizing a1 no longer advances."""
+    device, taken = replicated_volume(cluster)
+    ctl = cluster.ctl
+    with RandomWriter(device, seed=10) as writer:
+        writer.wait_for_writes(20)
+        ctl.synchronize("a0", VOL, "a1")
+        writer.wait_for_writes(40)
+        writer.stop()
+    assert ctl.is_synchronizing("a1", VOL)
+    gid = ctl.snapshot("s0", VOL, archives=["a0", "a1"], timeout=120)
+    expected = sha1_of_device(device)
+    assert cluster.restored_sha1(VOL, gid, archive="a1") == expected
+    assert cluster.restored_sha1(VOL, taken[0][0], archive="a1") == taken[0][1]
+
+    ctl.stop_synchronizing("a1", VOL)
+    assert not ctl.is_synchronizing("a1", VOL)
+    write_random(device, random.Random(75), count=16)
+    later = ctl.snapshot("s0", VOL, timeout=120)
+    time.sleep(2)  # what a synchronizing a1 would have had time to receive
+    assert later in ctl.get_restorable("a0", VOL) and later not in ctl.get_restorable("a1", VOL, include_implicit=True)
+    assert ctl.get_state("a1", VOL) == "Archived"
