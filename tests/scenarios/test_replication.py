@@ -153,3 +153,31 @@ def test_n10_synchronizing_under_writes_then_stop_synchronizing(cluster):
     time.sleep(2)  # what a synchronizing a1 would have had time to receive
     assert later in ctl.get_restorable("a0", VOL) and later not in ctl.get_restorable("a1", VOL, include_implicit=True)
     assert ctl.get_state("a1", VOL) == "Archived"
+
+
+def test_e16_a_cut_diff_replication_leaves_an_older_gid_and_a_retry_reaches_the_source(cluster):
+    device, taken = replicated_volume(cluster)
+    cluster.ctl.replicate_once("a0", VOL, "a1", gid=taken[0][0])
+    for seed in range(80, 84):  # four more diffs of about 1 MiB each
+        write_random(device, random.Random(seed), count=256)
+        taken.append(cluster.snapshot_restorable(VOL))
+    gid, expected = taken[-1]
+    relay = Relay(cluster.ports["archive1"])
+    try:
+        def cut_in_the_third_diff(data: bytes, offset: int) -> bytes:
+            if offset > (2 << 20):
+                relay.cut()
+            return data
+
+        relay.tamper = cut_in_the_third_diff
+        accepted = cluster.ctl.run("a0", "replicate", vol=VOL, gid=gid, host="127.0.0.1", port=relay.port)
+        with pytest.raises(OperationError, match="replsyncasclient failed"):
+            cluster.ctl._wait_for_action("a0", VOL, "ReplSyncAsClient", accepted, 1e12)
+    finally:
+        relay.close()
+    cluster.ctl.wait_for_state("a1", VOL, {"Archived"}, timeout=60)
+    reached = max(cluster.ctl.get_restorable("a1", VOL, include_implicit=True))
+    assert taken[0][0] <= reached < gid
+    cluster.ctl.replicate_once("a0", VOL, "a1", gid=gid)
+    assert cluster.restored_sha1(VOL, gid, archive="a1") == expected
+    assert cluster.ctl.get_restorable("a1", VOL) == cluster.ctl.get_restorable("a0", VOL)
