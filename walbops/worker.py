@@ -8,7 +8,9 @@ of the worker, and picks at most one task per volume, in WalB's order (walb.md Â
    most diff bytes before that point, at most once per ``apply.interval`` per volume;
 3. merge when a volume holds ``merge.threshold_nr`` diffs or more: the longest run of mergeable
    diffs, 2..``max_nr`` of them and at most ``max_size`` bytes;
-4. (replication: not yet);
+4. replicate to each enabled ``repl`` server whose latest snapshot is not this archive's, least
+   recently replicated first, at most once per its ``interval`` (``max_send_size`` caps the diff
+   bytes one replication sends, by its target gid), at most ``max_replication_task`` at once;
 5. merge by ``merge.interval``, the same choice, whatever the count;
 6. retention: the policy of docs/retention.md every ``retention.interval``.
 
@@ -36,7 +38,7 @@ import jsonschema
 from .agents.config import load_yaml
 from .controller import Controller, Layout, Server
 from .errors import OperationError, UsageError, WalbopsError
-from .gid import MetaDiff, MetaState, Restorable
+from .gid import MetaDiff, MetaSnap, MetaState, Restorable
 from .retention import Policy, enforce, restorable_snapshots
 from .units import parse_size
 
@@ -75,7 +77,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 "layout": {"type": "string"}, "server": {"type": "string"},
                 "address": {"type": "string"}, "port": {"type": "integer", "minimum": 1, "maximum": 65535},
                 "key_file": {"type": "string"},
-                "max_task": _COUNT, "kick_interval": {"type": "number", "exclusiveMinimum": 0},
+                "max_task": _COUNT, "max_replication_task": _COUNT,
+                "kick_interval": {"type": "number", "exclusiveMinimum": 0},
                 "timeout": {"type": "number", "minimum": 0}, "volumes": {"type": "array", "items": {"type": "string"}},
             },
             "additionalProperties": False,
@@ -102,11 +105,35 @@ CONFIG_SCHEMA: dict[str, Any] = {
                            "keep_gids": {"type": "array", "items": {"type": "integer", "minimum": 0}}},
             "additionalProperties": False,
         },
+        "repl": {
+            "type": "object",
+            "properties": {
+                "servers": {"type": "object", "additionalProperties": {
+                    "type": "object",
+                    "properties": {"address": {"type": "string"},
+                                   "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                                   "interval": _PERIOD, "max_send_size": {"type": ["integer", "string"]},
+                                   "enabled": {"type": "boolean"}},
+                    "additionalProperties": False}},
+                "disabled_volumes": {"type": "array", "items": {"type": "string"}},
+            },
+            "required": ["servers"], "additionalProperties": False,
+        },
         "log_file": {"type": "string"},
     },
     "required": ["general"],
     "additionalProperties": False,
 }
+
+
+@dataclass(frozen=True)
+class ReplServer:
+    """A destination archive of the worker's replication (walb-worker's repl.servers entry)."""
+
+    server: Server
+    interval: int = 0  # [s] at most one replication per volume this often
+    max_send_size: int | None = None  # [bytes] of diffs one replication sends; None: no limit
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -127,6 +154,9 @@ class WorkerConfig:
     merge_threshold_nr: int | None = None
     retention: Policy | None = None
     retention_interval: int = 3600  # [s]
+    repl_servers: tuple[ReplServer, ...] = ()
+    repl_disabled_volumes: tuple[str, ...] = ()
+    max_replication_task: int = 1
     log_file: str = "-"
 
     @classmethod
@@ -161,7 +191,12 @@ class WorkerConfig:
             "layout": layout, "archive": archive, "max_task": general.get("max_task", 1),
             "kick_interval": float(general.get("kick_interval", 1.0)), "timeout": float(general.get("timeout", 3600)),
             "volumes": tuple(general.get("volumes", ())), "log_file": data.get("log_file", "-"),
+            "max_replication_task": general.get("max_replication_task", 1),
         }
+        if "repl" in data:
+            options["repl_servers"] = tuple(_repl_server(layout, name, entry)
+                                            for name, entry in data["repl"]["servers"].items())
+            options["repl_disabled_volumes"] = tuple(data["repl"].get("disabled_volumes", ()))
         if "apply" in data:
             options["keep_period"] = parse_period(data["apply"]["keep_period"])
             options["apply_interval"] = parse_period(data["apply"].get("interval", "1d"))
@@ -178,6 +213,21 @@ class WorkerConfig:
         return cls(**options)
 
 
+def _repl_server(layout: Layout, name: str, entry: dict[str, Any]) -> ReplServer:
+    """A repl.servers entry: an archive of the layout by name, or one at address and port."""
+    if "address" in entry or "port" in entry:
+        if not {"address", "port"} <= set(entry):
+            raise UsageError(f"repl.servers.{name}: give both address and port, or neither (a layout name)")
+        server = Server(name, entry["address"], entry["port"], "archive")
+    else:
+        server = layout.get(name)
+        if server.role != "archive":
+            raise UsageError(f"repl.servers.{name}: a {server.role}, not an archive")
+    max_send = entry.get("max_send_size")
+    return ReplServer(server, parse_period(entry.get("interval", 0)),
+                      parse_size(max_send) if max_send not in (None, 0, "0") else None, entry.get("enabled", True))
+
+
 # ------------------------------------------------------------------------------------------
 # Decisions (pure)
 
@@ -192,22 +242,26 @@ class VolumeView:
     chain: tuple[MetaDiff, ...]  # the applicable diffs from the base
     restorable: tuple[Restorable, ...]
     running: tuple[str, ...]  # actions running on the archive
+    replicas: tuple[tuple[str, str], ...] = ()  # (destination "host:port", its latest snapshot) from ts-delta
+    latest: str = ""  # this archive's latest snapshot
 
 
 @dataclass(frozen=True)
 class Task:
     """One thing to do on one volume, with the reason the worker chose it."""
 
-    kind: str  # finish-apply, apply, merge, retention
+    kind: str  # finish-apply, apply, merge, replicate, retention
     vol: str
     reason: str
-    gid: int | None = None  # apply: the target; merge: the first snapshot
+    gid: int | None = None  # apply, replicate: the target; merge: the first snapshot
     gid_e: int | None = None  # merge: stop before diffs starting here
     max_size: int | None = None
+    server: Server | None = None  # replicate: the destination
 
     def __str__(self) -> str:
         target = f" {self.gid}" + (f"..{self.gid_e}" if self.gid_e is not None else "") if self.gid is not None else ""
-        return f"{self.vol}: {self.kind}{target} ({self.reason})"
+        to = f" to {self.server.name}" if self.server is not None else ""
+        return f"{self.vol}: {self.kind}{target}{to} ({self.reason})"
 
 
 def merge_run(chain: Sequence[MetaDiff], max_nr: int, max_size: int) -> list[MetaDiff]:
@@ -251,6 +305,45 @@ def apply_target(view: VolumeView, now: float, keep_period: int) -> int | None:
     return max(old)
 
 
+def replication_target(view: VolumeView, there: str | None, max_send_size: int | None) -> int | None:
+    """The gid to replicate up to: the newest restorable one, or with ``max_send_size`` the newest
+    whose diffs after the destination's snapshot ``there`` fit in it (at least the first)."""
+    newest = max((snap.gid for snap in view.restorable), default=None)
+    if newest is None or max_send_size is None or there is None:
+        return newest
+    start = MetaSnap.parse(there).gid_b
+    sent, target = 0, None
+    for diff in view.chain:
+        if diff.snap_b.gid_b < start:
+            continue
+        sent += diff.data_size
+        if target is not None and sent > max_send_size:
+            break
+        target = diff.snap_e.gid_b
+    restorable = [snap.gid for snap in view.restorable if target is None or snap.gid <= target]
+    return max(restorable, default=newest)
+
+
+def replication_tasks(view: VolumeView, config: WorkerConfig,
+                      due: Callable[[VolumeView, str, int], bool]) -> list[Task]:
+    """Replications of ``view`` that are due, least recently run first (walb-worker's step 4)."""
+    if view.vol in config.repl_disabled_volumes:
+        return []
+    where = dict(view.replicas)
+    tasks = []
+    for repl in config.repl_servers:
+        destination = f"{repl.server.address}:{repl.server.port}"
+        there = where.get(destination)
+        if not repl.enabled or there == view.latest or not due(view, f"replicate:{repl.server.name}", repl.interval):
+            continue
+        gid = replication_target(view, there, repl.max_send_size)
+        if gid is not None:
+            reason = f"{repl.server.name} is at {there}, here {view.latest}" if there else \
+                f"{repl.server.name} not replicated yet by this worker"
+            tasks.append(Task("replicate", view.vol, reason, gid, server=repl.server))
+    return tasks
+
+
 def choose(views: Sequence[VolumeView], config: WorkerConfig, now: float,
            last_run: dict[tuple[str, str], float]) -> list[Task]:
     """The tasks worth doing now, best first, at most one per volume; volumes that run an action are left alone.
@@ -279,11 +372,15 @@ def choose(views: Sequence[VolumeView], config: WorkerConfig, now: float,
                 candidates.append((bytes_before(view, target), view, target))
         for size, view, target in sorted(candidates, key=lambda c: c[0], reverse=True):
             propose(Task("apply", view.vol, f"{size} diff bytes older than {config.keep_period} s", target))
+    if config.merge_interval is not None and config.merge_threshold_nr is not None:
+        for view in idle:
+            if len(view.chain) >= config.merge_threshold_nr:
+                propose(_merge_task(view, config, f"{len(view.chain)} diffs >= {config.merge_threshold_nr}"))
+    replications = [task for view in idle for task in replication_tasks(view, config, due)]
+    for task in sorted(replications, key=lambda t: last_run.get((t.vol, f"replicate:{t.server.name}"
+                                                                 if t.server else ""), float("-inf"))):
+        propose(task)
     if config.merge_interval is not None:
-        if config.merge_threshold_nr is not None:
-            for view in idle:
-                if len(view.chain) >= config.merge_threshold_nr:
-                    propose(_merge_task(view, config, f"{len(view.chain)} diffs >= {config.merge_threshold_nr}"))
         for view in idle:
             if due(view, "merge", config.merge_interval):
                 propose(_merge_task(view, config, f"merge interval {config.merge_interval} s"))
@@ -310,6 +407,7 @@ class Worker:
     def __post_init__(self) -> None:
         self.ctl = Controller(self.config.layout, timeout=60.0)
         self._busy: dict[str, concurrent.futures.Future[Any]] = {}  # vol -> its running task
+        self._kinds: dict[str, str] = {}  # vol -> the kind of its running task
         self._lock = threading.Lock()
 
     def handle_exit(self, sig: int | None = None, frame: Any = None) -> None:
@@ -329,9 +427,15 @@ class Worker:
                 found.append(VolumeView(vol, state, MetaState.parse("<|0|>"), (), (), ()))
                 continue
             running = tuple(name for name, action in actions.get(vol, {}).items() if action["running"])
+            replicas: tuple[tuple[str, str], ...] = ()
+            latest = ""
+            if self.config.repl_servers:
+                replicas = tuple((str(entry["destination"]), str(entry["latest"]))
+                                 for entry in self.ctl.get(archive, "ts-delta", vol))
+                latest = str(self.ctl.get(archive, "latest-snap", vol))
             found.append(VolumeView(vol, state, self.ctl.get_base(archive, vol),
                                     tuple(self.ctl.get_applicable_diff_list(archive, vol)),
-                                    tuple(restorable_snapshots(self.ctl, archive, vol)), running))
+                                    tuple(restorable_snapshots(self.ctl, archive, vol)), running, replicas, latest))
         return found
 
     def tick(self, pool: concurrent.futures.ThreadPoolExecutor) -> None:
@@ -339,6 +443,7 @@ class Worker:
         for vol, future in list(self._busy.items()):
             if future.done():
                 del self._busy[vol]
+                self._kinds.pop(vol, None)
                 error = future.exception()
                 if error is not None:
                     logger.error("%s: task failed: %s", vol, error)
@@ -347,10 +452,19 @@ class Worker:
             return
         now = self.clock()
         tasks = [task for task in choose(self.views(), self.config, now, self.last_run) if task.vol not in self._busy]
-        for task in tasks[:free]:
+        replicating = sum(1 for kind in self._kinds.values() if kind == "replicate")
+        for task in tasks:
+            if free <= 0:
+                break
+            if task.kind == "replicate":
+                if replicating >= self.config.max_replication_task:
+                    continue
+                replicating += 1
             logger.info("start %s", task)
-            self.last_run[(task.vol, task.kind)] = now
+            self.last_run[(task.vol, task.kind if task.server is None else f"replicate:{task.server.name}")] = now
             self._busy[task.vol] = pool.submit(self.run_task, task)
+            self._kinds[task.vol] = task.kind
+            free -= 1
 
     def run_task(self, task: Task) -> None:
         archive, started = self.config.archive, time.monotonic()
@@ -362,6 +476,10 @@ class Worker:
             assert task.gid is not None
             merged = self.ctl.merge(archive, task.vol, task.gid, task.gid_e, task.max_size, self.config.timeout)
             logger.info("done %s: %s in %.1f s", task, merged, time.monotonic() - started)
+        elif task.kind == "replicate":
+            assert task.server is not None and task.gid is not None
+            gid = self.ctl.replicate_once(archive, task.vol, task.server, task.gid, timeout=self.config.timeout)
+            logger.info("done %s: %s can restore %d in %.1f s", task, task.server.name, gid, time.monotonic() - started)
         elif task.kind == "retention":
             assert self.config.retention is not None
             outcome = enforce(self.ctl, archive, task.vol, self.config.retention, timeout=self.config.timeout,
@@ -382,6 +500,7 @@ class Worker:
                     logger.error("%s: task failed: %s", vol, error)
                     failed += 1
             self._busy.clear()
+            self._kinds.clear()
         return 1 if failed else 0
 
     def run(self) -> int:

@@ -15,6 +15,7 @@ from cluster import RandomWriter, fill_random, sha1_of_device, write_random
 from relay import Relay
 
 from walbops.errors import OperationError
+from walbops.worker import Worker, WorkerConfig
 
 VOL = "vol0"
 
@@ -181,3 +182,20 @@ def test_e16_a_cut_diff_replication_leaves_an_older_gid_and_a_retry_reaches_the_
     cluster.ctl.replicate_once("a0", VOL, "a1", gid=gid)
     assert cluster.restored_sha1(VOL, gid, archive="a1") == expected
     assert cluster.ctl.get_restorable("a1", VOL) == cluster.ctl.get_restorable("a0", VOL)
+
+
+def test_the_worker_replicates_to_its_repl_servers_until_they_are_at_the_latest_snapshot(cluster, tmp_path):
+    device, taken = replicated_volume(cluster)
+    config = tmp_path / "worker.yml"
+    config.write_text(f"general: {{layout: {cluster.layout_path}, server: a0}}\nrepl: {{servers: {{a1: {{}}}}}}\n")
+    worker = Worker(WorkerConfig.load(str(config)))
+    assert worker.run_once() == 0
+    assert cluster.ctl.get_restorable("a1", VOL) == cluster.ctl.get_restorable("a0", VOL)
+    assert cluster.restored_sha1(VOL, taken[-1][0], archive="a1") == taken[-1][1]
+    first = cluster.ctl.get("a0", "action-result", VOL, "ReplSyncAsClient")["started"]
+    assert worker.run_once() == 0  # a1 is at a0's latest snapshot: nothing to do
+    assert cluster.ctl.get("a0", "action-result", VOL, "ReplSyncAsClient")["started"] == first
+    write_random(device, random.Random(90), count=16)
+    gid, expected = cluster.snapshot_restorable(VOL)
+    assert worker.run_once() == 0
+    assert cluster.restored_sha1(VOL, gid, archive="a1") == expected

@@ -7,7 +7,7 @@ import pytest
 from walbops.controller import Layout, Server
 from walbops.errors import UsageError
 from walbops.gid import MetaDiff, MetaState, Restorable
-from walbops.worker import VolumeView, WorkerConfig, choose, merge_run, parse_period
+from walbops.worker import ReplServer, VolumeView, WorkerConfig, choose, merge_run, parse_period
 
 NOW = 1_800_000_000
 DAY = 86400
@@ -95,3 +95,55 @@ def test_retention_runs_by_interval():
     assert tasks == []
     tasks = choose([view("v", "--")], config(retention=Policy(keep_last=1), retention_interval=3600), NOW, {})
     assert [t.kind for t in tasks] == ["retention"]
+
+
+A1 = Server("a1", "10.0.0.6", 10200, "archive")
+A2 = Server("a2", "10.0.0.7", 10200, "archive")
+
+
+def repl_view(vol: str, replicas: tuple[tuple[str, str], ...] = (), flags: str = "----") -> VolumeView:
+    base = view(vol, flags)
+    return VolumeView(vol, "Archived", base.base, base.chain, base.restorable, (), replicas, f"|{len(flags)}|")
+
+
+def test_replication_goes_to_each_destination_not_at_the_latest_snapshot():
+    servers = (ReplServer(A1), ReplServer(A2), ReplServer(Server("a3", "10.0.0.8", 1, "archive"), enabled=False))
+    cfg = config(repl_servers=servers)
+    at_latest = repl_view("v1", (("10.0.0.6:10200", "|4|"), ("10.0.0.7:10200", "|2|")))
+    (task,) = choose([at_latest], cfg, NOW, {})
+    assert (task.kind, task.server, task.gid) == ("replicate", A2, 4) and "a2 is at |2|, here |4|" in task.reason
+    # Least recently replicated first; one task per volume per round.
+    fresh = repl_view("v2")
+    (task,) = choose([fresh], cfg, NOW, {("v2", "replicate:a1"): NOW - 10})
+    assert task.server == A2 and "not replicated yet" in task.reason
+    # The interval holds back a destination replicated recently; a disabled volume is left alone.
+    timed = config(repl_servers=(ReplServer(A1, interval=600),))
+    assert choose([fresh], timed, NOW, {("v2", "replicate:a1"): NOW - 10}) == []
+    assert choose([fresh], config(repl_servers=(ReplServer(A1),), repl_disabled_volumes=("v2",)), NOW, {}) == []
+
+
+def test_max_send_size_caps_the_target_gid():
+    cfg = config(repl_servers=(ReplServer(A1, max_send_size=250),))
+    (task,) = choose([repl_view("v", (("10.0.0.6:10200", "|1|"),), flags="------")], cfg, NOW, {})
+    assert task.gid == 3  # diffs of 100 bytes: |1|->|2|->|3| fit in 250 bytes, the next would not
+    (task,) = choose([repl_view("v", (("10.0.0.6:10200", "|1|"),), flags="------")],
+                     config(repl_servers=(ReplServer(A1, max_send_size=50),)), NOW, {})
+    assert task.gid == 2  # at least one diff goes
+
+
+def test_repl_config_names_layout_archives_or_addresses(tmp_path):
+    layout = tmp_path / "layout.yml"
+    layout.write_text("key_file: k\nservers:\n  - {name: a0, address: 127.0.0.1, port: 10200, role: archive}\n"
+                      "  - {name: a1, address: 10.0.0.6, port: 10200, role: archive}\n"
+                      "  - {name: p0, address: 127.0.0.1, port: 10100, role: proxy}\n")
+    loaded = WorkerConfig.load(write(tmp_path, (
+        f"general: {{layout: {layout}, server: a0, max_replication_task: 2}}\n"
+        "repl: {servers: {a1: {interval: 10m, max_send_size: 1G}, far: {address: 10.9.0.1, port: 10200}},"
+        " disabled_volumes: [scratch]}\n")))
+    assert loaded.max_replication_task == 2 and loaded.repl_disabled_volumes == ("scratch",)
+    far = Server("far", "10.9.0.1", 10200, "archive")
+    assert loaded.repl_servers == (ReplServer(A1, 600, 1 << 30), ReplServer(far))
+    with pytest.raises(UsageError, match="repl.servers.p0: a proxy, not an archive"):
+        WorkerConfig.load(write(tmp_path, f"general: {{layout: {layout}}}\nrepl: {{servers: {{p0: {{}}}}}}\n"))
+    with pytest.raises(UsageError, match="both address and port"):
+        WorkerConfig.load(write(tmp_path, f"general: {{layout: {layout}}}\nrepl: {{servers: {{x: {{port: 1}}}}}}\n"))
