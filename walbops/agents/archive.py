@@ -702,7 +702,8 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                     raise OperationError(f"{volume.vol}: {destination} answered repl-sync with {answer!r}")
                 if kind == "full":
                     base = volume.base
-                    with self.store.open_base(volume.vol, writable=False) as target:
+                    with self.store.open_base(volume.vol, writable=False) as target, \
+                            _finally(lambda: setattr(volume, "progress_lb", 0)):
                         await send_base_replica(channel, volume.uuid, target.fd, volume.size_lb, REPL_BULK_LB,
                                                 base.to_str(), lambda lb: setattr(volume, "progress_lb", lb))
                     latest = base.snap_b
