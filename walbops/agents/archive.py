@@ -434,83 +434,86 @@ class ArchiveAgent(Agent[ArchiveVolume]):
     async def recv_full_sync(self, request: Request) -> Any:
         args = request.args
         volume = self.volume(args["vol"])
-        self.check_volume_size(volume.vol, args["size_lb"])
-        tx = volume.begin_full_sync()
-        with tx:
-            size_lb, bulk_lb = args["size_lb"], args["bulk_lb"]
-            if self.store.base_exists(volume.vol):
-                # Left by a full backup that was cut short (the volume is SyncReady): its blocks are
-                # stale, and zero ranges are not written below, so start again from a fresh base.
-                await asyncio.to_thread(self.store.remove_volume, volume.vol)
-            self.store.create_base(volume.vol, size_lb)
 
-            def finish(begin: dict[str, Any], end: dict[str, Any]) -> None:
-                if "gid" not in end:
-                    raise BadField("end of a full backup without its gid")
-                volume.finish_full_sync(tx, bytes.fromhex(begin["uuid"]), size_lb, end["gid"], args["timestamp"])
+        def finish(tx: Any, begin: dict[str, Any], end: dict[str, Any]) -> None:
+            if "gid" not in end:
+                raise BadField("end of a full backup without its gid")
+            volume.finish_full_sync(tx, bytes.fromhex(begin["uuid"]), args["size_lb"], end["gid"], args["timestamp"])
 
-            with _on_failure(lambda: self._remove_partial_base(volume.vol)):
-                await self._receive_base(request, volume, size_lb, bulk_lb, "the storage", request.accept, finish)
-        await request.channel.send_json(messages.ack())
-        self.log.info("%s: full backup received: base %s, %d LB", volume.vol, volume.base, size_lb)
+        await self._receive_base(request, volume, args["size_lb"], args["bulk_lb"], "the storage", request.accept,
+                                 finish)
+        self.log.info("%s: full backup received: base %s, %d LB", volume.vol, volume.base, args["size_lb"])
         return None
 
     def _remove_partial_base(self, vol: str) -> None:
-        """A full backup that failed leaves no partial base behind (the volume stays SyncReady)."""
+        """A full backup or replication that failed leaves no partial base behind (the volume stays
+        SyncReady)."""
         try:
             self.store.remove_volume(vol)
         except (WalbopsError, OSError) as exc:
-            self.log.error("%s: the partial base of a failed full backup could not be removed: %s "
-                           "(the next full backup removes it)", vol, exc)
+            self.log.error("%s: the partial base of a failed full backup or replication could not be removed: "
+                           "%s (the next one removes it)", vol, exc)
         else:
-            self.log.info("%s: removed the partial base of a failed full backup", vol)
+            self.log.info("%s: removed the partial base of a failed full backup or replication", vol)
 
     async def _receive_base(self, request: Request, volume: ArchiveVolume, size_lb: int, bulk_lb: int | None,
                             sender: str, answer: Callable[[], Awaitable[None]],
-                            finish: Callable[[dict[str, Any], dict[str, Any]], None]) -> None:
-        """Receive a base image (docs/protocol.md §8.3, §8.6) into the new base: ``answer`` tells the
-        sender to start; ``finish(begin, end)`` records the base once the image is synced.
-        ``bulk_lb`` None: the sender's ``begin`` says it."""
-        reads_zeros = self.store.new_base_reads_zeros
-        with volume.actions.begin(ArchiveAction.FULL_SYNC), \
-                self.store.open_base(volume.vol, writable=True) as target:
-            await answer()
-            channel = request.channel
-            begin = await channel.recv_json("begin")
-            if bulk_lb is None:
-                bulk_lb = int(begin.get("bulk_lb", 0))
-                if not 1 <= bulk_lb <= MAX_BULK // LOGICAL_BLOCK_SIZE:
-                    raise BadField(f"begin: bulk_lb {bulk_lb} is not 1 … {MAX_BULK // LOGICAL_BLOCK_SIZE}")
-            unsynced = 0
-            volume.progress_lb = 0
-
-            async def on_data(offset: int, data: bytes) -> None:
-                nonlocal unsynced
-                # Into the page cache, in this thread: a thread hop per frame costs more
-                # (GIL hand-offs) than the write; the fdatasyncs run in a thread.
-                pwrite_all(target.fd, data, offset)
-                unsynced += len(data)
-                if unsynced >= FSYNC_INTERVAL:
-                    await asyncio.to_thread(os.fdatasync, target.fd)
-                    unsynced = 0
-                volume.progress_lb = (offset + len(data)) // LOGICAL_BLOCK_SIZE
-
-            async def on_zero(offset: int, length: int) -> None:
-                # A fresh file or thin LV reads as zeros already; a thick LV is zeroed here.
-                if not reads_zeros:
-                    await asyncio.to_thread(zero_range, target.fd, offset, length)
-                volume.progress_lb = (offset + length) // LOGICAL_BLOCK_SIZE
-
-            try:
-                end = await receive_image(channel, size_lb, bulk_lb, f"{volume.vol}: {sender}", on_data, on_zero)
-                await asyncio.to_thread(os.fdatasync, target.fd)
-                finish(begin, end)
-            except (WalbopsError, OSError) as exc:
-                if not isinstance(exc, ProtocolError):
-                    await channel.abort_receiving(str(exc))
-                raise
-            finally:
+                            finish: Callable[[Any, dict[str, Any], dict[str, Any]], None]) -> None:
+        """Receive a base image (docs/protocol.md §8.3, §8.6) into a fresh base of a SyncReady
+        volume (FullSync), and ack it: ``answer`` tells the sender to start; ``finish(tx, begin,
+        end)`` records the base once the image is synced. ``bulk_lb`` None: the sender's ``begin``
+        says it. A failure removes the partial base."""
+        self.check_volume_size(volume.vol, size_lb)
+        tx = volume.begin_full_sync()
+        with tx:
+            if self.store.base_exists(volume.vol):
+                # Left by a transfer that was cut short (the volume is SyncReady): its blocks are
+                # stale, and zero ranges are not written below, so start again from a fresh base.
+                await asyncio.to_thread(self.store.remove_volume, volume.vol)
+            self.store.create_base(volume.vol, size_lb)
+            reads_zeros = self.store.new_base_reads_zeros
+            # Listed first, so it exits last: a failure removes the base once it is closed.
+            with _on_failure(lambda: self._remove_partial_base(volume.vol)), \
+                    volume.actions.begin(ArchiveAction.FULL_SYNC), \
+                    self.store.open_base(volume.vol, writable=True) as target:
+                await answer()
+                channel = request.channel
+                begin = await channel.recv_json("begin")
+                if bulk_lb is None:
+                    bulk_lb = int(begin.get("bulk_lb", 0))
+                    if not 1 <= bulk_lb <= MAX_BULK // LOGICAL_BLOCK_SIZE:
+                        raise BadField(f"begin: bulk_lb {bulk_lb} is not 1 … {MAX_BULK // LOGICAL_BLOCK_SIZE}")
+                unsynced = 0
                 volume.progress_lb = 0
+
+                async def on_data(offset: int, data: bytes) -> None:
+                    nonlocal unsynced
+                    # Into the page cache, in this thread: a thread hop per frame costs more
+                    # (GIL hand-offs) than the write; the fdatasyncs run in a thread.
+                    pwrite_all(target.fd, data, offset)
+                    unsynced += len(data)
+                    if unsynced >= FSYNC_INTERVAL:
+                        await asyncio.to_thread(os.fdatasync, target.fd)
+                        unsynced = 0
+                    volume.progress_lb = (offset + len(data)) // LOGICAL_BLOCK_SIZE
+
+                async def on_zero(offset: int, length: int) -> None:
+                    # A fresh file or thin LV reads as zeros already; a thick LV is zeroed here.
+                    if not reads_zeros:
+                        await asyncio.to_thread(zero_range, target.fd, offset, length)
+                    volume.progress_lb = (offset + length) // LOGICAL_BLOCK_SIZE
+
+                try:
+                    end = await receive_image(channel, size_lb, bulk_lb, f"{volume.vol}: {sender}", on_data, on_zero)
+                    await asyncio.to_thread(os.fdatasync, target.fd)
+                    finish(tx, begin, end)
+                except (WalbopsError, OSError) as exc:
+                    if not isinstance(exc, ProtocolError):
+                        await channel.abort_receiving(str(exc))
+                    raise
+                finally:
+                    volume.progress_lb = 0
+        await request.channel.send_json(messages.ack())
 
     async def recv_hash_sync(self, request: Request) -> Any:
         """The archive's side of a hash backup (docs/protocol.md §8.4): hashes of the image at the
@@ -649,28 +652,19 @@ class ArchiveAgent(Agent[ArchiveVolume]):
             self.log.info("%s: replication from %s: diffs after %s", volume.vol, source, volume.latest_snap())
             return None
         size_lb = args["size_lb"]
-        self.check_volume_size(volume.vol, size_lb)
-        tx = volume.begin_full_sync()
-        with tx:
-            if self.store.base_exists(volume.vol):
-                await asyncio.to_thread(self.store.remove_volume, volume.vol)  # a replication cut short
-            self.store.create_base(volume.vol, size_lb)
 
-            async def answer() -> None:
-                await request.answer({"kind": "full", "latest": None})
+        async def answer() -> None:
+            await request.answer({"kind": "full", "latest": None})
 
-            def finish(begin: dict[str, Any], end: dict[str, Any]) -> None:
-                if "base" not in begin:
-                    raise BadField("begin of a full replication without the base state")
-                base = MetaState.parse(begin["base"])
-                if base.is_applying:
-                    raise BadField(f"a full replication sent an applying base {base}")
-                volume.finish_replica(tx, bytes.fromhex(begin["uuid"]), size_lb, base, archive_uuid)
+        def finish(tx: Any, begin: dict[str, Any], end: dict[str, Any]) -> None:
+            if "base" not in begin:
+                raise BadField("begin of a full replication without the base state")
+            base = MetaState.parse(begin["base"])
+            if base.is_applying:
+                raise BadField(f"a full replication sent an applying base {base}")
+            volume.finish_replica(tx, bytes.fromhex(begin["uuid"]), size_lb, base, archive_uuid)
 
-            with _on_failure(lambda: self._remove_partial_base(volume.vol)):
-                await self._receive_base(request, volume, size_lb, None, f"the source archive {source}", answer,
-                                         finish)
-        await request.channel.send_json(messages.ack())
+        await self._receive_base(request, volume, size_lb, None, f"the source archive {source}", answer, finish)
         self.log.info("%s: full replication from %s received: base %s, %d LB", volume.vol, source, volume.base,
                       size_lb)
         return None
