@@ -15,6 +15,7 @@ The first archive is the primary one. Blocking waits poll ``get`` every 0.3 s, a
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import time
 from dataclasses import dataclass
@@ -102,6 +103,10 @@ class Layout:
             raise UsageError(f"{path}: key 'key_file' (or tls) is required")
         return cls(tuple(servers), str(data["key_file"]))
 
+    def resolve(self, server: Server | str) -> Server:
+        """``server`` itself, or the server of that name."""
+        return self.get(server) if isinstance(server, str) else server
+
     def get(self, name: str) -> Server:
         for server in self.servers:
             if server.name == name:
@@ -146,7 +151,7 @@ class Controller:
         self.timeout = timeout
 
     def run(self, server: Server | str, command: str, **args: Any) -> Any:
-        target = self.layout.get(server) if isinstance(server, str) else server
+        target = self.layout.resolve(server)
         return asyncio.run(call(target, self.key, command, args, self.timeout))
 
     def get(self, server: Server | str, target: str, vol: str | None = None, args: Any = None) -> Any:
@@ -202,7 +207,7 @@ class Controller:
         """
         deadline = time.monotonic() + timeout
         accepted = self._run_when_idle(archive, "restore", deadline, vol=vol, gid=gid)
-        self._wait_for_action(archive, vol, "Restore", accepted, deadline)
+        self.wait_for_action(archive, vol, "Restore", accepted, deadline)
         return self.get_restored_path(archive, vol, gid)
 
     def _run_when_idle(self, server: Server | str, command: str, deadline: float, **args: Any) -> Any:
@@ -216,8 +221,10 @@ class Controller:
                     raise
             time.sleep(POLL)
 
-    def _wait_for_action(self, archive: Server | str, vol: str, action: str, accepted: Any, deadline: float) -> Any:
-        """Wait until the background ``action`` that ``accepted`` started on ``vol`` has ended; its outcome.
+    def wait_for_action(self, archive: Server | str, vol: str, action: str, accepted: Any,
+                        deadline: float = math.inf) -> Any:
+        """Wait until the background ``action`` that ``accepted`` started on ``vol`` has ended (by
+        ``deadline``, monotonic time; none by default); its outcome.
 
         Raises:
             OperationError: the action failed (with the archive's reason) or is still running at the deadline.
@@ -285,7 +292,7 @@ class Controller:
         deadline = time.monotonic() + timeout
         accepted = self._run_when_idle(archive, "apply", deadline, vol=vol, gid=gid)
         if isinstance(accepted, dict) and accepted.get("accepted"):
-            self._wait_for_action(archive, vol, "Apply", accepted, deadline)
+            self.wait_for_action(archive, vol, "Apply", accepted, deadline)
         return self.get_base(archive, vol)
 
     def merge(self, archive: Server | str, vol: str, gid_b: int, gid_e: int | None = None,
@@ -299,7 +306,7 @@ class Controller:
         if max_size is not None:
             args["max_size"] = max_size
         accepted = self._run_when_idle(archive, "merge", deadline, **args)
-        self._wait_for_action(archive, vol, "Merge", accepted, deadline)
+        self.wait_for_action(archive, vol, "Merge", accepted, deadline)
         return str(accepted["merged"])
 
     def replicate_once(self, source: Server | str, vol: str, destination: Server | str, gid: int | None = None,
@@ -318,7 +325,7 @@ class Controller:
 
     def _prepare_replica(self, source: Server | str, vol: str, destination: Server | str) -> Server:
         """init-vol on a Clear destination; grow it to the source's size."""
-        target = self.layout.get(destination) if isinstance(destination, str) else destination
+        target = self.layout.resolve(destination)
         state = self._state_or_clear(target, vol)
         if state == "Clear":
             self.run(target, "init-vol", vol=vol)
@@ -331,7 +338,7 @@ class Controller:
     def _replicate(self, source: Server | str, vol: str, target: Server, deadline: float, **args: Any) -> Any:
         accepted = self._run_when_idle(source, "replicate", deadline, vol=vol, host=target.address,
                                        port=target.port, **args)
-        return self._wait_for_action(source, vol, "ReplSyncAsClient", accepted, deadline)
+        return self.wait_for_action(source, vol, "ReplSyncAsClient", accepted, deadline)
 
     def synchronize(self, source: Server | str, vol: str, destination: Server | str,
                     timeout: float = DEFAULT_WAIT, compression: str = "lz4:0:1") -> None:
@@ -345,11 +352,8 @@ class Controller:
         for proxy in proxies:
             self._stop_proxy(proxy, vol, "empty", deadline)
         for proxy in proxies:
-            if self._state_or_clear(proxy, vol) == "Clear":
-                continue  # this proxy never carried the volume
-            if target.name not in self.run(proxy, "archive-info", cmd="list", vol=vol):
-                self.run(proxy, "archive-info", cmd="add", vol=vol, archive=target.name, host=target.address,
-                         port=target.port, compression=compression)
+            if self._state_or_clear(proxy, vol) != "Clear":  # a proxy that never carried the volume stays out
+                self._add_archive_to_proxy(proxy, vol, target, compression)
         self._replicate(source, vol, target, deadline, size=0)  # everything the source has
         for proxy in proxies:
             if self._state_or_clear(proxy, vol) == "Stopped":
@@ -379,7 +383,7 @@ class Controller:
         Raises:
             OperationError: some proxies do and others do not.
         """
-        target = self.layout.get(archive) if isinstance(archive, str) else archive
+        target = self.layout.resolve(archive)
         lists = {proxy.name: target.name in self.run(proxy, "archive-info", cmd="list", vol=vol)
                  for proxy in self.layout.by_role("proxy") if self._state_or_clear(proxy, vol) != "Clear"}
         if len(set(lists.values())) > 1:
@@ -390,7 +394,7 @@ class Controller:
 
     def stop_synchronizing(self, archive: Server | str, vol: str) -> None:
         """The proxies stop sending the volume to ``archive`` (walblib's stop_synchronizing)."""
-        target = self.layout.get(archive) if isinstance(archive, str) else archive
+        target = self.layout.resolve(archive)
         for proxy in self.layout.by_role("proxy"):
             state = self._state_or_clear(proxy, vol)
             if state == "Clear" or target.name not in self.run(proxy, "archive-info", cmd="list", vol=vol):
@@ -481,7 +485,7 @@ class Controller:
         """Make ``storage`` the volume's target (WalB's n12): every other storage that ships the volume
         goes standby, then ``storage`` catches the archive up with a hash backup; returns the new
         restorable gid. The archive's history stays whole."""
-        target = self.layout.get(storage) if isinstance(storage, str) else storage
+        target = self.layout.resolve(storage)
         for other in self.layout.by_role("storage"):
             if other.name != target.name and self._state_or_clear(other, vol) in ("Target", "Stopped"):
                 self.go_standby(other, vol)
@@ -489,16 +493,19 @@ class Controller:
 
     def start_synchronizing(self, archive: Server | str, vol: str, compression: str = "lz4:0:1") -> None:
         """Make every proxy send the volume's diffs to ``archive``."""
-        target = self.layout.get(archive) if isinstance(archive, str) else archive
+        target = self.layout.resolve(archive)
         for proxy in self.layout.by_role("proxy"):
-            state = self._state_or_clear(proxy, vol)
-            if state == "Started":
-                self.run(proxy, "stop", vol=vol, mode="graceful")
-            known = self.run(proxy, "archive-info", cmd="list", vol=vol) if state != "Clear" else []
-            if target.name not in known:
-                self.run(proxy, "archive-info", cmd="add", vol=vol, archive=target.name, host=target.address,
-                         port=target.port, compression=compression)
+            self._stop_proxy(proxy, vol, "graceful", time.monotonic() + DEFAULT_WAIT)
+            self._add_archive_to_proxy(proxy, vol, target, compression)
             self.run(proxy, "start", vol=vol)
+
+    def _add_archive_to_proxy(self, proxy: Server, vol: str, archive: Server, compression: str) -> None:
+        """``proxy`` (stopped, or not carrying the volume yet) sends the volume to ``archive`` too."""
+        known = self.run(proxy, "archive-info", cmd="list", vol=vol) if self._state_or_clear(proxy, vol) != "Clear" \
+            else []
+        if archive.name not in known:
+            self.run(proxy, "archive-info", cmd="add", vol=vol, archive=archive.name, host=archive.address,
+                     port=archive.port, compression=compression)
 
     def _state_or_clear(self, server: Server | str, vol: str) -> str:
         try:
@@ -509,7 +516,7 @@ class Controller:
     def _archive(self, archive: Server | str | None) -> Server:
         if archive is None:
             return self.layout.primary_archive
-        return self.layout.get(archive) if isinstance(archive, str) else archive
+        return self.layout.resolve(archive)
 
     def _prepare_backup(self, storage: Server | str, vol: str, archive: Server) -> None:
         """walblib's _prepare_backup: the storage brought to SyncReady (its logs reset), the proxies
@@ -622,7 +629,7 @@ class Controller:
 
     def start(self, server: Server | str, vol: str) -> None:
         """Start a volume; a storage starts as target."""
-        target = self.layout.get(server) if isinstance(server, str) else server
+        target = self.layout.resolve(server)
         if target.role == "storage":
             self.run(target, "start", vol=vol, role="target")
         else:
@@ -630,7 +637,7 @@ class Controller:
 
     def clear(self, server: Server | str, vol: str) -> None:
         """Bring a volume to Clear on one server, stopping or resetting it first as needed."""
-        target = self.layout.get(server) if isinstance(server, str) else server
+        target = self.layout.resolve(server)
         state = self._state_or_clear(target, vol)
         if state == "Clear":
             return

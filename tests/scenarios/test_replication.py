@@ -121,7 +121,7 @@ def test_a_cut_full_replication_leaves_the_destination_sync_ready_and_a_retry_wo
         accepted = cluster.ctl.run("a0", "replicate", vol=VOL, gid=gid, host="127.0.0.1", port=relay.port)
         assert accepted["accepted"]
         with pytest.raises(OperationError, match="replsyncasclient failed"):
-            cluster.ctl._wait_for_action("a0", VOL, "ReplSyncAsClient", accepted, 1e12)
+            cluster.ctl.wait_for_action("a0", VOL, "ReplSyncAsClient", accepted)
     finally:
         relay.close()
     cluster.ctl.wait_for_state("a1", VOL, {"SyncReady"}, timeout=60)
@@ -173,7 +173,7 @@ def test_e16_a_cut_diff_replication_leaves_an_older_gid_and_a_retry_reaches_the_
         relay.tamper = cut_in_the_third_diff
         accepted = cluster.ctl.run("a0", "replicate", vol=VOL, gid=gid, host="127.0.0.1", port=relay.port)
         with pytest.raises(OperationError, match="replsyncasclient failed"):
-            cluster.ctl._wait_for_action("a0", VOL, "ReplSyncAsClient", accepted, 1e12)
+            cluster.ctl.wait_for_action("a0", VOL, "ReplSyncAsClient", accepted)
     finally:
         relay.close()
     cluster.ctl.wait_for_state("a1", VOL, {"Archived"}, timeout=60)

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..agents.transfers import receive_image
 from ..blockdev import pwrite_all, size_of, zero_range
-from ..controller import POLL, Layout, Server, call, connect
+from ..controller import POLL, Controller, Layout, Server, call, connect
 from ..durable import atomic_file
 from ..errors import OperationError, UsageError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
@@ -312,22 +312,6 @@ def wait_until_done(server: Server, key: Secret, command: str, arguments: dict[s
     return {"done": True, "state": "Target"}
 
 
-def wait_for_action(server: Server, key: Secret, vol: str, action: str, accepted: Any, timeout: float) -> Any:
-    """Poll until the archive's background ``action`` on ``vol`` that ``accepted`` started has ended;
-    its outcome, or OperationError with the archive's reason if it failed."""
-    started = accepted.get("started") if isinstance(accepted, dict) else None
-    while True:
-        outcome = asyncio.run(call(server, key, "get", {"target": "action-result", "vol": vol, "args": action},
-                                   timeout))
-        if outcome is not None and (started is None or outcome["started"] >= started) and \
-                asyncio.run(call(server, key, "get", {"target": "num-action", "vol": vol, "args": action},
-                                 timeout)) == 0:
-            if not outcome["ok"]:
-                raise OperationError(f"{vol}: {action.lower()} failed on the archive: {outcome['error']}")
-            return outcome
-        time.sleep(POLL)
-
-
 def progress_bar(done: int, total: int, final: bool = False) -> None:
     """A one-line bar on stderr when it is a terminal (scripts use get progress)."""
     if not sys.stderr.isatty() or not total:
@@ -351,7 +335,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     if args.wait and args.command in ("full-bkp", "hash-bkp"):
         result = wait_until_done(server, key, args.command, arguments, args.timeout)
     elif args.wait and args.command in ARCHIVE_WAITS and isinstance(result, dict) and result.get("accepted"):
-        result = wait_for_action(server, key, arguments["vol"], ARCHIVE_WAITS[args.command], result, args.timeout)
+        result = Controller(layout, args.timeout).wait_for_action(server, arguments["vol"],
+                                                                  ARCHIVE_WAITS[args.command], result)
     if args.json:
         emit({"result": result}, True)
     elif isinstance(result, (dict, list)):
