@@ -23,6 +23,13 @@ _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_
 ZERO_CHUNK = bytes(1 << 20)  # [bytes] reused for writing zeros
 
 
+def same_node(one: os.stat_result, other: os.stat_result) -> bool:
+    """The same file by device and inode; two block device nodes of one device are the same too."""
+    if stat.S_ISBLK(one.st_mode) and stat.S_ISBLK(other.st_mode):
+        return one.st_rdev == other.st_rdev
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
+
+
 def is_block_device(fd: int) -> bool:
     return stat.S_ISBLK(os.fstat(fd).st_mode)
 

@@ -6,12 +6,12 @@ import argparse
 import contextlib
 import json
 import os
-import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 from .. import units
+from ..blockdev import same_node
 from ..converge import Outcome
 from ..diff.files import read_header
 from ..durable import atomic_file
@@ -77,13 +77,6 @@ def atomic_output(path: str, inputs: Sequence[str] = ()) -> Iterator[BinaryIO]:
         yield stream
 
 
-def same_file(one: os.stat_result, other: os.stat_result) -> bool:
-    """The same file by device and inode; two block device nodes of one device are the same too."""
-    if stat.S_ISBLK(one.st_mode) and stat.S_ISBLK(other.st_mode):
-        return one.st_rdev == other.st_rdev
-    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
-
-
 def refuse_an_input_as_output(output: str, inputs: Sequence[str]) -> None:
     """Raise UsageError when ``output`` exists and is one of ``inputs``; '-' is never a file."""
     try:
@@ -95,7 +88,7 @@ def refuse_an_input_as_output(output: str, inputs: Sequence[str]) -> None:
             continue
         with contextlib.suppress(FileNotFoundError):
             read = os.stat(path)
-            if same_file(read, written):
+            if same_node(read, written):
                 same = "" if path == output else f" (it is {path})"
                 raise UsageError(f"the output {output} is one of the inputs{same}; writing it would destroy it")
 

@@ -11,9 +11,9 @@ as absent: ``absent`` removes what it left, ``present`` starts a new one.
 from __future__ import annotations
 
 import os
-import stat
 from typing import Any
 
+from ..blockdev import same_node
 from ..device.control import DeviceClient
 from ..device.core import DeviceConfig, OverflowPolicy
 from ..device.lifecycle import start_device, stop_device
@@ -28,12 +28,9 @@ from .ldev import formatted_super, refuse_if_used, require_exists
 def same_file(first: str, second: str) -> bool:
     """Whether two paths reach the same block device (by device number) or file (by inode)."""
     try:
-        one, other = os.stat(first), os.stat(second)
+        return same_node(os.stat(first), os.stat(second))
     except OSError:
         return False
-    if stat.S_ISBLK(one.st_mode) and stat.S_ISBLK(other.st_mode):
-        return one.st_rdev == other.st_rdev
-    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
 
 
 def _describe(name: str, info: dict[str, Any] | None) -> dict[str, Any]:
