@@ -23,15 +23,17 @@ class Relay:
     ``cut()`` drops every relayed connection at once and refuses new ones (the peers see the
     connection closed); ``cut(silent=True)`` stops forwarding but keeps the connections open, as a
     network that loses every packet does (the peers see nothing until their socket timeout).
-    ``restore()`` relays again. ``tamper`` may change what each client sends.
+    ``restore()`` relays again. ``tamper`` may change what each client sends; ``cut_after``
+    cuts (as ``cut()``) once a client has sent more than that many bytes.
 
     Every socket is closed by the relay itself: when both directions of a connection are done,
     when it is dropped, or at ``close()``.
     """
 
-    def __init__(self, target_port: int, tamper: Tamper | None = None) -> None:
+    def __init__(self, target_port: int, tamper: Tamper | None = None, cut_after: int | None = None) -> None:
         self.target_port = target_port
         self.tamper = tamper
+        self.cut_after = cut_after
         self.listener = socket.create_server((HOST, 0))
         self.port = int(self.listener.getsockname()[1])
         self.down = threading.Event()
@@ -102,6 +104,9 @@ class Relay:
                     break
                 sent = tamper(data, offset) if tamper is not None else data
                 offset += len(data)
+                if source is client and self.cut_after is not None and offset > self.cut_after:
+                    self.cut()
+                    break
                 target.sendall(sent)
         except OSError:
             pass

@@ -33,6 +33,19 @@ def replicated_volume(cluster) -> tuple[str, list[tuple[int, str]]]:
     return device, taken
 
 
+def replicate_through_a_cut(cluster, gid: int, after: int) -> dict:
+    """Replicate a0 to a1 up to ``gid`` through a relay that cuts the connection once a0 has sent
+    ``after`` bytes; the replication fails. Returns replicate's answer."""
+    relay = Relay(cluster.ports["archive1"], cut_after=after)
+    try:
+        accepted = cluster.ctl.run("a0", "replicate", vol=VOL, gid=gid, host="127.0.0.1", port=relay.port)
+        with pytest.raises(OperationError, match="replsyncasclient failed"):
+            cluster.ctl.wait_for_action("a0", VOL, "ReplSyncAsClient", accepted)
+    finally:
+        relay.close()
+    return accepted
+
+
 def explicit_restorable(cluster, archive: str) -> list[int]:
     return cluster.ctl.get_restorable(archive, VOL)
 
@@ -110,20 +123,8 @@ def test_a_cut_full_replication_leaves_the_destination_sync_ready_and_a_retry_wo
     cluster.full_backup(VOL)
     gid, expected = cluster.snapshot_restorable(VOL)
     cluster.ctl.run("a1", "init-vol", vol=VOL)
-    relay = Relay(cluster.ports["archive1"])
-    try:
-        def cut_after_a_while(data: bytes, offset: int) -> bytes:
-            if offset > (8 << 20):
-                relay.cut()
-            return data
-
-        relay.tamper = cut_after_a_while
-        accepted = cluster.ctl.run("a0", "replicate", vol=VOL, gid=gid, host="127.0.0.1", port=relay.port)
-        assert accepted["accepted"]
-        with pytest.raises(OperationError, match="replsyncasclient failed"):
-            cluster.ctl.wait_for_action("a0", VOL, "ReplSyncAsClient", accepted)
-    finally:
-        relay.close()
+    accepted = replicate_through_a_cut(cluster, gid, 8 << 20)
+    assert accepted["accepted"]
     cluster.ctl.wait_for_state("a1", VOL, {"SyncReady"}, timeout=60)
     assert cluster.ctl.get("a1", "exists-base-image", VOL) == 0
     assert explicit_restorable(cluster, "a1") == []
@@ -163,19 +164,7 @@ def test_e16_a_cut_diff_replication_leaves_an_older_gid_and_a_retry_reaches_the_
         write_random(device, random.Random(seed), count=256)
         taken.append(cluster.snapshot_restorable(VOL))
     gid, expected = taken[-1]
-    relay = Relay(cluster.ports["archive1"])
-    try:
-        def cut_in_the_third_diff(data: bytes, offset: int) -> bytes:
-            if offset > (2 << 20):
-                relay.cut()
-            return data
-
-        relay.tamper = cut_in_the_third_diff
-        accepted = cluster.ctl.run("a0", "replicate", vol=VOL, gid=gid, host="127.0.0.1", port=relay.port)
-        with pytest.raises(OperationError, match="replsyncasclient failed"):
-            cluster.ctl.wait_for_action("a0", VOL, "ReplSyncAsClient", accepted)
-    finally:
-        relay.close()
+    replicate_through_a_cut(cluster, gid, 2 << 20)  # in the third diff
     cluster.ctl.wait_for_state("a1", VOL, {"Archived"}, timeout=60)
     reached = max(cluster.ctl.get_restorable("a1", VOL, include_implicit=True))
     assert taken[0][0] <= reached < gid

@@ -17,15 +17,20 @@ from walbops.agents.storage_volume import StorageVolume
 from walbops.net.auth import write_key
 
 
-def test_storage_shipper_survives_an_unexpected_error(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+def storage_with_a_target_volume(tmp_path) -> tuple[StorageAgent, StorageVolume]:
+    """A storage agent (not started) and a volume of it in Target, whose proxy never answers."""
     write_key(tmp_path / "key")
     config = agent_config.load("storage", overrides={
         "base_dir": str(tmp_path), "cluster_key_file": str(tmp_path / "key"), "archive": "127.0.0.1:1",
         "proxies": ["127.0.0.1:2"], "retry_delay": 0.0, "port": 1})
-    agent = StorageAgent(config)
     volume = StorageVolume(str(tmp_path), "vol0")
     volume.init_vol("dev0")
     volume.machine.force("Target")
+    return StorageAgent(config), volume
+
+
+def test_storage_shipper_survives_an_unexpected_error(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    agent, volume = storage_with_a_target_volume(tmp_path)
     rounds = []
 
     async def ship_once(shipped_volume: StorageVolume) -> bool:
@@ -47,14 +52,7 @@ def test_storage_shipper_survives_the_device_vanishing_while_it_waits_for_logs(t
     the shipper waited for new logs, and the wait's error ended the shipper for good."""
     from walbops.errors import OperationError
 
-    write_key(tmp_path / "key")
-    config = agent_config.load("storage", overrides={
-        "base_dir": str(tmp_path), "cluster_key_file": str(tmp_path / "key"), "archive": "127.0.0.1:1",
-        "proxies": ["127.0.0.1:2"], "retry_delay": 0.0, "port": 1})
-    agent = StorageAgent(config)
-    volume = StorageVolume(str(tmp_path), "vol0")
-    volume.init_vol("dev0")
-    volume.machine.force("Target")
+    agent, volume = storage_with_a_target_volume(tmp_path)
     rounds = []
 
     async def ship_once(shipped_volume: StorageVolume) -> bool:

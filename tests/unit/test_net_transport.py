@@ -227,33 +227,33 @@ def test_handshake_deadline_on_the_server():
     run(scenario())
 
 
+@contextlib.asynccontextmanager
+async def silent_server():
+    """A server that accepts connections and never answers; yields its port."""
+    async def silent(reader, writer):
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(silent, HOST, 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 def test_handshake_deadline_on_the_client():
     async def scenario():
-        async def silent(reader, writer):
-            await reader.read()  # accepts, never answers
-            writer.close()
-
-        server = await asyncio.start_server(silent, HOST, 0)
-        port = server.sockets[0].getsockname()[1]
-        try:
+        async with silent_server() as port:
             with pytest.raises(PeerTimeout, match="did not finish within 0.3 s"):
                 await connect(port, handshake_timeout=0.3)
-        finally:
-            server.close()
-            await server.wait_closed()
     run(scenario())
 
 
 def test_a_caller_cancelled_during_the_handshake_leaves_no_socket_open():
     async def scenario():
-        async def silent(reader, writer):
-            await reader.read()  # accepts, never answers
-            writer.close()
-
-        server = await asyncio.start_server(silent, HOST, 0)
-        port = server.sockets[0].getsockname()[1]
-        before = open_sockets()
-        try:
+        async with silent_server() as port:
+            before = open_sockets()
             connecting = asyncio.create_task(connect(port))
             await asyncio.sleep(0.2)
             connecting.cancel()
@@ -261,9 +261,6 @@ def test_a_caller_cancelled_during_the_handshake_leaves_no_socket_open():
                 await connecting
             await asyncio.sleep(0.1)  # the transports close their sockets (the server sees EOF)
             assert open_sockets() == before
-        finally:
-            server.close()
-            await server.wait_closed()
     run(scenario())
 
 
