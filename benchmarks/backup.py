@@ -389,20 +389,14 @@ def bench_volume(work: Path, index: int, size: int, changes: list[float], args: 
     result: dict[str, Any] = {"volume_bytes": size, "ldev_bytes": os.path.getsize(ldev)}
     slow = max(300.0, size / (10 * MiB))  # [s] a timeout no healthy step reaches
     try:
-        device = cluster.make_device(f"bkb{os.getpid()}v{index}", ldev, ddev, pbs=4096, checkpoint_interval_ms=None)
-        cluster.start_all()
-        cluster.setup_volume()
+        device = start_group(cluster, f"bkb{os.getpid()}v{index}", ldev, ddev)
 
         say(f"{label(size)}: raw TCP copy of the device")
         drop_caches()
         raw_runs = [raw_tcp_copy(device, target)]
 
         say(f"{label(size)}: walbops full backup")
-        drop_caches()
-        start = time.perf_counter()
-        ctl.run("s0", "full-bkp", vol=vol, **({"bulk_size": args.bulk_size} if args.bulk_size else {}))
-        cluster.wait(lambda: ctl.get_state("s0", vol) == "Target", "the full backup", slow)
-        full_seconds = time.perf_counter() - start
+        full_seconds = timed_full_backup(cluster, slow, args.bulk_size)
         archive_state = ctl.get_state("a0", vol)
         if archive_state not in ("Archived", "WdiffRecv"):  # the first (empty) diff may already be arriving
             raise SystemExit(f"after the full backup the archive is {archive_state}")
@@ -515,15 +509,9 @@ def bench_hash_backup(work: Path, size: int, changes: list[float], args: argpars
     ctl, vol = cluster.ctl, cluster.vol
     slow = max(300.0, size / (10 * MiB))
     try:
-        device = cluster.make_device(f"bkh{os.getpid()}", ldev, ddev, pbs=4096, checkpoint_interval_ms=None)
-        cluster.start_all()
-        cluster.setup_volume()
+        device = start_group(cluster, f"bkh{os.getpid()}", ldev, ddev)
         say(f"(e) {label(size)}: full backup")
-        drop_caches()
-        start = time.perf_counter()
-        ctl.run("s0", "full-bkp", vol=vol)
-        cluster.wait(lambda: ctl.get_state("s0", vol) == "Target", "the full backup", slow)
-        full_seconds = time.perf_counter() - start
+        full_seconds = timed_full_backup(cluster, slow)
         say(f"(e) {label(size)}: the previous image for rsync")
         raw_tcp_copy(device, previous)
         rounds = []
@@ -586,6 +574,25 @@ def bench_hash_backup(work: Path, size: int, changes: list[float], args: argpars
                 print("[backup bench] cleanup: " + "; ".join(errors), file=sys.stderr, flush=True)
 
 
+def start_group(cluster: Cluster, name: str, ldev: str, ddev: str) -> str:
+    """A walb device ``name`` over the files (4 KiB blocks, no checkpoints), the agents, and the volume
+    set up; returns the device."""
+    device = cluster.make_device(name, ldev, ddev, pbs=4096, checkpoint_interval_ms=None)
+    cluster.start_all()
+    cluster.setup_volume()
+    return device
+
+
+def timed_full_backup(cluster: Cluster, slow: float, bulk_size: int | None = None) -> float:
+    """Seconds of a full backup from a cold page cache until the storage is Target."""
+    ctl, vol = cluster.ctl, cluster.vol
+    drop_caches()
+    start = time.perf_counter()
+    ctl.run("s0", "full-bkp", vol=vol, **({"bulk_size": bulk_size} if bulk_size else {}))
+    cluster.wait(lambda: ctl.get_state("s0", vol) == "Target", "the full backup", slow)
+    return time.perf_counter() - start
+
+
 def tls_round(root: Path, mode: str, source: Path, size: int, count: int, index: int,
               args: argparse.Namespace) -> tuple[float, float]:
     """One (f) round in one mode on a fresh cluster: the full backup's and the incremental's seconds."""
@@ -598,16 +605,9 @@ def tls_round(root: Path, mode: str, source: Path, size: int, count: int, index:
     ctl, vol = cluster.ctl, cluster.vol
     slow = max(300.0, size / (10 * MiB))
     try:
-        device = cluster.make_device(f"bkt{os.getpid()}{index}{mode}", ldev, ddev, pbs=4096,
-                                     checkpoint_interval_ms=None)
-        cluster.start_all()
-        cluster.setup_volume()
+        device = start_group(cluster, f"bkt{os.getpid()}{index}{mode}", ldev, ddev)
         say(f"(f) round {index + 1}, {mode} mode: full backup")
-        drop_caches()
-        start = time.perf_counter()
-        ctl.run("s0", "full-bkp", vol=vol)
-        cluster.wait(lambda: ctl.get_state("s0", vol) == "Target", "the full backup", slow)
-        full = time.perf_counter() - start
+        full = timed_full_backup(cluster, slow)
         say(f"(f) round {index + 1}, {mode} mode: 1 % changed, snapshot -> restorable")
         ctl.run("s0", "stop", vol=vol)
         random_writes(device, size, count, np.random.default_rng(args.seed + 300 + index))
