@@ -387,7 +387,7 @@ def bench_volume(work: Path, index: int, size: int, changes: list[float], args: 
     cluster = Cluster(root, tuning={})
     ctl, vol = cluster.ctl, cluster.vol
     result: dict[str, Any] = {"volume_bytes": size, "ldev_bytes": os.path.getsize(ldev)}
-    slow = max(300.0, size / (10 * MiB))  # [s] a timeout no healthy step reaches
+    slow = slow_timeout(size)
     try:
         device = start_group(cluster, f"bkb{os.getpid()}v{index}", ldev, ddev)
 
@@ -507,7 +507,7 @@ def bench_hash_backup(work: Path, size: int, changes: list[float], args: argpars
         stream.truncate(64 * MiB)  # standby drops the logs: the ring never fills
     cluster = Cluster(root, tuning={})
     ctl, vol = cluster.ctl, cluster.vol
-    slow = max(300.0, size / (10 * MiB))
+    slow = slow_timeout(size)
     try:
         device = start_group(cluster, f"bkh{os.getpid()}", ldev, ddev)
         say(f"(e) {label(size)}: full backup")
@@ -576,6 +576,11 @@ def bench_hash_backup(work: Path, size: int, changes: list[float], args: argpars
                 print("[backup bench] cleanup: " + "; ".join(errors), file=sys.stderr, flush=True)
 
 
+def slow_timeout(size: int) -> float:
+    """[s] a timeout no healthy step on a volume of ``size`` bytes reaches."""
+    return max(300.0, size / (10 * MiB))
+
+
 def start_group(cluster: Cluster, name: str, ldev: str, ddev: str) -> str:
     """A walb device ``name`` over the files (4 KiB blocks, no checkpoints), the agents, and the volume
     set up; returns the device."""
@@ -605,7 +610,7 @@ def tls_round(root: Path, mode: str, source: Path, size: int, count: int, index:
         stream.truncate(int(2.5 * size / 100) // MiB * MiB + 64 * MiB)
     cluster = Cluster(root, tuning={}, tls=mode == "tls")
     ctl, vol = cluster.ctl, cluster.vol
-    slow = max(300.0, size / (10 * MiB))
+    slow = slow_timeout(size)
     try:
         device = start_group(cluster, f"bkt{os.getpid()}{index}{mode}", ldev, ddev)
         say(f"(f) round {index + 1}, {mode} mode: full backup")
