@@ -33,6 +33,21 @@ def replicated_volume(cluster) -> tuple[str, list[tuple[int, str]]]:
     return device, taken
 
 
+def random_filled_volume(cluster, seed: int) -> tuple[str, int, str]:
+    """A volume filled with random bytes (lz4 cannot shrink them on the wire, so a cut after a
+    byte count lands mid-stream), backed up on a0 with one snapshot, and a second archive a1 with
+    the volume initialized: (device, gid, sha1)."""
+    cluster.add_archive()
+    device = cluster.make_device("wdev0")
+    fill_random(device, random.Random(seed), cluster.device_size)
+    cluster.start_all()
+    cluster.setup_volume(VOL)
+    cluster.full_backup(VOL)
+    gid, expected = cluster.snapshot_restorable(VOL)
+    cluster.ctl.run("a1", "init-vol", vol=VOL)
+    return device, gid, expected
+
+
 def replicate_through_a_cut(cluster, gid: int, after: int) -> dict:
     """Replicate a0 to a1 up to ``gid`` through a relay that cuts the connection once a0 has sent
     ``after`` bytes; the replication fails. Returns replicate's answer."""
@@ -81,48 +96,102 @@ def test_n7_full_then_diff_replication_restores_on_the_destination(cluster):
     assert cluster.ctl.get("a1", "diff", VOL) == before
 
 
-def test_n14_another_lineage_needs_a_resync(cluster):
-    """After a0 begins a new lineage (a new full backup), replicating to a1 without doResync fails."""
-    device, taken = replicated_volume(cluster)
-    cluster.ctl.replicate_once("a0", VOL, "a1")
+def new_lineage_on_a0(cluster, clear: bool = False) -> None:
+    """a0 begins another lineage of the volume: reset (or, with ``clear``, its data lost: clear-vol
+    and init-vol), then a new full backup from s0."""
     ctl = cluster.ctl
     ctl.run("s0", "stop", vol=VOL)
     ctl.wait_for_state("s0", VOL, {"Stopped"}, timeout=60)
     ctl.run("a0", "stop", vol=VOL)
     ctl.wait_for_state("a0", VOL, {"Stopped"}, timeout=60)
-    ctl.run("a0", "reset-vol", vol=VOL)
+    if clear:
+        ctl.run("a0", "clear-vol", vol=VOL)
+        ctl.run("a0", "init-vol", vol=VOL)
+    else:
+        ctl.run("a0", "reset-vol", vol=VOL)
     ctl.run("s0", "reset-vol", vol=VOL)
     cluster.full_backup(VOL)
     assert ctl.get("a0", "archive-uuid", VOL) != ctl.get("a1", "archive-uuid", VOL)
+
+
+def test_n14_another_lineage_needs_a_resync(cluster):
+    """After a0 begins a new lineage (a new full backup), replicating to a1 without doResync fails;
+    with it, a1's base is brought to a0's by hash and a1 follows a0's lineage."""
+    device, taken = replicated_volume(cluster)
+    cluster.ctl.replicate_once("a0", VOL, "a1")
+    ctl = cluster.ctl
+    new_lineage_on_a0(cluster)
     with pytest.raises(OperationError, match="resync-needed|lineage .* is not the source's"):
         ctl.replicate_once("a0", VOL, "a1")
-    with pytest.raises(OperationError, match="resync replication is not built yet"):
-        ctl.replicate_once("a0", VOL, "a1", do_resync=True)
     # a1 still serves what it had.
     assert cluster.restored_sha1(VOL, taken[-1][0], archive="a1") == taken[-1][1]
 
+    write_random(device, random.Random(75), count=16)
+    gid, expected = cluster.snapshot_restorable(VOL)
+    assert ctl.replicate_once("a0", VOL, "a1", do_resync=True) == gid
+    outcome = ctl.get("a0", "action-result", VOL, "ReplSyncAsClient")
+    assert outcome["kind"] == "resync" and outcome["diffs"] >= 1
+    assert ctl.get("a1", "archive-uuid", VOL) == ctl.get("a0", "archive-uuid", VOL)
+    assert explicit_restorable(cluster, "a1") == explicit_restorable(cluster, "a0")
+    assert cluster.restored_sha1(VOL, gid, archive="a1") == expected == sha1_of_device(device)
+    # The same lineage again: a plain replication sends the next diff.
+    write_random(device, random.Random(76), count=16)
+    later, expected = cluster.snapshot_restorable(VOL)
+    ctl.replicate_once("a0", VOL, "a1")
+    assert ctl.get("a0", "action-result", VOL, "ReplSyncAsClient")["kind"] == "diff"
+    assert cluster.restored_sha1(VOL, later, archive="a1") == expected
 
-def test_a_destination_behind_the_sources_applied_base_is_refused_by_name(cluster):
+
+def test_e6_primary_data_lost_then_a_resync_cut_and_retried(cluster):
+    """e6: a0 loses the volume (clear-vol, init-vol, full backup anew); a1, of the old lineage and
+    behind by writes over about 40 of the 128 bulks, is resynced. The first resync is cut: a1 is
+    left SyncReady with nothing restorable; the retry with doResync resyncs again and a1 restores
+    what the device holds."""
+    device, _, _ = random_filled_volume(cluster, 79)
+    cluster.ctl.replicate_once("a0", VOL, "a1")
+    write_random(device, random.Random(77), count=64)
+    new_lineage_on_a0(cluster, clear=True)
+    gid, expected = cluster.snapshot_restorable(VOL)
+    relay = Relay(cluster.ports["archive1"], cut_after=4 << 20)
+    try:
+        accepted = cluster.ctl.run("a0", "replicate", vol=VOL, gid=gid, host="127.0.0.1", port=relay.port,
+                                   do_resync=True)
+        with pytest.raises(OperationError, match="replsyncasclient failed"):
+            cluster.ctl.wait_for_action("a0", VOL, "ReplSyncAsClient", accepted)
+    finally:
+        relay.close()
+    cluster.ctl.wait_for_state("a1", VOL, {"SyncReady"}, timeout=60)
+    assert explicit_restorable(cluster, "a1") == []
+    assert cluster.ctl.replicate_once("a0", VOL, "a1", do_resync=True) == gid
+    assert cluster.ctl.get("a0", "action-result", VOL, "ReplSyncAsClient")["kind"] == "resync"
+    assert cluster.restored_sha1(VOL, gid, archive="a1") == expected
+
+
+def test_n9_a_destination_behind_the_sources_applied_base_gets_a_hash_replication(cluster):
+    """n9: a0 applies until one restorable snapshot remains; a1, older than a0's base, receives
+    a0's image at its base as one compared diff, then the diffs after it."""
     device, taken = replicated_volume(cluster)
     cluster.ctl.replicate_once("a0", VOL, "a1", gid=taken[0][0])
     cluster.ctl.apply("a0", VOL, taken[-1][0])
-    with pytest.raises(OperationError, match="needs a hash replication"):
-        cluster.ctl.replicate_once("a0", VOL, "a1")
-    assert cluster.restored_sha1(VOL, taken[0][0], archive="a1") == taken[0][1]
+    assert cluster.ctl.get_restorable("a0", VOL) == [taken[-1][0]]
+    write_random(device, random.Random(78), count=16)
+    gid, expected = cluster.snapshot_restorable(VOL)
+    assert cluster.ctl.replicate_once("a0", VOL, "a1") == gid
+    outcome = cluster.ctl.get("a0", "action-result", VOL, "ReplSyncAsClient")
+    assert outcome["kind"] == "hash" and outcome["diffs"] >= 2  # the compared diff, then the new ones
+    compared = [d for d in cluster.ctl.get("a1", "diff", VOL) if d["comp"]]
+    assert [d["range"] for d in compared] == [f"|{taken[0][0]}|-->|{taken[-1][0]}|"]
+    assert cluster.ctl.get("a1", "uuid", VOL) == cluster.ctl.get("a0", "uuid", VOL)
+    assert cluster.restored_sha1(VOL, taken[-1][0], archive="a1") == taken[-1][1]
+    assert cluster.restored_sha1(VOL, gid, archive="a1") == expected
+    assert cluster.restored_sha1(VOL, taken[0][0], archive="a1") == taken[0][1]  # a1 keeps its history
 
 
 def test_a_cut_full_replication_leaves_the_destination_sync_ready_and_a_retry_works(cluster):
     """e14/e15's shape: the network between the archives is cut during a full replication; the
     destination rolls back to SyncReady with no partial base, and the next replication succeeds."""
-    cluster.device_size = 64 << 20
-    cluster.add_archive()
-    device = cluster.make_device("wdev0")
-    fill_random(device, random.Random(74), cluster.device_size)  # a base of 64 MiB: the stream takes a while
-    cluster.start_all()
-    cluster.setup_volume(VOL)
-    cluster.full_backup(VOL)
-    gid, expected = cluster.snapshot_restorable(VOL)
-    cluster.ctl.run("a1", "init-vol", vol=VOL)
+    cluster.device_size = 64 << 20  # a base of 64 MiB: the stream takes a while
+    _, gid, expected = random_filled_volume(cluster, 74)
     accepted = replicate_through_a_cut(cluster, gid, 8 << 20)
     assert accepted["accepted"]
     cluster.ctl.wait_for_state("a1", VOL, {"SyncReady"}, timeout=60)
@@ -188,3 +257,21 @@ def test_the_worker_replicates_to_its_repl_servers_until_they_are_at_the_latest_
     gid, expected = cluster.snapshot_restorable(VOL)
     assert worker.run_once() == 0
     assert cluster.restored_sha1(VOL, gid, archive="a1") == expected
+
+
+def test_e15_a_cut_hash_replication_leaves_the_destination_as_it_was_and_a_retry_works(cluster):
+    """e15: the link between the archives is cut during a hash replication; a1 is back to Archived
+    with its snapshots as they were and no partial diff, and the retry reaches the same gid."""
+    device, first, first_sha1 = random_filled_volume(cluster, 81)
+    cluster.ctl.replicate_once("a0", VOL, "a1", gid=first)
+    write_random(device, random.Random(82), count=64)  # about 40 of the 128 bulks of 256 KiB
+    second, expected = cluster.snapshot_restorable(VOL)
+    cluster.ctl.apply("a0", VOL, second)
+    before = cluster.ctl.get("a1", "diff", VOL), cluster.ctl.get_restorable("a1", VOL, include_implicit=True)
+    replicate_through_a_cut(cluster, second, 4 << 20)
+    cluster.ctl.wait_for_state("a1", VOL, {"Archived"}, timeout=60)
+    assert (cluster.ctl.get("a1", "diff", VOL), cluster.ctl.get_restorable("a1", VOL, include_implicit=True)) == before
+    assert cluster.ctl.replicate_once("a0", VOL, "a1") == second
+    assert cluster.ctl.get("a0", "action-result", VOL, "ReplSyncAsClient")["kind"] == "hash"
+    assert cluster.restored_sha1(VOL, second, archive="a1") == expected
+    assert cluster.restored_sha1(VOL, first, archive="a1") == first_sha1

@@ -27,7 +27,7 @@ from ..diff.engine import DiscardPolicy, full_image
 from ..diff.files import merged_ios, read_header, verify_wdiff
 from ..diff.io import DiffIo, IoKind
 from ..diff.sorted_file import SortedDiffWriter
-from ..errors import BadField, OperationError, ProtocolError, UsageError, WalbopsError
+from ..errors import BadField, InvalidMessage, OperationError, ProtocolError, UsageError, WalbopsError
 from ..faults import crash_point
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..formats.wdiff import FileHeader
@@ -39,7 +39,7 @@ from ..store import Store, store_from_config
 from ._server import GID, VOL, Agent, Command, Request, args_schema
 from .archive_volume import ApplyPlan, ArchiveAction, ArchiveVolume, MergePlan, delete_diff_files
 from .config import Config
-from .state import ARCHIVE_ACTIVE
+from .state import ARCHIVE_ACTIVE, Refused
 from .transfers import (
     InOrder,
     file_chunks,
@@ -47,7 +47,9 @@ from .transfers import (
     receive_file,
     receive_hash_sync,
     receive_image,
+    request_accepted,
     send_base_replica,
+    send_differing_bulks,
     send_image,
     send_wdiff,
 )
@@ -103,8 +105,9 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                                              "stream the image at gid to the client"),
             messages.DIRTY_FULL_SYNC: Command(self.recv_full_sync, {"type": "object"}, "full backup receiver",
                                               frozenset({"storage"})),
+            # From a storage (hash backup), and from another archive (hash replication, walb.md §6.7).
             messages.DIRTY_HASH_SYNC: Command(self.recv_hash_sync, {"type": "object"}, "hash backup receiver",
-                                              frozenset({"storage"})),
+                                              frozenset({"storage", "archive"})),
             # From a proxy, and from another archive when it replicates (walb.md §6.7).
             messages.WDIFF_TRANSFER: Command(self.recv_wdiff, {"type": "object"}, "diff receiver",
                                              frozenset({"proxy", "archive"})),
@@ -504,78 +507,106 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                     volume.progress_lb = (offset + length) // LOGICAL_BLOCK_SIZE
 
                 try:
-                    end = await receive_image(channel, size_lb, bulk_lb, f"{volume.vol}: {sender}", on_data, on_zero)
-                    await asyncio.to_thread(os.fdatasync, target.fd)
-                    finish(tx, begin, end)
-                except (WalbopsError, OSError) as exc:
-                    if not isinstance(exc, ProtocolError):
-                        await channel.abort_receiving(str(exc))
-                    raise
+                    async with channel.receiving():
+                        end = await receive_image(channel, size_lb, bulk_lb, f"{volume.vol}: {sender}", on_data,
+                                                  on_zero)
+                        await asyncio.to_thread(os.fdatasync, target.fd)
+                        finish(tx, begin, end)
                 finally:
                     volume.progress_lb = 0
         await request.channel.send_json(messages.ack())
 
     async def recv_hash_sync(self, request: Request) -> Any:
-        """The archive's side of a hash backup (docs/protocol.md §8.4): hashes of the image at the
-        latest snapshot go out while the storage's differing bulks come in and become a diff."""
+        """The archive's side of a hash backup (docs/protocol.md §8.4), or of a hash replication
+        from another archive (§8.6): hashes of the image at the latest snapshot go out while the
+        sender's differing bulks come in and become a diff."""
         args = request.args
         volume = self.volume(args["vol"])
         size_lb, bulk_lb = args["size_lb"], args["bulk_lb"]
+        replicated = _replicated_diff(args, request.channel.peer_role)
+        sender = f"the source archive {request.channel.peer_id}" if replicated else "the storage"
         self.check_volume_size(volume.vol, size_lb)
-        with volume.begin_hash_sync(size_lb) as tx, volume.actions.begin(ArchiveAction.HASH_SYNC), \
+        via = "HashSync" if replicated is None else "ReplSyncAsServer"
+        with volume.begin_hash_sync(size_lb, via) as tx, volume.actions.begin(ArchiveAction.HASH_SYNC), \
                 self.store.open_base(volume.vol, writable=False) as base:
             snap = volume.latest_snap()
+            if replicated is not None and replicated.snap_b != snap:
+                raise Refused("too-new-diff", f"{volume.vol}: a hash replication from {replicated.snap_b}, where "
+                              f"this archive is at {snap}")
             paths = volume.scan_diffs(snap)
-            seed = secrets.randbits(32)
             await request.accept()
             channel = request.channel
-            await channel.send_json(messages.hash_begin(str(snap), seed))
-            begin = await channel.recv_json("begin")
-            uuid = bytes.fromhex(begin["uuid"])
-            cursor = HashSyncCursor(size_lb, bulk_lb)
             tmp = volume.receiving_path()
-            hashing = asyncio.create_task(self._send_hashes(channel, cursor, base.fd, paths, size_lb, bulk_lb, seed))
             writes = InOrder()
             started = time.monotonic()
-            try:
-                with open(tmp, "wb") as out:
-                    writer = SortedDiffWriter(out, uuid)
-                    async def on_bulks(items: list[list[int]], data: bytes) -> None:
-                        ios, at = [], 0
-                        for offset_lb, count_lb, zero in items:
-                            if zero:
-                                ios.append(DiffIo(offset_lb, count_lb, IoKind.ALLZERO))
-                            else:
-                                size = count_lb * LOGICAL_BLOCK_SIZE
-                                ios.append(DiffIo.normal(offset_lb, data[at:at + size]))
-                                at += size
-                        await writes.submit(_write_all, writer, ios)
-                        volume.progress_lb = items[-1][0] + items[-1][1]
+            uuid = bytes(16)
+            async with channel.receiving():
+                try:
+                    with open(tmp, "wb") as out:
+                        writer: SortedDiffWriter | None = None
 
-                    end = await receive_hash_sync(channel, cursor, hashing, on_bulks)
-                    await writes.drain()
-                    writer.close()
-                    out.flush()
-                    await asyncio.to_thread(os.fsync, out.fileno())
-                verified = await asyncio.to_thread(verify_wdiff, tmp)
-                diff = volume.hash_sync_diff(snap, end["gid"], args["timestamp"])
-                stored = await asyncio.to_thread(volume.finish_hash_sync, tmp, diff, uuid, verified)
-                tx.commit("Archived")
-            except (WalbopsError, OSError) as exc:
-                hashing.cancel()
-                await writes.settle()
-                await asyncio.wait([hashing])
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                if not isinstance(exc, ProtocolError):
-                    await channel.abort_receiving(str(exc))
-                raise
-            finally:
-                volume.progress_lb = 0
+                        def on_begin(begin: dict[str, Any]) -> None:
+                            nonlocal uuid, writer
+                            uuid = bytes.fromhex(begin["uuid"])
+                            writer = SortedDiffWriter(out, uuid)
+
+                        async def on_bulks(items: list[list[int]], data: bytes) -> None:
+                            if writer is None:  # on_begin runs before any bulk: a peer cannot cause this
+                                raise OperationError(f"{volume.vol}: bulks before begin")
+                            ios, at = [], 0
+                            for offset_lb, count_lb, zero in items:
+                                if zero:
+                                    ios.append(DiffIo(offset_lb, count_lb, IoKind.ALLZERO))
+                                else:
+                                    size = count_lb * LOGICAL_BLOCK_SIZE
+                                    ios.append(DiffIo.normal(offset_lb, data[at:at + size]))
+                                    at += size
+                            await writes.submit(_write_all, writer, ios)
+                            volume.progress_lb = items[-1][0] + items[-1][1]
+
+                        end = await self._exchange_hashes(channel, base.fd, paths, snap, size_lb, bulk_lb, on_begin,
+                                                          on_bulks, sender)
+                        await writes.drain()
+                        if writer is not None:
+                            writer.close()
+                        out.flush()
+                        await asyncio.to_thread(os.fsync, out.fileno())
+                    verified = await asyncio.to_thread(verify_wdiff, tmp)
+                    diff = replicated or volume.hash_sync_diff(snap, end["gid"], args["timestamp"])
+                    stored = await asyncio.to_thread(volume.finish_hash_sync, tmp, diff, uuid, verified)
+                    tx.commit("Archived")
+                except BaseException:
+                    await writes.settle()
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                    raise
+                finally:
+                    volume.progress_lb = 0
         await channel.send_json(messages.ack())
-        self.log.info("%s: hash backup received from %s in %.2f s: %s (%d bytes of %d LB), uuid %s", volume.vol,
-                      snap, time.monotonic() - started, stored.range_str(), stored.data_size, size_lb, uuid.hex())
+        self.log.info("%s: hash %s received from %s in %.2f s: %s (%d bytes of %d LB), uuid %s", volume.vol,
+                      "backup" if replicated is None else "replication", sender, time.monotonic() - started,
+                      stored.range_str(), stored.data_size, size_lb, uuid.hex())
         return None
+
+    async def _exchange_hashes(self, channel: Any, base_fd: int, paths: list[str], snap: MetaSnap, size_lb: int,
+                               bulk_lb: int, on_begin: Callable[[dict[str, Any]], None],
+                               on_bulks: Callable[[list[list[int]], bytes], Awaitable[None]],
+                               sender: str) -> dict[str, Any]:
+        """The receiving side of a dirty-hash-sync once accepted: ``hash-begin`` for ``snap``, the
+        sender's ``begin`` to ``on_begin``, then the hashes of the image (the base with ``paths``
+        over it) go out while ``on_bulks`` takes the differing bulks; returns the checked ``end``."""
+        seed = secrets.randbits(32)
+        await channel.send_json(messages.hash_begin(str(snap), seed))
+        on_begin(await channel.recv_json("begin"))
+        cursor = HashSyncCursor(size_lb, bulk_lb)
+        hashing = asyncio.create_task(self._send_hashes(channel, cursor, base_fd, paths, size_lb, bulk_lb, seed))
+        try:
+            return await receive_hash_sync(channel, cursor, hashing, on_bulks, sender)
+        finally:
+            hashing.cancel()
+            await asyncio.wait([hashing])
+            if not hashing.cancelled():
+                hashing.exception()  # retrieved: receive_hash_sync reported it, or a failure came first
 
     async def _send_hashes(self, channel: Any, cursor: HashSyncCursor, base_fd: int, paths: list[str], size_lb: int,
                            bulk_lb: int, seed: int) -> None:
@@ -600,35 +631,34 @@ class ArchiveAgent(Agent[ArchiveVolume]):
             channel = request.channel
             tmp = volume.receiving_path()
             started = time.monotonic()
-            try:
-                with open(tmp, "wb") as out:
-                    async def take(data: bytes) -> None:
-                        out.write(data)
+            async with channel.receiving():
+                try:
+                    with open(tmp, "wb") as out:
+                        async def take(data: bytes) -> None:
+                            out.write(data)
 
-                    await receive_file(channel, "diff", f"{volume.vol}: the sender", diff_size_bound(volume.size_lb),
-                                       take)
-                    out.flush()
-                    received = time.monotonic()
-                    # Verify the file (from the page cache) while it is fsynced: both before the ack.
-                    synced, verified = await asyncio.gather(asyncio.to_thread(os.fsync, out.fileno()),
-                                                            asyncio.to_thread(verify_wdiff, tmp),
-                                                            return_exceptions=True)
-                    for outcome in (verified, synced):
-                        if isinstance(outcome, BaseException):
-                            raise outcome
-                assert isinstance(verified, FileHeader)
-                uuid = bytes.fromhex(args["uuid"]) if request.channel.peer_role == "archive" else None
-                stored, final = await asyncio.to_thread(volume.store_received_diff, tmp, diff, verified, uuid)
-                volume.register_diff(stored, final)
-                if uuid is not None and uuid != volume.uuid:  # a replica follows its source's uuid (hash backups)
-                    volume.uuid = uuid
-                    volume.save()
-            except (WalbopsError, OSError) as exc:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                if not isinstance(exc, ProtocolError):
-                    await channel.abort_receiving(str(exc))
-                raise
+                        await receive_file(channel, "diff", f"{volume.vol}: the sender",
+                                           diff_size_bound(volume.size_lb), take)
+                        out.flush()
+                        received = time.monotonic()
+                        # Verify the file (from the page cache) while it is fsynced: both before the ack.
+                        synced, verified = await asyncio.gather(asyncio.to_thread(os.fsync, out.fileno()),
+                                                                asyncio.to_thread(verify_wdiff, tmp),
+                                                                return_exceptions=True)
+                        for outcome in (verified, synced):
+                            if isinstance(outcome, BaseException):
+                                raise outcome
+                    assert isinstance(verified, FileHeader)
+                    uuid = bytes.fromhex(args["uuid"]) if request.channel.peer_role == "archive" else None
+                    stored, final = await asyncio.to_thread(volume.store_received_diff, tmp, diff, verified, uuid)
+                    volume.register_diff(stored, final)
+                    if uuid is not None and uuid != volume.uuid:  # a replica follows its source's uuid (hash backups)
+                        volume.uuid = uuid
+                        volume.save()
+                except BaseException:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                    raise
             tx.commit("Archived")
         await channel.send_json(messages.ack())
         self.log.info("%s: received diff %s (%d bytes, %s) in %.3f s, verified and committed in %.3f s", volume.vol,
@@ -641,15 +671,20 @@ class ArchiveAgent(Agent[ArchiveVolume]):
 
     async def recv_repl_sync(self, request: Request) -> Any:
         """The destination's side: choose the kind; for ``full`` receive the source's base, for
-        ``diff`` answer this volume's latest snapshot (the diffs follow as wdiff-transfers)."""
+        ``resync`` bring this base to the source's by hash, for ``diff`` answer this volume's
+        latest snapshot (diffs or a hash sync follow as their own requests)."""
         args = request.args
         volume = self.volume(args["vol"])
         archive_uuid = bytes.fromhex(args["archive_uuid"])
-        kind = volume.replication_kind(archive_uuid, args["size_lb"], args["do_resync"])
+        kind = volume.replication_kind(archive_uuid, args["size_lb"], args["do_resync"],
+                                       self.store.base_exists(volume.vol))
         source = request.channel.peer_id
         if kind == "diff":
             await request.answer({"kind": "diff", "latest": str(volume.latest_snap())})
-            self.log.info("%s: replication from %s: diffs after %s", volume.vol, source, volume.latest_snap())
+            self.log.info("%s: replication from %s: after %s", volume.vol, source, volume.latest_snap())
+            return None
+        if kind == "resync":
+            await self._receive_resync(request, volume, archive_uuid)
             return None
         size_lb = args["size_lb"]
 
@@ -657,17 +692,61 @@ class ArchiveAgent(Agent[ArchiveVolume]):
             await request.answer({"kind": "full", "latest": None})
 
         def finish(tx: Any, begin: dict[str, Any], end: dict[str, Any]) -> None:
-            if "base" not in begin:
-                raise BadField("begin of a full replication without the base state")
-            base = MetaState.parse(begin["base"])
-            if base.is_applying:
-                raise BadField(f"a full replication sent an applying base {base}")
-            volume.finish_replica(tx, bytes.fromhex(begin["uuid"]), size_lb, base, archive_uuid)
+            volume.finish_replica(tx, bytes.fromhex(begin["uuid"]), size_lb, _replicated_base(begin), archive_uuid)
 
         await self._receive_base(request, volume, size_lb, None, f"the source archive {source}", answer, finish)
         self.log.info("%s: full replication from %s received: base %s, %d LB", volume.vol, source, volume.base,
                       size_lb)
         return None
+
+    async def _receive_resync(self, request: Request, volume: ArchiveVolume, archive_uuid: bytes) -> None:
+        """A resync replication's destination (docs/protocol.md §8.6): the diffs go, and the bulks
+        of the base that differ from the source's image are overwritten in place (WalB writes the
+        hash sync straight into the base). Until the end the volume is SyncReady, so a cut leaves
+        no restorable snapshot and the next replicate with doResync resyncs again."""
+        args = request.args
+        size_lb, bulk_lb = args["size_lb"], args.get("bulk_lb", REPL_BULK_LB)
+        source = f"the source archive {request.channel.peer_id}"
+        self.check_volume_size(volume.vol, size_lb)
+        started = time.monotonic()
+        await asyncio.to_thread(volume.reset_for_resync)
+        if self.store.base_size_lb(volume.vol) < size_lb:
+            await asyncio.to_thread(self.store.grow_base, volume.vol, size_lb)
+        with volume.machine.transaction("SyncReady", "Resync") as tx, volume.actions.begin(ArchiveAction.FULL_SYNC), \
+                self.store.open_base(volume.vol, writable=True) as target:
+            await request.answer({"kind": "resync", "latest": None})
+            channel = request.channel
+            begun: dict[str, Any] = {}
+            written = 0  # [bytes] since the last fdatasync
+
+            async def on_bulks(items: list[list[int]], data: bytes) -> None:
+                nonlocal written
+                at = 0
+                for offset_lb, count_lb, zero in items:
+                    offset, size = offset_lb * LOGICAL_BLOCK_SIZE, count_lb * LOGICAL_BLOCK_SIZE
+                    if zero:
+                        await asyncio.to_thread(zero_range, target.fd, offset, size)
+                    else:
+                        pwrite_all(target.fd, data[at:at + size], offset)
+                        at += size
+                    written += size
+                volume.progress_lb = items[-1][0] + items[-1][1]
+                if written >= FSYNC_INTERVAL:
+                    await asyncio.to_thread(os.fdatasync, target.fd)
+                    written = 0
+
+            try:
+                async with channel.receiving():
+                    end = await self._exchange_hashes(channel, target.fd, [], volume.base.snap_b, size_lb, bulk_lb,
+                                                      begun.update, on_bulks, source)
+                    await asyncio.to_thread(os.fdatasync, target.fd)
+                    volume.finish_replica(tx, bytes.fromhex(begun["uuid"]), size_lb, _replicated_base(begun),
+                                          archive_uuid)
+            finally:
+                volume.progress_lb = 0
+        await channel.send_json(messages.ack())
+        self.log.info("%s: resync replication from %s in %.2f s: base %s, %d LB, %d bytes rewritten", volume.vol,
+                      source, time.monotonic() - started, volume.base, size_lb, end["size"])
 
     async def cmd_replicate(self, request: Request) -> Any:
         args = request.args
@@ -680,8 +759,10 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         return {**messages.ACCEPTED, "started": action.started}
 
     async def _replicate(self, volume: ArchiveVolume, args: dict[str, Any], action: Any) -> None:
-        """The source's side: a full replication of the base if the destination has nothing, then
-        this archive's diffs from the destination's latest snapshot, oldest first."""
+        """The source's side: the base if the destination has nothing (``full``), or its base
+        brought to this archive's oldest snapshot by hash (``resync``), then this archive's diffs
+        from the destination's latest snapshot, oldest first (a hash sync first where they are
+        applied here already)."""
         with action:
             started = time.monotonic()
             destination = f"{args['host']}:{args['port']}"
@@ -690,7 +771,8 @@ class ArchiveAgent(Agent[ArchiveVolume]):
             async with channel:
                 answer = await channel.request(messages.REPL_SYNC, {
                     "vol": volume.vol, "uuid": volume.uuid.hex(), "archive_uuid": volume.archive_uuid.hex(),
-                    "size_lb": volume.size_lb, "do_resync": bool(args.get("do_resync", False))})
+                    "size_lb": volume.size_lb, "do_resync": bool(args.get("do_resync", False)),
+                    "bulk_lb": REPL_BULK_LB})
                 kind = answer.get("kind") if isinstance(answer, dict) else None
                 if kind not in messages.REPL_KINDS:
                     raise OperationError(f"{volume.vol}: {destination} answered repl-sync with {answer!r}")
@@ -702,25 +784,78 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                                                 base.to_str(), lambda lb: setattr(volume, "progress_lb", lb))
                     latest = base.snap_b
                     self._note_replica(volume, destination, latest, base.timestamp)
+                elif kind == "resync":
+                    latest = await self._send_resync(channel, volume, destination)
                 else:
                     latest = MetaSnap.parse(str(answer.get("latest")))
-                latest, sent = await self._send_diffs(channel, volume, destination, latest, args)
+                latest, sent, hashed = await self._send_diffs(channel, volume, destination, latest, args)
+            if kind == "diff" and hashed:
+                kind = "hash"  # WalB's HASH: the destination was behind this archive's base
             action.detail.update(kind=kind, diffs=sent, destination=destination, latest=str(latest))
             self.log.info("%s: replicated to %s (%s, %d diffs) in %.2f s; it is at %s", volume.vol, destination, kind,
                           sent, time.monotonic() - started, latest)
 
+    async def _send_resync(self, channel: Any, volume: ArchiveVolume, destination: str) -> MetaSnap:
+        """Bring the destination's base to this archive's replication point by hash; its snapshot."""
+        point = _replication_point(volume)
+
+        async def begin(_: MetaSnap) -> dict[str, Any]:
+            return messages.begin(volume.uuid, base=point.to_str())
+
+        await self._send_image_by_hash(channel, volume, point.snap_b, begin)
+        self._note_replica(volume, destination, point.snap_b, point.timestamp)
+        return point.snap_b
+
+    async def _send_image_by_hash(self, channel: Any, volume: ArchiveVolume, snap: MetaSnap,
+                                  begin: Callable[[MetaSnap], Awaitable[dict[str, Any]]]) -> None:
+        """This archive's image at ``snap``, only the bulks whose hash the destination's differs."""
+        paths = volume.scan_diffs(snap)
+        batch = messages.hash_batch(REPL_BULK_LB)
+        bulk = REPL_BULK_LB * LOGICAL_BLOCK_SIZE
+
+        async def streamed() -> int:
+            return snap.gid_e
+
+        with self.store.open_base(volume.vol, writable=False) as base, \
+                _finally(lambda: setattr(volume, "progress_lb", 0)):
+            await send_differing_bulks(
+                channel, begin,
+                lambda seed: bhash.virtual_hashed_windows(base.fd, paths, volume.size_lb, bulk, seed, batch),
+                REPL_BULK_LB, streamed, lambda lb: setattr(volume, "progress_lb", lb))
+
+    async def _send_hash_replica(self, channel: Any, volume: ArchiveVolume, destination: str,
+                                 latest: MetaSnap) -> MetaSnap:
+        """The destination is at ``latest``, before this archive's base: the diffs in between are
+        applied here, so its image goes to this archive's replication point by hash, as one
+        compared diff (WalB's HASH kind); returns that point."""
+        point = _replication_point(volume)
+        diff = MetaDiff(latest, point.snap_b, is_mergeable=True, is_comp_diff=True, timestamp=point.timestamp)
+        await request_accepted(channel, messages.DIRTY_HASH_SYNC, {
+            "vol": volume.vol, "size_lb": volume.size_lb, "bulk_lb": REPL_BULK_LB, "timestamp": point.timestamp,
+            "diff": str(diff)})
+
+        async def begin(snap: MetaSnap) -> dict[str, Any]:
+            if snap != latest:
+                raise InvalidMessage(f"{destination} hashes its image at {snap}, not at {latest}")
+            return messages.begin(volume.uuid)
+
+        await self._send_image_by_hash(channel, volume, point.snap_b, begin)
+        self._note_replica(volume, destination, point.snap_b, point.timestamp)
+        return point.snap_b
+
     async def _send_diffs(self, channel: Any, volume: ArchiveVolume, destination: str, latest: MetaSnap,
-                          args: dict[str, Any]) -> tuple[MetaSnap, int]:
+                          args: dict[str, Any]) -> tuple[MetaSnap, int, int]:
         """Send the chain from ``latest`` until the destination reaches ``gid``, or at most ``size``
-        bytes of diffs remain, or nothing is left; the destination's latest snapshot and the count."""
+        bytes of diffs remain, or nothing is left; the destination's latest snapshot, the count of
+        diffs sent and how many of them were hash syncs."""
         target_gid, max_remaining = args.get("gid"), args.get("size")
-        sent = 0
+        sent = hashed = 0
         while target_gid is None or latest.gid_b < target_gid:
             if latest.gid_b < volume.base.snap_b.gid_b:
-                raise OperationError(
-                    f"{volume.vol}: {destination} is at {latest}, older than this archive's base {volume.base}: the "
-                    "diffs in between are applied here, which needs a hash replication (not built yet); clear-vol "
-                    "and init-vol the volume there, and replicate again (full)")
+                latest = await self._send_hash_replica(channel, volume, destination, latest)
+                sent += 1
+                hashed += 1
+                continue
             chain = volume.diffs.chain.applicable_diffs(latest, max_gid=target_gid)
             if not chain or (max_remaining is not None and sum(d.data_size for d in chain) <= max_remaining):
                 break
@@ -731,7 +866,7 @@ class ArchiveAgent(Agent[ArchiveVolume]):
             latest = apply(latest, diff)
             sent += 1
             self._note_replica(volume, destination, latest, diff.timestamp)
-        return latest, sent
+        return latest, sent, hashed
 
     def _note_replica(self, volume: ArchiveVolume, destination: str, latest: MetaSnap, timestamp: int) -> None:
         """Remember where a destination is (``get ts-delta``)."""
@@ -769,6 +904,41 @@ def _finally(step: Callable[[], None]) -> Iterator[None]:
         yield
     finally:
         step()
+
+
+def _replicated_diff(args: dict[str, Any], peer_role: str | None) -> MetaDiff | None:
+    """The compared diff a hash replication stores (``args.diff``: from an archive, and only
+    from one), or None for a storage's hash backup."""
+    text = args.get("diff")
+    if peer_role != "archive":
+        if text is not None:
+            raise UsageError("dirty-hash-sync: only a replicating archive names the diff")
+        return None
+    if text is None:
+        raise UsageError("dirty-hash-sync from an archive without the diff it replicates")
+    diff = MetaDiff.parse(text)
+    if not diff.is_comp_diff:
+        raise BadField(f"a hash replication's diff {diff.range_str()} is not a compared diff")
+    return diff
+
+
+def _replicated_base(begin: dict[str, Any]) -> MetaState:
+    """The base state a full or resync replication's ``begin`` names (never an applying one)."""
+    if "base" not in begin:
+        raise BadField("begin of a replication without the base state")
+    base = MetaState.parse(begin["base"])
+    if base.is_applying:
+        raise BadField(f"a replication sent an applying base {base}")
+    return base
+
+
+def _replication_point(volume: ArchiveVolume) -> MetaState:
+    """Where a hash or resync replication brings the destination: this archive's oldest clean
+    state (WalB's), or its base while the chain reaches no clean snapshot yet."""
+    try:
+        return volume.diffs.chain.oldest_clean_state(volume.base)
+    except OperationError:
+        return volume.base
 
 
 def _write_all(writer: SortedDiffWriter, ios: list[DiffIo]) -> None:

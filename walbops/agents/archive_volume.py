@@ -189,14 +189,29 @@ class ArchiveVolume:
         self.refuse_if_busy("reset-vol")
         with self.machine.transaction(("SyncReady", "Stopped"), "ResetVol") as tx:
             remove_images(self.vol)
-            for name in os.listdir(self.directory):
-                if name.endswith(".wdiff"):
-                    os.unlink(os.path.join(self.directory, name))
-            self.base = MetaState(MetaSnap(0))
-            self.uuid = self.archive_uuid = bytes(16)
-            self.size_lb = 0
-            self.diffs = self._scan()
+            self._forget_history()
             tx.commit("SyncReady")
+
+    def reset_for_resync(self) -> None:
+        """WalB's resync path up to SyncReady (Archived → Stop → Stopped → ResetVol → SyncReady):
+        the diffs and snapshots go and the base stays, for a resync to overwrite in place the bulks
+        that differ (walb.md §3.3)."""
+        self.refuse_if_busy("full-sync")
+        if self.state == "Archived":
+            self.stop()
+        with self.machine.transaction(("SyncReady", "Stopped"), "ResetVol") as tx:
+            self._forget_history()
+            tx.commit("SyncReady")
+
+    def _forget_history(self) -> None:
+        """Delete every diff and forget the base's state and lineage (its image is the caller's)."""
+        for name in os.listdir(self.directory):
+            if name.endswith(".wdiff"):
+                os.unlink(os.path.join(self.directory, name))
+        self.base = MetaState(MetaSnap(0))
+        self.uuid = self.archive_uuid = bytes(16)
+        self.size_lb = 0
+        self.diffs = self._scan()
 
     def start(self) -> None:
         with self.machine.transaction("Stopped", "Start") as tx:
@@ -235,26 +250,28 @@ class ArchiveVolume:
         self.refuse_if_busy("replicate")
         return self.actions.begin(ArchiveAction.REPL_SYNC_AS_CLIENT)
 
-    def replication_kind(self, archive_uuid: bytes, size_lb: int, do_resync: bool) -> str:
-        """The destination's choice (walb.md §6.7): ``full`` into a SyncReady volume, ``diff`` into
-        an archived one of the same lineage.
+    def replication_kind(self, archive_uuid: bytes, size_lb: int, do_resync: bool, has_base: bool) -> str:
+        """The destination's choice (walb.md §6.7): ``full`` into a SyncReady volume (``resync``
+        there with do_resync when a base image is left to compare against), ``resync`` into an
+        archived one of another lineage or whenever do_resync is asked, ``diff`` otherwise (the
+        source then sends diffs, or a hash sync when its base is past this volume's latest).
 
         Raises:
-            Refused: another lineage (``resync-needed``, or ``not-implemented`` with do_resync),
-                a volume too small, or a state that takes no replication.
+            Refused: another lineage without do_resync (``resync-needed``), a volume too small,
+                or a state that takes no replication.
         """
         if self.state == "SyncReady":
             self.refuse_if_busy("full-sync")
-            return "full"
+            return "resync" if do_resync and has_base else "full"
         if self.state != "Archived":
             raise Refused("bad-state", f"{self.vol}: bad state {self.state} for a replication (needs SyncReady or "
                           "Archived)")
-        if archive_uuid != self.archive_uuid:
-            if do_resync:
-                raise Refused("not-implemented", f"{self.vol}: the lineages differ and resync replication is not "
-                              "built yet; clear-vol and init-vol this volume here, then replicate (full)")
+        if archive_uuid != self.archive_uuid and not do_resync:
             raise Refused("resync-needed", f"{self.vol}: this archive's lineage {self.archive_uuid.hex()} is not the "
                           f"source's {archive_uuid.hex()} (a new full backup began another); replicate with doResync")
+        if do_resync:
+            self.refuse_if_busy("full-sync")
+            return "resync"
         if size_lb > self.size_lb:
             raise Refused("smaller-lv-size", f"{self.vol}: volume of {size_lb} LB does not fit the base of "
                           f"{self.size_lb} LB; resize it here first")
@@ -286,8 +303,9 @@ class ArchiveVolume:
 
     # ------------------------------------------------------------------ hash backup (walb.md §6.4)
 
-    def begin_hash_sync(self, size_lb: int) -> Any:
-        """Enter HashSync (Archived only); the caller commits or the transaction rolls back.
+    def begin_hash_sync(self, size_lb: int, via: str = "HashSync") -> Any:
+        """Enter HashSync (or ReplSyncAsServer for a hash replication; Archived only); the caller
+        commits or the transaction rolls back.
 
         Raises:
             Refused: not Archived (``not-archived``: a hash backup needs a base; take a full one),
@@ -300,7 +318,7 @@ class ArchiveVolume:
             raise Refused("smaller-lv-size", f"{self.vol}: volume of {size_lb} LB does not fit the archive's "
                           f"{self.size_lb} LB (resize the archive first)")
         self.refuse_if_busy("hash-sync")
-        return self.machine.transaction("Archived", "HashSync")
+        return self.machine.transaction("Archived", via)
 
     def scan_diffs(self, snap: MetaSnap) -> list[str]:
         """The diffs to lay over the base to read the image at ``snap`` (a snapshot of the chain)."""

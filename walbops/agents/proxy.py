@@ -16,7 +16,7 @@ from typing import Any
 
 from ..diff.files import merged_ios, read_header
 from ..diff.sorted_file import SortedDiffWriter
-from ..errors import BadField, OperationError, ProtocolError, RemoteError, UsageError, WalbopsError
+from ..errors import BadField, OperationError, RemoteError, UsageError, WalbopsError
 from ..formats.compression import CompressOpt
 from ..gid import MetaDiff, merge
 from ..net import messages
@@ -190,19 +190,16 @@ class ProxyAgent(Agent[ProxyVolume]):
             converting = InOrder()  # each data frame is verified and converted while the next one arrives
             receiver = None
             try:
-                receiver = volume.wlog_receiver((bytes.fromhex(args["uuid"]), args["pbs"], args["salt"]))
+                async with channel.receiving():
+                    receiver = volume.wlog_receiver((bytes.fromhex(args["uuid"]), args["pbs"], args["salt"]))
 
-                async def take(data: bytes, receiver: WlogReceiver = receiver) -> None:
-                    await converting.submit(receiver.feed, data)
+                    async def take(data: bytes, receiver: WlogReceiver = receiver) -> None:
+                        await converting.submit(receiver.feed, data)
 
-                await receive_file(channel, "wlog", f"{volume.vol}: the storage", limit, take)
-                await converting.drain()
-                received = time.monotonic()
-                stored = await asyncio.to_thread(receiver.commit, diff, args["size_lb"])
-            except (WalbopsError, OSError) as exc:
-                if not isinstance(exc, ProtocolError):
-                    await channel.abort_receiving(str(exc))
-                raise
+                    await receive_file(channel, "wlog", f"{volume.vol}: the storage", limit, take)
+                    await converting.drain()
+                    received = time.monotonic()
+                    stored = await asyncio.to_thread(receiver.commit, diff, args["size_lb"])
             finally:
                 await converting.settle()  # the converter's file must outlive its last write
                 if receiver is not None:

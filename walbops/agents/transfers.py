@@ -114,7 +114,7 @@ async def prefetched(items: Iterable[T]) -> AsyncGenerator[T, None]:
             pending.exception()  # retrieved: a failed read after an early exit is not worth a warning
 
 
-async def _accepted(channel: Channel, command: str, args: dict[str, Any]) -> None:
+async def request_accepted(channel: Channel, command: str, args: dict[str, Any]) -> None:
     result = await channel.request(command, args)
     if result != messages.ACCEPTED:
         raise RemoteError(f"{command}: unexpected answer {result!r}")
@@ -141,7 +141,7 @@ async def send_full_backup(channel: Channel, vol: str, fd: int, size_lb: int, bu
     Returns:
         gidE, once the archive acknowledged the base.
     """
-    await _accepted(channel, messages.DIRTY_FULL_SYNC,
+    await request_accepted(channel, messages.DIRTY_FULL_SYNC,
                     {"vol": vol, "size_lb": size_lb, "bulk_lb": bulk_lb, "timestamp": timestamp})
     uuid = await on_accepted()
     await channel.send_json(messages.begin(uuid))
@@ -231,7 +231,8 @@ async def receive_image(channel: Channel, size_lb: int, bulk_lb: int, sender: st
 
 
 async def receive_hash_sync(channel: Channel, cursor: HashSyncCursor, hashing: asyncio.Task[None],
-                            on_bulks: Callable[[list[list[int]], bytes], Awaitable[None]]) -> dict[str, Any]:
+                            on_bulks: Callable[[list[list[int]], bytes], Awaitable[None]],
+                            sender: str = "the storage") -> dict[str, Any]:
     """The archive's receiving half of a dirty-hash-sync, while ``hashing`` sends the hashes:
     ``on_bulks(items, data)`` for each ``bulks`` message with the bytes of its non-zero bulks;
     returns the checked ``end`` once the hashes are all sent.
@@ -239,7 +240,7 @@ async def receive_hash_sync(channel: Channel, cursor: HashSyncCursor, hashing: a
     Raises:
         InvalidMessage: bulks out of order or past the hashed ones; ``end`` before every bulk was hashed.
         ChecksumMismatch, BadField: ``end`` disagrees with the data, or carries no gid.
-        OperationError: the storage aborted, or sending the hashes failed.
+        OperationError: the sender aborted, or sending the hashes failed.
     """
     digest = StreamDigest()
     receiving = asyncio.ensure_future(channel.recv())
@@ -266,7 +267,7 @@ async def receive_hash_sync(channel: Channel, cursor: HashSyncCursor, hashing: a
             message = frame.message
             kind = message["type"]
             if kind == "abort":
-                raise OperationError(f"the storage aborted the hash backup: {message['reason']}")
+                raise OperationError(f"{sender} aborted the hash sync: {message['reason']}")
             if kind == "end":
                 await hashing  # the storage compared every bulk only once every hash went out
                 digest.check(message)
@@ -310,6 +311,9 @@ class Throttle:
                 await asyncio.sleep(ahead)
 
 
+HashedBatches = Callable[[int], Iterator[tuple[int, bytes | memoryview, bytes]]]
+
+
 async def send_hash_backup(channel: Channel, vol: str, fd: int, size_lb: int, bulk_lb: int, timestamp: int,
                            on_snapshot: Callable[[MetaSnap], Awaitable[bytes]],
                            on_streamed: Callable[[], Awaitable[int]],
@@ -325,16 +329,39 @@ async def send_hash_backup(channel: Channel, vol: str, fd: int, size_lb: int, bu
     Returns:
         (the archive's snapshot the backup started from, gidE), once the archive acknowledged.
     """
-    await _accepted(channel, messages.DIRTY_HASH_SYNC,
+    await request_accepted(channel, messages.DIRTY_HASH_SYNC,
                     {"vol": vol, "size_lb": size_lb, "bulk_lb": bulk_lb, "timestamp": timestamp})
-    begin = await channel.recv_json("hash-begin")
-    snap = MetaSnap.parse(begin["snap"])
-    seed = int(begin["seed"])
-    await channel.send_json(messages.begin(await on_snapshot(snap)))
+
+    async def begin(snap: MetaSnap) -> dict[str, Any]:
+        return messages.begin(await on_snapshot(snap))
+
+    batch = messages.hash_batch(bulk_lb)
+    return await send_differing_bulks(channel, begin, lambda seed: _hashed_batches(fd, size_lb, bulk_lb, seed, batch),
+                                      bulk_lb, on_streamed, progress, throttle)
+
+
+async def send_differing_bulks(channel: Channel, begin: Callable[[MetaSnap], Awaitable[dict[str, Any]]],
+                               batches: HashedBatches, bulk_lb: int, on_streamed: Callable[[], Awaitable[int]],
+                               progress: Callable[[int], None] | None = None,
+                               throttle: Throttle | None = None) -> tuple[MetaSnap, int]:
+    """The sending half of a dirty-hash-sync once the receiver started it (docs/protocol.md §8.4,
+    §8.6): a storage scanning its device, or a source archive scanning its image at a snapshot.
+
+    Args:
+        begin: runs with the receiver's snapshot (``hash-begin``) and returns the ``begin`` message.
+        batches: ``batches(seed)`` yields (offset_lb, data, hashes) of the image to send, a hash
+            batch (messages.hash_batch) at a time: what the receiver's next ``hashes`` covers.
+        on_streamed: runs once every bulk is compared; returns the gid ``end`` carries.
+
+    Returns:
+        (the receiver's snapshot, the gid ``end`` carried), once the receiver acknowledged.
+    """
+    hash_begin = await channel.recv_json("hash-begin")
+    snap = MetaSnap.parse(hash_begin["snap"])
+    await channel.send_json(await begin(snap))
     digest = StreamDigest()
     bulk = bulk_lb * LOGICAL_BLOCK_SIZE
-    batches = _hashed_batches(fd, size_lb, bulk_lb, seed, messages.hash_batch(bulk_lb))
-    async with channel.keepalive(), contextlib.aclosing(prefetched(batches)) as reads:
+    async with channel.keepalive(), contextlib.aclosing(prefetched(batches(int(hash_begin["seed"])))) as reads:
         async for offset_lb, data, ours in reads:
             announced = await channel.recv_json("hashes")
             frame = await channel.recv()
@@ -432,7 +459,7 @@ def file_chunks(path: str) -> AsyncGenerator[bytes, None]:
 async def send_wdiff(channel: Channel, vol: str, uuid: bytes, size_lb: int, diff: MetaDiff,
                      chunks: Chunks) -> None:
     """Send one sorted wdiff (wdiff-transfer); returns once the archive holds it."""
-    await _accepted(channel, messages.WDIFF_TRANSFER,
+    await request_accepted(channel, messages.WDIFF_TRANSFER,
                     {"vol": vol, "uuid": uuid.hex(), "size_lb": size_lb, "diff": str(diff)})
     digest = StreamDigest()
     await _send_chunks(channel, chunks, digest)
@@ -442,7 +469,7 @@ async def send_wdiff(channel: Channel, vol: str, uuid: bytes, size_lb: int, diff
 async def send_wlog(channel: Channel, vol: str, uuid: bytes, pbs: int, salt: int, size_lb: int, diff: MetaDiff,
                     max_log_pb: int, chunks: Chunks) -> None:
     """Send one wlog (wlog-transfer); returns once the proxy holds it durably."""
-    await _accepted(channel, messages.WLOG_TRANSFER,
+    await request_accepted(channel, messages.WLOG_TRANSFER,
                     {"vol": vol, "uuid": uuid.hex(), "pbs": pbs, "salt": salt, "size_lb": size_lb,
                      "diff": str(diff), "max_log_pb": max_log_pb})
     digest = StreamDigest()

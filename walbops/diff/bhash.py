@@ -51,12 +51,21 @@ def bulk_hash(bulk: bytes | bytearray | memoryview, seed: int) -> bytes:
 def virtual_bulk_hashes(base_fd: int | None, diff_paths: Sequence[str], size_lb: int, bulk: int, seed: int,
                         batch: int) -> Iterator[bytes]:
     """The :func:`bulk_hash` of every bulk of the base with ``diff_paths`` laid over it, ``batch``
-    hashes (16 bytes each) at a time, in order: the archive's side of a hash backup. The image is
-    read ``batch`` bulks at a time (the bulk boundaries stay those of ``bulk``)."""
+    hashes (16 bytes each) at a time, in order: the receiving side of a hash sync."""
+    return (hashes for _, _, hashes in virtual_hashed_windows(base_fd, diff_paths, size_lb, bulk, seed, batch))
+
+
+def virtual_hashed_windows(base_fd: int | None, diff_paths: Sequence[str], size_lb: int, bulk: int, seed: int,
+                           batch: int) -> Iterator[tuple[int, memoryview, bytes]]:
+    """(offset_lb, window, hashes) of the base with ``diff_paths`` laid over it, ``batch`` bulks
+    at a time, in order: the window's bytes and the :func:`bulk_hash` of each of its bulks (the
+    bulk boundaries stay those of ``bulk``). A source archive sends a hash replication from them."""
     check_bulk(bulk)
     ios = merged_ios(diff_paths) if diff_paths else iter(())
-    for window in full_image(_within(ios, size_lb), size_lb, base_fd, batch * bulk // LOGICAL_BLOCK_SIZE):
-        yield b"".join(bulk_hash(window[at:at + bulk], seed) for at in range(0, len(window), bulk))
+    window_lb = batch * bulk // LOGICAL_BLOCK_SIZE
+    for index, window in enumerate(full_image(_within(ios, size_lb), size_lb, base_fd, window_lb)):
+        hashes = b"".join(bulk_hash(window[at:at + bulk], seed) for at in range(0, len(window), bulk))
+        yield index * window_lb, window, hashes
 
 
 class StreamHasher:

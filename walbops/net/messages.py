@@ -38,7 +38,7 @@ def hash_batch(bulk_lb: int) -> int:
     return max(1, min(MAX_HASHES, HASH_BATCH_BYTES // (bulk_lb * 512)))
 VIRT_FULL_SCAN = "virt-full-scan"
 REPL_SYNC = "repl-sync"  # archive -> archive: replication (section 8.6)
-REPL_KINDS = ("full", "diff")
+REPL_KINDS = ("full", "resync", "diff")
 
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
@@ -54,6 +54,7 @@ _VOL = {"type": "string", "pattern": "^[0-9A-Za-z-]{1,64}$"}  # WalB's volume id
 _REASON = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,63}$"}
 _TEXT = {"type": "string", "maxLength": MAX_TEXT}
 _SNAP = r"\|[0-9]+(,[0-9]+)?\|"
+_BULK_LB = {**_U32, "minimum": 1, "maximum": 8192}  # [LB] 4 MiB at most
 _DIFF = {"type": "string", "maxLength": 256, "pattern": rf"^{_SNAP}-->{_SNAP} [M-][C-] \S+ [0-9]+$"}
 
 
@@ -67,8 +68,9 @@ def _message(type_name: str, properties: dict[str, Any], required: tuple[str, ..
     }
 
 
-def _args(properties: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+def _args(properties: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": {**properties, **(optional or {})}, "required": list(properties),
+            "additionalProperties": False}
 
 
 _RESPONSE_OK = _message("response", {"id": _U32, "ok": {"const": True}, "result": {}})
@@ -112,12 +114,11 @@ ARGS_SCHEMAS: dict[str, dict[str, Any]] = {
     WLOG_TRANSFER: _args({"vol": _VOL, "uuid": _UUID, "pbs": {"enum": [512, 4096]}, "salt": _U32,
                           "size_lb": _U64, "diff": _DIFF, "max_log_pb": _U64}),
     WDIFF_TRANSFER: _args({"vol": _VOL, "uuid": _UUID, "size_lb": _U64, "diff": _DIFF}),
-    DIRTY_FULL_SYNC: _args({"vol": _VOL, "size_lb": _U64, "bulk_lb": {**_U32, "minimum": 1, "maximum": 8192},
-                            "timestamp": _U64}),
-    DIRTY_HASH_SYNC: _args({"vol": _VOL, "size_lb": _U64, "bulk_lb": {**_U32, "minimum": 1, "maximum": 8192},
-                            "timestamp": _U64}),
+    DIRTY_FULL_SYNC: _args({"vol": _VOL, "size_lb": _U64, "bulk_lb": _BULK_LB, "timestamp": _U64}),
+    # diff: a hash replication's (from an archive only, section 8.6)
+    DIRTY_HASH_SYNC: _args({"vol": _VOL, "size_lb": _U64, "bulk_lb": _BULK_LB, "timestamp": _U64}, {"diff": _DIFF}),
     REPL_SYNC: _args({"vol": _VOL, "uuid": _UUID, "archive_uuid": _UUID, "size_lb": _U64,
-                      "do_resync": {"type": "boolean"}}),
+                      "do_resync": {"type": "boolean"}}, {"bulk_lb": _BULK_LB}),
 }
 
 _VALIDATORS = {name: Draft202012Validator(schema) for name, schema in SCHEMAS.items()}

@@ -207,6 +207,18 @@ class Channel:
             self._writer.write(encode_json(messages.abort(reason)))
         await self._linger_close()
 
+    @contextlib.asynccontextmanager
+    async def receiving(self) -> AsyncIterator[None]:
+        """A receiver's block: a failure in it, unless it is the peer's own protocol error (the
+        connection is answered and gone already), is answered with :meth:`abort_receiving` so the
+        sender learns why, then raised on."""
+        try:
+            yield
+        except (WalbopsError, OSError) as exc:
+            if not isinstance(exc, ProtocolError):
+                await self.abort_receiving(str(exc))
+            raise
+
     # Closing.
 
     async def close(self) -> None:
