@@ -7,6 +7,8 @@ device at that snapshot.
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import random
 import time
 
@@ -187,18 +189,38 @@ def test_n9_a_destination_behind_the_sources_applied_base_gets_a_hash_replicatio
     assert cluster.restored_sha1(VOL, taken[0][0], archive="a1") == taken[0][1]  # a1 keeps its history
 
 
-def test_a_cut_full_replication_leaves_the_destination_sync_ready_and_a_retry_works(cluster):
-    """e14/e15's shape: the network between the archives is cut during a full replication; the
-    destination rolls back to SyncReady with no partial base, and the next replication succeeds."""
+def zero_head(path: str, size: int) -> None:
+    """Write zeros over the first ``size`` bytes of a device (past the page cache)."""
+    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    try:
+        with mmap.mmap(-1, size) as zeros:
+            os.pwrite(fd, zeros, 0)
+    finally:
+        os.close(fd)
+
+
+def test_e14_a_cut_full_replication_keeps_what_it_synced_and_the_retry_resumes(cluster):
+    """e14: the network between the archives is cut during a full replication; the destination is
+    back to SyncReady with nothing restorable, keeping the part it synced. a0 then applies a new
+    base (zeros where a1 kept data): the next replication cannot resume that part, starts over (and
+    is cut again); the one after resumes where it was cut, and a1 restores the device's sha1."""
     cluster.device_size = 64 << 20  # a base of 64 MiB: the stream takes a while
-    _, gid, expected = random_filled_volume(cluster, 74)
+    device, gid, expected = random_filled_volume(cluster, 74)
     accepted = replicate_through_a_cut(cluster, gid, 8 << 20)
     assert accepted["accepted"]
     cluster.ctl.wait_for_state("a1", VOL, {"SyncReady"}, timeout=60)
-    assert cluster.ctl.get("a1", "exists-base-image", VOL) == 0
+    assert cluster.ctl.get("a1", "exists-base-image", VOL) == 1
     assert explicit_restorable(cluster, "a1") == []
-    cluster.ctl.replicate_once("a0", VOL, "a1", gid=gid)
-    assert cluster.restored_sha1(VOL, gid, archive="a1") == expected
+
+    zero_head(device, 1 << 20)  # a0's next base reads zeros where a1 kept the old data
+    later, expected = cluster.snapshot_restorable(VOL)
+    cluster.ctl.apply("a0", VOL, later)
+    replicate_through_a_cut(cluster, later, 8 << 20)
+    assert explicit_restorable(cluster, "a1") == []
+    assert cluster.ctl.replicate_once("a0", VOL, "a1", gid=later) == later
+    resumed = cluster.ctl.get("a0", "action-result", VOL, "ReplSyncAsClient")
+    assert resumed["kind"] == "full" and 0 < resumed["resumed_at_lb"] < cluster.device_size // 512
+    assert cluster.restored_sha1(VOL, later, archive="a1") == expected == sha1_of_device(device)
 
 
 def test_n10_synchronizing_under_writes_then_stop_synchronizing(cluster):

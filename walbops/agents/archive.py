@@ -37,7 +37,7 @@ from ..net.stream import HashSyncCursor
 from ..net.transport import open_connection
 from ..store import Store, store_from_config
 from ._server import GID, VOL, Agent, Command, Request, args_schema
-from .archive_volume import ApplyPlan, ArchiveAction, ArchiveVolume, MergePlan, delete_diff_files
+from .archive_volume import ApplyPlan, ArchiveAction, ArchiveVolume, MergePlan, PartialReplica, delete_diff_files
 from .config import Config
 from .state import ARCHIVE_ACTIVE, Refused
 from .transfers import (
@@ -55,6 +55,7 @@ from .transfers import (
 )
 
 FSYNC_INTERVAL = 1 << 30  # [bytes] sync the base this often while a full backup streams (WalB -fi)
+REPL_CHECKPOINT = 64 << 20  # [bytes] a full replication syncs and records its progress this often (to resume)
 MAX_BULK = 64 << 20  # [bytes] the largest bulk a bhash or virt-full-scan may ask for
 DIFF_SLACK = 64 << 20  # [bytes] headers and end marker of a diff of a tiny volume, and then some
 SCAN_READ = 4 << 20  # [bytes] a virt-full-scan reads and sends this much of the image at a time
@@ -443,73 +444,109 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                 raise BadField("end of a full backup without its gid")
             volume.finish_full_sync(tx, bytes.fromhex(begin["uuid"]), args["size_lb"], end["gid"], args["timestamp"])
 
-        await self._receive_base(request, volume, args["size_lb"], args["bulk_lb"], "the storage", request.accept,
-                                 finish)
+        async def answer(_: PartialReplica | None) -> None:
+            await request.accept()
+
+        await self._receive_base(request, volume, args["size_lb"], args["bulk_lb"], "the storage", answer, finish)
         self.log.info("%s: full backup received: base %s, %d LB", volume.vol, volume.base, args["size_lb"])
         return None
 
     def _remove_partial_base(self, vol: str) -> None:
-        """A full backup or replication that failed leaves no partial base behind (the volume stays
-        SyncReady)."""
+        """A full backup that failed leaves no partial base behind (the volume stays SyncReady)."""
         try:
             self.store.remove_volume(vol)
         except (WalbopsError, OSError) as exc:
-            self.log.error("%s: the partial base of a failed full backup or replication could not be removed: "
-                           "%s (the next one removes it)", vol, exc)
+            self.log.error("%s: the partial base of a failed full backup could not be removed: %s (the next one "
+                           "removes it)", vol, exc)
         else:
-            self.log.info("%s: removed the partial base of a failed full backup or replication", vol)
+            self.log.info("%s: removed the partial base of a failed full backup", vol)
 
     async def _receive_base(self, request: Request, volume: ArchiveVolume, size_lb: int, bulk_lb: int | None,
-                            sender: str, answer: Callable[[], Awaitable[None]],
-                            finish: Callable[[Any, dict[str, Any], dict[str, Any]], None]) -> None:
-        """Receive a base image (docs/protocol.md §8.3, §8.6) into a fresh base of a SyncReady
-        volume (FullSync), and ack it: ``answer`` tells the sender to start; ``finish(tx, begin,
+                            sender: str, answer: Callable[[PartialReplica | None], Awaitable[None]],
+                            finish: Callable[[Any, dict[str, Any], dict[str, Any]], None],
+                            lineage: bytes | None = None) -> None:
+        """Receive a base image (docs/protocol.md §8.3, §8.6) into the base of a SyncReady volume
+        (FullSync), and ack it: ``answer(offer)`` tells the sender to start; ``finish(tx, begin,
         end)`` records the base once the image is synced. ``bulk_lb`` None: the sender's ``begin``
-        says it. A failure removes the partial base."""
+        says it.
+
+        A full backup (``lineage`` None) starts from a fresh base, and a failure removes it. A full
+        replication from archive lineage ``lineage`` keeps what it synced when it fails (every
+        REPL_CHECKPOINT bytes, and at the failure), and the next one from that lineage is offered
+        to resume after it: its ``begin`` then says ``start_lb``.
+        """
         self.check_volume_size(volume.vol, size_lb)
         tx = volume.begin_full_sync()
         with tx:
-            if self.store.base_exists(volume.vol):
-                # Left by a transfer that was cut short (the volume is SyncReady): its blocks are
-                # stale, and zero ranges are not written below, so start again from a fresh base.
-                await asyncio.to_thread(self.store.remove_volume, volume.vol)
-            self.store.create_base(volume.vol, size_lb)
-            reads_zeros = self.store.new_base_reads_zeros
-            # Listed first, so it exits last: a failure removes the base once it is closed.
-            with _on_failure(lambda: self._remove_partial_base(volume.vol)), \
-                    volume.actions.begin(ArchiveAction.FULL_SYNC), \
+            has_base = self.store.base_exists(volume.vol)
+            offer = None if lineage is None else volume.resumable_replica(lineage, size_lb, has_base)
+            if offer is None:
+                if has_base:
+                    # Left by a transfer that was cut short (the volume is SyncReady): its blocks are
+                    # stale, and zero ranges are not written below, so start again from a fresh base.
+                    await asyncio.to_thread(self.store.remove_volume, volume.vol)
+                volume.note_partial_replica(None)
+                self.store.create_base(volume.vol, size_lb)
+            reads_zeros = self.store.new_base_reads_zeros and offer is None
+            checkpoint = FSYNC_INTERVAL if lineage is None else REPL_CHECKPOINT
+            written_lb = 0  # [LB] received in order and written
+            begin: dict[str, Any] = {}
+
+            def on_failure() -> None:
+                if lineage is None:
+                    self._remove_partial_base(volume.vol)  # a full backup starts over
+                elif "base" in begin and written_lb > 0:
+                    # A replication keeps what it wrote, synced and recorded, for the next one to resume.
+                    with contextlib.suppress(OSError), self.store.open_base(volume.vol, writable=True) as base:
+                        os.fdatasync(base.fd)
+                        volume.note_partial_replica(PartialReplica(lineage, begin["base"], size_lb, written_lb))
+                        self.log.info("%s: kept the first %d LB of the cut full replication, to resume",
+                                      volume.vol, written_lb)
+
+            # Listed first, so it exits last: a failure handles the base once it is closed.
+            with _on_failure(on_failure), volume.actions.begin(ArchiveAction.FULL_SYNC), \
                     self.store.open_base(volume.vol, writable=True) as target:
-                await answer()
+                await answer(offer)
                 channel = request.channel
-                begin = await channel.recv_json("begin")
+                begin.update(await channel.recv_json("begin"))
                 if bulk_lb is None:
                     bulk_lb = int(begin.get("bulk_lb", 0))
                     if not 1 <= bulk_lb <= MAX_BULK // LOGICAL_BLOCK_SIZE:
                         raise BadField(f"begin: bulk_lb {bulk_lb} is not 1 … {MAX_BULK // LOGICAL_BLOCK_SIZE}")
+                start_lb = int(begin.get("start_lb", 0))
+                if start_lb and (offer is None or start_lb != offer.done_lb or begin.get("base") != offer.base):
+                    raise InvalidMessage(f"begin: resumes at LB {start_lb} of {begin.get('base')}, where "
+                                         f"{'nothing' if offer is None else f'LB {offer.done_lb} of {offer.base}'} "
+                                         "was offered")
+                if offer is not None and not start_lb:
+                    reads_zeros = False  # the source starts over on the kept base: stale blocks too are rewritten
                 unsynced = 0
-                volume.progress_lb = 0
+                written_lb = volume.progress_lb = start_lb
 
                 async def on_data(offset: int, data: bytes) -> None:
-                    nonlocal unsynced
+                    nonlocal unsynced, written_lb
                     # Into the page cache, in this thread: a thread hop per frame costs more
                     # (GIL hand-offs) than the write; the fdatasyncs run in a thread.
                     pwrite_all(target.fd, data, offset)
                     unsynced += len(data)
-                    if unsynced >= FSYNC_INTERVAL:
+                    written_lb = volume.progress_lb = (offset + len(data)) // LOGICAL_BLOCK_SIZE
+                    if unsynced >= checkpoint:
                         await asyncio.to_thread(os.fdatasync, target.fd)
                         unsynced = 0
-                    volume.progress_lb = (offset + len(data)) // LOGICAL_BLOCK_SIZE
+                        if lineage is not None:
+                            volume.note_partial_replica(PartialReplica(lineage, begin["base"], size_lb, written_lb))
 
                 async def on_zero(offset: int, length: int) -> None:
+                    nonlocal written_lb
                     # A fresh file or thin LV reads as zeros already; a thick LV is zeroed here.
                     if not reads_zeros:
                         await asyncio.to_thread(zero_range, target.fd, offset, length)
-                    volume.progress_lb = (offset + length) // LOGICAL_BLOCK_SIZE
+                    written_lb = volume.progress_lb = (offset + length) // LOGICAL_BLOCK_SIZE
 
                 try:
                     async with channel.receiving():
                         end = await receive_image(channel, size_lb, bulk_lb, f"{volume.vol}: {sender}", on_data,
-                                                  on_zero)
+                                                  on_zero, start_lb)
                         await asyncio.to_thread(os.fdatasync, target.fd)
                         finish(tx, begin, end)
                 finally:
@@ -688,13 +725,15 @@ class ArchiveAgent(Agent[ArchiveVolume]):
             return None
         size_lb = args["size_lb"]
 
-        async def answer() -> None:
-            await request.answer({"kind": "full", "latest": None})
+        async def answer(offer: PartialReplica | None) -> None:
+            resume = None if offer is None else {"base": offer.base, "start_lb": offer.done_lb}
+            await request.answer({"kind": "full", "latest": None, "resume": resume})
 
         def finish(tx: Any, begin: dict[str, Any], end: dict[str, Any]) -> None:
             volume.finish_replica(tx, bytes.fromhex(begin["uuid"]), size_lb, _replicated_base(begin), archive_uuid)
 
-        await self._receive_base(request, volume, size_lb, None, f"the source archive {source}", answer, finish)
+        await self._receive_base(request, volume, size_lb, None, f"the source archive {source}", answer, finish,
+                                 lineage=archive_uuid)
         self.log.info("%s: full replication from %s received: base %s, %d LB", volume.vol, source, volume.base,
                       size_lb)
         return None
@@ -778,10 +817,14 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                     raise OperationError(f"{volume.vol}: {destination} answered repl-sync with {answer!r}")
                 if kind == "full":
                     base = volume.base
+                    start_lb = _resume_at(answer.get("resume"), base, REPL_BULK_LB)
                     with self.store.open_base(volume.vol, writable=False) as target, \
                             _finally(lambda: setattr(volume, "progress_lb", 0)):
                         await send_base_replica(channel, volume.uuid, target.fd, volume.size_lb, REPL_BULK_LB,
-                                                base.to_str(), lambda lb: setattr(volume, "progress_lb", lb))
+                                                base.to_str(), lambda lb: setattr(volume, "progress_lb", lb),
+                                                start_lb)
+                    if start_lb:
+                        action.detail["resumed_at_lb"] = start_lb
                     latest = base.snap_b
                     self._note_replica(volume, destination, latest, base.timestamp)
                 elif kind == "resync":
@@ -930,6 +973,17 @@ def _replicated_base(begin: dict[str, Any]) -> MetaState:
     if base.is_applying:
         raise BadField(f"a replication sent an applying base {base}")
     return base
+
+
+def _resume_at(resume: Any, base: MetaState, bulk_lb: int) -> int:
+    """Where a full replication starts: after the destination's kept part when it offers one of
+    this very base (a base applied since must go again from LB 0), at a bulk boundary."""
+    if not isinstance(resume, dict) or resume.get("base") != base.to_str():
+        return 0
+    start_lb = resume.get("start_lb")
+    if not isinstance(start_lb, int) or isinstance(start_lb, bool) or start_lb < 0 or start_lb % bulk_lb:
+        return 0
+    return start_lb
 
 
 def _replication_point(volume: ArchiveVolume) -> MetaState:

@@ -110,6 +110,26 @@ class MergePlan:
     uuid: bytes
 
 
+@dataclass(frozen=True)
+class PartialReplica:
+    """A full replication cut short, kept to be resumed (WalB's full_repl_state): the first
+    ``done_lb`` LB of the base are the source's image of ``base`` and are synced."""
+
+    archive_uuid: bytes
+    base: str  # the MetaState text the source sent
+    size_lb: int
+    done_lb: int  # [LB]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"archive_uuid": self.archive_uuid.hex(), "base": self.base, "size_lb": self.size_lb,
+                "done_lb": self.done_lb}
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> PartialReplica:
+        return cls(bytes.fromhex(value["archive_uuid"]), str(value["base"]), int(value["size_lb"]),
+                   int(value["done_lb"]))
+
+
 @dataclass
 class DiffSummary:
     """What ``get diff`` prints for one diff."""
@@ -134,6 +154,8 @@ class ArchiveVolume:
         self.uuid = bytes.fromhex(meta.get("uuid", "00" * 16))
         self.archive_uuid = bytes.fromhex(meta.get("archive_uuid", "00" * 16))
         self.size_lb = int(meta.get("size_lb", 0))
+        partial = meta.get("partial_replica")
+        self.partial_replica = PartialReplica.from_dict(partial) if partial else None
         self.actions = ActionCounter(self.vol)
         self.restoring: set[int] = set()  # gids whose restore is running
         self.progress_lb = 0
@@ -142,8 +164,11 @@ class ArchiveVolume:
     # ------------------------------------------------------------------ persistence
 
     def _meta(self) -> dict[str, Any]:
-        return {"vol": self.vol, "state": self.machine.state, "base": str(self.base), "uuid": self.uuid.hex(),
+        meta = {"vol": self.vol, "state": self.machine.state, "base": str(self.base), "uuid": self.uuid.hex(),
                 "archive_uuid": self.archive_uuid.hex(), "size_lb": self.size_lb}
+        if self.partial_replica is not None:
+            meta["partial_replica"] = self.partial_replica.as_dict()
+        return meta
 
     def _persist_state(self, state: str) -> None:
         if state == "Clear":
@@ -182,6 +207,7 @@ class ArchiveVolume:
         with self.machine.transaction(("SyncReady", "Stopped"), "ClearVol") as tx:
             remove_images(self.vol)
             shutil.rmtree(self.directory, ignore_errors=True)
+            self.partial_replica = None
             self.diffs = self._scan()
             tx.commit("Clear")
 
@@ -211,6 +237,7 @@ class ArchiveVolume:
         self.base = MetaState(MetaSnap(0))
         self.uuid = self.archive_uuid = bytes(16)
         self.size_lb = 0
+        self.partial_replica = None
         self.diffs = self._scan()
 
     def start(self) -> None:
@@ -235,6 +262,7 @@ class ArchiveVolume:
     def finish_full_sync(self, tx: Any, uuid: bytes, size_lb: int, gid_e: int, timestamp: int) -> None:
         """The base is complete: it holds the volume somewhere between gid 0 and ``gid_e``."""
         self.base = MetaState(MetaSnap(0, gid_e), timestamp=timestamp)
+        self.partial_replica = None
         self.uuid = uuid
         self.archive_uuid = uuidlib.uuid4().bytes  # a new archive lineage begins
         self.size_lb = size_lb
@@ -277,8 +305,22 @@ class ArchiveVolume:
                           f"{self.size_lb} LB; resize it here first")
         return "diff"
 
+    def resumable_replica(self, archive_uuid: bytes, size_lb: int, has_base: bool) -> PartialReplica | None:
+        """The full replication cut short that a new one from the same lineage and size may
+        resume, if any (the source resumes it only when its base is still the one recorded)."""
+        partial = self.partial_replica
+        if partial is None or not has_base or partial.archive_uuid != archive_uuid or partial.size_lb != size_lb:
+            return None
+        return partial
+
+    def note_partial_replica(self, partial: PartialReplica | None) -> None:
+        """Record (durably) how much of a full replication's base is synced, or that none is kept."""
+        self.partial_replica = partial
+        self.save()
+
     def finish_replica(self, tx: Any, uuid: bytes, size_lb: int, base: MetaState, archive_uuid: bytes) -> None:
         """A full replication's base is complete and synced: it is the source's, of its lineage."""
+        self.partial_replica = None
         self.base = base
         self.uuid = uuid
         self.archive_uuid = archive_uuid

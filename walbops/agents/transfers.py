@@ -153,11 +153,12 @@ async def send_full_backup(channel: Channel, vol: str, fd: int, size_lb: int, bu
 
 
 async def send_base_replica(channel: Channel, uuid: bytes, fd: int, size_lb: int, bulk_lb: int, base: str,
-                            progress: Callable[[int], None] | None = None) -> None:
+                            progress: Callable[[int], None] | None = None, start_lb: int = 0) -> None:
     """A full replication's stream (docs/protocol.md §8.6), once repl-sync answered ``full``: the
-    base image behind ``fd`` and its MetaState ``base``; returns once the destination holds it."""
-    await channel.send_json(messages.begin(uuid, size_lb, bulk_lb, base))
-    async with contextlib.aclosing(prefetched(_read_bulks(fd, size_lb, bulk_lb))) as reads:
+    base image behind ``fd`` from ``start_lb`` (a resumed one: what the destination lacks) and its
+    MetaState ``base``; returns once the destination holds it."""
+    await channel.send_json(messages.begin(uuid, size_lb, bulk_lb, base, start_lb or None))
+    async with contextlib.aclosing(prefetched(_read_bulks(fd, size_lb, bulk_lb, start_lb))) as reads:
         digest = await send_image(channel, reads, size_lb, bulk_lb, progress)
     await _finish(channel, digest)
 
@@ -197,8 +198,9 @@ async def send_image(channel: Channel, pieces: AsyncIterator[tuple[int, bytes | 
 
 async def receive_image(channel: Channel, size_lb: int, bulk_lb: int, sender: str,
                         on_data: Callable[[int, bytes], Awaitable[None]],
-                        on_zero: Callable[[int, int], Awaitable[None]]) -> dict[str, Any]:
-    """Receive the items of an image stream after its ``begin``; returns its checked ``end``.
+                        on_zero: Callable[[int, int], Awaitable[None]], start_lb: int = 0) -> dict[str, Any]:
+    """Receive the items of an image stream after its ``begin``, from ``start_lb``; returns its
+    checked ``end``.
 
     ``on_data(offset, data)`` gets each data frame at its byte offset in the volume,
     ``on_zero(offset, length)`` each zero range [bytes], in order.
@@ -208,7 +210,7 @@ async def receive_image(channel: Channel, size_lb: int, bulk_lb: int, sender: st
         ChecksumMismatch, BadField: ``end`` disagrees with the data.
         OperationError: the sender aborted.
     """
-    cursor = ImageCursor(size_lb, bulk_lb)
+    cursor = ImageCursor(size_lb, bulk_lb, start_lb)
     digest = StreamDigest()
     while True:
         frame = await channel.recv()
@@ -410,12 +412,13 @@ def _hashed_batches(fd: int, size_lb: int, bulk_lb: int, seed: int, batch: int) 
         yield offset_lb, data, b"".join(bulk_hash(view[at:at + bulk], seed) for at in range(0, len(data), bulk))
 
 
-def _read_bulks(fd: int, size_lb: int, bulk_lb: int) -> Iterator[tuple[int, bytes]]:
-    """(offset_lb, data) of the device, whole bulks at a time, about BACKUP_READ bytes per read."""
+def _read_bulks(fd: int, size_lb: int, bulk_lb: int, start_lb: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(offset_lb, data) of the device from ``start_lb`` (a bulk boundary), whole bulks at a time,
+    about BACKUP_READ bytes per read."""
     step_lb = max(1, BACKUP_READ // (bulk_lb * LOGICAL_BLOCK_SIZE)) * bulk_lb
     # Page-aligned, so an O_DIRECT descriptor can read into it; each read is copied out of it.
     buffer = mmap.mmap(-1, step_lb * LOGICAL_BLOCK_SIZE)
-    for offset_lb in range(0, size_lb, step_lb):
+    for offset_lb in range(start_lb, size_lb, step_lb):
         count = min(step_lb, size_lb - offset_lb)
         yield offset_lb, _read_bulk(fd, buffer, count * LOGICAL_BLOCK_SIZE, offset_lb * LOGICAL_BLOCK_SIZE)
 

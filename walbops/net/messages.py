@@ -91,7 +91,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "response": {"if": {"properties": {"ok": {"const": False}}, "required": ["ok"]},
                  "then": _RESPONSE_FAILED, "else": _RESPONSE_OK},
     "begin": _message("begin", {"uuid": _UUID, "size_lb": _U64, "bulk_lb": {**_U32, "minimum": 1},
-                                "base": {"type": "string", "maxLength": 256}},
+                                "base": {"type": "string", "maxLength": 256}, "start_lb": _U64},
                       required=("uuid",)),
     "chunk": _message("chunk", {"offset_lb": _U64, "count_lb": {**_U32, "minimum": 1}}),
     "zero": _message("zero", {"offset_lb": _U64, "count_lb": {**_U64, "minimum": 1}}),
@@ -213,9 +213,9 @@ def response(request_id: int, result: Any = None, *, error: str | None = None,
 
 
 def begin(uuid: bytes, size_lb: int | None = None, bulk_lb: int | None = None,
-          base: str | None = None) -> dict[str, Any]:
+          base: str | None = None, start_lb: int | None = None) -> dict[str, Any]:
     """The start of an image stream; a virt-full-scan also says the image's size and bulk, a full
-    replication the base state it sends."""
+    replication the base state it sends, a resumed one where its items start."""
     message: dict[str, Any] = {"type": "begin", "uuid": uuid.hex()}
     if size_lb is not None:
         message["size_lb"] = size_lb
@@ -223,6 +223,8 @@ def begin(uuid: bytes, size_lb: int | None = None, bulk_lb: int | None = None,
         message["bulk_lb"] = bulk_lb
     if base is not None:
         message["base"] = base
+    if start_lb is not None:
+        message["start_lb"] = start_lb
     return message
 
 

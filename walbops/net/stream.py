@@ -55,12 +55,13 @@ class ImageCursor:
     Args:
         size_lb: the volume size from the request.
         bulk_lb: the bulk size from the request; a chunk is at most this long.
+        start_lb: where the stream starts (a resumed full replication: after what the receiver has).
     """
 
-    def __init__(self, size_lb: int, bulk_lb: int) -> None:
+    def __init__(self, size_lb: int, bulk_lb: int, start_lb: int = 0) -> None:
         self.size_lb = size_lb
         self.bulk_lb = bulk_lb
-        self.position_lb = 0  # [LB] the next item starts here
+        self.position_lb = start_lb  # [LB] the next item starts here
         self.pending = 0  # [bytes] still owed by the current chunk
 
     def item(self, message: dict[str, Any]) -> None:
