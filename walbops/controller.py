@@ -323,6 +323,30 @@ class Controller:
         self.wait_for_replicated(source, vol, target, gid, max(1.0, deadline - time.monotonic()))
         return gid
 
+    def replicate(self, source: Server | str, vol: str, destination: Server | str, synchronizing: bool,
+                  timeout: float = DEFAULT_WAIT, do_resync: bool = False) -> None:
+        """walblib's replicate: :meth:`synchronize` when ``synchronizing``, else :meth:`replicate_once`
+        up to the source's newest snapshot."""
+        if synchronizing:
+            self.synchronize(source, vol, destination, timeout)
+        else:
+            self.replicate_once(source, vol, destination, do_resync=do_resync, timeout=timeout)
+
+    def copy_archive_info(self, source_proxy: Server | str, vol: str, destination_proxy: Server | str) -> list[str]:
+        """Give ``destination_proxy`` the archives ``source_proxy`` sends ``vol`` to (walblib's
+        copy_archive_info, the first step of replacing a proxy); the names copied."""
+        source = self.layout.resolve(source_proxy)
+        target = self.layout.resolve(destination_proxy)
+        known = set(self.run(target, "archive-info", cmd="list", vol=vol)) \
+            if self._state_or_clear(target, vol) != "Clear" else set()
+        copied = []
+        for info in self.get(source, "archive-info", vol):
+            if info["name"] not in known:
+                self.run(target, "archive-info", cmd="add", vol=vol, archive=info["name"], host=info["host"],
+                         port=info["port"], compression=info["compression"], delay=info["delay"])
+                copied.append(info["name"])
+        return copied
+
     def _prepare_replica(self, source: Server | str, vol: str, destination: Server | str) -> Server:
         """init-vol on a Clear destination; grow it to the source's size."""
         target = self.layout.resolve(destination)

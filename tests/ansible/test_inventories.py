@@ -44,12 +44,29 @@ def test_example_fleet_layout() -> None:
     servers = filters.walbops_layout_servers(groups, hostvars, {"storage": "walbops_storage", "proxy": "walbops_proxy",
                                                                 "archive": "walbops_archive"},
                                              {"storage": 10000, "proxy": 10100, "archive": 10200})
-    assert [server["role"] for server in servers] == ["archive"] * 2 + ["proxy"] + ["storage"] * 3
+    assert [server["role"] for server in servers] == ["archive"] * 3 + ["proxy"] + ["storage"] * 3
     assert servers[0] == {"name": "archive1.example.net", "address": "10.20.2.10", "port": 10200, "role": "archive"}
+    assert servers[2]["name"] == "archive-dr.example.net"  # the secondary: never the layout's primary
     assert filters.walbops_endpoint("mq1.example.net", hostvars, 10000) == "10.20.0.21:10000"
     assert hostvars["mq1.example.net"]["walbops_storage_archive"] == "archive2.example.net"
     volumes = [volume["name"] for host in groups["walbops_storage"] for volume in hostvars[host]["walbops_volumes"]]
     assert len(volumes) == len(set(volumes)) == 4, "volume ids must be unique in a backup group"
+    role_groups = {"storage": "walbops_storage", "proxy": "walbops_proxy", "archive": "walbops_archive"}
+    assert filters.walbops_secondary_archives(groups, hostvars, role_groups) == ["archive-dr.example.net"]
+    assert filters.walbops_primary_archive(groups, hostvars, role_groups) == "archive1.example.net"
+    # Every volume but the spool (replication: none) has a copy on the secondary.
+    copies = [(entry["vol"], entry["mode"]) for host in groups["walbops_storage"]
+              for entry in filters.walbops_replications(hostvars[host]["walbops_volumes"], ["archive-dr.example.net"],
+                                                        hostvars, "synchronizing")]
+    assert copies == [("db1-pgdata", "synchronizing"), ("db2-pgdata", "synchronizing"), ("mq1-journal", "once")]
+    held = filters.walbops_archived_volumes("archive-dr.example.net", groups, hostvars, role_groups)
+    assert [volume["name"] for volume in held] == ["db1-pgdata", "db2-pgdata", "mq1-journal"]
+    assert [volume["name"] for volume in filters.walbops_archived_volumes("archive2.example.net", groups, hostvars,
+                                                                         role_groups)] == ["mq1-spool", "mq1-journal"]
+    assert [volume["name"] for volume in filters.walbops_drilled(hostvars["mq1.example.net"]["walbops_volumes"],
+                                                                 "secondary", "synchronizing")] == ["mq1-journal"]
+    with pytest.raises(ValueError, match="replication must be one of"):
+        filters.walbops_replication_mode({"name": "v", "replication": "sometimes"}, "none")
 
 
 def test_auth_config_names_the_key_or_the_roles_certificate() -> None:

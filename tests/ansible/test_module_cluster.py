@@ -1,4 +1,5 @@
-"""walb_volume, walb_backup, walb_snapshot, walb_restore, walb_info against real agents on loopback.
+"""walb_volume, walb_backup, walb_snapshot, walb_restore, walb_retention, walb_replication, walb_info
+against real agents on loopback.
 
 One backup group (tests/scenarios/cluster.py) serves the whole module; the tests run in
 order, as an operator would: initialise, back up, snapshot, restore, report, clear.
@@ -136,6 +137,37 @@ def test_retention_prunes_then_changes_nothing(group: Cluster) -> None:
     assert not again["changed"]
     with pytest.raises(ModuleFailed, match="needs at least one rule"):
         call(group, "walb_retention", archive="a0")
+
+
+def test_replication_once_then_synchronizing_then_stopped(group: Cluster) -> None:
+    group.add_archive()
+    group.start("archive1")
+    newest = group.ctl.get_restorable("a0", VOL, include_implicit=True)[-1]
+    predicted = call(group, "walb_replication", check=True, vol=VOL, destination="a1")
+    assert predicted["changed"] and predicted["gid"] == newest and predicted["diff"]["before"]["state"] == "Clear"
+    assert group.ctl.run("a1", "status")["volumes"] == {}  # check mode changed nothing
+    done = call(group, "walb_replication", vol=VOL, source="a0", destination="a1")
+    assert done["changed"] and done["kind"] == "full" and done["gid"] == done["source_gid"] == newest
+    assert done["lag_gids"] == 0 and done["lag_seconds"] == 0 and not done["synchronizing"]
+    assert not call(group, "walb_replication", vol=VOL, destination="a1")["changed"]
+
+    synchronizing = call(group, "walb_replication", vol=VOL, destination="a1", mode="synchronizing")
+    assert synchronizing["changed"] and synchronizing["synchronizing"]
+    assert group.ctl.run("p0", "archive-info", cmd="list", vol=VOL) == ["a0", "a1"]
+    assert not call(group, "walb_replication", vol=VOL, destination="a1", mode="synchronizing")["changed"]
+    write_random(group.device_path, random.Random(7), count=8, size=group.device_size)
+    snap = call(group, "walb_snapshot", vol=VOL, storage="s0", digest=True, archives=["a0", "a1"])
+    assert not call(group, "walb_replication", vol=VOL, destination="a1", gid=snap["gid"])["changed"]
+    restored = call(group, "walb_restore", vol=VOL, archive="a1", gid=str(snap["gid"]), digest=True)
+    assert restored["digest"] == snap["digest"]
+    call(group, "walb_restore", vol=VOL, archive="a1", gid="all", state="absent")
+
+    stopped = call(group, "walb_replication", vol=VOL, destination="a1", mode="stopped")
+    assert stopped["changed"] and not stopped["synchronizing"]
+    assert group.ctl.run("p0", "archive-info", cmd="list", vol=VOL) == ["a0"]
+    assert not call(group, "walb_replication", vol=VOL, destination="a1", mode="stopped")["changed"]
+    with pytest.raises(ModuleFailed, match="cannot replicate to itself"):
+        call(group, "walb_replication", vol=VOL, destination="a0")
 
 
 def test_refusals_name_the_override(group: Cluster) -> None:

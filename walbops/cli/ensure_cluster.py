@@ -1,4 +1,5 @@
-"""``walbops ensure volume|backup|snapshot|restored`` and ``walbops info``: through a layout's agents."""
+"""``walbops ensure volume|backup|snapshot|restored|resized|replicated`` and ``walbops info``: through a
+layout's agents."""
 
 from __future__ import annotations
 
@@ -82,6 +83,33 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return report(outcome, args.json)
 
 
+def _replicated(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("replicated", help="a volume's copy on a second archive (once, synchronizing, stopped)")
+    parser.add_argument("vol")
+    parser.add_argument("--layout", default=DEFAULT_LAYOUT, help=f"layout file (default {DEFAULT_LAYOUT})")
+    parser.add_argument("--server", help="the source archive (default: the layout's first)")
+    parser.add_argument("--to", required=True, help="the destination archive (its name in the layout)")
+    parser.add_argument("--mode", choices=("once", "synchronizing", "stopped"), default="once",
+                        help="once (default): up to the source's newest snapshot (or --gid); synchronizing: the "
+                             "proxies send every diff there too; stopped: they do not")
+    parser.add_argument("--gid", type=int, help="the snapshot the destination must be able to restore")
+    parser.add_argument("--resync", action="store_true", help="resync a destination of another lineage")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="longest wait for the operation [s]")
+    add_ensure_flags(parser)
+    parser.set_defaults(handler=cmd_replicated)
+
+
+def cmd_replicated(args: argparse.Namespace) -> int:
+    from ..converge.replication import ensure_replicated
+
+    controller = open_controller(args.layout)
+    source = server_of(controller, args.server, "archive") if args.server else controller.layout.primary_archive
+    outcome = ensure_replicated(controller, source, args.vol, server_of(controller, args.to, "archive"),
+                                mode=args.mode, gid=args.gid, do_resync=args.resync, timeout=args.timeout,
+                                check=args.check)
+    return report(outcome, args.json)
+
+
 def _snapshot(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("snapshot", help="take a snapshot (always a change)")
     parser.add_argument("vol")
@@ -152,7 +180,7 @@ def cmd_restored(args: argparse.Namespace) -> int:
     return report(outcome, args.json)
 
 
-KINDS = (_volume, _backup, _snapshot, _restored, _resized)
+KINDS = (_volume, _backup, _snapshot, _restored, _resized, _replicated)
 
 
 def register_info(commands: argparse._SubParsersAction) -> None:

@@ -15,11 +15,34 @@ def walbops_endpoint(host, hostvars, default_port):
     return f"{address}:{int(port)}"
 
 
+def walbops_secondary_archives(groups, hostvars, role_groups):
+    """The archive hosts marked ``walbops_archive_secondary: true``: they hold replicas only, and
+    are never a storage's default archive."""
+    return [host for host in groups.get(role_groups["archive"], [])
+            if hostvars[host].get("walbops_archive_secondary", False) in (True, "true", "yes", "True")]
+
+
+def walbops_primary_archive(groups, hostvars, role_groups):
+    """The storages' default archive: the inventory's first archive that is not a secondary."""
+    secondaries = walbops_secondary_archives(groups, hostvars, role_groups)
+    primaries = [host for host in groups.get(role_groups["archive"], []) if host not in secondaries]
+    return primaries[0] if primaries else None
+
+
+def _archives_primaries_first(groups, hostvars, role_groups):
+    secondaries = walbops_secondary_archives(groups, hostvars, role_groups)
+    archives = groups.get(role_groups["archive"], [])
+    return [host for host in archives if host not in secondaries] + secondaries
+
+
 def walbops_layout_servers(groups, hostvars, role_groups, ports):
-    """The layout's servers: every agent of the inventory, archives first (the first is the primary)."""
+    """The layout's servers: every agent of the inventory, archives first and primaries before
+    secondaries (the layout's first archive is its primary)."""
     servers = []
     for role in ("archive", "proxy", "storage"):
-        for host in groups.get(role_groups[role], []):
+        hosts = _archives_primaries_first(groups, hostvars, role_groups) if role == "archive" \
+            else groups.get(role_groups[role], [])
+        for host in hosts:
             address, _, port = walbops_endpoint(host, hostvars, ports[role]).rpartition(":")
             name = hostvars[host].get("walbops_agent_name") or host
             servers.append({"name": name, "address": address, "port": int(port), "role": role})
@@ -42,20 +65,53 @@ def walbops_auth_config(auth, role, key_file, tls_dir):
     return {f"tls_{name}": path for name, path in files.items()}
 
 
-def walbops_archived_volumes(archive_host, groups, hostvars, role_groups, only=None):
-    """The volumes (their walbops_volumes entries) whose storage backs up to ``archive_host``.
+def walbops_archived_volumes(archive_host, groups, hostvars, role_groups, only=None,
+                             default_replication="synchronizing"):
+    """The volumes (their walbops_volumes entries) that ``archive_host`` holds: those whose storage
+    backs up to it, and on a secondary archive those replicated to it.
 
-    A storage host's archive is its ``walbops_storage_archive``, else the first archive of the
-    inventory. ``only`` keeps one volume by name.
+    A storage host's archive is its ``walbops_storage_archive``, else the inventory's primary
+    archive; a volume is replicated to every secondary unless its ``replication`` (default
+    ``default_replication``) is ``none``. ``only`` keeps one volume by name.
     """
-    archives = groups.get(role_groups["archive"], [])
-    primary = archives[0] if archives else None
+    primary = walbops_primary_archive(groups, hostvars, role_groups)
+    secondary = archive_host in walbops_secondary_archives(groups, hostvars, role_groups)
     found = []
     for host in groups.get(role_groups["storage"], []):
         facts = hostvars[host]
-        if (facts.get("walbops_storage_archive") or primary) == archive_host:
-            found += [volume for volume in facts.get("walbops_volumes") or [] if only in (None, volume["name"])]
+        backed_up_here = (facts.get("walbops_storage_archive") or primary) == archive_host
+        for volume in facts.get("walbops_volumes") or []:
+            if only not in (None, volume["name"]) or volume.get("role", "target") == "standby":
+                continue
+            if backed_up_here or secondary and walbops_replication_mode(volume, default_replication) != "none":
+                found.append(volume)
     return found
+
+
+REPLICATION_MODES = ("synchronizing", "once", "none")
+
+
+def walbops_replication_mode(volume, default):
+    """How a volume is kept on the secondary archives: its ``replication``, else ``default``."""
+    mode = volume.get("replication") or default
+    if mode not in REPLICATION_MODES:
+        raise ValueError(f"{volume.get('name')}: replication must be one of {', '.join(REPLICATION_MODES)}, "
+                         f"not {mode!r}")
+    return mode
+
+
+def walbops_replications(volumes, secondaries, hostvars, default):
+    """One entry per (volume, secondary archive) to replicate to: {vol, destination (the agent's
+    name), mode}, for this storage's target volumes whose mode is not ``none``."""
+    entries = []
+    for volume in walbops_targets(volumes):
+        mode = walbops_replication_mode(volume, default)
+        if mode == "none":
+            continue
+        for host in secondaries:
+            entries.append({"vol": volume["name"], "destination": hostvars[host].get("walbops_agent_name") or host,
+                            "mode": mode})
+    return entries
 
 
 def walbops_targets(volumes):
@@ -64,8 +120,19 @@ def walbops_targets(volumes):
     return [volume for volume in volumes or [] if volume.get("role", "target") != "standby"]
 
 
+def walbops_drilled(volumes, on, default_replication):
+    """The volumes a drill restores on archive ``on``: on the primary every target volume, on a
+    secondary those replicated there (replication not ``none``)."""
+    targets = walbops_targets(volumes)
+    if on == "primary":
+        return targets
+    return [volume for volume in targets if walbops_replication_mode(volume, default_replication) != "none"]
+
+
 class FilterModule:
     def filters(self):
         return {"walbops_endpoint": walbops_endpoint, "walbops_layout_servers": walbops_layout_servers,
                 "walbops_archived_volumes": walbops_archived_volumes, "walbops_targets": walbops_targets,
-                "walbops_auth_config": walbops_auth_config}
+                "walbops_auth_config": walbops_auth_config, "walbops_primary_archive": walbops_primary_archive,
+                "walbops_secondary_archives": walbops_secondary_archives,
+                "walbops_replications": walbops_replications, "walbops_drilled": walbops_drilled}

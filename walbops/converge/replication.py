@@ -1,0 +1,112 @@
+"""Replication of a volume to another archive (the ``walb_replication`` module).
+
+``once``: the destination can restore the source's newest snapshot (or ``gid``); otherwise one
+replication brings it there, of the kind the destination decides (full, resync, hash or diff;
+walb.md §6.7). A destination the proxies feed already (synchronizing) is waited for instead.
+``synchronizing``: every proxy of the volume sends each diff to the destination too
+(Controller.synchronize); present once they all do. ``stopped``: no proxy sends to the
+destination; what it holds stays, and ``once`` can bring it up to date later.
+
+The lag, reported before and after, is how far the destination's newest restorable snapshot
+(implicit ones included) is behind the source's: in gids and in seconds of snapshot time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..controller import Controller, Server
+from ..errors import OperationError, UsageError
+from . import Outcome
+from .cluster import volume_status
+
+REPLICATION_MODES = ("once", "synchronizing", "stopped")
+HOLDS_BACKUP = {"Archived", "Stopped"}
+
+
+def _newest(controller: Controller, archive: Server, vol: str, state: str) -> dict[str, int] | None:
+    """The newest restorable snapshot (implicit ones too): gid and timestamp, or None."""
+    if state not in HOLDS_BACKUP:
+        return None
+    entries = controller.get(archive, "restorable", vol, "all")
+    if not entries:
+        return None
+    newest = max(entries, key=lambda entry: int(entry["gid"]))
+    return {"gid": int(newest["gid"]), "timestamp": int(newest["timestamp"])}
+
+
+def replication_status(controller: Controller, source: Server, vol: str, destination: Server) -> dict[str, Any]:
+    """The destination against the source: states, newest restorable gids, lag, synchronizing."""
+    source_state = volume_status(controller, source, vol)["state"]
+    if source_state not in HOLDS_BACKUP:
+        raise OperationError(f"{vol}: source archive {source.name} holds no backup of it ({source_state})")
+    destination_state = volume_status(controller, destination, vol)["state"]
+    here = _newest(controller, source, vol, source_state)
+    there = _newest(controller, destination, vol, destination_state)
+    status: dict[str, Any] = {
+        "state": destination_state, "gid": None if there is None else there["gid"],
+        "source_gid": None if here is None else here["gid"],
+        "synchronizing": destination_state != "Clear" and controller.is_synchronizing(destination, vol),
+        "lag_gids": None, "lag_seconds": None}
+    if here is not None and there is not None:
+        status["lag_gids"] = max(0, here["gid"] - there["gid"])
+        status["lag_seconds"] = max(0, here["timestamp"] - there["timestamp"])
+    return status
+
+
+def ensure_replicated(controller: Controller, source: Server, vol: str, destination: Server, *, mode: str = "once",
+                      gid: int | None = None, do_resync: bool = False, timeout: float = 3600.0,
+                      check: bool = False) -> Outcome:
+    """Make ``destination`` hold ``vol`` as ``mode`` says (see the module's text).
+
+    Args:
+        gid: with ``once`` (and ``synchronizing``), the snapshot the destination must be able to
+            restore; default the source's newest.
+        do_resync: a destination of another lineage (after a new full backup on the source) is
+            resynced rather than refused.
+
+    Raises:
+        UsageError: a bad mode, or the source as its own destination.
+        OperationError: the source holds no backup; a replication failed (the destination is
+            rolled back; run again).
+    """
+    if mode not in REPLICATION_MODES:
+        raise UsageError(f"mode must be one of {', '.join(REPLICATION_MODES)}, not {mode!r}")
+    if source.name == destination.name:
+        raise UsageError(f"{vol}: {source.name} cannot replicate to itself")
+    before = replication_status(controller, source, vol, destination)
+    target = gid if gid is not None else before["source_gid"]
+    if target is None:
+        raise OperationError(f"{vol}: source archive {source.name} has no restorable snapshot yet")
+    has_target = before["gid"] is not None and target in controller.get_restorable(destination, vol, True)
+    values: dict[str, Any] = {"vol": vol, "source": source.name, "destination": destination.name, "mode": mode,
+                              "kind": None}
+    if mode == "stopped":
+        changed = before["synchronizing"]
+        if changed and not check:
+            controller.stop_synchronizing(destination, vol)
+    elif mode == "synchronizing":
+        changed = not before["synchronizing"]
+        if changed and not check:
+            controller.synchronize(source, vol, destination, timeout=timeout)
+            values["kind"] = "synchronize"
+        if not check and gid is not None:
+            controller.wait_for_replicated(source, vol, destination, gid, timeout)
+    elif before["synchronizing"]:
+        changed = False  # the proxies feed it: the snapshot arrives by itself
+        if not check and not has_target:
+            controller.wait_for_replicated(source, vol, destination, target, timeout)
+    else:
+        changed = not has_target
+        if changed and not check:
+            controller.replicate_once(source, vol, destination, gid=target, do_resync=do_resync, timeout=timeout)
+            values["kind"] = controller.get(source, "action-result", vol, "ReplSyncAsClient")["kind"]
+    if not check:
+        after = replication_status(controller, source, vol, destination)
+    elif changed:  # the prediction
+        after = {**before, "synchronizing": mode == "synchronizing",
+                 **({"gid": target, "lag_gids": 0} if mode == "once" else {})}
+    else:
+        after = before
+    return Outcome(changed, before, after, {**values, **{key: after[key] for key in (
+        "gid", "source_gid", "synchronizing", "lag_gids", "lag_seconds")}})
