@@ -609,10 +609,22 @@ class Controller:
         if state != "Archived":
             raise OperationError(f"{vol}: archive {target.name} is {state}; a hash backup needs the volume "
                                  "archived there (a full backup first)")
+        deadline = time.monotonic() + timeout
         latest = MetaSnap.parse(str(self.get(target, "latest-snap", vol)))
         self._prepare_backup(storage, vol, target)
         self._run_backup(storage, vol, "hash-bkp", bulk_size, timeout)
-        return self._wait_for_restorable_after(target, vol, latest.gid_e, timeout, "hash backup")
+        gid = self._wait_for_restorable_after(target, vol, latest.gid_e, timeout, "hash backup")
+        for other in self._synchronizing_archives(vol, target):
+            # Its diff and the device's new uuid reached ``target`` only: the proxies would drop
+            # what follows for the others (another uuid). Each catches up by replication.
+            self.synchronize(target, vol, other, timeout=max(1.0, deadline - time.monotonic()))
+        return gid
+
+    def _synchronizing_archives(self, vol: str, primary: Server) -> list[str]:
+        """The archives other than ``primary`` that the proxies send ``vol`` to."""
+        names = {name for proxy in self.layout.by_role("proxy") if self._state_or_clear(proxy, vol) != "Clear"
+                 for name in self.run(proxy, "archive-info", cmd="list", vol=vol)}
+        return sorted(names - {primary.name})
 
     def resize_archive(self, archive: Server | str, vol: str, size: int, zeroclear: bool = False) -> int:
         """Grow the volume on an archive to ``size`` bytes (its base; never shrinks); the size [LB]."""

@@ -297,3 +297,18 @@ def test_e15_a_cut_hash_replication_leaves_the_destination_as_it_was_and_a_retry
     assert cluster.ctl.get("a0", "action-result", VOL, "ReplSyncAsClient")["kind"] == "hash"
     assert cluster.restored_sha1(VOL, second, archive="a1") == expected
     assert cluster.restored_sha1(VOL, first, archive="a1") == first_sha1
+
+
+def test_a_synchronizing_secondary_follows_a_hash_backup(cluster):
+    """A hash backup's diff and the device's new uuid reach a0 only; Controller.hash_backup brings
+    each synchronizing archive up by replication, so a1 goes on receiving the proxies' diffs."""
+    device, taken = replicated_volume(cluster)
+    ctl = cluster.ctl
+    ctl.synchronize("a0", VOL, "a1")
+    write_random(device, random.Random(91), count=16)
+    ctl.hash_backup("s0", VOL)
+    assert ctl.get("a1", "uuid", VOL) == ctl.get("a0", "uuid", VOL) == ctl.get("s0", "uuid", VOL)
+    write_random(device, random.Random(92), count=16)
+    gid, expected = cluster.snapshot_restorable(VOL)
+    ctl.wait_for_replicated("a0", VOL, "a1", gid, timeout=60)
+    assert cluster.restored_sha1(VOL, gid, archive="a1") == expected
