@@ -15,6 +15,7 @@ The first archive is the primary one. Blocking waits poll ``get`` every 0.3 s, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import socket
 import time
@@ -23,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .errors import OperationError, RemoteError, UsageError
+from .errors import OperationError, RemoteError, UsageError, WalbopsError
 from .gid import MetaDiff, MetaSnap, MetaState
 from .net.auth import load_key
 from .net.ssh import SshRoute, open_tunnel
@@ -365,11 +366,11 @@ class Controller:
         return self.wait_for_action(source, vol, "ReplSyncAsClient", accepted, deadline)
 
     def synchronize(self, source: Server | str, vol: str, destination: Server | str,
-                    timeout: float = DEFAULT_WAIT, compression: str = "lz4:0:1") -> None:
+                    timeout: float = DEFAULT_WAIT, compression: str = "lz4:0:1", do_resync: bool = False) -> None:
         """Keep ``destination`` up to date continuously (walblib's synchronize): the proxies send
         what they hold and stop, learn ``destination`` as an archive of the volume, ``source``
-        replicates everything it has, and the proxies start again: from then on each diff goes to
-        both archives."""
+        replicates everything it has (resyncing a destination of another lineage with
+        ``do_resync``), and the proxies start again: from then on each diff goes to both archives."""
         deadline = time.monotonic() + timeout
         target = self._prepare_replica(source, vol, destination)
         proxies = self.layout.by_role("proxy")
@@ -378,13 +379,19 @@ class Controller:
         for proxy in proxies:
             if self._state_or_clear(proxy, vol) != "Clear":  # a proxy that never carried the volume stays out
                 self._add_archive_to_proxy(proxy, vol, target, compression)
-        self._replicate(source, vol, target, deadline, size=0)  # everything the source has
+        self._replicate(source, vol, target, deadline, size=0, do_resync=do_resync)  # everything the source has
         for proxy in proxies:
             if self._state_or_clear(proxy, vol) == "Stopped":
                 self.run(proxy, "start", vol=vol)
+        self._kick_storages(vol)
+
+    def _kick_storages(self, vol: str) -> None:
+        """Kick every storage shipping ``vol`` (Target): best effort, as a kick only hurries it; a
+        storage that is down or not set up yet ships when it is back."""
         for storage in self.layout.by_role("storage"):
-            if self._state_or_clear(storage, vol) == "Target":
-                self.kick(storage, vol)
+            with contextlib.suppress(OSError, WalbopsError):
+                if self._state_or_clear(storage, vol) == "Target":
+                    self.kick(storage, vol)
 
     def _stop_proxy(self, proxy: Server, vol: str, mode: str, deadline: float) -> None:
         """Stop the volume on ``proxy`` (``empty``: after it sent everything), waiting out a wlog
@@ -515,6 +522,52 @@ class Controller:
                 self.go_standby(other, vol)
         return self.hash_backup(target, vol, timeout, archive=archive)
 
+    # Replacing a host (WalB's r1-r4, docs/replication.md): each keeps the volume's history.
+
+    def replace_storage(self, vol: str, old: Server | str, new: Server | str, wdev: str,
+                        timeout: float = DEFAULT_WAIT) -> int:
+        """r1: ``new``, whose walb device ``wdev`` holds the volume's data, becomes its target by a
+        hash backup (``old`` goes standby first), and ``old`` is cleared; the new restorable gid."""
+        if self._state_or_clear(new, vol) == "Clear":
+            self.init_storage(new, vol, wdev)
+        gid = self.switch_target(vol, new, timeout)
+        self.clear(old, vol)
+        return gid
+
+    def replace_proxy(self, vol: str, old: Server | str, new: Server | str, timeout: float = DEFAULT_WAIT) -> None:
+        """r2: ``new`` sends the volume to the archives ``old`` sends it to (copy_archive_info), and
+        ``old`` is emptied (everything it holds sent) and cleared. The storages must list ``new``
+        among their proxies: they ship to it once ``old`` is gone."""
+        deadline = time.monotonic() + timeout
+        self.copy_archive_info(old, vol, new)
+        if self._state_or_clear(new, vol) == "Stopped":
+            self.run(new, "start", vol=vol)
+        self._stop_proxy(self.layout.resolve(old), vol, "empty", deadline)
+        self.clear(old, vol)
+        self._kick_storages(vol)
+
+    def replace_archive(self, vol: str, old: Server | str, new: Server | str, source: Server | str | None = None,
+                        timeout: float = DEFAULT_WAIT) -> int:
+        """r3 and r4: ``new`` takes over the volume's copy on ``old``, which is then cleared; the
+        newest gid ``new`` can restore.
+
+        r3, the primary (``source`` None: ``old`` is the source): ``new`` is synchronized from
+        ``old``, then the proxies stop sending to ``old``; the storages must then send their
+        backups to ``new`` (their ``archive`` setting). r4, a secondary (``source``: the
+        primary): ``new`` is filled from the primary, synchronizing when ``old`` was.
+        """
+        deadline = time.monotonic() + timeout
+        source = old if source is None else source
+        if self.is_synchronizing(old, vol):
+            self.synchronize(source, vol, new, timeout=timeout)
+            self.stop_synchronizing(old, vol)
+        else:
+            self.replicate_once(source, vol, new, timeout=timeout)
+        gid = max(self.get_restorable(new, vol, include_implicit=True))
+        self.clear(old, vol)
+        self.wait_for_restorable(new, vol, gid, max(1.0, deadline - time.monotonic()))
+        return gid
+
     def start_synchronizing(self, archive: Server | str, vol: str, compression: str = "lz4:0:1") -> None:
         """Make every proxy send the volume's diffs to ``archive``."""
         target = self.layout.resolve(archive)
@@ -585,11 +638,17 @@ class Controller:
         target = self._archive(archive)
         if self._state_or_clear(target, vol) == "Clear":
             self.run(target, "init-vol", vol=vol)
+        deadline = time.monotonic() + timeout
         self._prepare_backup(storage, vol, target)
         self._run_backup(storage, vol, "full-bkp", bulk_size, timeout)
         # Writes during the copy leave the base dirty: it becomes restorable once the
         # diff of those writes (shipped as soon as the storage is Target) is applied.
-        return self._wait_for_restorable_after(target, vol, -1, timeout, "full backup")
+        gid = self._wait_for_restorable_after(target, vol, -1, timeout, "full backup")
+        for other in self._synchronizing_archives(vol, target):
+            # A new lineage began on ``target``: the others follow it by a resync (their own base
+            # kept, only what differs sent), or a full replication when they hold nothing.
+            self.synchronize(target, vol, other, timeout=max(1.0, deadline - time.monotonic()), do_resync=True)
+        return gid
 
     def hash_backup(self, storage: Server | str, vol: str, timeout: float = DEFAULT_WAIT,
                     bulk_size: int | None = None, archive: Server | str | None = None) -> int:

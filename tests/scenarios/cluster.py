@@ -280,13 +280,14 @@ class Cluster:
         self._write_layout()
         return "proxy1"
 
-    def add_archive(self) -> str:
-        """A second archive, a1 (role name ``archive1``): a replication's destination (WalB's n7).
+    def add_archive(self, role: str = "archive1") -> str:
+        """Another archive, a1 (role name ``archive1``; ``archive2`` is a2): a replication's
+        destination (WalB's n7).
 
-        Call before start_all, or start it with start("archive1")."""
-        self.ports["archive1"] = free_port()
+        Call before start_all, or start it with start(role)."""
+        self.ports[role] = free_port()
         self._write_layout()
-        return "archive1"
+        return role
 
     def add_storage(self, name: str) -> tuple[str, str]:
         """A second storage, s1 (role name ``storage1``), with a walb device ``name`` of its own over new

@@ -98,9 +98,10 @@ def test_n7_full_then_diff_replication_restores_on_the_destination(cluster):
     assert cluster.ctl.get("a1", "diff", VOL) == before
 
 
-def new_lineage_on_a0(cluster, clear: bool = False) -> None:
+def new_lineage_on_a0(cluster, clear: bool = False, by_controller: bool = False) -> None:
     """a0 begins another lineage of the volume: reset (or, with ``clear``, its data lost: clear-vol
-    and init-vol), then a new full backup from s0."""
+    and init-vol), then a new full backup from s0 (``by_controller``: Controller.full_backup,
+    which also brings the synchronizing archives along)."""
     ctl = cluster.ctl
     ctl.run("s0", "stop", vol=VOL)
     ctl.wait_for_state("s0", VOL, {"Stopped"}, timeout=60)
@@ -112,8 +113,10 @@ def new_lineage_on_a0(cluster, clear: bool = False) -> None:
     else:
         ctl.run("a0", "reset-vol", vol=VOL)
     ctl.run("s0", "reset-vol", vol=VOL)
-    cluster.full_backup(VOL)
-    assert ctl.get("a0", "archive-uuid", VOL) != ctl.get("a1", "archive-uuid", VOL)
+    if by_controller:
+        ctl.full_backup("s0", VOL, timeout=120)
+    else:
+        cluster.full_backup(VOL)
 
 
 def test_n14_another_lineage_needs_a_resync(cluster):
@@ -123,6 +126,7 @@ def test_n14_another_lineage_needs_a_resync(cluster):
     cluster.ctl.replicate_once("a0", VOL, "a1")
     ctl = cluster.ctl
     new_lineage_on_a0(cluster)
+    assert ctl.get("a0", "archive-uuid", VOL) != ctl.get("a1", "archive-uuid", VOL)
     with pytest.raises(OperationError, match="resync-needed|lineage .* is not the source's"):
         ctl.replicate_once("a0", VOL, "a1")
     # a1 still serves what it had.
@@ -153,6 +157,7 @@ def test_e6_primary_data_lost_then_a_resync_cut_and_retried(cluster):
     cluster.ctl.replicate_once("a0", VOL, "a1")
     write_random(device, random.Random(77), count=64)
     new_lineage_on_a0(cluster, clear=True)
+    assert cluster.ctl.get("a0", "archive-uuid", VOL) != cluster.ctl.get("a1", "archive-uuid", VOL)
     gid, expected = cluster.snapshot_restorable(VOL)
     relay = Relay(cluster.ports["archive1"], cut_after=4 << 20)
     try:
@@ -309,6 +314,21 @@ def test_a_synchronizing_secondary_follows_a_hash_backup(cluster):
     ctl.hash_backup("s0", VOL)
     assert ctl.get("a1", "uuid", VOL) == ctl.get("a0", "uuid", VOL) == ctl.get("s0", "uuid", VOL)
     write_random(device, random.Random(92), count=16)
+    gid, expected = cluster.snapshot_restorable(VOL)
+    ctl.wait_for_replicated("a0", VOL, "a1", gid, timeout=60)
+    assert cluster.restored_sha1(VOL, gid, archive="a1") == expected
+
+
+def test_a_synchronizing_secondary_follows_a_new_full_backup_by_resync(cluster):
+    """A new full backup on a0 begins another lineage; Controller.full_backup resyncs each
+    synchronizing archive, which goes on receiving the proxies' diffs."""
+    device, taken = replicated_volume(cluster)
+    ctl = cluster.ctl
+    ctl.synchronize("a0", VOL, "a1")
+    new_lineage_on_a0(cluster, by_controller=True)
+    assert ctl.get("a1", "archive-uuid", VOL) == ctl.get("a0", "archive-uuid", VOL)
+    assert ctl.get("a0", "action-result", VOL, "ReplSyncAsClient")["kind"] == "resync"
+    write_random(device, random.Random(93), count=16)
     gid, expected = cluster.snapshot_restorable(VOL)
     ctl.wait_for_replicated("a0", VOL, "a1", gid, timeout=60)
     assert cluster.restored_sha1(VOL, gid, archive="a1") == expected
