@@ -11,7 +11,10 @@ description:
     is reported with C(reachable=false), not failed, so a report covers the whole fleet.
   - Per volume, its state; on a storage, log usage and overflow; on a proxy, diffs waiting per archive; on
     an archive, the explicit restorable snapshots with their ages, the number of implicit ones, the age of
-    the newest restorable point of either kind (the recovery point, C(rpo_seconds)), and what is restored.
+    the newest restorable point of either kind (the recovery point, C(rpo_seconds)), what is restored, and
+    C(replicas) - the archives it replicated the volume to, each with its latest snapshot and how far behind
+    it is (C(gid_delta), C(time_delta) in seconds; a synchronizing secondary's lag is instead the diffs its
+    proxies hold for it, C(pending)).
   - Changes nothing.
 options:
   servers:
@@ -66,6 +69,7 @@ servers:
           implicit_restorable_count: 12
           rpo_seconds: 3.5
           restorable: [{gid: 1037, timestamp: 1795000000, age_seconds: 42.5, explicit: true}]
+          replicas: [{destination: "10.30.2.10:10200", latest: "|1037|", gid_delta: 4, time_delta: 20}]
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -149,6 +149,8 @@ def test_replication_once_then_synchronizing_then_stopped(group: Cluster) -> Non
     done = call(group, "walb_replication", vol=VOL, source="a0", destination="a1")
     assert done["changed"] and done["kind"] == "full" and done["gid"] == done["source_gid"] == newest
     assert done["lag_gids"] == 0 and done["lag_seconds"] == 0 and not done["synchronizing"]
+    (replica,) = call(group, "walb_info", servers=["a0"])["servers"]["a0"]["volumes"][VOL]["replicas"]
+    assert replica["destination"].endswith(f":{group.ports['archive1']}") and replica["gid_delta"] == 0
     assert not call(group, "walb_replication", vol=VOL, destination="a1")["changed"]
 
     synchronizing = call(group, "walb_replication", vol=VOL, destination="a1", mode="synchronizing")

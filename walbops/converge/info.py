@@ -1,9 +1,10 @@
 """Facts about the agents of a layout (the ``walb_info`` module, ``walbops info``).
 
 For each agent: whether it answers, and per volume its state; on a storage, log usage
-and overflow; on a proxy, diffs waiting per archive; on an archive, the explicit
-restorable snapshots with their ages, the age of the newest restorable point, implicit
-snapshots included (the recovery point), and what is restored. An agent that does not
+and overflow; on a proxy, diffs waiting per archive (a synchronizing secondary's lag); on an
+archive, the explicit restorable snapshots with their ages, the age of the newest restorable
+point, implicit snapshots included (the recovery point), what is restored, and the archives it
+replicated the volume to with how far behind each is (``get ts-delta``). An agent that does not
 answer is reported, not raised, so a fleet report shows every host.
 """
 
@@ -40,8 +41,12 @@ def _archive_volume(controller: Controller, server: Server, vol: str, status: di
     facts: dict[str, Any] = {"num_diff": status.get("num_diff"), "total_diff_size": status.get("total_diff_size"),
                              "restored": status.get("restored", []), "restorable": [],
                              "implicit_restorable_count": 0, "latest_restorable": None,
-                             "latest_restorable_any": None, "rpo_seconds": None}
+                             "latest_restorable_any": None, "rpo_seconds": None, "replicas": []}
     if status["state"] in ("Archived", "Stopped"):
+        # Where this archive replicated the volume to, and how far behind each is (get ts-delta).
+        facts["replicas"] = [{"destination": entry["destination"], "latest": entry["latest"],
+                              "gid_delta": entry["gid_delta"], "time_delta": entry["time_delta"]}
+                             for entry in controller.get(server, "ts-delta", vol)]
         entries = controller.get(server, "restorable", vol, "all")
         points = [{"gid": int(entry["gid"]), "timestamp": int(entry["timestamp"]),
                    "age_seconds": round(now - int(entry["timestamp"]), 1), "explicit": bool(entry["explicit"])}
