@@ -172,6 +172,23 @@ def test_replication_once_then_synchronizing_then_stopped(group: Cluster) -> Non
         call(group, "walb_replication", vol=VOL, destination="a0")
 
 
+def test_replace_the_secondary_archive(group: Cluster) -> None:
+    """r4 with walb_replace: a2 takes over a1's copy (filled from the primary a0), a1 is cleared."""
+    group.add_archive("archive2")
+    group.start("archive2")
+    args = {"kind": "archive", "vol": VOL, "old": "a1", "new": "a2", "source": "a0"}
+    predicted = call(group, "walb_replace", check=True, **args)
+    assert predicted["changed"] and predicted["diff"] == {"before": {"old": "Archived", "new": "Clear"},
+                                                          "after": {"old": "Clear", "new": "Archived"}}
+    replaced = call(group, "walb_replace", **args)
+    newest = group.ctl.get_restorable("a0", VOL, include_implicit=True)[-1]
+    assert replaced["changed"] and replaced["gid"] == newest
+    assert VOL not in group.ctl.run("a1", "status")["volumes"]
+    assert not call(group, "walb_replace", **args)["changed"]
+    with pytest.raises(ModuleFailed, match="server 'p0' is a proxy, not a archive"):
+        call(group, "walb_replace", kind="archive", vol=VOL, old="p0", new="a2")
+
+
 def test_refusals_name_the_override(group: Cluster) -> None:
     with pytest.raises(ModuleFailed, match="deletes its base image and every diff; set force: true"):
         call(group, "walb_volume", vol=VOL, server="a0", state="cleared")

@@ -1,5 +1,5 @@
-"""``walbops ensure volume|backup|snapshot|restored|resized|replicated`` and ``walbops info``: through a
-layout's agents."""
+"""``walbops ensure volume|backup|snapshot|restored|resized|replicated|replaced`` and ``walbops info``:
+through a layout's agents."""
 
 from __future__ import annotations
 
@@ -110,6 +110,31 @@ def cmd_replicated(args: argparse.Namespace) -> int:
     return report(outcome, args.json)
 
 
+def _replaced(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("replaced", help="a host replaced by another for a volume (WalB's r1-r4)")
+    parser.add_argument("kind", choices=("storage", "proxy", "archive"))
+    parser.add_argument("vol")
+    parser.add_argument("--layout", default=DEFAULT_LAYOUT, help=f"layout file (default {DEFAULT_LAYOUT})")
+    parser.add_argument("--old", required=True, help="the host's agent that gives the volume up")
+    parser.add_argument("--new", required=True, help="the agent that takes it over")
+    parser.add_argument("--wdev", help="storage: the new host's walb device holding the volume's data")
+    parser.add_argument("--source", help="archive: the primary, when --old is a secondary (r4)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="longest wait for the operation [s]")
+    add_ensure_flags(parser)
+    parser.set_defaults(handler=cmd_replaced)
+
+
+def cmd_replaced(args: argparse.Namespace) -> int:
+    from ..converge.replication import ensure_replaced
+
+    controller = open_controller(args.layout)
+    source = server_of(controller, args.source) if args.source else None
+    outcome = ensure_replaced(controller, args.kind, args.vol, server_of(controller, args.old),
+                              server_of(controller, args.new), wdev=args.wdev, source=source, timeout=args.timeout,
+                              check=args.check)
+    return report(outcome, args.json)
+
+
 def _snapshot(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("snapshot", help="take a snapshot (always a change)")
     parser.add_argument("vol")
@@ -180,7 +205,7 @@ def cmd_restored(args: argparse.Namespace) -> int:
     return report(outcome, args.json)
 
 
-KINDS = (_volume, _backup, _snapshot, _restored, _resized, _replicated)
+KINDS = (_volume, _backup, _snapshot, _restored, _resized, _replicated, _replaced)
 
 
 def register_info(commands: argparse._SubParsersAction) -> None:

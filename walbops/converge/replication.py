@@ -1,4 +1,5 @@
-"""Replication of a volume to another archive (the ``walb_replication`` module).
+"""Replication of a volume to another archive (the ``walb_replication`` module), and replacing a
+host (the ``walb_replace`` module).
 
 ``once``: the destination can restore the source's newest snapshot (or ``gid``); otherwise one
 replication brings it there, of the kind the destination decides (full, resync, hash or diff;
@@ -110,3 +111,46 @@ def ensure_replicated(controller: Controller, source: Server, vol: str, destinat
         after = before
     return Outcome(changed, before, after, {**values, **{key: after[key] for key in (
         "gid", "source_gid", "synchronizing", "lag_gids", "lag_seconds")}})
+
+
+REPLACED_KINDS = ("storage", "proxy", "archive")
+TAKEN_OVER = {"storage": {"Target"}, "proxy": {"Started"}, "archive": {"Archived", "Stopped"}}
+
+
+def ensure_replaced(controller: Controller, kind: str, vol: str, old: Server, new: Server, *,
+                    wdev: str | None = None, source: Server | None = None, timeout: float = 3600.0,
+                    check: bool = False) -> Outcome:
+    """``new`` has taken the volume over from ``old`` (WalB's r1-r4, docs/replication.md): present
+    when ``old`` no longer holds it and ``new`` is Target (storage), Started (proxy) or holds its
+    copy (archive); otherwise the controller's workflow for ``kind`` runs.
+
+    Raises:
+        UsageError: a bad kind, servers of another role, a storage without ``wdev``.
+        OperationError: ``old`` holds nothing to take over and ``new`` has not taken it.
+    """
+    if kind not in REPLACED_KINDS:
+        raise UsageError(f"kind must be one of {', '.join(REPLACED_KINDS)}, not {kind!r}")
+    for server in (old, new):
+        if server.role != kind:
+            raise UsageError(f"server {server.name!r} is a {server.role}, not a {kind}")
+    if source is not None and (kind != "archive" or source.role != "archive"):
+        raise UsageError(f"source {source.name!r}: the primary archive, when a secondary archive is replaced")
+    before = {"old": volume_status(controller, old, vol)["state"], "new": volume_status(controller, new, vol)["state"]}
+    after = {"old": "Clear", "new": {"storage": "Target", "proxy": "Started", "archive": "Archived"}[kind]}
+    values: dict[str, Any] = {"vol": vol, "kind": kind, "old": old.name, "new": new.name, "gid": None}
+    if before["old"] == "Clear" and before["new"] in TAKEN_OVER[kind]:
+        return Outcome(False, before, before, values)
+    if before["old"] == "Clear" and kind != "storage":
+        raise OperationError(f"{vol}: {old.name} holds nothing to take over, and {new.name} is {before['new']}")
+    if kind == "storage" and wdev is None and before["new"] == "Clear":
+        raise UsageError(f"{vol}: the walb device of {new.name} that holds the volume's data is needed (wdev)")
+    if check:
+        return Outcome(True, before, after, values)
+    if kind == "storage":
+        values["gid"] = controller.replace_storage(vol, old, new, wdev or "", timeout)
+    elif kind == "proxy":
+        controller.replace_proxy(vol, old, new, timeout)
+    else:
+        values["gid"] = controller.replace_archive(vol, old, new, source, timeout)
+    after = {"old": volume_status(controller, old, vol)["state"], "new": volume_status(controller, new, vol)["state"]}
+    return Outcome(True, before, after, values)
