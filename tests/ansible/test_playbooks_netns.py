@@ -1,12 +1,12 @@
 """site.yml and dr_drill.yml over ssh against test hosts in network namespaces.
 
-Two storage hosts, a proxy and an archive, each a network namespace with its own sshd
-(netns.py). Ansible installs walbops on each from a wheel (the hosts have no PyPI: the
-wheels come from a wheelhouse, as on an isolated fleet), starts the agents, which talk
-to each other across the namespaces, and takes the first full backups. A second run
-changes nothing, --check changes nothing, and the drill verifies every volume, by restore and
-by hash. The archive runs its worker; retention.yml prunes over ssh and a second run changes
-nothing.
+Two storage hosts, a proxy, a primary and a secondary archive, each a network namespace with
+its own sshd (netns.py). Ansible installs walbops on each from a wheel (the hosts have no PyPI:
+the wheels come from a wheelhouse, as on an isolated fleet), starts the agents, which talk to
+each other across the namespaces, takes the first full backups and makes the secondary archive
+synchronizing. A second run changes nothing, --check changes nothing, and the drill verifies
+every volume, by restore on the primary and on the secondary, and by hash. The primary archive
+runs its worker; retention.yml prunes over ssh and a second run changes nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from playbooks import changed_tasks, run_playbook
 from walbops import pki
 
 STORAGES = ("storage0", "storage1")
-HOSTS = (*STORAGES, "proxy0", "archive0")
+HOSTS = (*STORAGES, "proxy0", "archive0", "archive1")
 CA_PASSPHRASE = "fleet test passphrase"
 
 
@@ -62,6 +62,7 @@ def fleet(netns_hosts: Callable[[Sequence[str]], netns.TestHosts], wheelhouse: P
             "walbops_environment": {"WALBOPS_RUN_DIR": str(home / "walbops-run"),
                                     "WALBOPS_DEV_DIR": str(home / "dev")},
         }
+    host_vars["archive1"]["walbops_archive_secondary"] = True  # the off-site copy
     host_vars["archive0"].update({
         "walbops_worker_enabled": True,
         "walbops_worker_merge": {"interval": "10m", "max_nr": 20},
@@ -73,7 +74,8 @@ def fleet(netns_hosts: Callable[[Sequence[str]], netns.TestHosts], wheelhouse: P
     # storage1 also holds a copy of storage0's volume, standby until switch.yml makes it the target.
     host_vars["storage1"]["walbops_volumes"].append({"name": "storage0-vol0", "size": "32M", "log_size": "16M",
                                                      "role": "standby"})
-    groups = {"walbops_storage": list(STORAGES), "walbops_proxy": ["proxy0"], "walbops_archive": ["archive0"]}
+    groups = {"walbops_storage": list(STORAGES), "walbops_proxy": ["proxy0"],
+              "walbops_archive": ["archive0", "archive1"]}
     inventory = hosts.write_inventory(root / "inventory" / "hosts.yml", groups, host_vars)
     yield {"inventory": inventory, "root": root, "hosts": hosts, "groups": groups, "host_vars": host_vars}
     teardown = run_playbook("teardown.yml", inventory, "--tags", "all,destroy_backups,destroy_disks")
@@ -90,6 +92,7 @@ def test_site_over_ssh_from_nothing(fleet: dict) -> None:
     assert all(count > 0 for count in first.changed().values()), first.recap
     for name in STORAGES:
         assert f"{name}-vol0: restorable from gid" in first.output
+        assert f"{name}-vol0: on archive1 up to gid" in first.output and "synchronizing, synchronize" in first.output
     # Each storage's agent really lives in its namespace and ships to the proxy's address.
     config = (fleet["root"] / "storage0" / "etc" / "storage.yml").read_text()
     assert f"{fleet['hosts']['proxy0'].ip}:10100" in config and f"{fleet['hosts']['archive0'].ip}:10200" in config
@@ -121,18 +124,36 @@ def test_check_mode_changes_nothing(fleet: dict) -> None:
     assert set(checked.changed().values()) == {0}, changed_tasks(checked.output)
 
 
-def test_dr_drill_verifies_every_volume(fleet: dict) -> None:
-    reports = fleet["root"] / "reports"
-    drill = run_playbook("dr_drill.yml", fleet["inventory"], extra_vars={"walbops_report_dir": str(reports)})
-    assert drill.returncode == 0, drill.describe()
+def drill(fleet: dict, directory: str, inventory: Path | None = None, **extra_vars: str) -> tuple[dict, Path]:
+    """dr_drill.yml with its reports in ``directory`` of the fleet's root; (the JSON report, its path)."""
+    reports = fleet["root"] / directory
+    run = run_playbook("dr_drill.yml", inventory or fleet["inventory"],
+                       extra_vars={"walbops_report_dir": str(reports), **extra_vars})
+    assert run.returncode == 0, run.describe()
     (report_path,) = reports.glob("dr-drill-*.json")
-    report = json.loads(report_path.read_text())
+    return json.loads(report_path.read_text()), report_path
+
+
+def test_dr_drill_verifies_every_volume(fleet: dict) -> None:
+    report, report_path = drill(fleet, "reports")
     assert report["missing"] == [] and int(report["verified"]) == int(report["total"]) == len(STORAGES)
     assert {volume["vol"] for volume in report["volumes"]} == {f"{name}-vol0" for name in STORAGES}
     for volume in report["volumes"]:
         assert volume["verified"] and volume["digest_match"] and volume["fsck_ok"] and volume["mount_ok"]
         assert volume["archive"] == "archive0" and volume["rto_seconds"] > 0
     assert "2 of 2 volumes verified" in report_path.with_suffix(".md").read_text()
+
+
+def test_dr_drill_on_the_secondary_archive(fleet: dict) -> None:
+    """The off-site drill: every volume restored and verified on archive1, which the proxies keep
+    up to date; the report names it and gives each volume's replication lag."""
+    report, report_path = drill(fleet, "secondary-reports", walbops_drill_on="secondary")
+    assert report["on"] == "secondary" and report["missing"] == []
+    assert int(report["verified"]) == int(report["total"]) == len(STORAGES)
+    for volume in report["volumes"]:
+        assert volume["verified"] and volume["digest_match"] and volume["fsck_ok"]
+        assert volume["archive"] == "archive1" and volume["replication_lag_seconds"] is not None
+    assert "Restored on: **secondary** archives" in report_path.with_suffix(".md").read_text()
 
 
 def test_worker_and_retention_over_ssh(fleet: dict) -> None:
@@ -149,12 +170,7 @@ def test_worker_and_retention_over_ssh(fleet: dict) -> None:
 
 
 def test_dr_drill_by_hash_over_ssh(fleet: dict) -> None:
-    reports = fleet["root"] / "hash-reports"
-    drill = run_playbook("dr_drill.yml", fleet["inventory"], extra_vars={"walbops_report_dir": str(reports),
-                                                                         "walbops_drill_verify": "hash"})
-    assert drill.returncode == 0, drill.describe()
-    (report_path,) = reports.glob("dr-drill-*.json")
-    report = json.loads(report_path.read_text())
+    report, _ = drill(fleet, "hash-reports", walbops_drill_verify="hash")
     assert report["verify"] == "hash" and int(report["verified"]) == int(report["total"]) == len(STORAGES)
     assert all(volume["hash_match"] for volume in report["volumes"])
 
@@ -181,9 +197,9 @@ def test_recover_over_ssh_after_an_overflow(fleet: dict) -> None:
 
 
 def test_resize_over_ssh(fleet: dict) -> None:
-    """Both storages' volumes grow from 32 to 40 MiB in the inventory: resize.yml grows the archive,
+    """Both storages' volumes grow from 32 to 40 MiB in the inventory: resize.yml grows the archives,
     the loop files, the walb devices and their ext4 (offline: no CAP_SYS_RESOURCE here); a second
-    run changes nothing, and the drill verifies every volume."""
+    run changes nothing, and the drill verifies every volume, on the primary and on the secondary."""
     host_vars = {name: dict(values) for name, values in fleet["host_vars"].items()}
     for name in STORAGES:
         host_vars[name]["walbops_volumes"] = [{**volume, "size": "40M"}
@@ -191,12 +207,14 @@ def test_resize_over_ssh(fleet: dict) -> None:
     inventory = fleet["hosts"].write_inventory(fleet["root"] / "inventory" / "grown.yml", fleet["groups"], host_vars)
     resized = run_playbook("resize.yml", inventory, extra_vars={"walbops_resize_fs": "offline"})
     assert resized.returncode == 0, resized.describe()
-    assert resized.changed()["archive0"] == 1 and all(resized.changed()[name] == 2 for name in STORAGES)
+    assert resized.changed()["archive0"] == resized.changed()["archive1"] == 1  # the secondary grows too
+    assert all(resized.changed()[name] == 2 for name in STORAGES)
     again = run_playbook("resize.yml", inventory, extra_vars={"walbops_resize_fs": "offline"})
     assert again.returncode == 0 and set(again.changed().values()) == {0}, changed_tasks(again.output)
-    reports = fleet["root"] / "resize-reports"
-    drill = run_playbook("dr_drill.yml", inventory, extra_vars={"walbops_report_dir": str(reports)})
-    assert drill.returncode == 0, drill.describe()
+    drill(fleet, "resize-reports", inventory)
+    # The secondary followed the recovery's hash backup (by replication) and the grown volume.
+    report, _ = drill(fleet, "resize-secondary-reports", inventory, walbops_drill_on="secondary")
+    assert int(report["verified"]) == int(report["total"]) == len(STORAGES)
 
 
 def test_switch_the_target_over_ssh_and_back(fleet: dict) -> None:
@@ -210,3 +228,14 @@ def test_switch_the_target_over_ssh_and_back(fleet: dict) -> None:
         assert switched.changed()[standby] == 1, changed_tasks(switched.output)
         again = run_playbook("switch.yml", fleet["inventory"], extra_vars=chosen)
         assert again.returncode == 0 and set(again.changed().values()) == {0}, changed_tasks(again.output)
+
+
+def test_replace_the_storage_host_over_ssh(fleet: dict) -> None:
+    """r1 with replace.yml: storage1, standby with its own copy of storage0-vol0, takes the volume
+    over (a hash backup) and storage0 gives it up; a second run changes nothing."""
+    request = {"walbops_replace": "storage", "walbops_old": "storage0", "walbops_new": "storage1"}
+    replaced = run_playbook("replace.yml", fleet["inventory"], extra_vars=request)
+    assert replaced.returncode == 0, replaced.describe()
+    assert "storage0-vol0: on storage1 now, restorable at gid" in replaced.output
+    again = run_playbook("replace.yml", fleet["inventory"], extra_vars=request)
+    assert again.returncode == 0 and set(again.changed().values()) == {0}, changed_tasks(again.output)

@@ -1,4 +1,4 @@
-"""Replication from one archive to another (walb.md §6.7; WalB's n7, n14, and failures of e14/e15).
+"""Replication from one archive to another (walb.md §6.7; WalB's n7-n10, n14, e6, e7, e14-e16).
 
 Each scenario ends as WalB's do: the image restored on the destination archive has the sha1 of the
 device at that snapshot.
@@ -67,7 +67,7 @@ def explicit_restorable(cluster, archive: str) -> list[int]:
     return cluster.ctl.get_restorable(archive, VOL)
 
 
-def test_n7_full_then_diff_replication_restores_on_the_destination(cluster):
+def test_n7_n8_full_then_diff_replication_restores_on_the_destination(cluster):
     device, taken = replicated_volume(cluster)
     assert cluster.ctl.get_state("a1", VOL) == "SyncReady"
     gid = cluster.ctl.replicate_once("a0", VOL, "a1")
@@ -332,3 +332,23 @@ def test_a_synchronizing_secondary_follows_a_new_full_backup_by_resync(cluster):
     gid, expected = cluster.snapshot_restorable(VOL)
     ctl.wait_for_replicated("a0", VOL, "a1", gid, timeout=60)
     assert cluster.restored_sha1(VOL, gid, archive="a1") == expected
+
+
+def test_e7_the_secondary_loses_its_data_and_is_synchronized_again(cluster):
+    """e7: a1, synchronizing, loses the volume (clear-vol, init-vol); synchronizing it again fills it
+    by a full replication, and the device, a0 and a1 agree (sha1) on a snapshot taken after."""
+    device, taken = replicated_volume(cluster)
+    ctl = cluster.ctl
+    ctl.synchronize("a0", VOL, "a1")
+    ctl.stop_synchronizing("a1", VOL)  # the proxies must not send to a volume being cleared
+    ctl.run("a1", "stop", vol=VOL)
+    ctl.wait_for_state("a1", VOL, {"Stopped"}, timeout=60)
+    ctl.run("a1", "clear-vol", vol=VOL)
+    ctl.run("a1", "init-vol", vol=VOL)
+    write_random(device, random.Random(94), count=16)
+    ctl.synchronize("a0", VOL, "a1")
+    assert ctl.get("a0", "action-result", VOL, "ReplSyncAsClient")["kind"] == "full"
+    write_random(device, random.Random(95), count=16)
+    gid, expected = cluster.snapshot_restorable(VOL)
+    ctl.wait_for_replicated("a0", VOL, "a1", gid, timeout=60)
+    assert cluster.restored_sha1(VOL, gid, archive="a1") == expected == sha1_of_device(device)
