@@ -10,6 +10,7 @@ import json
 import mmap
 import os
 import random
+import signal
 import time
 
 import pytest
@@ -352,3 +353,64 @@ def test_e7_the_secondary_loses_its_data_and_is_synchronized_again(cluster):
     gid, expected = cluster.snapshot_restorable(VOL)
     ctl.wait_for_replicated("a0", VOL, "a1", gid, timeout=60)
     assert cluster.restored_sha1(VOL, gid, archive="a1") == expected == sha1_of_device(device)
+
+
+def slow(data: bytes, _offset: int) -> bytes:
+    """A Relay tamper that paces what the source sends (about 64 KiB per 10 ms): a replication of
+    a few MiB then takes long enough to kill a peer in the middle of it."""
+    time.sleep(0.01)
+    return data
+
+
+def start_replication_through(cluster, relay: Relay, gid: int) -> dict:
+    return cluster.ctl.run("a0", "replicate", vol=VOL, gid=gid, host="127.0.0.1", port=relay.port)
+
+
+def wait_until(predicate, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_destination_killed_during_a_full_replication_restarts_sync_ready_and_a_retry_works(cluster):
+    """The destination is SIGKILLed in the middle of a full replication: it comes back SyncReady
+    with nothing restorable, and the next replication restores the device's sha1."""
+    _, gid, expected = random_filled_volume(cluster, 96)
+    relay = Relay(cluster.ports["archive1"], tamper=slow)
+    try:
+        accepted = start_replication_through(cluster, relay, gid)
+        wait_until(lambda: int(cluster.ctl.get("a1", "progress", VOL)) > 0)
+        cluster.stop("archive1", signal.SIGKILL)
+    finally:
+        relay.close()
+    with pytest.raises(OperationError, match="replsyncasclient failed"):
+        cluster.ctl.wait_for_action("a0", VOL, "ReplSyncAsClient", accepted, time.monotonic() + 60)
+    cluster.start("archive1")
+    assert cluster.ctl.get_state("a1", VOL) == "SyncReady" and explicit_restorable(cluster, "a1") == []
+    cluster.ctl.replicate_once("a0", VOL, "a1", gid=gid)
+    assert cluster.restored_sha1(VOL, gid, archive="a1") == expected
+
+
+def test_the_source_killed_during_a_hash_replication_leaves_the_destination_as_it_was(cluster):
+    """The source is SIGKILLed in the middle of a hash replication: the destination rolls back to
+    Archived with its snapshots as they were, and once the source is back a retry works."""
+    device, first, first_sha1 = random_filled_volume(cluster, 97)
+    cluster.ctl.replicate_once("a0", VOL, "a1", gid=first)
+    write_random(device, random.Random(98), count=64)
+    second, expected = cluster.snapshot_restorable(VOL)
+    cluster.ctl.apply("a0", VOL, second)
+    before = cluster.ctl.get_restorable("a1", VOL, include_implicit=True)
+    relay = Relay(cluster.ports["archive1"], tamper=slow)
+    try:
+        start_replication_through(cluster, relay, second)
+        wait_until(lambda: cluster.ctl.get_state("a1", VOL) == "ReplSyncAsServer")
+        cluster.stop("archive", signal.SIGKILL)
+    finally:
+        relay.close()
+    cluster.ctl.wait_for_state("a1", VOL, {"Archived"}, timeout=60)
+    assert cluster.ctl.get_restorable("a1", VOL, include_implicit=True) == before
+    cluster.start("archive")
+    assert cluster.ctl.replicate_once("a0", VOL, "a1", gid=second) == second
+    assert cluster.restored_sha1(VOL, second, archive="a1") == expected
+    assert cluster.restored_sha1(VOL, first, archive="a1") == first_sha1
