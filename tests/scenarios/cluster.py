@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -92,6 +93,15 @@ def describe(path: str) -> str:
         return f"{path} -> {os.path.realpath(path)}, {block_size(path)} bytes"
     except OSError as exc:
         return f"{path}: {exc}"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.1) -> None:
+    """Poll ``predicate`` every ``poll`` seconds until it holds; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
 
 
 def write_random(path: str, rng: random.Random, count: int = 64, size: int = 32 * MiB,

@@ -20,7 +20,16 @@ import sys
 import time
 
 import pytest
-from cluster import MiB, RandomWriter, fill_random, fill_random_at, sha1_of_device, write_random, write_zeros
+from cluster import (
+    MiB,
+    RandomWriter,
+    fill_random,
+    fill_random_at,
+    sha1_of_device,
+    wait_until,
+    write_random,
+    write_zeros,
+)
 from helpers import end_of_valid_logs, write_torn_pack
 
 from walbops.agents.transfers import send_wdiff, send_wlog
@@ -37,14 +46,6 @@ VOL = "vol0"
 
 def backed_up(cluster, name: str = "wdev0") -> str:
     return cluster.backed_up(VOL, name)
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_n4_restart_every_agent_under_writes(cluster):

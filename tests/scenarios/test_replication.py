@@ -14,7 +14,7 @@ import signal
 import time
 
 import pytest
-from cluster import RandomWriter, fill_random, sha1_of_device, write_random
+from cluster import RandomWriter, fill_random, sha1_of_device, wait_until, write_random
 from relay import Relay
 
 from walbops.errors import OperationError
@@ -366,13 +366,6 @@ def start_replication_through(cluster, relay: Relay, gid: int) -> dict:
     return cluster.ctl.run("a0", "replicate", vol=VOL, gid=gid, host="127.0.0.1", port=relay.port)
 
 
-def wait_until(predicate, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_a_destination_killed_during_a_full_replication_restarts_sync_ready_and_a_retry_works(cluster):
     """The destination is SIGKILLed in the middle of a full replication: it comes back SyncReady
     with nothing restorable, and the next replication restores the device's sha1."""
@@ -380,7 +373,7 @@ def test_a_destination_killed_during_a_full_replication_restarts_sync_ready_and_
     relay = Relay(cluster.ports["archive1"], tamper=slow)
     try:
         accepted = start_replication_through(cluster, relay, gid)
-        wait_until(lambda: int(cluster.ctl.get("a1", "progress", VOL)) > 0)
+        wait_until(lambda: int(cluster.ctl.get("a1", "progress", VOL)) > 0, 60, "a1 receiving", poll=0.02)
         cluster.stop("archive1", signal.SIGKILL)
     finally:
         relay.close()
@@ -404,7 +397,8 @@ def test_the_source_killed_during_a_hash_replication_leaves_the_destination_as_i
     relay = Relay(cluster.ports["archive1"], tamper=slow)
     try:
         start_replication_through(cluster, relay, second)
-        wait_until(lambda: cluster.ctl.get_state("a1", VOL) == "ReplSyncAsServer")
+        wait_until(lambda: cluster.ctl.get_state("a1", VOL) == "ReplSyncAsServer", 60, "a1 in the hash sync",
+                   poll=0.02)
         cluster.stop("archive", signal.SIGKILL)
     finally:
         relay.close()

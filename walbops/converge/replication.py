@@ -25,15 +25,11 @@ REPLICATION_MODES = ("once", "synchronizing", "stopped")
 HOLDS_BACKUP = {"Archived", "Stopped"}
 
 
-def _newest(controller: Controller, archive: Server, vol: str, state: str) -> dict[str, int] | None:
-    """The newest restorable snapshot (implicit ones too): gid and timestamp, or None."""
+def _restorable(controller: Controller, archive: Server, vol: str, state: str) -> dict[int, int]:
+    """gid -> timestamp of every restorable snapshot (implicit ones too); empty without a backup."""
     if state not in HOLDS_BACKUP:
-        return None
-    entries = controller.get(archive, "restorable", vol, "all")
-    if not entries:
-        return None
-    newest = max(entries, key=lambda entry: int(entry["gid"]))
-    return {"gid": int(newest["gid"]), "timestamp": int(newest["timestamp"])}
+        return {}
+    return {int(entry["gid"]): int(entry["timestamp"]) for entry in controller.get(archive, "restorable", vol, "all")}
 
 
 def replication_status(controller: Controller, source: Server, vol: str, destination: Server) -> dict[str, Any]:
@@ -42,16 +38,15 @@ def replication_status(controller: Controller, source: Server, vol: str, destina
     if source_state not in HOLDS_BACKUP:
         raise OperationError(f"{vol}: source archive {source.name} holds no backup of it ({source_state})")
     destination_state = volume_status(controller, destination, vol)["state"]
-    here = _newest(controller, source, vol, source_state)
-    there = _newest(controller, destination, vol, destination_state)
+    here = _restorable(controller, source, vol, source_state)
+    there = _restorable(controller, destination, vol, destination_state)
     status: dict[str, Any] = {
-        "state": destination_state, "gid": None if there is None else there["gid"],
-        "source_gid": None if here is None else here["gid"],
+        "state": destination_state, "gid": max(there, default=None), "source_gid": max(here, default=None),
         "synchronizing": destination_state != "Clear" and controller.is_synchronizing(destination, vol),
-        "lag_gids": None, "lag_seconds": None}
-    if here is not None and there is not None:
-        status["lag_gids"] = max(0, here["gid"] - there["gid"])
-        status["lag_seconds"] = max(0, here["timestamp"] - there["timestamp"])
+        "lag_gids": None, "lag_seconds": None, "restorable": sorted(there)}
+    if here and there:
+        status["lag_gids"] = max(0, status["source_gid"] - status["gid"])
+        status["lag_seconds"] = max(0, here[status["source_gid"]] - there[status["gid"]])
     return status
 
 
@@ -79,7 +74,7 @@ def ensure_replicated(controller: Controller, source: Server, vol: str, destinat
     target = gid if gid is not None else before["source_gid"]
     if target is None:
         raise OperationError(f"{vol}: source archive {source.name} has no restorable snapshot yet")
-    has_target = before["gid"] is not None and target in controller.get_restorable(destination, vol, True)
+    has_target = target in before.pop("restorable")
     values: dict[str, Any] = {"vol": vol, "source": source.name, "destination": destination.name, "mode": mode,
                               "kind": None}
     if mode == "stopped":
@@ -104,6 +99,7 @@ def ensure_replicated(controller: Controller, source: Server, vol: str, destinat
             values["kind"] = controller.get(source, "action-result", vol, "ReplSyncAsClient")["kind"]
     if not check:
         after = replication_status(controller, source, vol, destination)
+        del after["restorable"]
     elif changed:  # the prediction
         after = {**before, "synchronizing": mode == "synchronizing",
                  **({"gid": target, "lag_gids": 0} if mode == "once" else {})}
