@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import socket
 import subprocess
 from pathlib import Path
@@ -13,11 +14,29 @@ ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT.parent / "shared" / "vectors" / "walb-tools-1.0.19"
 
 
+# Test agents listen on ports below the kernel's ephemeral range (32768-60999 here), from a range
+# no other test uses (the demo takes 10000-10200, the local playbook tests 20000 and up): a port the
+# kernel hands out with bind(0) may be taken again, between the test choosing it and the agent
+# binding it, as the local end of some outgoing connection (CI saw this as EADDRINUSE).
+TEST_PORTS = range(12000, 20000)
+_ports_given: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on now and that no earlier call returned."""
+    start = random.randrange(len(TEST_PORTS))
+    for offset in range(len(TEST_PORTS)):
+        port = TEST_PORTS[(start + offset) % len(TEST_PORTS)]
+        if port in _ports_given:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
+    raise AssertionError(f"no free port left in {TEST_PORTS}")
 
 
 def sha1_of(path: Path | str) -> str:
