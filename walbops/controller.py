@@ -26,7 +26,7 @@ import yaml
 
 from .errors import OperationError, RemoteError, UsageError, WalbopsError
 from .gid import MetaDiff, MetaSnap, MetaState
-from .net.auth import load_key
+from .net.auth import Keys, load_keys
 from .net.ssh import SshRoute, open_tunnel
 from .net.tls import Credentials, Secret, TlsFiles
 from .net.transport import Channel, open_connection
@@ -66,7 +66,11 @@ class Layout:
             return Credentials(tls=self.tls.check())
         if self.key_file is None:
             raise UsageError("the layout gives neither key_file nor tls")
-        return load_key(self.key_file)
+        keys = load_keys(self.key_file)
+        if isinstance(keys, Keys) and not keys.holds_role("controller"):
+            raise UsageError(f"{self.key_file}: the key file holds no controller key ({keys.describe_roles()}); "
+                             "make one with walbops keygen --from CLUSTER_KEY --role controller")
+        return keys
 
     @classmethod
     def load(cls, path: str) -> "Layout":

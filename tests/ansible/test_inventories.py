@@ -74,6 +74,10 @@ def test_auth_config_names_the_key_or_the_roles_certificate() -> None:
     assert filters.walbops_auth_config("key", "storage", "/etc/walbops/cluster.key", "/etc/walbops/tls") == {
         "cluster_key_file": "/etc/walbops/cluster.key"}
     assert filters.walbops_auth_config("key", "controller", "/k", "/t") == {"key_file": "/k"}
+    # Role key files (docs/protocol.md 4.7): one per role in the keys directory.
+    assert filters.walbops_auth_config("key", "proxy", "/k", "/t", "/etc/walbops/keys") == {
+        "cluster_key_file": "/etc/walbops/keys/proxy.key"}
+    assert filters.walbops_auth_config("key", "controller", "/k", "/t", "/keys") == {"key_file": "/keys/controller.key"}
     assert filters.walbops_auth_config("tls", "proxy", "/k", "/t") == {
         "tls_cert": "/t/proxy.crt", "tls_key": "/t/proxy.key", "tls_ca": "/t/ca.crt"}
     assert filters.walbops_auth_config("tls", "controller", "/k", "/t") == {

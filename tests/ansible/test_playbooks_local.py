@@ -62,6 +62,16 @@ def test_site_from_nothing_to_full_backup(local: dict) -> None:
     assert first.returncode == 0, first.describe()
     assert set(first.recap) == {"s0", "p0", "a0"} and first.changed()["s0"] > 0
     assert "vol0: restorable from gid" in first.output
+    # Key mode with role key files: the cluster key stays on the controller, each agent and the
+    # layout name a file of their own role (docs/protocol.md 4.7).
+    config = Path(local["walbops_local_root"]) / "etc" / "walbops"
+    assert sorted(path.name for path in (config / "keys").iterdir()) == [
+        "archive.key", "controller.key", "proxy.key", "storage.key"]
+    assert not (config / "cluster.key").exists()
+    cluster_key = Path(local["walbops_cluster_key_src"]).read_text().strip()
+    assert all(cluster_key not in path.read_text() for path in (config / "keys").iterdir())
+    assert f"cluster_key_file: {config}/keys/proxy.key" in (config / "proxy.yml").read_text()
+    assert f"key_file: {config}/keys/controller.key" in (config / "layout.yml").read_text()
 
 
 def test_site_again_changes_nothing(local: dict) -> None:

@@ -28,7 +28,7 @@ from relay import Relay
 from walbops import pki
 from walbops.controller import Controller, Layout
 from walbops.errors import WalbopsError
-from walbops.net.auth import write_key
+from walbops.net.auth import Keys, load_key, write_key, write_keys
 from walbops.net.tls import Credentials, Secret, TlsFiles
 
 MiB = 1 << 20
@@ -237,10 +237,17 @@ class Cluster:
     # TLS mode (certificates from a CA made for the cluster) when WALBOPS_TEST_TLS=1: the scenario
     # suite runs in either mode (docs/security.md).
     tls: bool = field(default_factory=lambda: os.environ.get("WALBOPS_TEST_TLS") == "1")
+    # Key mode with role key files (docs/protocol.md 4.7): each agent and the controller hold only
+    # their own role's keys; the cluster key stays with the test.
+    role_keys: bool = False
 
     def __post_init__(self) -> None:
         self.key = self.root / "cluster.key"
         write_key(self.key)
+        self.keys_dir = self.root / "keys"
+        if self.role_keys:
+            self.keys_dir.mkdir()
+            write_keys(self.keys_dir / "ctl.key", Keys.issue(load_key(self.key), ("controller",)))
         self.pki = self.root / "pki"
         if self.tls:
             pki.init_ca(str(self.pki))
@@ -251,6 +258,10 @@ class Cluster:
 
     def credential_args(self, role: str) -> list[str]:
         """The agent flags that authenticate role ``role``: its certificate, or the cluster key."""
+        if self.role_keys:
+            path = self.keys_dir / f"{agent_id(role)}.key"
+            write_keys(path, Keys.issue(load_key(self.key), (kind(role),), agent_id(role)), force=True)
+            return ["--cluster-key-file", str(path)]
         if not self.tls:
             return ["--cluster-key-file", str(self.key)]
         host = agent_id(role)
@@ -261,7 +272,9 @@ class Cluster:
 
     def secret(self, client_role: str) -> Secret:
         """What a client of ``client_role`` (storage, proxy, archive, controller) authenticates with:
-        the cluster key, or in TLS mode a certificate for that role."""
+        the cluster key, that role's key file, or in TLS mode a certificate for that role."""
+        if self.role_keys:
+            return Keys.issue(load_key(self.key), (client_role,))
         if not self.tls:
             return self.ctl.key
         host = f"rogue-{client_role}"
@@ -271,7 +284,7 @@ class Cluster:
                                         str(self.pki / "ca.crt")).check())
 
     def _write_layout(self) -> None:
-        credentials: dict[str, Any] = {"key_file": str(self.key)}
+        credentials: dict[str, Any] = {"key_file": str(self.keys_dir / "ctl.key" if self.role_keys else self.key)}
         if self.tls:
             credentials = {"tls": {"cert": str(self.pki / "ctl.crt"), "key": str(self.pki / "ctl.key"),
                                    "ca": str(self.pki / "ca.crt")}}

@@ -352,7 +352,7 @@ def _client_with_key(port: int, key: bytes) -> list[dict]:
     server answers to a client that does not hold the cluster key."""
     nonce = os.urandom(32)
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-        sock.sendall(encode_json({"type": "hello", "version": 1, "id": "intruder", "role": "controller",
+        sock.sendall(encode_json({"type": "hello", "version": 2, "id": "intruder", "role": "controller",
                                   "nonce": nonce.hex()}))
         decoder = FrameDecoder()
         while (frame := decoder.next_frame()) is None:
@@ -384,7 +384,7 @@ def test_wrong_key_and_bad_frames_are_refused(cluster, tmp_path):
         struct.pack("<IB", 3, 2) + b"ab",  # data before the handshake
         encode_json({"type": "request", "id": 1, "command": "shutdown", "args": {}}),  # no handshake
         encode_json({"type": "hello", "version": 2, "id": "x", "role": "controller", "nonce": "00" * 32}),
-        encode_json({"type": "hello", "version": 1, "id": "x", "role": "root", "nonce": "00" * 32}),
+        encode_json({"type": "hello", "version": 2, "id": "x", "role": "root", "nonce": "00" * 32}),
         encode_json({"type": "keepalive"}),
         struct.pack("<IB", 20, 1) + b"{not json at all!!!",
         struct.pack("<IB", 4001, 1) + b"[" * 4000,  # nested deeper than the JSON parser goes

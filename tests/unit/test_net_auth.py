@@ -117,6 +117,84 @@ def test_nonces_are_fresh():
     assert auth.make_nonce() != auth.make_nonce()
 
 
+# Role key files (docs/protocol.md 4.7).
+
+def test_role_key_files_prove_only_their_roles():
+    archive = auth.Keys.issue(KEY, ("archive",), "a0")
+    proxy = auth.Keys.issue(KEY, ("proxy",), "p0")
+    controller = auth.Keys.issue(KEY, ("controller",))
+    assert [role for role, _ in archive.accepts] == ["controller", "storage", "proxy", "archive"]
+    assert [role for role, _ in proxy.accepts] == ["controller", "storage", "proxy"]
+    # Role keys and the cluster key interoperate: both derive the same link key.
+    run(ClientHandshake(controller, "ctl", "controller"), ServerHandshake(archive, "a0", "archive"))
+    run(ClientHandshake(proxy, "p0", "proxy"), ServerHandshake(archive, "a0", "archive"))
+    run(ClientHandshake(KEY, "ctl", "controller"), ServerHandshake(proxy, "p0", "proxy"))
+    run(ClientHandshake(archive, "a0", "archive"), ServerHandshake(KEY, "a1", "archive"))
+    # A proxy's file holds no controller key: it cannot even say hello as the controller ...
+    with pytest.raises(AuthenticationError, match="holds no controller key .it has proxy"):
+        ClientHandshake(proxy, "p0", "controller")
+    # ... and a forged hello that claims the role gets no challenge from an agent without that key.
+    server = ServerHandshake(proxy, "p0", "proxy")
+    with pytest.raises(AuthenticationError,
+                       match="takes no archive clients .its key file accepts controller, storage, proxy"):
+        server.receive(messages.hello("a0", "archive", CLIENT_NONCE.hex()))
+    # Link keys are bound to their agent: the archive a0's file is worth nothing at the archive a1.
+    with pytest.raises(AuthenticationError):
+        run(ClientHandshake(KEY, "s0", "storage"), ServerHandshake(archive, "a1", "archive"))
+    # A rogue agent with only a proxy's file cannot pose as an archive to the controller: the
+    # link key it makes up is not the one the controller derives.
+    made_up = auth.link_key(dict(proxy.roles)["proxy"], "a0")
+    rogue = ServerHandshake(auth.Keys(proxy.roles, "a0", (("controller", made_up),)), "a0", "archive")
+    client = ClientHandshake(KEY, "ctl", "controller")
+    with pytest.raises(AuthenticationError, match="cannot prove the key of controller clients"):
+        client.receive(rogue.receive(client.hello()))
+
+
+def test_role_key_file_round_trip_and_refusals(tmp_path):
+    keys = auth.Keys.issue(KEY, ("storage", "controller"), "s0")
+    path = tmp_path / "s0.key"
+    auth.write_keys(path, keys)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert auth.load_keys(path) == keys
+    assert path.read_bytes() == auth.format_keys(auth.Keys.issue(KEY, ("storage", "controller"), "s0"))
+    auth.write_key(tmp_path / "cluster.key", KEY)
+    assert auth.load_keys(tmp_path / "cluster.key") == KEY
+    for content, match in [
+        (b"walbops-keys 1\nrole root " + b"00" * 32 + b"\n", "not a role"),
+        (b"walbops-keys 1\nrole proxy " + b"00" * 32 + b"\nrole proxy " + b"11" * 32 + b"\n", "repeated"),
+        (b"walbops-keys 1\naccept proxy " + b"00" * 32 + b"\n", "names its agent"),
+        (b"walbops-keys 1\nrole proxy 00\n", "64 hex digits"),
+        (b"walbops-keys 1\nkey proxy " + b"00" * 32 + b"\n", "expected 'id ID'"),
+        (b"walbops-keys 1\n" + b"#" * 5000, "at most 4096 bytes"),
+        (b"walbops-keys 1\n\xff\n", "ASCII"),
+    ]:
+        path.write_bytes(content)
+        with pytest.raises(BadField, match=match):
+            auth.load_keys(path)
+    with pytest.raises(BadField, match="names its kind"):
+        auth.Keys.issue(KEY, ("controller",), "c0")
+    # One file for a host's storage and proxy agents accepts the callers of both.
+    both = auth.Keys.issue(KEY, ("storage", "proxy", "controller"), "h0")
+    assert [role for role, _ in both.accepts] == ["controller", "storage", "proxy"]
+
+
+def test_callers_are_the_roles_of_the_agents_command_tables(tmp_path):
+    from walbops.agents import config as agent_config
+    from walbops.agents.archive import ArchiveAgent
+    from walbops.agents.proxy import ProxyAgent
+    from walbops.agents.storage import StorageAgent
+
+    auth.write_key(tmp_path / "key")
+    for agent_class in (StorageAgent, ProxyAgent, ArchiveAgent):
+        host_type = agent_class.host_type
+        overrides = {"base_dir": str(tmp_path / host_type), "cluster_key_file": str(tmp_path / "key"), "port": 1}
+        if host_type == "storage":
+            overrides.update(archive="127.0.0.1:1", proxies=["127.0.0.1:2"])
+        agent = agent_class(agent_config.load(host_type, overrides=overrides))  # type: ignore[abstract]
+        roles = set().union(*(command.roles for name, command in agent.commands.items() if name != "version"))
+        assert roles == set(messages.CALLERS[host_type]), host_type
+
+
 # Handshake state machines.
 
 def run(client: ClientHandshake, server: ServerHandshake) -> None:
@@ -138,12 +216,20 @@ def test_handshake_messages_golden():
     client = ClientHandshake(KEY, "s0", "storage", CLIENT_NONCE)
     server = ServerHandshake(KEY, "a0", "archive", SERVER_NONCE)
     hello = client.hello()
-    assert hello == {"type": "hello", "version": 1, "id": "s0", "role": "storage", "nonce": "c1" * 32}
+    assert hello == {"type": "hello", "version": 2, "id": "s0", "role": "storage", "nonce": "c1" * 32}
     challenge = server.receive(hello)
-    assert challenge == {"type": "challenge", "version": 1, "id": "a0", "host_type": "archive", "nonce": "5e" * 32,
-                         "proof": "3b98c27692a6fe5d11339f6061a8eb5ee0ff402c51f57d70647654e3eaf0790f"}
+    # docs/protocol.md appendix A: the link key of role storage and server a0, and both proofs.
+    role_key = hmac.digest(KEY, b"walbops-role\0storage", hashlib.sha256)
+    assert role_key.hex() == "eee6cbac0ba4fc42fc78d085830158daa7a6340ba38d88132f8097005fb62f49"
+    link = hmac.digest(role_key, b"walbops-link\0a0", hashlib.sha256)
+    assert link.hex() == "1903b6b64ec6c7e6cb29a532234ad6c54c377086537d0421b43fab1ff487e579"
+    assert (auth.role_key(KEY, "storage"), auth.link_key(role_key, "a0")) == (role_key, link)
+    assert challenge == {"type": "challenge", "version": 2, "id": "a0", "host_type": "archive", "nonce": "5e" * 32,
+                         "proof": "6aac051357b962b2be5b38dbfa0a9adef0055745015116078b26130f2c94423a"}
     assert client.receive(challenge) == {
-        "type": "auth", "proof": auth.client_proof(KEY, SERVER_NONCE, CLIENT_NONCE, "s0").hex()}
+        "type": "auth", "proof": "361c7665f8c445d4a818c6c155363091aa8ebee755c9bf8371a49f1c78baf428"}
+    assert auth.client_proof(link, SERVER_NONCE, CLIENT_NONCE, "s0").hex() == (
+        "361c7665f8c445d4a818c6c155363091aa8ebee755c9bf8371a49f1c78baf428")
 
 
 def test_server_refuses_a_client_with_another_key():
@@ -191,16 +277,19 @@ def test_server_reads_nothing_but_the_handshake():
 def test_version_mismatch_both_ways():
     server = ServerHandshake(KEY, "a0", "archive")
     # A later hello may have other members: the version is checked before the schema.
-    hello = {"type": "hello", "version": 2, "id": "s0", "role": "storage", "nonce": "c1" * 32, "cipher": "x"}
+    hello = {"type": "hello", "version": 3, "id": "s0", "role": "storage", "nonce": "c1" * 32, "cipher": "x"}
     with pytest.raises(VersionMismatch) as info:
         server.receive(hello)
     assert server.refusal(info.value) == {"type": "error", "reason": "version mismatch",
-                                          "detail": "client speaks protocol version 2; "
-                                                    "this server speaks protocol version 1"}
+                                          "detail": "client speaks protocol version 3; "
+                                                    "this server speaks protocol version 2"}
+    # A version 1 client (the proofs keyed with the cluster key itself) is refused as clearly.
+    with pytest.raises(VersionMismatch, match="client speaks protocol version 1"):
+        ServerHandshake(KEY, "a0", "archive").receive({**hello, "version": 1})
     client = ClientHandshake(KEY, "s0", "storage")
     client.hello()
     with pytest.raises(VersionMismatch):
-        client.receive({**messages.challenge("a0", "archive", "5e" * 32, "00" * 32), "version": 2})
+        client.receive({**messages.challenge("a0", "archive", "5e" * 32, "00" * 32), "version": 3})
 
 
 def test_peer_refusals_map_to_errors_and_are_not_answered():

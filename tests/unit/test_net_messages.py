@@ -62,7 +62,7 @@ def test_builders_pass_validation(message):
     ({**messages.hello("s0", "storage", NONCE), "id": ""}, "hello.id"),
     ({**messages.hello("s0", "storage", NONCE), "version": -1}, "hello.version"),
     ({**messages.hello("s0", "storage", NONCE), "extra": 1}, "hello: Additional properties"),
-    ({"type": "hello", "version": 1, "id": "s0", "role": "storage"}, "'nonce' is a required property"),
+    ({"type": "hello", "version": 2, "id": "s0", "role": "storage"}, "'nonce' is a required property"),
     ({"type": "request", "id": 1, "command": "Get", "args": {}}, "request.command"),
     ({"type": "request", "id": 2**32, "command": "get", "args": {}}, "request.id"),
     ({"type": "request", "id": 1, "command": "get", "args": []}, "request.args"),

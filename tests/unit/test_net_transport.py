@@ -178,8 +178,8 @@ def test_client_with_wrong_key_is_refused_and_server_keeps_serving(caplog):
     (HEADER.pack(2, FrameType.DATA) + b"x", "protocol error"),  # data before the handshake
     (b"GET / HTTP/1.1\r\nHost: a0\r\n\r\n", "frame too large"),  # garbage: the length field is huge
     (HEADER.pack(3, 0x7F) + b"\0\0", "protocol error"),  # an unknown frame type
-    (encode_json({"type": "hello", "version": 1}), "protocol error"),  # a hello missing its members
-    (encode_json({"type": "hello", "version": 2, "id": "s0"}), "version mismatch"),
+    (encode_json({"type": "hello", "version": 2}), "protocol error"),  # a hello missing its members
+    (encode_json({"type": "hello", "version": 3, "id": "s0"}), "version mismatch"),
     (encode_json({"type": "auth", "proof": "00" * 32}), "protocol error"),  # auth before hello
     # A hello that fits a normal frame but not the handshake limit.
     (encode_json({"type": "hello", "pad": "x" * 5000}), "frame too large"),
@@ -209,7 +209,7 @@ def test_version_mismatch_reaches_the_client_as_an_error():
             hello = messages.hello("s0", "storage", "c1" * 32, version=7)
             frames = await raw_exchange(port, encode_json(hello))
             assert frames[0].message["detail"] == ("client speaks protocol version 7; "
-                                                   "this server speaks protocol version 1")
+                                                   "this server speaks protocol version 2")
     run(scenario())
 
 
@@ -363,7 +363,7 @@ def test_a_receiver_abort_after_the_channel_failed_writes_nothing():
     (HEADER.pack(3, 0x09) + b"xy", ProtocolError),  # unknown frame type
     (HEADER.pack(MAX_PAYLOAD_SIZE + 2, FrameType.DATA), FrameTooLarge),  # oversized: refused unread
     (encode_json({"type": "request", "id": "one", "command": "echo", "args": {}}), ProtocolError),
-    (encode_json({"type": "hello", "version": 1}), ProtocolError),
+    (encode_json({"type": "hello", "version": 2}), ProtocolError),
     (HEADER.pack(9, FrameType.JSON) + b"not json", ProtocolError),
 ])
 def test_bad_frames_after_the_handshake_close_only_that_connection(bad, error):
@@ -495,7 +495,7 @@ def test_version_mismatch_from_a_future_server():
     async def scenario():
         async def future(reader, writer):
             await reader.read(1 << 12)
-            writer.write(encode_json(messages.challenge("a9", "archive", "5e" * 32, "00" * 32, version=2)))
+            writer.write(encode_json(messages.challenge("a9", "archive", "5e" * 32, "00" * 32, version=3)))
             await writer.drain()
             await reader.read(1 << 12)
             writer.close()
@@ -503,7 +503,7 @@ def test_version_mismatch_from_a_future_server():
         server = await asyncio.start_server(future, HOST, 0)
         port = server.sockets[0].getsockname()[1]
         try:
-            with pytest.raises(VersionMismatch, match="server speaks protocol version 2"):
+            with pytest.raises(VersionMismatch, match="server speaks protocol version 3"):
                 await connect(port)
         finally:
             server.close()

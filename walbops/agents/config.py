@@ -17,7 +17,7 @@ import jsonschema
 import yaml
 
 from ..errors import UsageError
-from ..net.auth import load_key
+from ..net.auth import Keys, load_keys
 from ..net.tls import Credentials, Secret, TlsFiles
 from ..store import parse_store_flag, store_config_schema
 from ..units import parse_size
@@ -141,7 +141,14 @@ class Config:
         if "tls_cert" in self.values:
             cert, key, ca = (os.path.join(cwd, self.values[name]) for name in ("tls_cert", "tls_key", "tls_ca"))
             return Credentials(tls=TlsFiles(cert, key, ca).check())
-        return load_key(os.path.join(cwd, self.key_file))
+        path = os.path.join(cwd, self.key_file)
+        keys = load_keys(path)
+        if isinstance(keys, Keys) and (keys.agent_id != self.id or not keys.holds_role(self.role)):
+            # A role key file is for one agent: its link keys are bound to that agent's id.
+            raise UsageError(f"{path}: a role key file for {keys.agent_id or 'no agent'} "
+                             f"({keys.describe_roles()}), not for the {self.role} agent {self.id}; "
+                             f"make one with walbops keygen --from CLUSTER_KEY --role {self.role} --id {self.id}")
+        return keys
 
     def log_path(self) -> str | None:
         path = self.values["log_file"]

@@ -16,11 +16,18 @@ from jsonschema.exceptions import ValidationError, best_match
 from ..errors import FormatError, InvalidMessage
 from ..gid import MetaDiff
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the handshake proves a link key of the client's role (section 4.7)
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
 
 ROLES = ("controller", "storage", "proxy", "archive")  # what a client says it is in hello
 HOST_TYPES = ("storage", "proxy", "archive")  # what a server says it is in challenge
+# The roles that may call some command on each host type (section 6.2; `version`, open to all,
+# aside): an agent's role key file holds link keys for these roles and no other (section 4.7).
+CALLERS = {
+    "storage": ("controller",),
+    "proxy": ("controller", "storage"),
+    "archive": ("controller", "storage", "proxy", "archive"),
+}
 ACCEPTED = {"accepted": True}  # the result of an accepted asynchronous command or transfer
 
 # Commands whose accepted response opens a stream (section 8).

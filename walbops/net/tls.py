@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import AuthenticationError, UsageError
+from .auth import Keys
 from .messages import ROLES
 
 TLS_MODE_KEY = bytes(32)  # the handshake's key in TLS mode: public on purpose (see above)
@@ -41,9 +42,9 @@ class TlsFiles:
 
 @dataclass(frozen=True)
 class Credentials:
-    """The cluster key (key mode), or TLS files (TLS mode)."""
+    """The cluster key or a role key file's keys (key mode), or TLS files (TLS mode)."""
 
-    key: bytes = TLS_MODE_KEY
+    key: bytes | Keys = TLS_MODE_KEY
     tls: TlsFiles | None = None
 
     @property
@@ -57,7 +58,7 @@ class Credentials:
         return None if self.tls is None else _context(self.tls, server=False)
 
 
-Secret = bytes | Credentials  # what connections take: a bare key is key mode
+Secret = bytes | Keys | Credentials  # what connections take: a bare key or Keys is key mode
 
 
 def credentials(secret: Secret) -> Credentials:

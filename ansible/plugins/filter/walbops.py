@@ -49,14 +49,17 @@ def walbops_layout_servers(groups, hostvars, role_groups, ports):
     return servers
 
 
-def walbops_auth_config(auth, role, key_file, tls_dir):
+def walbops_auth_config(auth, role, key_file, tls_dir, keys_dir=""):
     """How an agent (``role``), or the layout (role ``controller``), authenticates.
 
-    ``auth`` key: the cluster key; tls: this host's certificate and key for that role and the CA
-    certificate, as the tls tasks of walbops_common put them in ``tls_dir``.
+    ``auth`` key: this host's role key file for that role in ``keys_dir`` (``ROLE.key``, as the
+    role_keys tasks of walbops_common put them), or without ``keys_dir`` the cluster key
+    ``key_file``; tls: this host's certificate and key for that role and the CA certificate, as
+    the tls tasks of walbops_common put them in ``tls_dir``.
     """
     if auth == "key":
-        return {"key_file": key_file} if role == "controller" else {"cluster_key_file": key_file}
+        path = f"{keys_dir}/{role}.key" if keys_dir else key_file
+        return {"key_file": path} if role == "controller" else {"cluster_key_file": path}
     if auth != "tls":
         raise ValueError(f"walbops_auth must be key or tls, not {auth!r}")
     files = {"cert": f"{tls_dir}/{role}.crt", "key": f"{tls_dir}/{role}.key", "ca": f"{tls_dir}/ca.crt"}
