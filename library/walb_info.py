@@ -15,6 +15,8 @@ description:
     C(replicas) - the archives it replicated the volume to, each with its latest snapshot and how far behind
     it is (C(gid_delta), C(time_delta) in seconds; a synchronizing secondary's lag is instead the diffs its
     proxies hold for it, C(pending)).
+  - Judges the health as C(walbops check) does (docs/operations.md) and returns it in C(health); with
+    O(fail_on) the task fails when it is at least that bad.
   - Changes nothing.
 options:
   servers:
@@ -28,6 +30,29 @@ options:
     description: How long each agent may take to answer, in seconds.
     type: float
     default: 10
+  fail_on:
+    description:
+      - Fail the task when the health is at least C(warning) or C(critical), or when an agent does not answer
+        (C(unreachable)); C(none) reports only.
+    type: str
+    choices: [none, unreachable, warning, critical]
+    default: none
+  rpo_warning:
+    description: Warn when writes no proxy has acknowledged are this old, in seconds.
+    type: float
+    default: 3600
+  rpo_critical:
+    description: Critical when they are this old, in seconds.
+    type: float
+    default: 86400
+  log_warning:
+    description: Warn when a log ring is this full, in percent.
+    type: float
+    default: 80
+  log_critical:
+    description: Critical when a log ring is this full, in percent.
+    type: float
+    default: 95
 extends_documentation_fragment: [walbops, walbops.cluster]
 attributes:
   check_mode:
@@ -42,6 +67,10 @@ EXAMPLES = r"""
   walb_info:
   register: walbops
 
+- name: Fail the play when a log overflowed, an agent is down, or writes are unprotected for a day
+  walb_info:
+    fail_on: critical
+
 - name: Fail when a volume's newest restorable snapshot is older than an hour
   ansible.builtin.assert:
     that: item.value.rpo_seconds is not none and item.value.rpo_seconds < 3600
@@ -53,6 +82,11 @@ time:
   description: When the facts were gathered (seconds since the epoch).
   returned: always
   type: int
+health:
+  description: The health (status OK, WARNING or CRITICAL, code 0-2) and each problem with its level.
+  returned: always
+  type: dict
+  sample: {status: WARNING, code: 1, problems: [{level: WARNING, problem: "vol0 on s0: log 85.2% full"}]}
 servers:
   description: Per agent name, its role, address, port, reachable, and its volumes with their facts.
   returned: always
@@ -81,6 +115,11 @@ def main():
         argument_spec=dict(
             servers=dict(type="list", elements="str"),
             vol=dict(type="str"),
+            fail_on=dict(type="str", choices=["none", "unreachable", "warning", "critical"], default="none"),
+            rpo_warning=dict(type="float", default=3600.0),
+            rpo_critical=dict(type="float", default=86400.0),
+            log_warning=dict(type="float", default=80.0),
+            log_critical=dict(type="float", default=95.0),
             **dict(WALBOPS_CLUSTER_OPTIONS, timeout=dict(type="float", default=10.0)),
         ),
         supports_check_mode=True,
@@ -88,7 +127,9 @@ def main():
     params = module.params
     run_module(module, ["info", *flag_args([
         ("layout", params["layout"]), ("server", params["servers"]), ("vol", params["vol"]),
-        ("timeout", params["timeout"])])], check_aware=False)
+        ("timeout", params["timeout"]), ("fail-on", params["fail_on"]), ("rpo-warning", params["rpo_warning"]),
+        ("rpo-critical", params["rpo_critical"]), ("log-warning", params["log_warning"]),
+        ("log-critical", params["log_critical"])])], check_aware=False)
 
 
 if __name__ == "__main__":

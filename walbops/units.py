@@ -29,3 +29,12 @@ def parse_size(value: int | str) -> int:
     if not number.isdigit():
         raise UsageError(f"{text!r} is not a size (e.g. 4096, 64K, 16M, 1G)")
     return int(number) * _UNITS[unit]
+
+
+def format_size(size: int) -> str:
+    """``1.5 MiB``: a byte size for people, one decimal, powers of 1024 (bytes below 1 KiB)."""
+    for name, unit in (("EiB", 1 << 60), ("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20),
+                       ("KiB", 1 << 10)):
+        if size >= unit:
+            return f"{size / unit:.1f} {name}"
+    return f"{size} B"

@@ -7,8 +7,11 @@ order, as an operator would: initialise, back up, snapshot, restore, report, cle
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -200,11 +203,47 @@ def test_refusals_name_the_override(group: Cluster) -> None:
         call(group, "walb_snapshot", vol=VOL, storage="a0")
 
 
+def walbops_cli(group: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "walbops.cli.main", *args, "--layout", str(group.layout_path)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_health_ok_then_warning_past_the_log_threshold(group: Cluster) -> None:
+    healthy = walbops_cli(group, "check")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    # One line: the level, what was checked, then perfdata (agents down, and per volume its figures).
+    assert re.fullmatch(r"WALBOPS OK - \d+ agents, \d+ volumes \| agents_down=0;;1;0;\d+ .*"
+                        r"log_usage_s0_vol0=[0-9.]+%;80;95;0;100 rpo_s0_vol0=0s;3600;86400;0\n", healthy.stdout), \
+        healthy.stdout
+    warned = walbops_cli(group, "check", "--log-warning", "0", "--log-critical", "101")
+    assert warned.returncode == 1 and warned.stdout.startswith("WALBOPS WARNING - vol0 on s0: log "), warned.stdout
+    info = walbops_cli(group, "info")
+    assert info.returncode == 0 and "health: OK" in info.stdout
+    assert re.search(r"^s0 +storage +vol0 +Target +log [0-9.]+%$", info.stdout, re.MULTILINE), info.stdout
+    assert re.search(r"^a0 +archive +vol0 +Archived +newest restorable", info.stdout, re.MULTILINE), info.stdout
+    assert call(group, "walb_info", fail_on="critical")["health"]["status"] == "OK"
+    with pytest.raises(ModuleFailed, match="WARNING: vol0 on s0: log"):
+        call(group, "walb_info", fail_on="warning", log_warning=0)
+
+
 def test_unreachable_agent_is_reported_not_failed(group: Cluster) -> None:
     group.stop("proxy")
     try:
         info = call(group, "walb_info")
         assert info["servers"]["p0"]["reachable"] is False and info["servers"]["a0"]["reachable"] is True
+        assert info["health"]["status"] == "CRITICAL"
+        # Unless asked to fail: then the task fails, naming the agent.
+        with pytest.raises(ModuleFailed, match="CRITICAL: proxy p0 does not answer"):
+            call(group, "walb_info", fail_on="critical")
+        # walbops check: CRITICAL, exit 2; walbops info: still the table, exit 1; --json errors too.
+        checked = walbops_cli(group, "check")
+        assert checked.returncode == 2 and checked.stdout.startswith("WALBOPS CRITICAL - proxy p0 does not answer")
+        assert re.search(r"\| agents_down=1;;1;0;\d+ ", checked.stdout), checked.stdout
+        table = walbops_cli(group, "info")
+        assert table.returncode == 1 and "p0 did not answer" in table.stderr
+        assert re.search(r"^p0 +proxy +- +DOWN ", table.stdout, re.MULTILINE), table.stdout
+        as_json = json.loads(walbops_cli(group, "check", "--json").stdout)
+        assert as_json["status"] == "CRITICAL" and as_json["code"] == 2
     finally:
         group.start("proxy")
 

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -27,7 +27,8 @@ from ..net import messages
 from ..net.tls import Credentials, Secret
 from ..net.transport import Channel, serve
 from . import metadata
-from .config import Config
+from .config import Config, host_port
+from .metrics import AgentMetrics, Families, serve_metrics
 from .state import Refused
 
 HANDLED_SIGNALS = (
@@ -37,6 +38,9 @@ HANDLED_SIGNALS = (
 TICK = 0.1  # [s] main loop period
 LOCK_FILE = ".lock"  # in the base dir; not a volume id, so never taken for a volume
 BROKEN = "Broken"  # not a WalB state: what status says of a volume whose metadata does not load
+# Commands whose request opens a stream: their bytes and durations are the transfer metrics.
+TRANSFERS = frozenset({messages.WLOG_TRANSFER, messages.WDIFF_TRANSFER, messages.DIRTY_FULL_SYNC,
+                       messages.DIRTY_HASH_SYNC, messages.REPL_SYNC})
 
 
 @dataclass
@@ -61,6 +65,37 @@ class Request:
 
 
 Handler = Callable[[Request], Awaitable[Any]]
+
+
+class HandlerStat:
+    """WalB's ``get handler-stat``: requests served per command and their mean latency, and
+    ``get`` calls per target, since the last read (a read resets them, as in WalB)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+        self.gets: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def timed(self, request: Request) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            command = request.command
+            self.counts[command] = self.counts.get(command, 0) + 1
+            self.seconds[command] = self.seconds.get(command, 0.0) + time.monotonic() - started
+            if command == "get":
+                target = str(request.args.get("target"))
+                self.gets[target] = self.gets.get(target, 0) + 1
+
+    def read_and_reset(self) -> dict[str, Any]:
+        stat = {"PROTOCOL_COUNT": dict(sorted(self.counts.items())),
+                "PROTOCOL_LATENCY": {command: round(self.seconds[command] / count, 6)
+                                     for command, count in sorted(self.counts.items())},
+                "GET_COUNT": dict(sorted(self.gets.items()))}
+        self.counts, self.seconds, self.gets = {}, {}, {}
+        return stat
 
 
 CONTROLLER = frozenset({"controller"})
@@ -90,6 +125,8 @@ GID = {"type": "integer", "minimum": 0, "maximum": messages.U64_MAX}
 
 class Volume(Protocol):
     """What every agent's per-volume object offers."""
+
+    vol: str
 
     def __init__(self, base_dir: str, vol: str) -> None: ...
 
@@ -128,7 +165,9 @@ class Agent(Generic[V]):
             "host-type": lambda args: self.host_type,
             "pid": lambda args: os.getpid(),
             "vol": lambda args: self.volume_ids(),
+            "handler-stat": lambda args: self.handler_stat.read_and_reset(),
         }
+        self.handler_stat = HandlerStat()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._connections: set[asyncio.Task[Any]] = set()
         self._slots = asyncio.Semaphore(int(config.max_connections))
@@ -137,6 +176,9 @@ class Agent(Generic[V]):
         self.volumes: dict[str, V] = {}
         self.broken: dict[str, str] = {}  # volume id -> its metadata file and what is wrong with it
         self._lock_fd = -1  # holds the base dir's lock for the process's life (lock_base_dir)
+        self.metrics = AgentMetrics(self.host_type, str(config.id))
+        self.metrics.add_collector(self.collect_metrics)
+        self.metrics_server: asyncio.Server | None = None
 
     # ------------------------------------------------------------------ to be provided by agents
 
@@ -185,17 +227,44 @@ class Agent(Generic[V]):
         return sorted(set(metadata.volume_dirs(self.config.base_dir)) |
                       {vol for vol, v in self.volumes.items() if v.state != "Clear"})
 
-    def vol_getter(self, read: Callable[[V, Any], Any]) -> Callable[[dict[str, Any]], Any]:
-        """A ``get`` target of one volume: ``read(volume, extra argument)``."""
+    def vol_getter(self, read: Callable[[V, Any], Any],
+                   every: Callable[[V], dict[str, Any]] | None = None) -> Callable[[dict[str, Any]], Any]:
+        """A ``get`` target of one volume: ``read(volume, extra argument)``; with ``every``, the
+        target without a volume is ``[{"name": vol, **every(volume)}]`` for every volume that is
+        not Clear (WalB's ``[vol]`` targets: ``log-usage``, ``latest-snap``)."""
         def getter(args: dict[str, Any]) -> Any:
             vol = args.get("vol")
             if vol is None:
-                raise OperationError(f"get {args['target']}: needs a volume")
+                if every is None:
+                    raise OperationError(f"get {args['target']}: needs a volume")
+                return [{"name": volume.vol, **every(volume)} for volume in self.stored_volumes()
+                        if volume.state != "Clear"]
             return read(self.volume(vol), args.get("args"))
         return getter
 
     def volume_status(self, vol: str) -> dict[str, Any]:
         raise OperationError(f"volume {vol!r} not found")
+
+    def collect_metrics(self, families: Families) -> None:
+        """The gauges of a scrape (docs/operations.md): every agent's volumes' states; agents add theirs."""
+        families.gauge("walbops_connections_open", "Authenticated connections being served", {},
+                       len(self._connections))
+        for vol in self.volume_ids():
+            try:
+                state = self.volume(vol, create=True).state
+            except Refused:
+                families.gauge("walbops_volume_broken", "1 for a volume whose metadata does not load",
+                               {"vol": vol}, 1)
+                continue
+            families.gauge("walbops_volume_state", "1 for the state the volume is in (WalB's names)",
+                           {"vol": vol, "state": state}, 1)
+
+    async def refresh_metrics(self) -> None:
+        """Read what a scrape needs that takes I/O (the storage's devices) before it is collected."""
+
+    async def render_metrics(self) -> bytes:
+        await self.refresh_metrics()
+        return self.metrics.render()
 
     async def on_start(self) -> None:
         """Reload state, resume work (after the server listens)."""
@@ -220,7 +289,12 @@ class Agent(Generic[V]):
         for sig in HANDLED_SIGNALS:
             loop.add_signal_handler(sig, self.handle_exit, sig)
         self.server = await serve(self.config.listen, int(self.config.port), self.key, str(self.config.id),
-                                  self.host_type, self._serve_channel, timeout=float(self.config.socket_timeout))
+                                  self.host_type, self._serve_channel, timeout=float(self.config.socket_timeout),
+                                  on_refused=lambda reason: self.metrics.handshake_failures.labels(reason).inc())
+        if self.config.metrics_listen:
+            host, port = host_port(self.config.metrics_listen)
+            self.metrics_server = await serve_metrics(host, port, self.render_metrics)
+            self.log.info("metrics at http://%s/metrics", self.config.metrics_listen)
         await self.on_start()
         mode = "TLS" if isinstance(self.key, Credentials) and self.key.tls else "key mode, unencrypted"
         self.log.info("%s agent %s listening on %s:%s (pid %d, %s)", self.host_type, self.config.id,
@@ -249,6 +323,8 @@ class Agent(Generic[V]):
         # Stop accepting connections.
         if self.server is not None:
             self.server.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         pending = self._tasks | self._connections
         if pending and not self.force_exit:
             self.log.info("waiting up to %.0f s for %d tasks (a second signal cancels them)",
@@ -270,8 +346,9 @@ class Agent(Generic[V]):
 
         def finished(done: asyncio.Task[Any]) -> None:
             self._tasks.discard(done)
-            if not done.cancelled() and done.exception() is not None:
-                self.log.error("%s failed: %s", name, done.exception())
+            if not done.cancelled() and (error := done.exception()) is not None:
+                self.metrics.errors.labels(type(error).__name__).inc()
+                self.log.error("%s failed: %s", name, error)
 
         task.add_done_callback(finished)
         return task
@@ -282,6 +359,7 @@ class Agent(Generic[V]):
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
+        self.metrics.connections.inc()
         try:
             async with self._slots:
                 while not self.should_exit and not channel.closed:  # a receiver's abort closes it
@@ -297,10 +375,12 @@ class Agent(Generic[V]):
         command = self.commands.get(request.command)
         channel = request.channel
         if command is None:
+            self.metrics.refusals.labels("(unknown)", "unknown-command").inc()
             await channel.refuse(request.id, f"unknown command {request.command!r} for the {self.host_type} agent",
                                  "unknown-command")
             return
         if channel.peer_role not in command.roles:
+            self.metrics.refusals.labels(request.command, "forbidden").inc()
             needed = " or ".join(sorted(command.roles))
             await channel.refuse(request.id, f"{request.command} on the {self.host_type} agent needs role {needed}; "
                                  f"this connection is {channel.peer_role} {channel.peer_id}", "forbidden")
@@ -314,7 +394,12 @@ class Agent(Generic[V]):
             if error is not None:
                 where = ".".join(str(p) for p in error.absolute_path)
                 raise UsageError(f"{request.command}: {'args.' + where if where else 'args'}: {error.message}")
-            result = await command.handler(request)
+            with self.handler_stat.timed(request):
+                if request.command in TRANSFERS:
+                    with self.metrics.transfer(request.command, "received", channel.wire_bytes):
+                        result = await command.handler(request)
+                else:
+                    result = await command.handler(request)
         except Refused as exc:
             await self._refuse(request, str(exc), exc.reason)
         except RemoteError as exc:
@@ -326,8 +411,9 @@ class Agent(Generic[V]):
         except OSError as exc:
             self.log.error("%s: %s", request.command, exc)
             await self._refuse(request, f"{request.command}: {exc.strerror or exc}", "io-error")
-        except Exception:
+        except Exception as exc:
             # A bug, not the peer's fault: keep the traceback for us, answer the peer, keep serving.
+            self.metrics.errors.labels(type(exc).__name__).inc()
             self.log.exception("%s: internal error", request.command)
             await self._refuse(request, f"{request.command}: internal error in the {self.host_type} agent "
                                f"{self.config.id} (its log has the traceback)", "internal-error")
@@ -336,6 +422,7 @@ class Agent(Generic[V]):
                 await channel.respond(request.id, result)
 
     async def _refuse(self, request: Request, error: str, reason: str | None) -> None:
+        self.metrics.refusals.labels(request.command, reason or ProtocolError.reason).inc()
         if request.answered:
             # An accepted transfer: its handler already told the peer with abort.
             self.log.warning("%s failed after it was accepted: %s", request.command, error)

@@ -37,8 +37,17 @@ from ..net.stream import HashSyncCursor
 from ..net.transport import open_connection
 from ..store import Store, store_from_config
 from ._server import GID, VOL, Agent, Command, Request, args_schema
-from .archive_volume import ApplyPlan, ArchiveAction, ArchiveVolume, MergePlan, PartialReplica, delete_diff_files
+from .archive_volume import (
+    NO_BASE_STATES,
+    ApplyPlan,
+    ArchiveAction,
+    ArchiveVolume,
+    MergePlan,
+    PartialReplica,
+    delete_diff_files,
+)
 from .config import Config
+from .metrics import Families
 from .state import ARCHIVE_ACTIVE, Refused
 from .transfers import (
     InOrder,
@@ -135,14 +144,18 @@ class ArchiveAgent(Agent[ArchiveVolume]):
             "applicable-diff": vol_getter(lambda v, a: [
                 str(diff) for diff in v.diffs.chain.applicable_diffs(v.base.snap_b, max_gid=optional_gid(a))]),
             "exists-diff": vol_getter(lambda v, a: int(exists_diff(v, a))),
-            "latest-snap": vol_getter(lambda v, a: str(v.latest_snap())),
+            "latest-snap": vol_getter(lambda v, a: str(v.latest_snap()), lambda v: {
+                "kind": "archive", "snap": str(v.latest_snap()), "gid": v.latest_snap().gid_b,
+                "timestamp": self.newest_timestamp(v)}),
             "exists-base-image": vol_getter(lambda v, a: int(self.store.base_exists(v.vol))),
             "restorable": vol_getter(lambda v, a: [
                 {"gid": r.gid, "timestamp": r.timestamp, "explicit": r.is_explicit,
                  "text": f"{r.gid} {format_pretty_time(r.timestamp)} {int(r.is_explicit)}"}
                 for r in v.restorable(include_implicit=a == "all" or a == ["all"])]),
             "restored": vol_getter(lambda v, a: self.store.restored(v.vol)),
-            "ts-delta": vol_getter(lambda v, a: self.ts_delta(v)),
+            "ts-delta": lambda args: (self.ts_delta(self.volume(args["vol"])) if args.get("vol") is not None else
+                                      [entry for volume in self.stored_volumes() if volume.state in ARCHIVE_ACTIVE
+                                       for entry in self.ts_delta(volume)]),
             "restoring": vol_getter(lambda v, a: sorted(v.restoring)),
             "base-usage": vol_getter(lambda v, a: self.store.base_allocated(v.vol) if self.store.base_exists(v.vol)
                                      else 0),
@@ -167,6 +180,36 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         return [volume.vol for volume in self.stored_volumes() if volume.state != "Clear"]
 
     # ------------------------------------------------------------------ volumes
+
+    def collect_metrics(self, families: Families) -> None:
+        super().collect_metrics(families)
+        now = time.time()
+        for volume in self.stored_volumes():
+            if volume.state in NO_BASE_STATES:
+                continue
+            labels = {"vol": volume.vol}
+            restorable = volume.restorable(include_implicit=True)
+            if restorable:
+                families.gauge("walbops_archive_rpo_seconds", "Age of the newest restorable snapshot (the RPO)",
+                               labels, max(0.0, now - restorable[-1].timestamp))
+                families.gauge("walbops_archive_restorable_snapshots", "Snapshots that restore, implicit ones too",
+                               labels, len(restorable))
+            families.gauge("walbops_archive_latest_gid", "Gid of the latest snapshot", labels,
+                           volume.latest_snap().gid_b)
+            families.gauge("walbops_archive_diffs", "Diffs stored", labels, len(volume.diffs.chain))
+            families.gauge("walbops_archive_diff_bytes", "Bytes of diffs stored", labels, volume.total_diff_size())
+            families.gauge("walbops_archive_restored_snapshots", "Restored snapshots kept", labels,
+                           len(self.store.restored(volume.vol)))
+            for action in ArchiveAction:
+                families.gauge("walbops_archive_actions_running", "Actions running (apply, merge, restore, "
+                               "replicate...)", {"vol": volume.vol, "action": str(action)},
+                               volume.actions.count(action))
+            for replica in self.ts_delta(volume):
+                where = {"vol": volume.vol, "destination": replica["destination"]}
+                families.gauge("walbops_archive_replication_lag_seconds", "How much older a replica's newest "
+                               "snapshot is than this archive's", where, replica["time_delta"])
+                families.gauge("walbops_archive_replication_lag_gids", "Gids a replica is behind", where,
+                               replica["gid_delta"])
 
     def volume_status(self, vol: str) -> dict[str, Any]:
         volume = self.volume(vol)
@@ -808,30 +851,31 @@ class ArchiveAgent(Agent[ArchiveVolume]):
             channel = await open_connection(args["host"], args["port"], self.key, str(self.config.id), "archive",
                                             timeout=float(self.config.socket_timeout))
             async with channel:
-                answer = await channel.request(messages.REPL_SYNC, {
-                    "vol": volume.vol, "uuid": volume.uuid.hex(), "archive_uuid": volume.archive_uuid.hex(),
-                    "size_lb": volume.size_lb, "do_resync": bool(args.get("do_resync", False)),
-                    "bulk_lb": REPL_BULK_LB})
-                kind = answer.get("kind") if isinstance(answer, dict) else None
-                if kind not in messages.REPL_KINDS:
-                    raise OperationError(f"{volume.vol}: {destination} answered repl-sync with {answer!r}")
-                if kind == "full":
-                    base = volume.base
-                    start_lb = _resume_at(answer.get("resume"), base, REPL_BULK_LB)
-                    with self.store.open_base(volume.vol, writable=False) as target, \
-                            _finally(lambda: setattr(volume, "progress_lb", 0)):
-                        await send_base_replica(channel, volume.uuid, target.fd, volume.size_lb, REPL_BULK_LB,
-                                                base.to_str(), lambda lb: setattr(volume, "progress_lb", lb),
-                                                start_lb)
-                    if start_lb:
-                        action.detail["resumed_at_lb"] = start_lb
-                    latest = base.snap_b
-                    self._note_replica(volume, destination, latest, base.timestamp)
-                elif kind == "resync":
-                    latest = await self._send_resync(channel, volume, destination)
-                else:
-                    latest = MetaSnap.parse(str(answer.get("latest")))
-                latest, sent, hashed = await self._send_diffs(channel, volume, destination, latest, args)
+                with self.metrics.transfer(messages.REPL_SYNC, "sent", channel.wire_bytes):
+                    answer = await channel.request(messages.REPL_SYNC, {
+                        "vol": volume.vol, "uuid": volume.uuid.hex(), "archive_uuid": volume.archive_uuid.hex(),
+                        "size_lb": volume.size_lb, "do_resync": bool(args.get("do_resync", False)),
+                        "bulk_lb": REPL_BULK_LB})
+                    kind = answer.get("kind") if isinstance(answer, dict) else None
+                    if kind not in messages.REPL_KINDS:
+                        raise OperationError(f"{volume.vol}: {destination} answered repl-sync with {answer!r}")
+                    if kind == "full":
+                        base = volume.base
+                        start_lb = _resume_at(answer.get("resume"), base, REPL_BULK_LB)
+                        with self.store.open_base(volume.vol, writable=False) as target, \
+                                _finally(lambda: setattr(volume, "progress_lb", 0)):
+                            await send_base_replica(channel, volume.uuid, target.fd, volume.size_lb, REPL_BULK_LB,
+                                                    base.to_str(), lambda lb: setattr(volume, "progress_lb", lb),
+                                                    start_lb)
+                        if start_lb:
+                            action.detail["resumed_at_lb"] = start_lb
+                        latest = base.snap_b
+                        self._note_replica(volume, destination, latest, base.timestamp)
+                    elif kind == "resync":
+                        latest = await self._send_resync(channel, volume, destination)
+                    else:
+                        latest = MetaSnap.parse(str(answer.get("latest")))
+                    latest, sent, hashed = await self._send_diffs(channel, volume, destination, latest, args)
             if kind == "diff" and hashed:
                 kind = "hash"  # WalB's HASH: the destination was behind this archive's base
             action.detail.update(kind=kind, diffs=sent, destination=destination, latest=str(latest))
@@ -920,15 +964,20 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         """Each destination this agent replicated ``volume`` to: its latest snapshot, and how far
         behind this archive's latest it is (gids and seconds of snapshot time)."""
         here = volume.latest_snap()
-        newest = max([volume.base.timestamp, *(diff.timestamp for diff in volume.diffs.chain.applicable_diffs(
-            volume.base.snap_b))])
+        newest = self.newest_timestamp(volume)
         found = []
         for (vol, _), entry in sorted(self.replicas.items()):
             if vol == volume.vol:
                 there = MetaSnap.parse(entry["latest"])
-                found.append({**entry, "source_latest": str(here), "gid_delta": here.gid_b - there.gid_b,
+                found.append({**entry, "name": vol, "source_latest": str(here), "gid_delta": here.gid_b - there.gid_b,
                               "time_delta": max(0, newest - entry["timestamp"])})
         return found
+
+    @staticmethod
+    def newest_timestamp(volume: ArchiveVolume) -> int:
+        """The snapshot time of the volume's latest snapshot: its base's, or its newest applicable diff's."""
+        return max([volume.base.timestamp, *(diff.timestamp for diff in volume.diffs.chain.applicable_diffs(
+            volume.base.snap_b))])
 
 
 @contextlib.contextmanager

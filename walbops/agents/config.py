@@ -57,6 +57,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("tls_ca", {"type": "string"}, None, ROLES, "TLS mode: the CA certificates it trusts (two in a rollover)"),
     Option("shutdown_timeout", _SECONDS, 30.0, ROLES, "graceful shutdown waits this long for work to end [s]"),
     Option("debug", {"type": "boolean"}, False, ROLES, "debug logging"),
+    Option("metrics_listen", {"type": "string", "pattern": r"^([^\s:]+:[0-9]{1,5})?$"}, "", ROLES,
+           "serve Prometheus metrics at http://HOST:PORT/metrics (docs/operations.md; empty: off)"),
     # storage
     Option("archive", _HOST_PORT, None, ("storage",), "primary archive, HOST:PORT"),
     Option("proxies", {"type": "array", "items": _HOST_PORT, "minItems": 1}, None, ("storage",),

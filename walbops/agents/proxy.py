@@ -23,6 +23,7 @@ from ..net import messages
 from ..net.transport import open_connection
 from ._server import VOL, Agent, Command, Request, args_schema
 from .config import Config
+from .metrics import Families, observed
 from .proxy_volume import SENDING_PREFIX, STORED_COMPRESSION, ArchiveInfo, ProxyVolume, WlogReceiver
 from .state import Refused
 from .transfers import InOrder, file_chunks, receive_file, send_wdiff
@@ -67,6 +68,8 @@ class ProxyAgent(Agent[ProxyVolume]):
         })
         self.getters.update({
             "state": self.vol_getter(lambda v, a: v.state),
+            "latest-snap": self.vol_getter(lambda v, a: self._latest_snap(v),
+                                           lambda v: {"archives": self._latest_snap(v)}),
             "archive-info": self.vol_getter(lambda v, a: [info.as_dict() for info in v.archives.values()]),
             "proxy-diff": self.vol_getter(lambda v, a: {name: [str(d) for d in v.pending(name)]
                                                          for name in v.archives}),
@@ -76,6 +79,34 @@ class ProxyAgent(Agent[ProxyVolume]):
 
     def volume_status(self, vol: str) -> dict[str, Any]:
         return self.volume(vol).status()
+
+    @staticmethod
+    def _latest_snap(volume: ProxyVolume) -> list[dict[str, Any]]:
+        """WalB's proxy ``latest-snap``: per archive, the newest diff waiting for it (none: all sent)."""
+        found = []
+        for name in sorted(volume.archives):
+            queued = volume.pending(name)
+            newest = queued[-1] if queued else None
+            found.append({"kind": "proxy", "archive": name, "gid": newest.snap_e.gid_b if newest else None,
+                          "timestamp": newest.timestamp if newest else None})
+        return found
+
+    def collect_metrics(self, families: Families) -> None:
+        super().collect_metrics(families)
+        now = time.time()
+        for volume in self.stored_volumes():
+            for name in volume.archives:
+                labels = {"vol": volume.vol, "archive": name}
+                queued = volume.pending(name)
+                families.gauge("walbops_proxy_queued_diffs", "Diffs waiting to be sent to an archive", labels,
+                               len(queued))
+                families.gauge("walbops_proxy_queued_bytes", "Bytes of diffs waiting to be sent to an archive",
+                               labels, sum(diff.data_size for diff in queued))
+                families.gauge("walbops_proxy_oldest_queued_seconds", "Snapshot age of the oldest diff waiting "
+                               "for an archive (0: none)", labels,
+                               max(0.0, now - min(diff.timestamp for diff in queued)) if queued else 0.0)
+                families.gauge("walbops_proxy_send_error", "1 while sending to that archive fails", labels,
+                               observed(volume.send_error.get(name)))
 
     async def on_start(self) -> None:
         # WalB: the proxy starts every volume that has a directory.
@@ -344,4 +375,5 @@ class ProxyAgent(Agent[ProxyVolume]):
         channel = await open_connection(info.host, info.port, self.key, str(self.config.id), "proxy",
                                         timeout=float(self.config.socket_timeout))
         async with channel:
-            await send_wdiff(channel, volume.vol, uuid, volume.size_lb, diff, file_chunks(path))
+            with self.metrics.transfer(messages.WDIFF_TRANSFER, "sent", channel.wire_bytes):
+                await send_wdiff(channel, volume.vol, uuid, volume.size_lb, diff, file_chunks(path))

@@ -9,6 +9,7 @@ and only after the proxy's ``ack`` advances ``done`` and lets the ring reuse the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from ..net import messages
 from ..net.transport import open_connection
 from ._server import VOL, Agent, Command, Request, args_schema
 from .config import Config, host_port
+from .metrics import Families, observed
 from .storage_volume import StorageVolume
 from .transfers import Throttle, send_full_backup, send_hash_backup, send_wlog
 
@@ -64,14 +66,14 @@ class StorageAgent(Agent[StorageVolume]):
             "kick": Command(self.cmd_kick, args_schema({}, {"vol": VOL, "archive": {"type": "string"}}),
                             "ship now, retry now"),
         })
+        self._device_status: dict[str, dict[str, Any]] = {}  # vol -> its device's status at the last scrape
         self.getters.update({
             "state": self.vol_getter(lambda v, a: v.state),
             "uuid": self.vol_getter(lambda v, a: v.uuid.hex()),
             "progress": self.vol_getter(lambda v, a: v.progress_lb),
             "is-overflow": self.vol_getter(lambda v, a: int(self.device(v).call("is_overflow")["overflow"])),
-            "log-usage": self.vol_getter(lambda v, a: self.device(v).call("log_usage")),
-            "latest-snap": self.vol_getter(lambda v, a: {"gid": (v.queue[-1] if v.queue else v.done).gid,
-                                                "lsid": (v.queue[-1] if v.queue else v.done).lsid}),
+            "log-usage": self.vol_getter(lambda v, a: self.device(v).call("log_usage"), self._log_usage),
+            "latest-snap": self.vol_getter(lambda v, a: self._latest_snap(v), self._latest_snap),
             "vol-size": self.vol_getter(lambda v, a: self.device(v).call("status")["size_lb"]),
         })
 
@@ -87,6 +89,64 @@ class StorageAgent(Agent[StorageVolume]):
         except OperationError as exc:
             status["device_error"] = str(exc)
         return status
+
+    def _log_usage(self, volume: StorageVolume) -> dict[str, Any]:
+        """One volume of ``get log-usage`` without a volume: WalB's ``usage_pb``, ``capacity_pb``, ``pbs``."""
+        if not volume.wdev:
+            return {"error": "no walb device bound"}
+        try:
+            status = self.device(volume).call("status")
+        except OperationError as exc:
+            return {"error": str(exc)}
+        return {"usage_pb": status["log_usage_pb"], "capacity_pb": status["log_capacity_pb"], "pbs": status["pbs"]}
+
+    @staticmethod
+    def _latest_snap(volume: StorageVolume) -> dict[str, Any]:
+        """The newest snapshot taken (queued to ship, or shipped): WalB's storage ``latest-snap``."""
+        latest = volume.queue[-1] if volume.queue else volume.done
+        return {"kind": "storage", "gid": latest.gid, "lsid": latest.lsid, "timestamp": latest.timestamp}
+
+    async def refresh_metrics(self) -> None:
+        statuses: dict[str, dict[str, Any]] = {}
+        for volume in self.stored_volumes():
+            if volume.wdev:
+                with contextlib.suppress(WalbopsError, OSError):
+                    statuses[volume.vol] = await self.device_call(volume, "status")
+        self._device_status = statuses
+
+    def collect_metrics(self, families: Families) -> None:
+        super().collect_metrics(families)
+        now = time.time()
+        for volume in self.stored_volumes():
+            labels = {"vol": volume.vol}
+            families.gauge("walbops_storage_full_scan_progress_bytes", "Bytes a full or hash backup has sent so far",
+                           labels, volume.progress_lb * LOGICAL_BLOCK_SIZE)
+            device = self._device_status.get(volume.vol)
+            if device is None:
+                families.gauge("walbops_storage_device_up", "1 if the volume's walb device answers", labels, 0)
+                continue
+            families.gauge("walbops_storage_device_up", "1 if the volume's walb device answers", labels, 1)
+            pbs = int(device["pbs"])
+            families.gauge("walbops_storage_log_usage_bytes", "Log space holding logs not yet released", labels,
+                           device["log_usage_pb"] * pbs)
+            families.gauge("walbops_storage_log_capacity_bytes", "Size of the log ring", labels,
+                           device["log_capacity_pb"] * pbs)
+            families.gauge("walbops_storage_overflow", "1 if the log overflowed (a hash backup recovers)", labels,
+                           observed(device["overflow"]))
+            lsids = device["lsids"]
+            for name in ("oldest", "prev_written", "written", "permanent", "completed", "latest"):
+                families.gauge("walbops_storage_lsid", "The device's lsids [physical blocks]",
+                               {"vol": volume.vol, "lsid": name}, lsids[name])
+            families.gauge("walbops_storage_lsid", "The device's lsids [physical blocks]",
+                           {"vol": volume.vol, "lsid": "done"}, volume.done.lsid)
+            unshipped = max(0, lsids["latest"] - volume.done.lsid)
+            families.gauge("walbops_storage_unshipped_bytes", "Logs written but not yet acknowledged by a proxy",
+                           labels, unshipped * pbs)
+            if volume.done.timestamp:
+                # What a lost storage host would lose: the writes since the newest snapshot a proxy
+                # acknowledged, none when every write is acknowledged (an idle volume is not stale).
+                families.gauge("walbops_storage_rpo_seconds", "Age of the oldest write not yet acknowledged "
+                               "(0: none)", labels, max(0.0, now - volume.done.timestamp) if unshipped else 0.0)
 
     def device(self, volume: StorageVolume) -> DeviceClient:
         if not volume.wdev:
@@ -277,15 +337,17 @@ class StorageAgent(Agent[StorageVolume]):
             fd = await asyncio.to_thread(open_uncached, status["ddev"])
             try:
                 async with channel:
-                    if kind == "full":
-                        gid = await send_full_backup(channel, volume.vol, fd, size_lb, bulk_lb, int(time.time()),
-                                                     accepted, streamed, progress, self.throttle())
-                        base = f"|0,{gid}|"
-                    else:
-                        snap, gid = await send_hash_backup(channel, volume.vol, fd, size_lb, bulk_lb,
-                                                           int(time.time()), from_snapshot, streamed, progress,
-                                                           self.throttle())
-                        base = f"{snap}-->|{snap.gid_e + 1},{gid}|"
+                    with self.metrics.transfer(messages.DIRTY_FULL_SYNC if kind == "full" else messages.DIRTY_HASH_SYNC,
+                                               "sent", channel.wire_bytes):
+                        if kind == "full":
+                            gid = await send_full_backup(channel, volume.vol, fd, size_lb, bulk_lb, int(time.time()),
+                                                         accepted, streamed, progress, self.throttle())
+                            base = f"|0,{gid}|"
+                        else:
+                            snap, gid = await send_hash_backup(channel, volume.vol, fd, size_lb, bulk_lb,
+                                                               int(time.time()), from_snapshot, streamed, progress,
+                                                               self.throttle())
+                            base = f"{snap}-->|{snap.gid_e + 1},{gid}|"
             finally:
                 os.close(fd)
                 volume.progress_lb = 0
@@ -433,8 +495,9 @@ class StorageAgent(Agent[StorageVolume]):
                 continue
             started = time.monotonic()
             async with channel:
-                await send_wlog(channel, volume.vol, volume.uuid, ring.super.physical_bs,
-                                ring.super.log_checksum_salt, status["size_lb"], diff, end - begin, pieces())
+                with self.metrics.transfer(messages.WLOG_TRANSFER, "sent", channel.wire_bytes):
+                    await send_wlog(channel, volume.vol, volume.uuid, ring.super.physical_bs,
+                                    ring.super.log_checksum_salt, status["size_lb"], diff, end - begin, pieces())
             self.log.info("%s: shipped %s (lsids %d..%d) to %s: end found in %.3f s, sent in %.3f s", volume.vol,
                           diff.range_str(), begin, end, proxy, read, time.monotonic() - started)
             return

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..converge.cluster import DEFAULT_LAYOUT, open_controller, server_of
-from ._common import add_ensure_flags, add_json_flag, emit, parse_size, report
+from ._common import add_ensure_flags, parse_size, report
 
 
 def add_cluster_flags(parser: argparse.ArgumentParser, server_help: str) -> None:
@@ -206,23 +206,3 @@ def cmd_restored(args: argparse.Namespace) -> int:
 
 
 KINDS = (_volume, _backup, _snapshot, _restored, _resized, _replicated, _replaced)
-
-
-def register_info(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("info", help="states, restorable snapshots and ages, log usage, of every agent")
-    parser.add_argument("--layout", default=DEFAULT_LAYOUT, help=f"layout file (default {DEFAULT_LAYOUT})")
-    parser.add_argument("--server", action="append", help="only this agent (repeatable; default: all)")
-    parser.add_argument("--vol", help="only this volume")
-    parser.add_argument("--timeout", type=float, default=10.0, help="per agent [s]")
-    add_json_flag(parser)
-    parser.set_defaults(handler=cmd_info)
-
-
-def cmd_info(args: argparse.Namespace) -> int:
-    from ..converge.info import cluster_info
-
-    controller = open_controller(args.layout, timeout=args.timeout)
-    servers = [server_of(controller, name) for name in args.server] if args.server else list(
-        controller.layout.servers)
-    emit(cluster_info(controller, servers, args.vol), args.json)
-    return 0

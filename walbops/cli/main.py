@@ -9,6 +9,7 @@ authentication, a closed or silent connection); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from .. import __version__
@@ -19,8 +20,8 @@ from . import (
     agent_cmd,
     ctl_cmd,
     demo_cmd,
-    ensure_cluster,
     ensure_cmd,
+    info_cmd,
     keygen_cmd,
     pki_cmd,
     retention_cmd,
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker_cmd.register(commands)
     demo_cmd.register(commands)
     ensure_cmd.register(commands)
-    ensure_cluster.register_info(commands)
+    info_cmd.register(commands)
     return parser
 
 
@@ -57,15 +58,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except WalbopsError as exc:
-        print(f"walbops: {printable(str(exc))}", file=sys.stderr)
-        return exc.exit_code
+        return _failed(args, str(exc), type(exc).__name__, exc.exit_code)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"walbops: {printable(where + str(exc.strerror or exc))}", file=sys.stderr)
-        return 1
+        return _failed(args, where + str(exc.strerror or exc), type(exc).__name__, 1)
     except KeyboardInterrupt:
         print("walbops: interrupted", file=sys.stderr)
         return 130
+
+
+def _failed(args: argparse.Namespace, message: str, kind: str, code: int) -> int:
+    """Say why a command failed: on stderr, and with --json also as JSON on stdout, so that a
+    script reading stdout gets an object either way."""
+    print(f"walbops: {printable(message)}", file=sys.stderr)
+    if getattr(args, "json", False):
+        json.dump({"ok": False, "error": message, "kind": kind, "exit_code": code}, sys.stdout, sort_keys=True)
+        sys.stdout.write("\n")
+    return code
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Facts about the agents of a layout (the ``walb_info`` module, ``walbops info``).
 
-For each agent: whether it answers, and per volume its state; on a storage, log usage
-and overflow; on a proxy, diffs waiting per archive (a synchronizing secondary's lag); on an
+For each agent: whether it answers, and per volume its state; on a storage, log usage,
+overflow, the logs no proxy has acknowledged and how old they are (its view of the recovery
+point); on a proxy, diffs waiting per archive (a synchronizing secondary's lag); on an
 archive, the explicit restorable snapshots with their ages, the age of the newest restorable
 point, implicit snapshots included (the recovery point), what is restored, and the archives it
 replicated the volume to with how far behind each is (``get ts-delta``). An agent that does not
@@ -17,8 +18,16 @@ from ..controller import Controller, Server
 from ..errors import WalbopsError
 
 
-def _storage_volume(controller: Controller, server: Server, vol: str, status: dict[str, Any]) -> dict[str, Any]:
+def _storage_volume(controller: Controller, server: Server, vol: str, status: dict[str, Any],
+                    now: float) -> dict[str, Any]:
     facts: dict[str, Any] = {"wdev": status.get("wdev"), "uuid": status.get("uuid")}
+    done, lsids = status.get("done") or {}, status.get("lsids")
+    if lsids is not None and done:
+        # The storage's view of the recovery point: how old the writes are that no proxy has
+        # acknowledged (0 when every write is; an idle volume is not stale).
+        facts["unshipped_pb"] = max(0, lsids["latest"] - done["lsid"])
+        facts["rpo_seconds"] = (round(max(0.0, now - done["timestamp"]), 1)
+                                if facts["unshipped_pb"] and done["timestamp"] else 0.0)
     try:
         usage = controller.get(server, "log-usage", vol)
         facts["log_usage_pb"] = usage["usage_pb"]
@@ -81,7 +90,7 @@ def server_info(controller: Controller, server: Server, vol: str | None = None) 
         if "error" in volume:  # a broken volume: its metadata does not load (docs/agents.md)
             entry["error"] = volume["error"]
         elif server.role == "storage":
-            entry.update(_storage_volume(controller, server, name, volume))
+            entry.update(_storage_volume(controller, server, name, volume, now))
         elif server.role == "proxy":
             entry.update(_proxy_volume(volume))
         else:

@@ -86,6 +86,12 @@ class Channel:
         self.peer_role: str | None = None
         self._stream_ended = True  # False from a request until its stream's end or abort is read
         self.certified_role: str | None = None  # TLS mode: the role the peer's certificate names
+        self.bytes_sent = 0  # [bytes] of frames, for the agents' transfer metrics
+        self.bytes_received = 0
+
+    def wire_bytes(self) -> int:
+        """Bytes of frames sent and received so far."""
+        return self.bytes_sent + self.bytes_received
 
     @property
     def closed(self) -> bool:
@@ -369,7 +375,9 @@ class Channel:
             raise PeerClosed(f"connection to {self.name} is closed")
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._reader.read(READ_SIZE)
+                data = await self._reader.read(READ_SIZE)
+            self.bytes_received += len(data)
+            return data
         except TimeoutError:
             raise PeerTimeout(f"{self.name} sent nothing for {self.timeout:g} s") from None
         except ConnectionError as exc:
@@ -380,6 +388,7 @@ class Channel:
             raise PeerClosed(f"connection to {self.name} is closed")
         try:
             self._writer.write(frame)
+            self.bytes_sent += len(frame)
             async with asyncio.timeout(self.timeout):
                 await self._writer.drain()
         except TimeoutError:
@@ -503,23 +512,30 @@ async def accept_channel(reader: asyncio.StreamReader, writer: asyncio.StreamWri
 async def serve(host: str, port: int, key: Secret, server_id: str, host_type: str, handler: Handler,
                 timeout: float = DEFAULT_TIMEOUT, *, handshake_timeout: float = HANDSHAKE_TIMEOUT,
                 max_handshakes: int = MAX_HANDSHAKES,
-                max_handshakes_per_source: int = MAX_HANDSHAKES_PER_SOURCE) -> asyncio.Server:
+                max_handshakes_per_source: int = MAX_HANDSHAKES_PER_SOURCE,
+                on_refused: Callable[[str], None] | None = None) -> asyncio.Server:
     """Listen on ``host:port`` and run ``handler(channel)`` for every client that authenticates.
 
     A client that fails the handshake never reaches the handler. A handler's failure closes its
     connection and is logged; the server goes on serving. The channel is closed when the
     handler returns. At most ``max_handshakes`` connections handshake at once, at most
     ``max_handshakes_per_source`` of them from one address; one more is sent ``error {busy}``.
-    Refusals are logged at most 10 a minute. Port 0 picks a free port (``server.sockets[0].getsockname()``). Closing
+    Refusals are logged at most 10 a minute, and each is told to ``on_refused(reason)`` (the
+    agents count them). Port 0 picks a free port (``server.sockets[0].getsockname()``). Closing
     the server stops new connections only: the caller tracks and cancels running handlers.
     """
     admission = Admission(max_handshakes, max_handshakes_per_source)
     refusals = RateLimit(burst=10, period=60.0)
     tls_mode = credentials(key).tls is not None
 
+    def refused(reason: str) -> None:
+        if on_refused is not None:
+            on_refused(reason)
+
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         source = _peer_host(writer)
         if not admission.enter(source):
+            refused(ServerBusy.reason)
             _log_refusal(refusals, "%s: refused: %d connections are handshaking (%d from this address)",
                          _peer_name(writer), admission.total, admission.by_source.get(source, 0))
             busy = Channel(reader, writer, timeout=timeout)
@@ -538,7 +554,7 @@ async def serve(host: str, port: int, key: Secret, server_id: str, host_type: st
 
         try:
             await _serve_one(reader, writer, key, server_id, host_type, handler, timeout, handshake_timeout,
-                             authenticated, refusals)
+                             authenticated, refusals, refused)
         except asyncio.CancelledError:
             # Only a shutdown cancels a connection, and nobody awaits this task: Python 3.11's
             # start_server would log a cancelled one as an error. The channel is closed already.
@@ -576,12 +592,14 @@ class Admission:
 
 async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: Secret, server_id: str,
                      host_type: str, handler: Handler, timeout: float, handshake_timeout: float,
-                     authenticated: Callable[[], None], refusals: RateLimit) -> None:
+                     authenticated: Callable[[], None], refusals: RateLimit, refused: Callable[[str], None]) -> None:
     peer = _peer_name(writer)  # now: a closed TLS transport no longer knows it
     try:
         channel = await accept_channel(reader, writer, key, server_id, host_type, timeout,
                                        handshake_timeout=handshake_timeout)
     except PEER_ERRORS as exc:
+        refused(exc.reason if isinstance(exc, ProtocolError) else
+                "invalid frame" if isinstance(exc, FormatError) else "connection error")
         _log_refusal(refusals, "%s: handshake refused: %s", peer, exc)
         return
     authenticated()
