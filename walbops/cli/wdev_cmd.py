@@ -50,6 +50,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_json_flag(delete)
     delete.set_defaults(handler=cmd_delete)
 
+    up = sub.add_parser("up", help="after a boot: attach its files, start it (redoing its logs), mount it "
+                                   "(a device spec: docs/operations.md)")
+    up.add_argument("name")
+    up.add_argument("--config", required=True, help="the device's spec file (/etc/walbops/devices/NAME.yml)")
+    up.add_argument("--mount", action="store_true", help="also mount its filesystem as the spec says")
+    add_json_flag(up)
+    up.set_defaults(handler=cmd_up)
+
+    down = sub.add_parser("down", help="before a shutdown: unmount it, stop it (a final checkpoint), detach its files")
+    down.add_argument("name")
+    down.add_argument("--config", required=True, help="the device's spec file")
+    down.add_argument("--unmount", action="store_true", help="also unmount its filesystem")
+    add_json_flag(down)
+    down.set_defaults(handler=cmd_down)
+
     listing = sub.add_parser("list", help="running devices")
     add_json_flag(listing)
     listing.set_defaults(handler=cmd_list)
@@ -146,6 +161,20 @@ def cmd_create(args: argparse.Namespace) -> int:
         emit({"name": started.name, "path": started.path, "loop": started.loop, "pid": started.pid}, True)
     else:
         print(started.path)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from ..converge.boot import DeviceSpec, device_up
+
+    emit(device_up(DeviceSpec.load(args.config, args.name), mount=args.mount), args.json)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from ..converge.boot import DeviceSpec, device_down
+
+    emit(device_down(DeviceSpec.load(args.config, args.name), unmount=args.unmount), args.json)
     return 0
 
 

@@ -117,6 +117,8 @@ class Daemon:
                 "ldev": self.config.ldev, "ddev": self.config.ddev, "volume": self.paths.volume,
                 "size_bytes": device.size_lb * LB,
             })
+            with open(self.paths.pid, "w") as stream:
+                stream.write(f"{os.getpid()}\n")
         except (OperationError, OSError) as exc:
             self.report({"ok": False, "error": str(exc)})
             self._unmount()

@@ -65,6 +65,11 @@ class DevicePaths:
         return os.path.join(self.run_dir, "daemon.log")
 
     @property
+    def pid(self) -> str:
+        """The daemon's pid, for a service manager (the walbops-device@ unit's PIDFile)."""
+        return os.path.join(self.run_dir, "daemon.pid")
+
+    @property
     def link(self) -> str:
         return os.path.join(dev_root(), self.name)
 

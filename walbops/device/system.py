@@ -53,7 +53,7 @@ def clear_stale(paths: DevicePaths) -> None:
         subprocess.run(["losetup", "-d", info_loop], capture_output=True)
     # A dead daemon's FUSE mount answers ENOTCONN to everything, exists() included.
     subprocess.run(["umount", "-l", paths.volume], capture_output=True)
-    for path in (paths.info, paths.control, paths.volume):
+    for path in (paths.info, paths.pid, paths.control, paths.volume):
         try:
             os.unlink(path)
         except (FileNotFoundError, IsADirectoryError):
