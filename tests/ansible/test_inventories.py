@@ -47,6 +47,13 @@ def test_example_fleet_layout() -> None:
     assert [server["role"] for server in servers] == ["archive"] * 3 + ["proxy"] + ["storage"] * 3
     assert servers[0] == {"name": "archive1.example.net", "address": "10.20.2.10", "port": 10200, "role": "archive"}
     assert servers[2]["name"] == "archive-dr.example.net"  # the secondary: never the layout's primary
+    # The drill's controller layout reaches each agent through its host's sshd.
+    routed = filters.walbops_layout_servers(groups, {**hostvars, "archive1.example.net": {
+        **hostvars["archive1.example.net"], "ansible_user": "ops", "ansible_port": 2222}}, {
+        "storage": "walbops_storage", "proxy": "walbops_proxy", "archive": "walbops_archive"},
+        {"storage": 10000, "proxy": 10100, "archive": 10200}, ssh=True)
+    assert routed[0] == {**servers[0], "ssh": "ops@10.20.2.10:2222"}
+    assert routed[-1] == {**servers[-1], "ssh": f"root@{hostvars[servers[-1]['name']]['ansible_host']}:22"}
     assert filters.walbops_endpoint("mq1.example.net", hostvars, 10000) == "10.20.0.21:10000"
     assert hostvars["mq1.example.net"]["walbops_storage_archive"] == "archive2.example.net"
     volumes = [volume["name"] for host in groups["walbops_storage"] for volume in hostvars[host]["walbops_volumes"]]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -98,6 +99,12 @@ def test_site_over_ssh_from_nothing(fleet: dict) -> None:
     assert f"{fleet['hosts']['proxy0'].ip}:10100" in config and f"{fleet['hosts']['archive0'].ip}:10200" in config
     # TLS mode: each agent holds its own role's certificate, the CA's key stays on the controller,
     # encrypted, and the passphrase is in no output.
+    # The roles turn metrics on: each agent serves them on its host's address.
+    for name, port, metric in (("storage0", 9710, 'walbops_volume_state{state="Target",vol="storage0-vol0"} 1.0'),
+                               ("proxy0", 9711, "walbops_build_info"),
+                               ("archive0", 9712, "walbops_archive_rpo_seconds")):
+        with urllib.request.urlopen(f"http://{fleet['hosts'][name].ip}:{port}/metrics", timeout=10) as answer:
+            assert metric in answer.read().decode(), name
     assert "cluster_key_file" not in config and "tls_cert: " + str(fleet["root"] / "storage0" / "etc" / "tls" /
                                                                    "storage.crt") in config
     ca = fleet["root"] / "controller" / "ca"
@@ -146,8 +153,26 @@ def test_dr_drill_verifies_every_volume(fleet: dict) -> None:
 
 def test_dr_drill_on_the_secondary_archive(fleet: dict) -> None:
     """The off-site drill: every volume restored and verified on archive1, which the proxies keep
-    up to date; the report names it and gives each volume's replication lag."""
-    report, report_path = drill(fleet, "secondary-reports", walbops_drill_on="secondary")
+    up to date; the report names it and gives each volume's replication lag. Its controller steps
+    (recovery point, replication) run on the Ansible controller through each host's sshd
+    (paramiko), with a certificate issued to the controller: first refused while the hosts' keys
+    are not in known_hosts, then with them."""
+    hosts = fleet["hosts"]
+    known_hosts = fleet["root"] / "known_hosts"
+    known_hosts.write_text("")
+    control = {"walbops_drill_control": "ssh", "walbops_ssh_known_hosts": str(known_hosts),
+               "walbops_ssh_key_file": str(hosts.client_key)}
+    refused = run_playbook("dr_drill.yml", fleet["inventory"], extra_vars={
+        "walbops_report_dir": str(fleet["root"] / "refused-reports"), "walbops_drill_on": "secondary", **control})
+    assert refused.returncode != 0 and f"is not in {known_hosts}" in refused.output, refused.describe()
+    lines = []
+    for name in HOSTS:
+        kind, blob, *_ = (hosts.workdir / "hosts" / name / "ssh_host_ed25519_key.pub").read_text().split()
+        lines.append(f"{hosts[name].ip} {kind} {blob}\n")
+    known_hosts.write_text("".join(lines))
+    report, report_path = drill(fleet, "secondary-reports", walbops_drill_on="secondary", **control)
+    layout = (fleet["inventory"].parent / "files" / "controller-layout.yml").read_text()
+    assert f"ssh: root@{hosts['archive1'].ip}:22" in layout and "ansible-controller.crt" in layout
     assert report["on"] == "secondary" and report["missing"] == []
     assert int(report["verified"]) == int(report["total"]) == len(STORAGES)
     for volume in report["volumes"]:

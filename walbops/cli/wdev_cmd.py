@@ -50,20 +50,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_json_flag(delete)
     delete.set_defaults(handler=cmd_delete)
 
-    up = sub.add_parser("up", help="after a boot: attach its files, start it (redoing its logs), mount it "
-                                   "(a device spec: docs/operations.md)")
-    up.add_argument("name")
-    up.add_argument("--config", required=True, help="the device's spec file (/etc/walbops/devices/NAME.yml)")
-    up.add_argument("--mount", action="store_true", help="also mount its filesystem as the spec says")
-    add_json_flag(up)
-    up.set_defaults(handler=cmd_up)
-
-    down = sub.add_parser("down", help="before a shutdown: unmount it, stop it (a final checkpoint), detach its files")
-    down.add_argument("name")
-    down.add_argument("--config", required=True, help="the device's spec file")
-    down.add_argument("--unmount", action="store_true", help="also unmount its filesystem")
-    add_json_flag(down)
-    down.set_defaults(handler=cmd_down)
+    for action, text, flag, flag_text, handler in (
+            ("up", "after a boot: attach its files, start it (redoing its logs), mount it (a device spec: "
+                   "docs/operations.md)", "--mount", "also mount its filesystem as the spec says", cmd_up),
+            ("down", "before a shutdown: unmount it, stop it (a final checkpoint), detach its files", "--unmount",
+             "also unmount its filesystem", cmd_down)):
+        boot = sub.add_parser(action, help=text)
+        boot.add_argument("name")
+        boot.add_argument("--config", required=True, help="the device's spec file (/etc/walbops/devices/NAME.yml)")
+        boot.add_argument(flag, action="store_true", help=flag_text)
+        add_json_flag(boot)
+        boot.set_defaults(handler=handler)
 
     listing = sub.add_parser("list", help="running devices")
     add_json_flag(listing)

@@ -35,9 +35,14 @@ def _archives_primaries_first(groups, hostvars, role_groups):
     return [host for host in archives if host not in secondaries] + secondaries
 
 
-def walbops_layout_servers(groups, hostvars, role_groups, ports):
+def walbops_layout_servers(groups, hostvars, role_groups, ports, ssh=False):
     """The layout's servers: every agent of the inventory, archives first and primaries before
-    secondaries (the layout's first archive is its primary)."""
+    secondaries (the layout's first archive is its primary).
+
+    With ``ssh``, each server is reached through its host's sshd (``ssh: USER@HOST:PORT`` from
+    ``ansible_user``, ``ansible_host`` and ``ansible_port``; docs/security.md): the layout of a
+    controller outside the fleet's network, as the drill's ``walbops_drill_control: ssh`` writes.
+    """
     servers = []
     for role in ("archive", "proxy", "storage"):
         hosts = _archives_primaries_first(groups, hostvars, role_groups) if role == "archive" \
@@ -45,7 +50,12 @@ def walbops_layout_servers(groups, hostvars, role_groups, ports):
         for host in hosts:
             address, _, port = walbops_endpoint(host, hostvars, ports[role]).rpartition(":")
             name = hostvars[host].get("walbops_agent_name") or host
-            servers.append({"name": name, "address": address, "port": int(port), "role": role})
+            server = {"name": name, "address": address, "port": int(port), "role": role}
+            if ssh:
+                facts = hostvars[host]
+                server["ssh"] = (f"{facts.get('ansible_user') or 'root'}@{facts.get('ansible_host') or host}:"
+                                 f"{int(facts.get('ansible_port') or 22)}")
+            servers.append(server)
     return servers
 
 
