@@ -43,6 +43,8 @@ before each timed step), because absolute times on shared machines are not stabl
 (f) TLS: (a) and (b) at 1 % on fresh clusters in key mode and in TLS mode (docs/security.md),
     ``--tls-rounds`` rounds in alternating order; the cost is TLS's mean time over key mode's,
     minus one.
+(g) metrics: the same with every agent serving Prometheus metrics and scraped every second
+    (docs/operations.md), ``--metrics-rounds`` rounds, against metrics off.
 
     .venv/bin/python benchmarks/backup.py [--quick] [--size 2G] [--scale-sizes 1G,4G|none] [--skip-large]
                                           [--changes 1,5] [--dir /var/tmp] [--verify]
@@ -52,7 +54,8 @@ before each timed step), because absolute times on shared machines are not stabl
 Targets (issue 4): full backup >= 0.7x the raw TCP copy; snapshot -> restorable >= 10x faster
 than the hash scan at 1 % change; every agent under 256 MiB peak RSS. (e): the hash backup
 faster than rsync and than the full backup at both change rates, its bytes near the changed
-bytes. (f) (issue 13): TLS costs under 15 % on (a) and under 10 % on (b). Needs root, FUSE and
+bytes. (f) (issue 13): TLS costs under 15 % on (a) and under 10 % on (b). (g) (issue 14): metrics
+cost under 3 % on both. Needs root, FUSE and
 loop devices, and 3.3x the largest volume size + 1 GiB of free disk in ``--dir`` (a scale
 size that does not fit is skipped and listed under ``skipped``; ``--skip-large`` leaves out
 those above ``--size``). The default run takes about 5 minutes. ``--quick`` runs the same
@@ -92,6 +95,7 @@ INCREMENTAL_TARGET = 10.0  # hash-scan seconds / walbops snapshot->restorable se
 RSS_TARGET = 256 * MiB  # [bytes] per agent
 TLS_FULL_TARGET = 0.15  # (f): TLS mode's extra time on (a), as a fraction of key mode's
 TLS_INCREMENTAL_TARGET = 0.10  # (f): the same on (b)
+METRICS_TARGET = 0.03  # (g): metrics on and scraped: extra time on (a) and on (b), as a fraction
 RECORD = struct.Struct("<QI")  # a hash-scan block on the wire: index, length (then the bytes)
 END = (1 << 64) - 1  # RECORD index that ends the hash-scan stream
 DISK_FACTOR = 3.3  # free disk a volume needs, in volume sizes (ddev, scan target, archive base, diffs)
@@ -600,41 +604,54 @@ def timed_full_backup(cluster: Cluster, slow: float, bulk_size: int | None = Non
     return time.perf_counter() - start
 
 
-def tls_round(root: Path, mode: str, source: Path, size: int, count: int, index: int,
-              args: argparse.Namespace) -> tuple[float, float]:
-    """One (f) round in one mode on a fresh cluster: the full backup's and the incremental's seconds."""
+SCRAPE_INTERVAL = 1.0  # [s] (g): how often the benchmark scrapes each agent (Prometheus: 15-60 s)
+
+
+class Scraper:
+    """(g): fetch every agent's /metrics every SCRAPE_INTERVAL seconds while a round runs."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self._stop.wait(SCRAPE_INTERVAL):
+            for port in self.ports:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+                    answer.read()
+                self.scrapes += 1
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def variant_round(root: Path, mode: str, source: Path, size: int, count: int, index: int,
+                  args: argparse.Namespace, step: str) -> tuple[float, float]:
+    """One (f) or (g) round in one mode on a fresh cluster: the full backup's and the incremental's
+    seconds. Modes: ``key`` (the baseline), ``tls``, ``metrics`` (key mode, every agent serving
+    metrics and scraped every SCRAPE_INTERVAL)."""
     root.mkdir()
     ddev, ldev = str(root / "ddev.img"), str(root / "ldev.img")
     shutil.copyfile(source, ddev)
     with open(ldev, "wb") as stream:
         stream.truncate(int(2.5 * size / 100) // MiB * MiB + 64 * MiB)
     cluster = Cluster(root, tuning={}, tls=mode == "tls")
-    ctl, vol = cluster.ctl, cluster.vol
+    ports = [free_port() for _ in ("storage", "proxy", "archive")] if mode == "metrics" else []
+    for role, port in zip(("storage", "proxy", "archive"), ports, strict=False):
+        cluster.agent_args[role] = ["--metrics-listen", f"127.0.0.1:{port}"]
     slow = slow_timeout(size)
     try:
-        device = start_group(cluster, f"bkt{os.getpid()}{index}{mode}", ldev, ddev)
-        say(f"(f) round {index + 1}, {mode} mode: full backup")
-        full = timed_full_backup(cluster, slow)
-        say(f"(f) round {index + 1}, {mode} mode: 1 % changed, snapshot -> restorable")
-        ctl.run("s0", "stop", vol=vol)
-        random_writes(device, size, count, np.random.default_rng(args.seed + 300 + index))
-        cluster.wait_applied()
-        drop_caches()
-        start = time.perf_counter()
-        gid = int(ctl.run("s0", "snapshot", vol=vol)["gid"])
-        ctl.run("s0", "start", vol=vol, role="target")
-        cluster.wait(lambda: gid in ctl.get_restorable("a0", vol, include_implicit=True),
-                     f"snapshot {gid} restorable", slow)
-        incremental = time.perf_counter() - start
-        if args.verify:
-            expected = sha1_of(device)
-            restored = ctl.restore("a0", vol, gid, timeout=slow)
-            try:
-                if sha1_of(restored) != expected:
-                    raise SystemExit(f"(f) {mode} mode: the restored snapshot differs from the device")
-            finally:
-                ctl.del_restored("a0", vol, gid)
-        return full, incremental
+        with Scraper(ports) if ports else contextlib.nullcontext():
+            return _timed_round(cluster, mode, size, count, index, slow, args, step)
     finally:
         with cleaning():
             errors = cluster.teardown()
@@ -643,34 +660,68 @@ def tls_round(root: Path, mode: str, source: Path, size: int, count: int, index:
                 print("[backup bench] cleanup: " + "; ".join(errors), file=sys.stderr, flush=True)
 
 
-def bench_tls(work: Path, size: int, args: argparse.Namespace) -> dict[str, Any]:
-    """(f): (a) and (b) in key mode and in TLS mode on the same data, alternating the order over
-    ``args.tls_rounds`` rounds (key, TLS; then TLS, key; …) so that drift favours neither."""
+def _timed_round(cluster: Cluster, mode: str, size: int, count: int, index: int, slow: float,
+                 args: argparse.Namespace, step: str) -> tuple[float, float]:
+    ctl, vol = cluster.ctl, cluster.vol
+    ldev, ddev = str(cluster.root / "ldev.img"), str(cluster.root / "ddev.img")
+    device = start_group(cluster, f"bkt{os.getpid()}{index}{mode}", ldev, ddev)
+    say(f"{step} round {index + 1}, {mode} mode: full backup")
+    full = timed_full_backup(cluster, slow)
+    say(f"{step} round {index + 1}, {mode} mode: 1 % changed, snapshot -> restorable")
+    ctl.run("s0", "stop", vol=vol)
+    random_writes(device, size, count, np.random.default_rng(args.seed + 300 + index))
+    cluster.wait_applied()
+    drop_caches()
+    start = time.perf_counter()
+    gid = int(ctl.run("s0", "snapshot", vol=vol)["gid"])
+    ctl.run("s0", "start", vol=vol, role="target")
+    cluster.wait(lambda: gid in ctl.get_restorable("a0", vol, include_implicit=True),
+                 f"snapshot {gid} restorable", slow)
+    incremental = time.perf_counter() - start
+    if args.verify:
+        expected = sha1_of(device)
+        restored = ctl.restore("a0", vol, gid, timeout=slow)
+        try:
+            if sha1_of(restored) != expected:
+                raise SystemExit(f"{step} {mode} mode: the restored snapshot differs from the device")
+        finally:
+            ctl.del_restored("a0", vol, gid)
+    return full, incremental
+
+
+def bench_variant(work: Path, size: int, args: argparse.Namespace, mode: str, rounds: int,
+                  targets: tuple[float, float]) -> dict[str, Any]:
+    """(f) and (g): (a) and (b) at 1 % in key mode and in ``mode`` on the same data, alternating
+    the order over ``rounds`` rounds (key, mode; then mode, key; …) so that drift favours neither;
+    the cost of ``mode`` is its mean time over key mode's, minus one."""
     rng = np.random.default_rng(args.seed + 200)
-    source = work / "tls-source.img"
-    say(f"(f) {label(size)}: writing the volume (half random, half zeros)")
+    source = work / f"{mode}-source.img"
+    step = "(g)" if mode == "metrics" else "(f)"
+    say(f"{step} {label(size)}: writing the volume (half random, half zeros)")
     fill_mixed(str(source), size, rng)
     count = max(1, round(size // BLOCK * 1 / 100))
-    times: dict[str, dict[str, list[float]]] = {mode: {"full": [], "incremental": []} for mode in ("key", "tls")}
-    for index in range(args.tls_rounds):
-        for mode in (("key", "tls") if index % 2 == 0 else ("tls", "key")):
-            full, incremental = tls_round(work / f"tls-{index}-{mode}", mode, source, size, count, index, args)
-            times[mode]["full"].append(full)
-            times[mode]["incremental"].append(incremental)
+    times: dict[str, dict[str, list[float]]] = {name: {"full": [], "incremental": []} for name in ("key", mode)}
+    for index in range(rounds):
+        for name in (("key", mode) if index % 2 == 0 else (mode, "key")):
+            full, incremental = variant_round(work / f"{mode}-{index}-{name}", name, source, size, count, index,
+                                              args, step)
+            times[name]["full"].append(full)
+            times[name]["incremental"].append(incremental)
     source.unlink()
 
     def mean(values: list[float]) -> float:
         return sum(values) / len(values)
 
-    full_cost = mean(times["tls"]["full"]) / mean(times["key"]["full"]) - 1
-    incremental_cost = mean(times["tls"]["incremental"]) / mean(times["key"]["incremental"]) - 1
+    full_cost = mean(times[mode]["full"]) / mean(times["key"]["full"]) - 1
+    incremental_cost = mean(times[mode]["incremental"]) / mean(times["key"]["incremental"]) - 1
     return {
-        "volume": label(size), "rounds": args.tls_rounds, "changed_percent": 1,
-        "seconds": {mode: {step: [round(value, 3) for value in values] for step, values in steps.items()}
-                    for mode, steps in times.items()},
-        "a_full_backup_tls_cost": round(full_cost, 3),
-        "b_incremental_tls_cost": round(incremental_cost, 3),
-        "ok": full_cost < TLS_FULL_TARGET and incremental_cost < TLS_INCREMENTAL_TARGET,
+        "volume": label(size), "rounds": rounds, "changed_percent": 1,
+        "seconds": {name: {step: [round(value, 3) for value in values] for step, values in steps.items()}
+                    for name, steps in times.items()},
+        f"a_full_backup_{mode}_cost": round(full_cost, 3),
+        f"b_incremental_{mode}_cost": round(incremental_cost, 3),
+        "targets": {"a": targets[0], "b": targets[1]},
+        "ok": full_cost < targets[0] and incremental_cost < targets[1],
     }
 
 
@@ -702,6 +753,8 @@ def main() -> int:
                         help="full-bkp bulk_size (default: the storage agent's, 256K)")
     parser.add_argument("--hash-changes", default="1,10",
                         help="(e): percentages changed before each hash backup ('none': skip (e))")
+    parser.add_argument("--metrics-rounds", type=int, default=2,
+                        help="(g): rounds of (a) and (b) with metrics off and on (0: skip)")
     parser.add_argument("--tls-rounds", type=int, default=2,
                         help="(f): rounds of (a) and (b) in key mode and in TLS mode (0: skip (f))")
     parser.add_argument("--verify", action="store_true", help="check restores and scanned images (sha1)")
@@ -753,7 +806,10 @@ def main() -> int:
             volumes[index] = bench_volume(work, index, volume_size, changes, args)
         hash_backup = None if args.hash_changes == "none" else bench_hash_backup(
             work, size, [float(text) for text in args.hash_changes.split(",")], args)
-        tls = bench_tls(work, size, args) if args.tls_rounds > 0 else None
+        tls = bench_variant(work, size, args, "tls", args.tls_rounds, (TLS_FULL_TARGET, TLS_INCREMENTAL_TARGET)) \
+            if args.tls_rounds > 0 else None
+        metrics = bench_variant(work, size, args, "metrics", args.metrics_rounds, (METRICS_TARGET, METRICS_TARGET)) \
+            if args.metrics_rounds > 0 else None
     finally:
         with cleaning():
             shutil.rmtree(work, ignore_errors=True)
@@ -788,6 +844,7 @@ def main() -> int:
         "d_peak_rss_mib_after_full_backup": main_volume["peak_rss_after_full_backup_mib"],
         "e_hash_backup": hash_backup,
         "f_tls": tls,
+        "g_metrics": metrics,
         "full_backup_by_size": [{"volume": label(volume["volume_bytes"]), **volume["full_backup"]}
                                 for volume in volumes.values()],
         "peak_rss_mib_at_end_by_size": {label(volume["volume_bytes"]): volume["peak_rss_at_end_mib"]
@@ -802,6 +859,8 @@ def main() -> int:
             "hash_backup_ok": None if hash_backup is None else hash_backup["ok"],
             "tls_full_backup_cost": TLS_FULL_TARGET, "tls_incremental_cost": TLS_INCREMENTAL_TARGET,
             "tls_ok": None if tls is None else tls["ok"],
+            "metrics_cost": METRICS_TARGET,
+            "metrics_ok": None if metrics is None else metrics["ok"],
         },
         "total_seconds": round(time.perf_counter() - started, 1),
     }, indent=2))
