@@ -23,6 +23,7 @@ told; the next worker picks up from the archive's state).
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import logging
 import os
 import re
@@ -39,6 +40,7 @@ from .agents.config import load_yaml
 from .controller import Controller, Layout, Server
 from .errors import OperationError, UsageError, WalbopsError
 from .gid import MetaDiff, MetaSnap, MetaState, Restorable
+from .logs import new_request_id, request_id_var
 from .retention import Policy, enforce, restorable_snapshots
 from .units import parse_size
 
@@ -460,13 +462,16 @@ class Worker:
                 if replicating >= self.config.max_replication_task:
                     continue
                 replicating += 1
-            logger.info("start %s", task)
             self.last_run[(task.vol, task.kind if task.server is None else f"replicate:{task.server.name}")] = now
-            self._busy[task.vol] = pool.submit(self.run_task, task)
+            # Each task is a command of its own: its id is in the worker's lines and the agents'.
+            context = contextvars.copy_context()
+            context.run(request_id_var.set, new_request_id())
+            self._busy[task.vol] = pool.submit(context.run, self.run_task, task)
             self._kinds[task.vol] = task.kind
             free -= 1
 
     def run_task(self, task: Task) -> None:
+        logger.info("start %s", task)
         archive, started = self.config.archive, time.monotonic()
         if task.kind in ("apply", "finish-apply"):
             assert task.gid is not None

@@ -59,6 +59,8 @@ def fleet(netns_hosts: Callable[[Sequence[str]], netns.TestHosts], wheelhouse: P
             "walbops_ca_dir": str(root / "controller" / "ca"),
             "walbops_ca_passphrase": CA_PASSPHRASE,
             "walbops_service_manager": "process",
+            # The hosts share this machine's /etc: no logrotate file of theirs there.
+            "walbops_manage_logrotate": False,
             "walbops_implicit_snapshot_interval": 2,
             "walbops_environment": {"WALBOPS_RUN_DIR": str(home / "walbops-run"),
                                     "WALBOPS_DEV_DIR": str(home / "dev")},

@@ -24,10 +24,12 @@ def render(out: Path) -> list[str]:
     playbook.write_text(yaml.safe_dump([{
         "name": "Render the walbops units", "hosts": "localhost", "gather_facts": False, "connection": "local",
 
-        "vars": {"ansible_python_interpreter": sys.executable, "walbops_venv": str(ROOT / ".venv"), "walbops_config_dir": "/etc/walbops",
+        "vars": {"ansible_python_interpreter": sys.executable, "walbops_venv": str(ROOT / ".venv"),
+                 "walbops_config_dir": "/etc/walbops",
                  "walbops_data_dir": "/var/lib/walbops", "walbops_device_run_dir": "/run/walbops",
                  "walbops_device_link_dir": "/dev/walbops", "walbops_environment": {},
-                 "walbops_disk_dir": "/var/lib/walbops/disks",
+                 "walbops_disk_dir": "/var/lib/walbops/disks", "walbops_device_log_dir": "/var/log/walbops",
+                 "walbops_log_rotate": 8,
                  "walbops_volume": {"name": "vol0", "mount": "/srv/vol0", "fs": "ext4", "mount_options": "noatime"}},
         "tasks": [
             {"name": "Agents", "ansible.builtin.template": {"src": str(TEMPLATES / "walbops-agent.service.j2"),
@@ -37,6 +39,8 @@ def render(out: Path) -> list[str]:
                                                              "dest": f"{out}/walbops-device@.service"}},
             {"name": "Mount", "ansible.builtin.template": {"src": str(TEMPLATES / "walbops-volume.mount.j2"),
                                                            "dest": f"{out}/srv-vol0.mount"}},
+            {"name": "Logrotate", "ansible.builtin.template": {"src": str(TEMPLATES / "walbops.logrotate.j2"),
+                                                               "dest": f"{out}/walbops.logrotate"}},
         ]}]))
     env = {**os.environ, "ANSIBLE_LOCAL_TEMP": str(out / ".ansible-tmp"), "ANSIBLE_NOCOLOR": "1"}
     rendered = subprocess.run([ANSIBLE_PLAYBOOK, "-i", "localhost,", str(playbook)], cwd=ROOT, env=env,
@@ -71,3 +75,14 @@ def test_verify_catches_a_broken_unit(tmp_path):
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", "walbops-broken.service"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert "Failed to parse service type" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("logrotate") is None, reason="logrotate not installed")
+def test_the_logrotate_file_parses(tmp_path):
+    render(tmp_path)
+    conf = tmp_path / "walbops.logrotate"
+    conf.chmod(0o644)
+    result = subprocess.run(["logrotate", "--debug", "--state", str(tmp_path / "state"), str(conf)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "error" not in result.stderr.lower(), result.stderr
+    assert "rotating pattern: /var/lib/walbops/*/*.log /var/log/walbops/*.log" in result.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import fcntl
 import logging
 import os
@@ -23,6 +24,7 @@ import jsonschema
 
 from .. import __version__
 from ..errors import OperationError, ProtocolError, RemoteError, UsageError, WalbopsError
+from ..logs import request_id_var
 from ..net import messages
 from ..net.tls import Credentials, Secret
 from ..net.transport import Channel, serve
@@ -339,9 +341,14 @@ class Agent(Generic[V]):
             await asyncio.wait(pending, timeout=5)
         self.log.info("%s agent %s stopped", self.host_type, self.config.id)
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Run background work that shutdown waits for; failures are logged."""
-        task = asyncio.create_task(coroutine, name=name)
+    def spawn(self, coroutine: Coroutine[Any, Any, Any], name: str, detached: bool = False) -> asyncio.Task[Any]:
+        """Run background work that shutdown waits for; failures are logged. Work a request asked
+        for keeps its request id in its log lines; ``detached`` work (a loop that outlives the
+        request that started it: shipping, forwarding) has none."""
+        context = contextvars.copy_context()
+        if detached:
+            context.run(request_id_var.set, None)
+        task = asyncio.create_task(coroutine, name=name, context=context)
         self._tasks.add(task)
 
         def finished(done: asyncio.Task[Any]) -> None:
@@ -366,6 +373,8 @@ class Agent(Generic[V]):
                     request = await channel.recv_request()
                     if request is None:
                         return
+                    # The operator's request id, for this request's log lines and the requests it makes.
+                    request_id_var.set(request.get("rid"))
                     await self.dispatch(Request(channel, request["id"], request["command"], request["args"]))
         finally:
             if task is not None:

@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 
 from ..errors import UsageError
+from ..logs import FORMATS, LEVELS
 from ..net.auth import Keys, load_keys
 from ..net.tls import Credentials, Secret, TlsFiles
 from ..store import parse_store_flag, store_config_schema
@@ -56,7 +57,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("tls_key", {"type": "string"}, None, ROLES, "TLS mode: its private key"),
     Option("tls_ca", {"type": "string"}, None, ROLES, "TLS mode: the CA certificates it trusts (two in a rollover)"),
     Option("shutdown_timeout", _SECONDS, 30.0, ROLES, "graceful shutdown waits this long for work to end [s]"),
-    Option("debug", {"type": "boolean"}, False, ROLES, "debug logging"),
+    Option("debug", {"type": "boolean"}, False, ROLES, "debug logging (log_level debug)"),
+    Option("log_level", {"enum": list(LEVELS)}, "info", ROLES, "least severe level logged"),
+    Option("log_format", {"enum": list(FORMATS)}, "text", ROLES,
+           "text lines, or JSON lines (time, level, logger, message, rid)"),
     Option("metrics_listen", {"type": "string", "pattern": r"^([^\s:]+:[0-9]{1,5})?$"}, "", ROLES,
            "serve Prometheus metrics at http://HOST:PORT/metrics (docs/operations.md; empty: off)"),
     # storage

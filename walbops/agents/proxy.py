@@ -259,7 +259,8 @@ class ProxyAgent(Agent[ProxyVolume]):
             task = self.forwarders.get(key)
             if task is None or task.done():
                 self.wakeups[key] = asyncio.Event()
-                self.forwarders[key] = self.spawn(self._forward(volume, name), f"forward {volume.vol} to {name}")
+                self.forwarders[key] = self.spawn(self._forward(volume, name), f"forward {volume.vol} to {name}",
+                                                  detached=True)
 
     async def stop_forwarders(self, volume: ProxyVolume, force: bool) -> None:
         for name in list(volume.archives):

@@ -372,7 +372,7 @@ class StorageAgent(Agent[StorageVolume]):
         if task is not None and not task.done():
             return
         self.wakeups[volume.vol] = asyncio.Event()
-        self.shippers[volume.vol] = self.spawn(self._ship(volume), f"shipper {volume.vol}")
+        self.shippers[volume.vol] = self.spawn(self._ship(volume), f"shipper {volume.vol}", detached=True)
 
     async def stop_shipper(self, vol: str, force: bool) -> None:
         task = self.shippers.pop(vol, None)

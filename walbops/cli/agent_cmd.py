@@ -19,7 +19,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     config = agent_config.from_args(args.role, args)
-    logs.configure(config.log_path(), config.debug)
+    logs.request_id_var.set(None)  # an agent serves many commands: each request brings its own id
+    logs.configure(config.log_path(), config.debug, config.log_level, config.log_format)
     from ..agents._server import run  # imported late: the agents pull in asyncio servers and stores
 
     if args.role == "archive":

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 
 from .. import __version__
 from ..allocator import tune_for_streaming
-from ..errors import WalbopsError
-from ..logs import printable
+from ..errors import UsageError, WalbopsError
+from ..logs import new_request_id, printable, request_id_var
 from . import (
     agent_cmd,
     ctl_cmd,
@@ -50,29 +52,39 @@ def build_parser() -> argparse.ArgumentParser:
     info_cmd.register(commands)
     return parser
 
+REQUEST_ID = re.compile("[0-9a-f]{1,32}")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     tune_for_streaming()
+    # One id for everything this command asks of agents: their log lines name it. A caller may
+    # give its own (WALBOPS_REQUEST_ID, 1 to 32 hex digits), to follow several commands as one.
+    request_id = os.environ.get("WALBOPS_REQUEST_ID") or new_request_id()
+    if not REQUEST_ID.fullmatch(request_id):
+        print(f"walbops: WALBOPS_REQUEST_ID={printable(request_id)!r} is not 1 to 32 hex digits", file=sys.stderr)
+        return UsageError.exit_code
+    request_id_var.set(request_id)
     try:
         return int(args.handler(args))
     except WalbopsError as exc:
-        return _failed(args, str(exc), type(exc).__name__, exc.exit_code)
+        return _failed(args, str(exc), type(exc).__name__, exc.exit_code, request_id)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        return _failed(args, where + str(exc.strerror or exc), type(exc).__name__, 1)
+        return _failed(args, where + str(exc.strerror or exc), type(exc).__name__, 1, request_id)
     except KeyboardInterrupt:
         print("walbops: interrupted", file=sys.stderr)
         return 130
 
 
-def _failed(args: argparse.Namespace, message: str, kind: str, code: int) -> int:
+def _failed(args: argparse.Namespace, message: str, kind: str, code: int, request_id: str) -> int:
     """Say why a command failed: on stderr, and with --json also as JSON on stdout, so that a
-    script reading stdout gets an object either way."""
+    script reading stdout gets an object either way (with the request id the agents logged)."""
     print(f"walbops: {printable(message)}", file=sys.stderr)
     if getattr(args, "json", False):
-        json.dump({"ok": False, "error": message, "kind": kind, "exit_code": code}, sys.stdout, sort_keys=True)
+        json.dump({"ok": False, "error": message, "kind": kind, "exit_code": code, "rid": request_id}, sys.stdout,
+                  sort_keys=True)
         sys.stdout.write("\n")
     return code
 

@@ -19,6 +19,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     config = WorkerConfig.load(args.config)
+    logs.request_id_var.set(None)  # each task it starts gets an id of its own
     logs.configure(args.log_file or config.log_file, args.debug)
     worker = Worker(config)
     return worker.run_once() if args.once else worker.run()

@@ -112,6 +112,7 @@ def start_device(name: str, ldev: str, ddev: str, overflow: OverflowPolicy = Dev
     _require_free((ldev, ddev))
     paths = DevicePaths(name)
     os.makedirs(paths.run_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(paths.log), exist_ok=True)
     ready_read, ready_write = os.pipe()
     command = [sys.executable, "-m", "walbops.device.daemon", "--name", name, "--ldev", os.path.abspath(ldev),
                "--ddev", os.path.abspath(ddev), "--overflow", str(overflow),

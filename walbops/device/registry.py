@@ -6,8 +6,9 @@
         volume         the FUSE mount point (a file: the FUSE root is the volume itself)
         control.sock   the control socket
         info.json      pid, loop device, ldev, ddev, written when the device is ready
-        daemon.log     the daemon's log
+        daemon.pid     the daemon's pid (a service manager's PIDFile)
     $WALBOPS_DEV_DIR/NAME  (default /dev/walbops/NAME) -> /dev/loopN
+    log_root()/device-NAME.log   the daemon's log, kept across reboots (default /var/log/walbops)
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ def run_root() -> str:
 
 def dev_root() -> str:
     return os.environ.get("WALBOPS_DEV_DIR", "/dev/walbops")
+
+
+def log_root() -> str:
+    """Where the devices' logs go: not in the run dir, which a reboot empties (/run is a tmpfs).
+    WALBOPS_LOG_DIR, else with WALBOPS_RUN_DIR set (a test, a benchmark, the demo) beside its
+    devices in ``.logs``, else /var/log/walbops."""
+    if "WALBOPS_LOG_DIR" in os.environ:
+        return os.environ["WALBOPS_LOG_DIR"]
+    if "WALBOPS_RUN_DIR" in os.environ:
+        return os.path.join(os.environ["WALBOPS_RUN_DIR"], ".logs")  # no device name starts with a dot
+    return "/var/log/walbops"
 
 
 def check_name(name: str) -> str:
@@ -62,7 +74,7 @@ class DevicePaths:
 
     @property
     def log(self) -> str:
-        return os.path.join(self.run_dir, "daemon.log")
+        return os.path.join(log_root(), f"device-{self.name}.log")
 
     @property
     def pid(self) -> str:

@@ -92,8 +92,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "welcome": _message("welcome", {}),
     "error": _message("error", {"reason": {"type": "string", "minLength": 1, "maxLength": 64}, "detail": _TEXT},
                       required=("reason",)),
+    # rid: the request id of the operator's command that caused this request (logs.request_id),
+    # carried from ctl to every agent it touches and on to the agents they call.
     "request": _message("request", {"id": _U32, "command": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,63}$"},
-                                    "args": {"type": "object"}}),
+                                    "args": {"type": "object"},
+                                    "rid": {"type": "string", "pattern": "^[0-9a-f]{1,32}$"}},
+                        required=("id", "command", "args")),
     # ok selects the branch, so a failure names the field of the right one.
     "response": {"if": {"properties": {"ok": {"const": False}}, "required": ["ok"]},
                  "then": _RESPONSE_FAILED, "else": _RESPONSE_OK},
@@ -204,8 +208,12 @@ def error(reason: str, detail: str | None = None) -> dict[str, Any]:
     return message
 
 
-def request(request_id: int, command: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"type": "request", "id": request_id, "command": command, "args": {} if args is None else args}
+def request(request_id: int, command: str, args: dict[str, Any] | None = None,
+            rid: str | None = None) -> dict[str, Any]:
+    message = {"type": "request", "id": request_id, "command": command, "args": {} if args is None else args}
+    if rid is not None:
+        message["rid"] = rid
+    return message
 
 
 def response(request_id: int, result: Any = None, *, error: str | None = None,

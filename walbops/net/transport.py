@@ -31,7 +31,7 @@ from ..errors import (
     ServerBusy,
     WalbopsError,
 )
-from ..logs import RateLimit
+from ..logs import RateLimit, request_id_var
 from . import messages
 from .auth import ClientHandshake, ServerHandshake, error_message, peer_error
 from .frames import (
@@ -169,7 +169,7 @@ class Channel:
         """
         request_id = self._next_id
         self._next_id = request_id % messages.U32_MAX + 1
-        await self.send_json(messages.request(request_id, command, args))
+        await self.send_json(messages.request(request_id, command, args, request_id_var.get()))
         response = await self.recv_json("response")
         if response["id"] != request_id:
             await self._refuse(InvalidMessage(f"response to request {response['id']}, expected {request_id}"))
