@@ -383,7 +383,8 @@ def test_wrong_key_and_bad_frames_are_refused(cluster, tmp_path):
         struct.pack("<IB", 3, 9) + b"ab",  # unknown frame type
         struct.pack("<IB", 3, 2) + b"ab",  # data before the handshake
         encode_json({"type": "request", "id": 1, "command": "shutdown", "args": {}}),  # no handshake
-        encode_json({"type": "hello", "version": 2, "id": "x", "role": "controller", "nonce": "00" * 32}),
+        # An older protocol's hello (version 1: proofs keyed with the cluster key itself).
+        encode_json({"type": "hello", "version": 1, "id": "x", "role": "controller", "nonce": "00" * 32}),
         encode_json({"type": "hello", "version": 2, "id": "x", "role": "root", "nonce": "00" * 32}),
         encode_json({"type": "keepalive"}),
         struct.pack("<IB", 20, 1) + b"{not json at all!!!",
