@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -27,7 +27,7 @@ from ..errors import OperationError, ProtocolError, RemoteError, UsageError, Wal
 from ..logs import request_id_var
 from ..net import messages
 from ..net.tls import Credentials, Secret
-from ..net.transport import Channel, serve
+from ..net.transport import Channel, open_connection, serve
 from . import metadata
 from .config import Config, host_port
 from .metrics import AgentMetrics, Families, serve_metrics
@@ -340,6 +340,19 @@ class Agent(Generic[V]):
                 task.cancel()
             await asyncio.wait(pending, timeout=5)
         self.log.info("%s agent %s stopped", self.host_type, self.config.id)
+
+    async def connect_peer(self, host: str, port: int) -> Channel:
+        """A connection to another agent, as this agent's role, with its credentials."""
+        return await open_connection(host, port, self.key, str(self.config.id), self.host_type,
+                                     timeout=float(self.config.socket_timeout))
+
+    @contextlib.asynccontextmanager
+    async def sending(self, channel: Channel, kind: str) -> AsyncIterator[Channel]:
+        """Use ``channel`` for one outgoing transfer of ``kind``: counted in the transfer metrics,
+        closed afterwards."""
+        async with channel:
+            with self.metrics.transfer(kind, "sent", channel.wire_bytes):
+                yield channel
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any], name: str, detached: bool = False) -> asyncio.Task[Any]:
         """Run background work that shutdown waits for; failures are logged. Work a request asked

@@ -34,7 +34,6 @@ from ..formats.wdiff import FileHeader
 from ..gid import MetaDiff, MetaSnap, MetaState, apply, format_pretty_time
 from ..net import messages
 from ..net.stream import HashSyncCursor
-from ..net.transport import open_connection
 from ..store import Store, store_from_config
 from ._server import GID, VOL, Agent, Command, Request, args_schema
 from .archive_volume import (
@@ -848,34 +847,32 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         with action:
             started = time.monotonic()
             destination = f"{args['host']}:{args['port']}"
-            channel = await open_connection(args["host"], args["port"], self.key, str(self.config.id), "archive",
-                                            timeout=float(self.config.socket_timeout))
-            async with channel:
-                with self.metrics.transfer(messages.REPL_SYNC, "sent", channel.wire_bytes):
-                    answer = await channel.request(messages.REPL_SYNC, {
-                        "vol": volume.vol, "uuid": volume.uuid.hex(), "archive_uuid": volume.archive_uuid.hex(),
-                        "size_lb": volume.size_lb, "do_resync": bool(args.get("do_resync", False)),
-                        "bulk_lb": REPL_BULK_LB})
-                    kind = answer.get("kind") if isinstance(answer, dict) else None
-                    if kind not in messages.REPL_KINDS:
-                        raise OperationError(f"{volume.vol}: {destination} answered repl-sync with {answer!r}")
-                    if kind == "full":
-                        base = volume.base
-                        start_lb = _resume_at(answer.get("resume"), base, REPL_BULK_LB)
-                        with self.store.open_base(volume.vol, writable=False) as target, \
-                                _finally(lambda: setattr(volume, "progress_lb", 0)):
-                            await send_base_replica(channel, volume.uuid, target.fd, volume.size_lb, REPL_BULK_LB,
-                                                    base.to_str(), lambda lb: setattr(volume, "progress_lb", lb),
-                                                    start_lb)
-                        if start_lb:
-                            action.detail["resumed_at_lb"] = start_lb
-                        latest = base.snap_b
-                        self._note_replica(volume, destination, latest, base.timestamp)
-                    elif kind == "resync":
-                        latest = await self._send_resync(channel, volume, destination)
-                    else:
-                        latest = MetaSnap.parse(str(answer.get("latest")))
-                    latest, sent, hashed = await self._send_diffs(channel, volume, destination, latest, args)
+            channel = await self.connect_peer(args["host"], args["port"])
+            async with self.sending(channel, messages.REPL_SYNC):
+                answer = await channel.request(messages.REPL_SYNC, {
+                    "vol": volume.vol, "uuid": volume.uuid.hex(), "archive_uuid": volume.archive_uuid.hex(),
+                    "size_lb": volume.size_lb, "do_resync": bool(args.get("do_resync", False)),
+                    "bulk_lb": REPL_BULK_LB})
+                kind = answer.get("kind") if isinstance(answer, dict) else None
+                if kind not in messages.REPL_KINDS:
+                    raise OperationError(f"{volume.vol}: {destination} answered repl-sync with {answer!r}")
+                if kind == "full":
+                    base = volume.base
+                    start_lb = _resume_at(answer.get("resume"), base, REPL_BULK_LB)
+                    with self.store.open_base(volume.vol, writable=False) as target, \
+                            _finally(lambda: setattr(volume, "progress_lb", 0)):
+                        await send_base_replica(channel, volume.uuid, target.fd, volume.size_lb, REPL_BULK_LB,
+                                                base.to_str(), lambda lb: setattr(volume, "progress_lb", lb),
+                                                start_lb)
+                    if start_lb:
+                        action.detail["resumed_at_lb"] = start_lb
+                    latest = base.snap_b
+                    self._note_replica(volume, destination, latest, base.timestamp)
+                elif kind == "resync":
+                    latest = await self._send_resync(channel, volume, destination)
+                else:
+                    latest = MetaSnap.parse(str(answer.get("latest")))
+                latest, sent, hashed = await self._send_diffs(channel, volume, destination, latest, args)
             if kind == "diff" and hashed:
                 kind = "hash"  # WalB's HASH: the destination was behind this archive's base
             action.detail.update(kind=kind, diffs=sent, destination=destination, latest=str(latest))

@@ -20,7 +20,6 @@ from ..errors import BadField, OperationError, RemoteError, UsageError, WalbopsE
 from ..formats.compression import CompressOpt
 from ..gid import MetaDiff, merge
 from ..net import messages
-from ..net.transport import open_connection
 from ._server import VOL, Agent, Command, Request, args_schema
 from .config import Config
 from .metrics import Families, observed
@@ -373,8 +372,6 @@ class ProxyAgent(Agent[ProxyVolume]):
 
     async def _send_file(self, volume: ProxyVolume, info: ArchiveInfo, uuid: bytes, diff: MetaDiff,
                          path: str) -> None:
-        channel = await open_connection(info.host, info.port, self.key, str(self.config.id), "proxy",
-                                        timeout=float(self.config.socket_timeout))
-        async with channel:
-            with self.metrics.transfer(messages.WDIFF_TRANSFER, "sent", channel.wire_bytes):
-                await send_wdiff(channel, volume.vol, uuid, volume.size_lb, diff, file_chunks(path))
+        channel = await self.connect_peer(info.host, info.port)
+        async with self.sending(channel, messages.WDIFF_TRANSFER):
+            await send_wdiff(channel, volume.vol, uuid, volume.size_lb, diff, file_chunks(path))

@@ -23,7 +23,6 @@ from ..errors import OperationError, UsageError, WalbopsError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..gid import MetaSnap
 from ..net import messages
-from ..net.transport import open_connection
 from ._server import VOL, Agent, Command, Request, args_schema
 from .config import Config, host_port
 from .metrics import Families, observed
@@ -122,10 +121,10 @@ class StorageAgent(Agent[StorageVolume]):
             families.gauge("walbops_storage_full_scan_progress_bytes", "Bytes a full or hash backup has sent so far",
                            labels, volume.progress_lb * LOGICAL_BLOCK_SIZE)
             device = self._device_status.get(volume.vol)
+            families.gauge("walbops_storage_device_up", "1 if the volume's walb device answers", labels,
+                           observed(device is not None))
             if device is None:
-                families.gauge("walbops_storage_device_up", "1 if the volume's walb device answers", labels, 0)
                 continue
-            families.gauge("walbops_storage_device_up", "1 if the volume's walb device answers", labels, 1)
             pbs = int(device["pbs"])
             families.gauge("walbops_storage_log_usage_bytes", "Log space holding logs not yet released", labels,
                            device["log_usage_pb"] * pbs)
@@ -310,8 +309,7 @@ class StorageAgent(Agent[StorageVolume]):
             status = await self.device_call(volume, "status")
             size_lb, pbs = status["size_lb"], status["pbs"]
             host, port = host_port(self.config.archive)
-            channel = await open_connection(host, port, self.key, str(self.config.id), "storage",
-                                            timeout=float(self.config.socket_timeout))
+            channel = await self.connect_peer(host, port)
 
             async def reset(gid: int) -> bytes:
                 reset = await self.device_call(volume, "reset_wal")
@@ -336,18 +334,17 @@ class StorageAgent(Agent[StorageVolume]):
 
             fd = await asyncio.to_thread(open_uncached, status["ddev"])
             try:
-                async with channel:
-                    with self.metrics.transfer(messages.DIRTY_FULL_SYNC if kind == "full" else messages.DIRTY_HASH_SYNC,
-                                               "sent", channel.wire_bytes):
-                        if kind == "full":
-                            gid = await send_full_backup(channel, volume.vol, fd, size_lb, bulk_lb, int(time.time()),
-                                                         accepted, streamed, progress, self.throttle())
-                            base = f"|0,{gid}|"
-                        else:
-                            snap, gid = await send_hash_backup(channel, volume.vol, fd, size_lb, bulk_lb,
-                                                               int(time.time()), from_snapshot, streamed, progress,
-                                                               self.throttle())
-                            base = f"{snap}-->|{snap.gid_e + 1},{gid}|"
+                async with self.sending(channel, messages.DIRTY_FULL_SYNC if kind == "full"
+                                        else messages.DIRTY_HASH_SYNC):
+                    if kind == "full":
+                        gid = await send_full_backup(channel, volume.vol, fd, size_lb, bulk_lb, int(time.time()),
+                                                     accepted, streamed, progress, self.throttle())
+                        base = f"|0,{gid}|"
+                    else:
+                        snap, gid = await send_hash_backup(channel, volume.vol, fd, size_lb, bulk_lb,
+                                                           int(time.time()), from_snapshot, streamed, progress,
+                                                           self.throttle())
+                        base = f"{snap}-->|{snap.gid_e + 1},{gid}|"
             finally:
                 os.close(fd)
                 volume.progress_lb = 0
@@ -488,16 +485,14 @@ class StorageAgent(Agent[StorageVolume]):
         for proxy in self.config.proxies:
             host, port = host_port(proxy)
             try:
-                channel = await open_connection(host, port, self.key, str(self.config.id), "storage",
-                                                timeout=float(self.config.socket_timeout))
+                channel = await self.connect_peer(host, port)
             except (WalbopsError, OSError) as exc:
                 errors.append(f"{proxy}: {exc}")
                 continue
             started = time.monotonic()
-            async with channel:
-                with self.metrics.transfer(messages.WLOG_TRANSFER, "sent", channel.wire_bytes):
-                    await send_wlog(channel, volume.vol, volume.uuid, ring.super.physical_bs,
-                                    ring.super.log_checksum_salt, status["size_lb"], diff, end - begin, pieces())
+            async with self.sending(channel, messages.WLOG_TRANSFER):
+                await send_wlog(channel, volume.vol, volume.uuid, ring.super.physical_bs,
+                                ring.super.log_checksum_salt, status["size_lb"], diff, end - begin, pieces())
             self.log.info("%s: shipped %s (lsids %d..%d) to %s: end found in %.3f s, sent in %.3f s", volume.vol,
                           diff.range_str(), begin, end, proxy, read, time.monotonic() - started)
             return

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from ..converge.cluster import DEFAULT_LAYOUT, open_controller, server_of
-from ..converge.health import Level, Thresholds, assess
+from ..converge.health import Health, Level, Thresholds, assess
 from ..errors import WalbopsError
 from ..logs import printable
 from ..units import format_size
@@ -52,39 +52,37 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
                             help=f"{text} (default {getattr(defaults, name):g})")
 
 
-def _gather(args: argparse.Namespace) -> dict[str, Any]:
+def _gather(args: argparse.Namespace) -> tuple[dict[str, Any], Health]:
+    """The facts of the selected agents, with their health under the given thresholds."""
     from ..converge.info import cluster_info
 
     controller = open_controller(args.layout, timeout=args.timeout)
     servers = [server_of(controller, name) for name in args.server] if args.server else list(
         controller.layout.servers)
     info = cluster_info(controller, servers, args.vol)
-    limits = Thresholds(**{name: getattr(args, name) for _, name, _ in THRESHOLD_FLAGS})
-    health = assess(info, limits)
+    health = assess(info, Thresholds(**{name: getattr(args, name) for _, name, _ in THRESHOLD_FLAGS}))
     info["health"] = health.as_dict()
-    return info
+    return info, health
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    info = _gather(args)
+    info, health = _gather(args)
     emit(info, args.json, human=render_table)
-    health = info["health"]
     unreachable = [name for name, server in info["servers"].items() if not server["reachable"]]
     threshold = FAIL_ON[args.fail_on]
     if args.fail_on == "unreachable" and unreachable:
         print(f"walbops: {', '.join(sorted(unreachable))} did not answer", file=sys.stderr)
         return UNREACHABLE_EXIT
-    if threshold is not None and health["code"] >= threshold:
-        print(f"walbops: {health['status']}: " + printable("; ".join(
-            problem["problem"] for problem in health["problems"] if Level[problem["level"]] >= threshold)),
-            file=sys.stderr)
-        return int(health["code"])
+    if threshold is not None and health.level >= threshold:
+        print(f"walbops: {health.level.name}: " + printable("; ".join(
+            problem for level, problem in health.problems if level >= threshold)), file=sys.stderr)
+        return int(health.level)
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
-        info = _gather(args)
+        info, health = _gather(args)
     except WalbopsError as exc:
         # The plugin cannot tell: UNKNOWN, as Nagios expects, with why.
         if args.json:
@@ -92,7 +90,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         else:
             print(f"WALBOPS UNKNOWN - {printable(str(exc))}")
         return int(Level.UNKNOWN)
-    health = assess(info, Thresholds(**{name: getattr(args, name) for _, name, _ in THRESHOLD_FLAGS}))
     if args.json:
         emit({**health.as_dict(), "perfdata": health.perfdata, "servers": info["servers"]}, True)
     else:

@@ -18,8 +18,7 @@ from ..controller import Controller, Server
 from ..errors import WalbopsError
 
 
-def _storage_volume(controller: Controller, server: Server, vol: str, status: dict[str, Any],
-                    now: float) -> dict[str, Any]:
+def _storage_volume(status: dict[str, Any], now: float) -> dict[str, Any]:
     facts: dict[str, Any] = {"wdev": status.get("wdev"), "uuid": status.get("uuid")}
     done, lsids = status.get("done") or {}, status.get("lsids")
     if lsids is not None and done:
@@ -28,14 +27,14 @@ def _storage_volume(controller: Controller, server: Server, vol: str, status: di
         facts["unshipped_pb"] = max(0, lsids["latest"] - done["lsid"])
         facts["rpo_seconds"] = (round(max(0.0, now - done["timestamp"]), 1)
                                 if facts["unshipped_pb"] and done["timestamp"] else 0.0)
-    try:
-        usage = controller.get(server, "log-usage", vol)
-        facts["log_usage_pb"] = usage["usage_pb"]
-        facts["log_capacity_pb"] = usage["capacity_pb"]
-        facts["log_usage_percent"] = round(100.0 * usage["usage_pb"] / max(usage["capacity_pb"], 1), 2)
-        facts["overflow"] = bool(int(controller.get(server, "is-overflow", vol)))
-    except WalbopsError as exc:
-        facts["device_error"] = str(exc)
+    if "device_error" in status:
+        facts["device_error"] = status["device_error"]
+    elif "log_usage_pb" in status:
+        # The agent's status carries its device's status already: no more requests for these.
+        facts["log_usage_pb"] = status["log_usage_pb"]
+        facts["log_capacity_pb"] = status["log_capacity_pb"]
+        facts["log_usage_percent"] = round(100.0 * status["log_usage_pb"] / max(status["log_capacity_pb"], 1), 2)
+        facts["overflow"] = bool(status["overflow"])
     return facts
 
 
@@ -90,7 +89,7 @@ def server_info(controller: Controller, server: Server, vol: str | None = None) 
         if "error" in volume:  # a broken volume: its metadata does not load (docs/agents.md)
             entry["error"] = volume["error"]
         elif server.role == "storage":
-            entry.update(_storage_volume(controller, server, name, volume, now))
+            entry.update(_storage_volume(volume, now))
         elif server.role == "proxy":
             entry.update(_proxy_volume(volume))
         else:

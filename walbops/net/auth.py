@@ -169,7 +169,8 @@ class Keys:
             if not any(role in messages.CALLERS for role in roles):
                 raise BadField(f"an agent's key file names its kind among its roles "
                                f"({', '.join(messages.HOST_TYPES)})")
-            messages.validate(messages.hello(agent_id, "storage", "00" * NONCE_SIZE))  # a valid id
+            if not re.fullmatch(messages.ID_PATTERN, agent_id):
+                raise BadField(f"agent id {agent_id!r} does not match {messages.ID_PATTERN}")
             # Its callers, and its own kind: a process holding the agent's own file may ask it
             # `version` (a liveness check; §6.2 lets that role call nothing else there).
             callers = [caller for caller in messages.ROLES
