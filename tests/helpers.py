@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import socket
-import subprocess
 from pathlib import Path
+
+from walbops.store.loop import devices_under
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT.parent / "shared" / "vectors" / "walb-tools-1.0.19"
@@ -87,11 +87,4 @@ def write_torn_pack(ldev: Path | str, lsid: int, ios: list[tuple[int, bytes]]) -
 
 def loop_devices_under(root: Path) -> list[str]:
     """Loop devices whose backing file lies under ``root`` (restored images left attached)."""
-    result = subprocess.run(["losetup", "--json", "--list", "--output", "NAME,BACK-FILE"], capture_output=True,
-                            text=True)
-    found = []
-    for entry in json.loads(result.stdout or "{}").get("loopdevices", []):
-        back = str(entry.get("back-file") or "").removesuffix(" (deleted)")
-        if back.startswith(str(root) + os.sep):
-            found.append(str(entry["name"]))
-    return found
+    return devices_under(str(root))

@@ -18,8 +18,9 @@ import pytest
 from devices import Device, read_device, walbops, walbops_json, write_direct
 from helpers import sha1_of
 
-from walbops.device.registry import pid_alive
+from walbops.device.registry import DevicePaths, pid_alive
 from walbops.formats.ldev import SuperSector
+from walbops.store.loop import backing_file
 
 MiB = 1 << 20
 
@@ -370,8 +371,7 @@ def test_delete_force_cleans_up_after_a_dead_daemon(device_factory):
     one_line_error(walbops("wdev", "delete", device.name), 5, "--force")
     walbops("wdev", "delete", device.name, "--force", check=True)
     assert not os.path.lexists(device.path)
-    attached = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    assert f"{loop}:" not in attached
+    assert backing_file(loop) is None
     walbops("wdev", "create", str(device.ldev), str(device.ddev), "--name", device.name, check=True)
 
 
@@ -382,3 +382,27 @@ def test_delete_force_stops_a_device_that_stays_mounted(device_factory, tmp_path
     pid = device.pid()
     walbops("wdev", "delete", device.name, "--force", check=True)
     assert not pid_alive(pid)
+
+
+def test_loop_devices_are_listed_while_a_daemon_is_stopped(device_factory, tmp_path):
+    """A daemon that does not answer (here SIGSTOP; in the wild, one stuck in the kernel) must not
+    hang whoever lists loop devices: the listing reads sysfs and never stats the FUSE file."""
+    device = device_factory()
+    pid = device.pid()
+    image = tmp_path / "image"
+    image.write_bytes(bytes(1 << 20))
+    lister = (
+        "import sys; from walbops.store import loop\n"
+        "assert loop.attachments(sys.argv[1]) == [loop.Attachment(sys.argv[2], False)]\n"
+        "print(loop.attach(sys.argv[3], read_only=True)); loop.detach(sys.argv[3])\n"
+    )
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # A hang here fails the test with TimeoutExpired, the child killed (a FUSE wait is killable).
+        listed = subprocess.run([sys.executable, "-c", lister, DevicePaths(device.name).volume,
+                                 os.path.realpath(device.path), str(image)],
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("/dev/loop")

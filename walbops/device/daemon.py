@@ -23,11 +23,12 @@ import mfusepy
 
 from .. import logs
 from ..errors import OperationError, WalbopsError
+from ..store.loop import run
 from .control import Controller, ControlServer
 from .core import LB, DeviceConfig, OverflowPolicy, WalbDevice
 from .frontend import VolumeFile
 from .registry import DevicePaths, check_name, device_using, read_info, write_info
-from .system import clear_stale, loop_busy, run
+from .system import clear_stale, loop_busy
 
 log = logging.getLogger("walbops.device")
 

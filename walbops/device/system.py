@@ -6,16 +6,8 @@ import json
 import os
 import subprocess
 
-from ..errors import OperationError
+from ..store.loop import backing_file, resolved
 from .registry import DevicePaths
-
-
-def run(command: list[str]) -> str:
-    """Run a system tool; its stderr becomes the error message."""
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise OperationError(f"{' '.join(command)}: {result.stderr.strip() or f'exit {result.returncode}'}")
-    return result.stdout.strip()
 
 
 def loop_busy(loop: str) -> bool:
@@ -28,15 +20,6 @@ def loop_busy(loop: str) -> bool:
     return False
 
 
-def loop_backing_file(loop: str) -> str | None:
-    """The file a loop device is attached to (from sysfs), or None if it is free or unknown."""
-    try:
-        with open(f"/sys/block/{os.path.basename(loop)}/loop/backing_file") as stream:
-            return stream.read().strip()
-    except OSError:
-        return None
-
-
 def clear_stale(paths: DevicePaths) -> None:
     """Remove what a dead daemon left behind: a loop device, a FUSE mount, files."""
     info_loop = None
@@ -47,9 +30,7 @@ def clear_stale(paths: DevicePaths) -> None:
         pass
     # The loop device recorded in the info may have been released already (a normal stop detaches
     # it first) and attached since by someone else: detach it only while it still backs our volume.
-    # (sysfs names the file with symlinks resolved; the volume itself is not stat'ed: it may hang.)
-    volume = os.path.join(os.path.realpath(os.path.dirname(paths.volume)), os.path.basename(paths.volume))
-    if info_loop and loop_backing_file(info_loop) == volume:
+    if info_loop and backing_file(info_loop) == resolved(paths.volume):
         subprocess.run(["losetup", "-d", info_loop], capture_output=True)
     # A dead daemon's FUSE mount answers ENOTCONN to everything, exists() included.
     subprocess.run(["umount", "-l", paths.volume], capture_output=True)

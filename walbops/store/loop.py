@@ -1,18 +1,24 @@
 """Loop devices over restored images, so a snapshot can be mounted (util-linux ``losetup``).
 
-An image is attached at most once: an existing loop device over the same file (or
-block device) is found by the backing inode the kernel records (``BACK-MAJ:MIN`` and
-``BACK-INO``), not by its path, which a rename would change.
+An image is attached at most once: an existing loop device over the same file (or block
+device) is found in sysfs (``/sys/block/loopN/loop/backing_file``), which the kernel renders
+from the open file at the time of reading, so it follows a rename. Nothing here asks the
+kernel about a loop device's backing inode (``losetup --list`` with ``BACK-INO``, or ``-a``):
+that ioctl stats the backing file, and over the FUSE file of a walb device whose daemon hangs
+it never returns; reading sysfs never blocks.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import OperationError
+
+SYS_BLOCK = Path("/sys/block")
+DELETED_SUFFIX = " (deleted)"  # what the kernel appends to the name of an unlinked backing file
 
 
 @dataclass(frozen=True)
@@ -34,29 +40,51 @@ def run(command: list[str]) -> str:
     return result.stdout.strip()
 
 
-def _backing_key(path: str) -> tuple[int, int, int]:
-    """(major, minor, inode) of the inode a loop device over ``path`` records."""
-    info = os.stat(path)
-    return os.major(info.st_dev), os.minor(info.st_dev), info.st_ino
+def _read_sys(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:  # the device went away between listing and reading
+        return None
+
+
+def backing_file(device: str) -> str | None:
+    """The file a loop device is attached to, as sysfs names it, or None if it is free."""
+    return _read_sys(SYS_BLOCK / os.path.basename(device) / "loop" / "backing_file")
+
+
+def resolved(path: str) -> str:
+    """``path`` as sysfs names a backing file, symlinks resolved.
+
+    A device node (``/dev/vg/lv`` is a link to ``/dev/dm-3``) is resolved entirely; any other
+    file only up to its directory: it may be a walb device's FUSE file, and resolving the file
+    itself would stat it (see the module's docstring).
+    """
+    absolute = os.path.abspath(path)
+    if absolute.startswith("/dev/"):
+        return os.path.realpath(absolute)
+    return os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
+
+
+def attached() -> list[tuple[str, str, bool]]:
+    """Every attached loop device: (device, backing file as sysfs names it, read-only)."""
+    found = []
+    for entry in sorted(SYS_BLOCK.glob("loop[0-9]*")):
+        back = _read_sys(entry / "loop" / "backing_file")
+        if back:
+            found.append((f"/dev/{entry.name}", back, _read_sys(entry / "ro") == "1"))
+    return found
 
 
 def attachments(path: str) -> list[Attachment]:
     """The loop devices whose backing file is ``path`` (an image file or a device node)."""
-    try:
-        key = _backing_key(path)
-    except FileNotFoundError:
-        return []
-    output = run(["losetup", "--json", "--list", "--output", "NAME,BACK-INO,BACK-MAJ:MIN,RO"])
-    found = []
-    for entry in json.loads(output or "{}").get("loopdevices", []):
-        major, _, minor = str(entry.get("back-maj:min", "")).strip().partition(":")
-        try:
-            entry_key = (int(major), int(minor), int(entry.get("back-ino")))
-        except (TypeError, ValueError):
-            continue  # a loop device being torn down has no backing file any more
-        if entry_key == key:
-            found.append(Attachment(entry["name"], bool(entry.get("ro"))))
-    return found
+    wanted = resolved(path)
+    return [Attachment(device, read_only) for device, back, read_only in attached() if back == wanted]
+
+
+def devices_under(root: str) -> list[str]:
+    """Loop devices whose backing file lies under the directory ``root``, deleted or not."""
+    prefix = resolved(root) + os.sep
+    return [device for device, back, _ in attached() if back.removesuffix(DELETED_SUFFIX).startswith(prefix)]
 
 
 def attach(path: str, read_only: bool = True) -> str:
