@@ -121,7 +121,10 @@ def test_full_backup_diffs_and_restore_over_the_network(archive):
     again = subprocess.run([sys.executable, "-m", "walbops.cli.main", "ctl", "-a", "127.0.0.1", "-p", str(port),
                             "--key", str(tmp_path / "cluster.key"), "get", "restorable", "vol0"],
                            capture_output=True, text=True)
-    assert again.returncode == 0 and '"gid": 0' in again.stdout
+    # A list of records prints as a table.
+    header, row = again.stdout.splitlines()
+    assert again.returncode == 0 and sorted(header.split()) == ["EXPLICIT", "GID", "TEXT", "TIMESTAMP"], again.stdout
+    assert row.split()[header.split().index("GID")] == "0", again.stdout
 
     expected = {0: hashlib.sha1(volume).hexdigest()}
     image = bytearray(volume)

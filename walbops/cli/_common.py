@@ -19,6 +19,7 @@ from ..errors import FormatError, UsageError
 from ..formats.compression import CompressOpt
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..formats.wdiff import DiffType
+from ..logs import printable
 
 
 def parse_size(text: str) -> int:
@@ -58,6 +59,38 @@ def emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]]
     else:
         for key, value in result.items():
             print(f"{key}: {value}")
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows (the first one the header) as aligned columns, two spaces apart; the last column is
+    left ragged, so a long free text does not widen the others."""
+    if not rows:
+        return ""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    return "\n".join(("  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True))
+                      + ("  " if widths else "") + row[-1]).rstrip() for row in rows)
+
+
+def human_result(result: Any) -> str:
+    """An agent's answer for a person: a table for a list of records (``get ts-delta``, ``get
+    restorable``, ...), ``key: value`` lines for one record, one line per item of a plain list."""
+    if isinstance(result, list) and result and all(isinstance(item, dict) for item in result):
+        keys = list(dict.fromkeys(key for item in result for key in item))
+        return format_table([[key.upper() for key in keys],
+                             *([_cell(item.get(key)) for key in keys] for item in result)])
+    if isinstance(result, list):
+        return "\n".join(_cell(item) for item in result)
+    if isinstance(result, dict):
+        return "\n".join(f"{key}: {_cell(value)}" for key, value in result.items())
+    return _cell(result)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (dict, list)):
+        return printable(json.dumps(value, sort_keys=True, separators=(",", ":")))
+    return printable(str(value))
 
 
 @contextlib.contextmanager

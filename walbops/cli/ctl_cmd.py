@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import stat
 import sys
@@ -24,7 +23,7 @@ from ..net import messages
 from ..net.ssh import DEFAULT_KNOWN_HOSTS, SshRoute
 from ..net.tls import Secret, TlsFiles
 from ..units import parse_size
-from ._common import emit
+from ._common import emit, human_result
 
 # walbc's positional arguments, by command: (required names, optional names).
 POSITIONAL: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -339,10 +338,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
                                                                   ARCHIVE_WAITS[args.command], result)
     if args.json:
         emit({"result": result}, True)
-    elif isinstance(result, (dict, list)):
-        print(json.dumps(result, indent=1, sort_keys=True))
-    elif result is not None:
-        print(result)
+    elif result is not None and (text := human_result(result)):
+        print(text)
     return 0
 
 

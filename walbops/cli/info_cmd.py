@@ -13,7 +13,7 @@ from ..converge.health import Health, Level, Thresholds, assess
 from ..errors import WalbopsError
 from ..logs import printable
 from ..units import format_size
-from ._common import add_json_flag, emit
+from ._common import add_json_flag, emit, format_table
 
 FAIL_ON = {"none": None, "unreachable": None, "warning": Level.WARNING, "critical": Level.CRITICAL}
 UNREACHABLE_EXIT = 1  # walbops info --fail-on unreachable (the default): an agent did not answer
@@ -110,9 +110,7 @@ def render_table(info: dict[str, Any]) -> str:
                                                       f"{server.get('address')}:{server.get('port')}"))
         for vol, volume in sorted(server["volumes"].items()):
             rows.append((name, server["role"], vol, volume["state"], printable(_detail(server["role"], volume))))
-    widths = [max(len(row[column]) for row in rows) for column in range(4)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4]
-             for row in rows]
+    lines = format_table(rows).splitlines()
     health = info.get("health")
     if health is not None:
         lines.append("")
