@@ -46,6 +46,12 @@ options:
     description: Longest time a write waits to become permanent [ms]; used when the device is created
       (default 100).
     type: int
+  metrics_listen:
+    description:
+      - Have the device daemon serve Prometheus metrics at C(http://HOST:PORT/metrics) (its IO counters, log
+        usage and lsids; docs/operations.md). An empty string serves none.
+      - A running device starts, moves or stops its endpoint at once; unset leaves it as it is.
+    type: str
   force:
     description: C(state=absent) - stop the device even if it is mounted or open (its users then get IO errors).
     type: bool
@@ -131,6 +137,7 @@ def main():
             overflow=dict(type="str", choices=["overwrite", "error"]),
             checkpoint_interval_ms=dict(type="int"),
             flush_interval_ms=dict(type="int"),
+            metrics_listen=dict(type="str"),
             force=dict(type="bool", default=False),
             **WALBOPS_COMMON_OPTIONS,
         ),
@@ -138,7 +145,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    options = ("state", "ldev", "ddev", "overflow", "checkpoint_interval_ms", "flush_interval_ms", "force")
+    options = ("state", "ldev", "ddev", "overflow", "checkpoint_interval_ms", "flush_interval_ms", "metrics_listen",
+               "force")
     run_module(module, ["ensure", "device", params["name"], *flag_args([(key, params[key]) for key in options])])
 
 

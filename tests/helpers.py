@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import socket
+import urllib.request
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from walbops.store.loop import devices_under
 
@@ -88,3 +92,35 @@ def write_torn_pack(ldev: Path | str, lsid: int, ios: list[tuple[int, bytes]]) -
 def loop_devices_under(root: Path) -> list[str]:
     """Loop devices whose backing file lies under ``root`` (restored images left attached)."""
     return devices_under(str(root))
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> dict[str, list[tuple[dict[str, str], float]]]:
+    """name -> [(labels, value)] of every sample an agent serves (counters under their _total
+    names), and every family it declares, with or without samples yet (counters under both)."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as answer:
+        assert answer.status == 200 and answer.headers["Content-Type"].startswith("text/plain")
+        text = answer.read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        samples.setdefault(family.name, [])
+        if family.type == "counter":
+            samples.setdefault(family.name + "_total", [])
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    found = [v for got, v in samples.get(name, []) if all(got.get(k) == want for k, want in labels.items())]
+    assert len(found) == 1, f"{name}{labels}: {samples.get(name)}"
+    return found[0]
+
+
+def documented_metrics() -> dict[str, set[str]]:
+    """docs/operations.md's metric table: name -> the agents (and ``device``) that serve it."""
+    table = (ROOT / "docs" / "operations.md").read_text().split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    metrics: dict[str, set[str]] = {}
+    for match in re.finditer(r"^\| `(walbops_\w+)` \| ([a-z, ]+) \|.*$", table, re.MULTILINE):
+        if "(only " not in match[0]:  # those appear once their condition holds
+            metrics[match[1]] = {agent.strip() for agent in match[2].split(",")}
+    return metrics

@@ -101,8 +101,11 @@ def test_site_over_ssh_from_nothing(fleet: dict) -> None:
     assert f"{fleet['hosts']['proxy0'].ip}:10100" in config and f"{fleet['hosts']['archive0'].ip}:10200" in config
     # TLS mode: each agent holds its own role's certificate, the CA's key stays on the controller,
     # encrypted, and the passphrase is in no output.
-    # The roles turn metrics on: each agent serves them on its host's address.
+    # The roles turn metrics on: each agent serves them on its host's address, and each walb device
+    # daemon on 9720 + its index in walbops_volumes.
     for name, port, metric in (("storage0", 9710, 'walbops_volume_state{state="Target",vol="storage0-vol0"} 1.0'),
+                               ("storage0", 9720, 'walbops_device_writes_total{device="storage0-vol0"}'),
+                               ("storage1", 9721, 'walbops_device_writes_total{device="storage0-vol0"}'),
                                ("proxy0", 9711, "walbops_build_info"),
                                ("archive0", 9712, "walbops_archive_rpo_seconds")):
         with urllib.request.urlopen(f"http://{fleet['hosts'][name].ip}:{port}/metrics", timeout=10) as answer:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jinja2
 import pytest
 import yaml
 from helpers import ROOT
@@ -59,6 +60,7 @@ def test_every_unit_the_roles_install_verifies(tmp_path):
     # The storage agent starts after its walb devices; the devices stop after their mounts.
     assert "After=network-online.target walbops-device@vol0.service\n" in storage
     assert "NoNewPrivileges=yes" in storage and "ProtectSystem=full" in storage
+    assert "SyslogIdentifier=walbops-storage" in storage  # its stderr, the log, in the journal under that tag
     device = (tmp_path / "walbops-device@.service").read_text()
     assert "ExecStart=" + str(ROOT / ".venv" / "bin" / "walbops") + " wdev up %i --config /etc/walbops/devices/%i.yml" \
         in device
@@ -86,3 +88,20 @@ def test_the_logrotate_file_parses(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "error" not in result.stderr.lower(), result.stderr
     assert "rotating pattern: /var/lib/walbops/*/*.log /var/log/walbops/*.log" in result.stderr
+
+
+@pytest.mark.parametrize("role", ["storage", "proxy", "archive"])
+def test_agents_log_to_the_journal_under_systemd_and_to_files_otherwise(role):
+    """Each role's agent config (and the archive's worker's) says log_file - under systemd: the unit
+    hands stderr to the journal."""
+    tasks = (ROOT / "ansible" / "roles" / f"walbops_{role}" / "tasks" / "main.yml").read_text()
+    expressions = [line.split("log_file", 1)[1].lstrip("'\":").split("  #")[0].strip()
+                   for line in tasks.splitlines() if "log_file" in line]
+    assert expressions, f"no log_file in walbops_{role}"
+    environment = jinja2.Environment()
+    for expression in expressions:
+        template = expression.strip('"') if expression.startswith('"') else "{{ " + expression.rstrip("}") + " }}"
+        values = {"walbops_data_dir": "/var/lib/walbops"}
+        under_systemd = environment.from_string(template).render(walbops_service_mode="systemd", **values)
+        as_processes = environment.from_string(template).render(walbops_service_mode="process", **values)
+        assert under_systemd == "-" and as_processes.endswith(".log"), (expression, under_systemd, as_processes)

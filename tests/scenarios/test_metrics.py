@@ -4,7 +4,6 @@ transfers; every documented metric found with a plausible value."""
 from __future__ import annotations
 
 import random
-import re
 import socket
 import time
 import urllib.error
@@ -12,49 +11,17 @@ import urllib.request
 
 import pytest
 from cluster import MiB, wait_until, write_random
-from helpers import ROOT, free_port
-from prometheus_client.parser import text_string_to_metric_families
+from helpers import documented_metrics, free_port, scrape, value
 
 VOL = "vol0"
 ROLES = ("storage", "proxy", "archive")
-
-
-def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """name -> [(labels, value)] of every sample an agent serves (counters under their _total
-    names), and every family it declares, with or without samples yet (counters under both)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        assert answer.status == 200 and answer.headers["Content-Type"].startswith("text/plain")
-        text = answer.read().decode()
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        samples.setdefault(family.name, [])
-        if family.type == "counter":
-            samples.setdefault(family.name + "_total", [])
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return samples
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    found = [v for got, v in samples.get(name, []) if all(got.get(k) == want for k, want in labels.items())]
-    assert len(found) == 1, f"{name}{labels}: {samples.get(name)}"
-    return found[0]
-
-
-def documented_metrics() -> dict[str, set[str]]:
-    """docs/operations.md's metric table: name -> the agents that serve it."""
-    table = (ROOT / "docs" / "operations.md").read_text().split("## Metrics", 1)[1].split("\n## ", 1)[0]
-    metrics: dict[str, set[str]] = {}
-    for match in re.finditer(r"^\| `(walbops_\w+)` \| ([a-z, ]+) \|.*$", table, re.MULTILINE):
-        if "(only " not in match[0]:  # those appear once their condition holds
-            metrics[match[1]] = {agent.strip() for agent in match[2].split(",")}
-    return metrics
 
 
 def test_every_agent_serves_its_documented_metrics(cluster):
     ports = {role: free_port() for role in ROLES}
     for role, port in ports.items():
         cluster.agent_args[role] = ["--metrics-listen", f"127.0.0.1:{port}"]
+    cluster.agent_args["storage"] += ["--ts-delta-interval", "0.5"]
     device = cluster.make_device("wdev0")
     cluster.start_all()
     cluster.setup_volume(VOL)
@@ -75,7 +42,7 @@ def test_every_agent_serves_its_documented_metrics(cluster):
     documented = documented_metrics()
     assert len(documented) >= 28, documented
     for name, agents in documented.items():
-        for agent in agents:
+        for agent in agents & set(ROLES):
             assert name in scraped[agent], f"the {agent} agent does not serve {name}"
 
     storage, proxy, archive = scraped["storage"], scraped["proxy"], scraped["archive"]
@@ -116,6 +83,15 @@ def test_every_agent_serves_its_documented_metrics(cluster):
     (proxied,) = ctl.get("p0", "latest-snap")
     assert proxied["archives"][0]["archive"] == "a0"
     assert ctl.get("a0", "ts-delta") == []  # replicated nowhere
+    # The storage's ts-delta: what the archive last said of its latest snapshot (gather-latest-snap).
+    archived_gid = archived["gid"]
+    wait_until(lambda: [entry["dest_gid"] for entry in ctl.get("s0", "ts-delta")] == [archived_gid], 30,
+               "the storage gathers the archive's latest snapshot")
+    (delta,) = ctl.get("s0", "ts-delta", VOL)
+    assert delta["name"] == VOL and delta["dest"] == "a0" and (delta["kind"], delta["dest_kind"]) == ("storage",
+                                                                                                     "archive")
+    assert delta["gid"] >= delta["dest_gid"] and delta["ts_delta"] == delta["ts"] - delta["dest_ts"] >= 0
+    assert value(scrape(ports["storage"]), "walbops_storage_archive_lag_seconds", vol=VOL) == delta["ts_delta"]
     assert [entry["name"] for entry in ctl.get("a0", "base-all")] == [VOL]
     stat = ctl.get("s0", "handler-stat")
     assert stat["PROTOCOL_COUNT"]["get"] >= 2 and stat["GET_COUNT"]["log-usage"] == 1

@@ -122,6 +122,11 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                                              frozenset({"proxy", "archive"})),
             messages.REPL_SYNC: Command(self.recv_repl_sync, {"type": "object"}, "replication receiver",
                                         frozenset({"archive"})),
+            # A storage asks for the volumes it is Target of (its get ts-delta, walb.md §6.8).
+            messages.GATHER_LATEST_SNAP: Command(
+                self.cmd_gather_latest_snap,
+                args_schema({"vols": {"type": "array", "items": VOL, "maxItems": messages.MAX_GATHERED_VOLUMES}}),
+                "the latest snapshot of each of these volumes held here", frozenset({"storage", "controller"})),
             "replicate": Command(self.cmd_replicate,
                                  args_schema({"vol": VOL, "host": _HOST, "port": _PORT},
                                              {"gid": GID, "size": {**_SIZE, "minimum": 0},
@@ -956,6 +961,22 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         """Remember where a destination is (``get ts-delta``)."""
         self.replicas[(volume.vol, destination)] = {"destination": destination, "latest": str(latest),
                                                     "timestamp": timestamp, "updated": int(time.time())}
+
+    async def cmd_gather_latest_snap(self, request: Request) -> Any:
+        """The latest snapshot of each asked volume this archive holds (others are left out)."""
+        held = set(self.volume_ids())
+        found = []
+        for vol in dict.fromkeys(request.args["vols"]):
+            if vol not in held:
+                continue
+            try:
+                volume = self.volume(vol)
+            except Refused:
+                continue  # broken metadata: get status says why
+            if volume.state in ARCHIVE_ACTIVE:
+                latest = volume.latest_snap()
+                found.append({"name": vol, "gid": latest.gid_b, "timestamp": self.newest_timestamp(volume)})
+        return found
 
     def ts_delta(self, volume: ArchiveVolume) -> list[dict[str, Any]]:
         """Each destination this agent replicated ``volume`` to: its latest snapshot, and how far

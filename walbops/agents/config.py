@@ -22,6 +22,7 @@ from ..net.auth import Keys, load_keys
 from ..net.tls import Credentials, Secret, TlsFiles
 from ..store import parse_store_flag, store_config_schema
 from ..units import parse_size
+from .metrics import LISTEN_PATTERN
 
 ROLES = ("storage", "proxy", "archive")
 DEFAULT_PORTS = {"storage": 10000, "proxy": 10100, "archive": 10200}  # the WalB tutorial's ports
@@ -61,13 +62,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_level", {"enum": list(LEVELS)}, "info", ROLES, "least severe level logged"),
     Option("log_format", {"enum": list(FORMATS)}, "text", ROLES,
            "text lines, or JSON lines (time, level, logger, message, rid)"),
-    Option("metrics_listen", {"type": "string", "pattern": r"^([^\s:]+:[0-9]{1,5})?$"}, "", ROLES,
+    Option("metrics_listen", {"type": "string", "pattern": f"^({LISTEN_PATTERN})?$"}, "", ROLES,
            "serve Prometheus metrics at http://HOST:PORT/metrics (docs/operations.md; empty: off)"),
     # storage
     Option("archive", _HOST_PORT, None, ("storage",), "primary archive, HOST:PORT"),
     Option("proxies", {"type": "array", "items": _HOST_PORT, "minItems": 1}, None, ("storage",),
            "proxies in priority order, HOST:PORT each"),
     Option("implicit_snapshot_interval", _SECONDS, 10.0, ("storage",), "implicit snapshot every [s]"),
+    Option("ts_delta_interval", _SECONDS, 60.0, ("storage",),
+           "ask the primary archive for its latest snapshots every [s], for get ts-delta (WalB -tsdintvl); 0: never"),
     Option("max_wlog_send", _SIZE, "128M", ("storage",), "most log sent in one transfer; also the gid step"),
     Option("bulk_size", _SIZE, "256K", ("storage",), "full backup bulk size"),
     Option("full_scan_bps", _SIZE, 0, ("storage",), "most bytes a second a full or hash backup reads (0: no limit)"),

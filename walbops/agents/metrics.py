@@ -1,5 +1,5 @@
-"""Prometheus metrics of an agent (docs/operations.md lists every one) and the HTTP endpoint
-that serves them.
+"""Prometheus metrics of an agent and of a walb device daemon (docs/operations.md lists every
+one), and the HTTP endpoint that serves them.
 
 Counters of events (transfers, refusals, handshake failures, errors) are kept as they happen;
 everything about volumes is read when Prometheus scrapes, from the state the agent keeps
@@ -13,30 +13,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Summary, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .. import __version__
+from ..errors import OperationError
 
 logger = logging.getLogger("walbops.metrics")
 
 MAX_REQUEST_HEAD = 8192  # [bytes] a scrape's request line and headers are a few hundred bytes
 REQUEST_TIMEOUT = 10.0  # [s] to read a request head and write the answer
+LISTEN_PATTERN = r"[^\s:]+:[0-9]{1,5}"  # HOST:PORT of a metrics endpoint (metrics_listen)
 
 
 class AgentMetrics:
     """The counters and gauges of one agent process, in a registry of its own."""
 
     def __init__(self, host_type: str, agent_id: str) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        build = Gauge("walbops_build_info", "1, labelled with the walbops version, the agent's kind and id",
-                      ["version", "host_type", "id"], registry=self.registry)
-        build.labels(__version__, host_type, agent_id).set(1)
+        self.registry = build_registry(host_type, agent_id)
         Gauge("walbops_agent_start_time_seconds", "When the agent started (Unix time)",
               registry=self.registry).set(time.time())
         self.connections = Counter("walbops_connections", "Connections that completed the handshake",
@@ -56,7 +56,7 @@ class AgentMetrics:
 
     def add_collector(self, collect: Callable[[Families], None]) -> None:
         """Have ``collect(families)`` add gauges at every scrape (the volumes' state)."""
-        self.registry.register(_Collector(collect))
+        self.registry.register(ScrapeCollector(collect))
 
     @contextlib.contextmanager
     def transfer(self, kind: str, direction: str, wire_bytes: Callable[[], int]) -> Iterator[None]:
@@ -76,23 +76,43 @@ class AgentMetrics:
         return generate_latest(self.registry)
 
 
+def build_registry(host_type: str, process_id: str) -> CollectorRegistry:
+    """A registry of one process, with its ``walbops_build_info``."""
+    registry = CollectorRegistry(auto_describe=True)
+    build = Gauge("walbops_build_info", "1, labelled with the walbops version, the process's kind (storage, "
+                  "proxy, archive, device) and id", ["version", "host_type", "id"], registry=registry)
+    build.labels(__version__, host_type, process_id).set(1)
+    return registry
+
+
 class Families:
-    """The gauges of one scrape, by name: every sample of a name shares its help and label names."""
+    """The gauges and counters of one scrape, by name: every sample of a name shares its help and
+    label names."""
 
     def __init__(self) -> None:
-        self._families: dict[str, GaugeMetricFamily] = {}
+        self._families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
 
     def gauge(self, name: str, help_text: str, labels: dict[str, str], value: float) -> None:
+        self._family(GaugeMetricFamily, name, help_text, labels).add_metric(list(labels.values()), value)
+
+    def counter(self, name: str, help_text: str, labels: dict[str, str], value: float) -> None:
+        """A counter kept elsewhere (``name`` without ``_total``, which the exposition adds)."""
+        self._family(CounterMetricFamily, name, help_text, labels).add_metric(list(labels.values()), value)
+
+    def _family(self, kind: type[GaugeMetricFamily | CounterMetricFamily], name: str, help_text: str,
+                labels: dict[str, str]) -> GaugeMetricFamily | CounterMetricFamily:
         family = self._families.get(name)
         if family is None:
-            family = self._families[name] = GaugeMetricFamily(name, help_text, labels=list(labels))
-        family.add_metric(list(labels.values()), value)
+            family = self._families[name] = kind(name, help_text, labels=list(labels))
+        return family
 
     def __iter__(self) -> Iterator[Metric]:
         return iter(self._families.values())
 
 
-class _Collector:
+class ScrapeCollector:
+    """Calls ``collect(families)`` at every scrape."""
+
     def __init__(self, collect: Callable[[Families], None]) -> None:
         self._collect = collect
 
@@ -144,6 +164,61 @@ async def _answer(head: bytes, render: Callable[[], Awaitable[bytes]]) -> tuple[
     if target != b"/metrics":
         return b"404 Not Found", b"metrics are at /metrics\n", b"text/plain"
     return b"200 OK", await render(), CONTENT_TYPE_LATEST.encode()
+
+
+class MetricsThread:
+    """``serve_metrics`` for a threaded process (the walb device daemon): an event loop in a thread
+    of its own; ``render()`` runs on it, so it reads the process's state from that thread."""
+
+    def __init__(self, render: Callable[[], bytes], name: str = "metrics") -> None:
+        self._render = render
+        self._name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self.listen = ""
+
+    def start(self, listen: str) -> None:
+        """Serve on ``listen`` (HOST:PORT), or nowhere when it is empty; a running server is closed first.
+
+        Raises:
+            OperationError: the address cannot be bound (in use, not local).
+        """
+        self.stop()
+        if not listen:
+            return
+        host, _, port = listen.rpartition(":")
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name=self._name, daemon=True)
+        thread.start()
+
+        async def render() -> bytes:
+            return self._render()
+        try:
+            self._server = asyncio.run_coroutine_threadsafe(serve_metrics(host, int(port), render),
+                                                            loop).result(REQUEST_TIMEOUT)
+        except (OSError, ValueError) as exc:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+            raise OperationError(f"metrics at {listen}: {exc}") from None
+        self._loop, self._thread, self.listen = loop, thread, listen
+
+    def stop(self) -> None:
+        loop, thread, server = self._loop, self._thread, self._server
+        if loop is None or thread is None:
+            return
+        if server is not None:
+            async def close() -> None:
+                server.close()
+                await server.wait_closed()
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(close(), loop).result(REQUEST_TIMEOUT)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(REQUEST_TIMEOUT)
+        loop.close()
+        self._loop = self._thread = self._server = None
+        self.listen = ""
 
 
 def observed(state: Any) -> float:

@@ -66,6 +66,11 @@ class StorageAgent(Agent[StorageVolume]):
                             "ship now, retry now"),
         })
         self._device_status: dict[str, dict[str, Any]] = {}  # vol -> its device's status at the last scrape
+        # What the primary archive said of each Target volume's latest snapshot (gather-latest-snap):
+        # vol -> {"dest": archive id, "gid", "timestamp", "gathered": when it said so}.
+        self.archive_snaps: dict[str, dict[str, Any]] = {}
+        self._gathered_at = 0.0  # [monotonic s] the last gather's start
+        self._gatherer: asyncio.Task[Any] | None = None
         self.getters.update({
             "state": self.vol_getter(lambda v, a: v.state),
             "uuid": self.vol_getter(lambda v, a: v.uuid.hex()),
@@ -74,6 +79,7 @@ class StorageAgent(Agent[StorageVolume]):
             "log-usage": self.vol_getter(lambda v, a: self.device(v).call("log_usage"), self._log_usage),
             "latest-snap": self.vol_getter(lambda v, a: self._latest_snap(v), self._latest_snap),
             "vol-size": self.vol_getter(lambda v, a: self.device(v).call("status")["size_lb"]),
+            "ts-delta": lambda args: self.ts_delta(args.get("vol")),
         })
 
     # ------------------------------------------------------------------ volumes and devices
@@ -105,6 +111,53 @@ class StorageAgent(Agent[StorageVolume]):
         latest = volume.queue[-1] if volume.queue else volume.done
         return {"kind": "storage", "gid": latest.gid, "lsid": latest.lsid, "timestamp": latest.timestamp}
 
+    # ------------------------------------------------------------------ ts-delta (gather-latest-snap)
+
+    async def on_tick(self) -> None:
+        interval = float(self.config.ts_delta_interval)
+        if not interval or time.monotonic() - self._gathered_at < interval:
+            return
+        if self._gatherer is None or self._gatherer.done():
+            self._gathered_at = time.monotonic()
+            self._gatherer = self.spawn(self.gather_latest_snaps(), "gather-latest-snap", detached=True)
+
+    async def gather_latest_snaps(self) -> None:
+        """Ask the primary archive for the latest snapshot of each Target volume (WalB's
+        gather-latest-snap); an archive that cannot be reached leaves the last answers, with their age."""
+        vols = [volume.vol for volume in self.stored_volumes() if volume.state == "Target"]
+        if not vols:
+            return
+        host, port = host_port(self.config.archive)
+        try:
+            async with await self.connect_peer(host, port) as channel:
+                found = await channel.request(messages.GATHER_LATEST_SNAP, {"vols": vols})
+                archive = channel.peer_id
+        except (OSError, WalbopsError) as exc:
+            self.log.warning("cannot ask archive %s for its latest snapshots (get ts-delta): %s",
+                             self.config.archive, exc)
+            return
+        now = time.time()
+        self.archive_snaps = {str(entry["name"]): {"dest": archive, "gid": int(entry["gid"]),
+                                                   "timestamp": int(entry["timestamp"]), "gathered": now}
+                              for entry in found if isinstance(entry, dict) and entry.get("name") in vols}
+
+    def ts_delta(self, vol: str | None) -> list[dict[str, Any]]:
+        """WalB's storage ``ts-delta``: how far the archive's latest snapshot of each Target volume is
+        behind this storage's (gids, and seconds of snapshot time), as last gathered."""
+        entries = []
+        for name, there in sorted(self.archive_snaps.items()):
+            if vol is not None and name != vol:
+                continue
+            volume = self.volumes.get(name)
+            if volume is None or volume.state != "Target":
+                continue
+            here = self._latest_snap(volume)
+            entries.append({"name": name, "dest": there["dest"], "kind": "storage", "dest_kind": "archive",
+                            "gid": here["gid"], "ts": here["timestamp"], "dest_gid": there["gid"],
+                            "dest_ts": there["timestamp"], "ts_delta": here["timestamp"] - there["timestamp"],
+                            "gathered": there["gathered"]})
+        return entries
+
     async def refresh_metrics(self) -> None:
         statuses: dict[str, dict[str, Any]] = {}
         for volume in self.stored_volumes():
@@ -116,6 +169,10 @@ class StorageAgent(Agent[StorageVolume]):
     def collect_metrics(self, families: Families) -> None:
         super().collect_metrics(families)
         now = time.time()
+        for entry in self.ts_delta(None):
+            families.gauge("walbops_storage_archive_lag_seconds", "How much older the primary archive's latest "
+                           "snapshot is than this storage's, as last gathered (get ts-delta)", {"vol": entry["name"]},
+                           max(0, entry["ts_delta"]))
         for volume in self.stored_volumes():
             labels = {"vol": volume.vol}
             families.gauge("walbops_storage_full_scan_progress_bytes", "Bytes a full or hash backup has sent so far",

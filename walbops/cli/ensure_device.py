@@ -38,6 +38,8 @@ def register_device(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint-interval-ms", type=int, help="checkpoint interval (default 10000) [ms]")
     parser.add_argument("--flush-interval-ms", type=int,
                         help="longest time a write waits to become permanent (set at creation; default 100) [ms]")
+    parser.add_argument("--metrics-listen", metavar="HOST:PORT",
+                        help="serve Prometheus metrics there (empty: none); a running device changes at once")
     parser.add_argument("--force", action="store_true", help="absent: stop it even if mounted or open")
     add_ensure_flags(parser)
     parser.set_defaults(handler=cmd_device)
@@ -47,7 +49,7 @@ def cmd_device(args: argparse.Namespace) -> int:
     from ..converge.device import ensure_device
 
     outcome = ensure_device(args.name, args.state, args.ldev, args.ddev, args.overflow, args.checkpoint_interval_ms,
-                            args.flush_interval_ms, args.force, args.check)
+                            args.flush_interval_ms, args.force, args.check, metrics_listen=args.metrics_listen)
     return report(outcome, args.json)
 
 

@@ -41,6 +41,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     create.add_argument("--checkpoint-interval-ms", type=int, default=10_000)
     create.add_argument("--flush-interval-ms", type=int, default=100,
                         help="longest time a write waits to become permanent")
+    create.add_argument("--metrics-listen", default="", metavar="HOST:PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics (docs/operations.md)")
     add_json_flag(create)
     create.set_defaults(handler=cmd_create)
 
@@ -153,7 +155,7 @@ def cmd_format_ldev(args: argparse.Namespace) -> int:
 
 def cmd_create(args: argparse.Namespace) -> int:
     started = start_device(args.name, args.ldev, args.ddev, OverflowPolicy(args.overflow), args.checkpoint_interval_ms,
-                           args.flush_interval_ms)
+                           args.flush_interval_ms, args.metrics_listen)
     if args.json:
         emit({"name": started.name, "path": started.path, "loop": started.loop, "pid": started.pid}, True)
     else:

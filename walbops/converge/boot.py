@@ -26,7 +26,7 @@ from ..store import loop
 from .device import ensure_device
 from .loopdev import ensure_loopdev
 
-SPEC_KEYS = {"name", "ldev", "ddev", "overflow", "checkpoint_interval_ms", "mount"}
+SPEC_KEYS = {"name", "ldev", "ddev", "overflow", "checkpoint_interval_ms", "metrics_listen", "mount"}
 MOUNT_KEYS = {"path", "fs", "options"}
 
 
@@ -45,6 +45,7 @@ class DeviceSpec:
     overflow: str | None = None
     checkpoint_interval_ms: int | None = None
     mount: Mount | None = None
+    metrics_listen: str | None = None
 
     @classmethod
     def load(cls, path: str, name: str) -> DeviceSpec:
@@ -68,7 +69,8 @@ class DeviceSpec:
                                   or set(mount) - MOUNT_KEYS):
             raise UsageError(f"{path}: mount has path, fs and optionally options")
         return cls(check_name(str(data["name"])), str(data["ldev"]), str(data["ddev"]), data.get("overflow"),
-                   data.get("checkpoint_interval_ms"), Mount(**mount) if mount else None)
+                   data.get("checkpoint_interval_ms"), Mount(**mount) if mount else None,
+                   None if data.get("metrics_listen") is None else str(data["metrics_listen"]))
 
 
 def _is_file(path: str) -> bool:
@@ -93,7 +95,8 @@ def _mounted_at(spec: DeviceSpec) -> list[str]:
 def device_up(spec: DeviceSpec, mount: bool = False) -> dict[str, Any]:
     """Attach, start, and (``mount``) mount device ``spec``; what changed."""
     ldev, ddev = _block_device(spec.ldev), _block_device(spec.ddev)
-    started = ensure_device(spec.name, "present", ldev, ddev, spec.overflow, spec.checkpoint_interval_ms)
+    started = ensure_device(spec.name, "present", ldev, ddev, spec.overflow, spec.checkpoint_interval_ms,
+                            metrics_listen=spec.metrics_listen)
     result: dict[str, Any] = {"name": spec.name, "path": DevicePaths(spec.name).link, "ldev": ldev, "ddev": ddev,
                               "started": started.changed, "mounted": False}
     if mount and spec.mount is not None:

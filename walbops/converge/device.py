@@ -49,11 +49,13 @@ def _status(name: str) -> dict[str, Any]:
 
 def ensure_device(name: str, state: str, ldev: str | None = None, ddev: str | None = None,
                   overflow: str | None = None, checkpoint_interval_ms: int | None = None,
-                  flush_interval_ms: int | None = None, force: bool = False, check: bool = False) -> Outcome:
+                  flush_interval_ms: int | None = None, force: bool = False, check: bool = False,
+                  metrics_listen: str | None = None) -> Outcome:
     """Make the walb device ``name`` run over ``ldev`` and ``ddev`` (state present) or not run (absent).
 
     The options left None are not compared with a running device: a new one gets
-    ``DeviceConfig``'s defaults, as ``walbops wdev create`` gives it.
+    ``DeviceConfig``'s defaults, as ``walbops wdev create`` gives it. ``checkpoint_interval_ms``
+    and ``metrics_listen`` (HOST:PORT, empty for none) change on a running device.
     """
     check_name(name)
     info = read_info(name)
@@ -67,7 +69,8 @@ def ensure_device(name: str, state: str, ldev: str | None = None, ddev: str | No
     if overflow is not None and overflow not in {str(policy) for policy in OverflowPolicy}:
         raise UsageError(f"overflow must be one of {', '.join(OverflowPolicy)}, not {overflow!r}")
     if info is not None:
-        return _running(name, info, before, ldev, ddev, overflow, checkpoint_interval_ms, check)
+        return _running(name, info, before, ldev, ddev, overflow,
+                        {"checkpoint_interval_ms": checkpoint_interval_ms, "metrics_listen": metrics_listen}, check)
     require_exists(ldev, ddev)
     if formatted_super(ldev) is None:
         raise OperationError(f"{ldev} holds no walbops/WalB super sector; format it first with walb_ldev "
@@ -83,12 +86,17 @@ def ensure_device(name: str, state: str, ldev: str | None = None, ddev: str | No
     default = DeviceConfig(name, ldev, ddev)
     start_device(name, ldev, ddev, OverflowPolicy(overflow) if overflow else default.overflow,
                  default.checkpoint_interval_ms if checkpoint_interval_ms is None else checkpoint_interval_ms,
-                 default.flush_interval_ms if flush_interval_ms is None else flush_interval_ms)
+                 default.flush_interval_ms if flush_interval_ms is None else flush_interval_ms, metrics_listen or "")
     return Outcome(True, before, after, {**_status(name), "name": name, "path": path})
 
 
+# The options a running device changes: its status key -> (control operation, its argument)
+LIVE_OPTIONS = {"checkpoint_interval_ms": ("set_checkpoint_interval", "interval_ms"),
+                "metrics_listen": ("set_metrics_listen", "listen")}
+
+
 def _running(name: str, info: dict[str, Any], before: dict[str, Any], ldev: str, ddev: str, overflow: str | None,
-             checkpoint_interval_ms: int | None, check: bool) -> Outcome:
+             wanted: dict[str, Any], check: bool) -> Outcome:
     """A device of that name runs: the same one, or a refusal."""
     if not (same_file(info["ldev"], ldev) and same_file(info["ddev"], ddev)):
         raise OperationError(f"walb device {name!r} runs over ldev {info['ldev']} and ddev {info['ddev']}, not "
@@ -97,17 +105,17 @@ def _running(name: str, info: dict[str, Any], before: dict[str, Any], ldev: str,
     if overflow is not None and overflow != status["overflow_policy"]:
         raise OperationError(f"walb device {name!r} runs with overflow {status['overflow_policy']}, not {overflow}; "
                              "the policy is set at creation: remove it with state=absent and create it again")
-    after = dict(before)
-    changed = checkpoint_interval_ms is not None and checkpoint_interval_ms != status["checkpoint_interval_ms"]
-    if changed:
-        # The one option a running device can change; the daemon checks its bounds.
-        before = {**before, "checkpoint_interval_ms": status["checkpoint_interval_ms"]}
-        after["checkpoint_interval_ms"] = checkpoint_interval_ms
-        if not check:
-            with DeviceClient(name) as client:
-                client.call("set_checkpoint_interval", interval_ms=checkpoint_interval_ms)
-            status = _status(name)
-    return Outcome(changed, before, after, {**status, "name": name, "path": DevicePaths(name).link})
+    changes = {key: value for key, value in wanted.items() if value is not None and value != status.get(key)}
+    before = {**before, **{key: status.get(key) for key in changes}}
+    after = {**before, **changes}
+    if changes and not check:
+        # The daemon checks the values' bounds and form.
+        with DeviceClient(name) as client:
+            for key, value in changes.items():
+                op, argument = LIVE_OPTIONS[key]
+                client.call(op, **{argument: value})
+        status = _status(name)
+    return Outcome(bool(changes), before, after, {**status, "name": name, "path": DevicePaths(name).link})
 
 
 def _absent(name: str, info: dict[str, Any] | None, before: dict[str, Any], force: bool, check: bool) -> Outcome:

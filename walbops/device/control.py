@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import socketserver
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..agents.metrics import LISTEN_PATTERN
 from ..errors import OperationError, UsageError, WalbopsError
 from .core import WalbDevice
 from .registry import DevicePaths, check_name
@@ -25,6 +27,7 @@ log = logging.getLogger("walbops.device.control")
 
 MAX_REQUEST = 64 << 10  # [bytes] a request line longer than this is refused
 MAX_WAIT = 3600.0  # [s] the longest wait_permanent a client may ask for
+METRICS_LISTEN = re.compile(LISTEN_PATTERN)
 
 
 def _int(request: dict[str, Any], key: str, minimum: int = 0) -> int:
@@ -46,10 +49,12 @@ def _number(request: dict[str, Any], key: str, default: float | None = None) -> 
 class Controller:
     """Maps control requests onto a WalbDevice (the sans-socket part)."""
 
-    def __init__(self, device: WalbDevice, status: Callable[[], dict[str, Any]], stop: Callable[[bool], None]) -> None:
+    def __init__(self, device: WalbDevice, status: Callable[[], dict[str, Any]], stop: Callable[[bool], None],
+                 set_metrics_listen: Callable[[str], None] | None = None) -> None:
         self.device = device
         self.status = status
         self.stop = stop
+        self.set_metrics_listen = set_metrics_listen
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -113,6 +118,15 @@ class Controller:
     def op_wait_permanent(self, request: dict[str, Any]) -> dict[str, Any]:
         timeout = min(_number(request, "timeout", 10.0) or 0.0, MAX_WAIT)
         return self.device.wait_permanent(_int(request, "after"), timeout).as_dict()
+
+    def op_set_metrics_listen(self, request: dict[str, Any]) -> dict[str, Any]:
+        listen = request.get("listen", "")
+        if not isinstance(listen, str) or (listen and not METRICS_LISTEN.fullmatch(listen)):
+            raise UsageError("'listen' must be HOST:PORT, or empty for no metrics")
+        if self.set_metrics_listen is None:
+            raise OperationError("this device serves no metrics")
+        self.set_metrics_listen(listen)
+        return {"metrics_listen": listen}
 
     def op_stop(self, request: dict[str, Any]) -> dict[str, Any]:
         self.stop(bool(request.get("force", False)))

@@ -98,6 +98,24 @@ class Lsids:
                 "prev_written": self.prev_written, "oldest": self.oldest}
 
 
+@dataclass
+class IoCounters:
+    """What the device served since it opened (its metrics, ``walbops_device_*_total``).
+
+    Updated under the device's lock, where each path already is: counting costs no lock of its own.
+    """
+
+    reads: int = 0
+    read_bytes: int = 0
+    writes: int = 0
+    write_bytes: int = 0
+    discards: int = 0
+    discard_bytes: int = 0
+    log_syncs: int = 0  # fdatasyncs of the ldev that made logs permanent (flushes, the flusher)
+    logpacks: int = 0
+    refused_writes: int = 0  # by the overflow policy "error"
+
+
 class _Request:
     __slots__ = ("io", "done", "error")
 
@@ -151,6 +169,7 @@ class WalbDevice:
         self._freeze_deadline: float | None = None
         self.overflow = False
         self._closed = False
+        self._counters = IoCounters()
         self.checkpoint_interval_ms = config.checkpoint_interval_ms
         # A pack never takes more than a quarter of the ring, so padding and the
         # checkpoint rule always leave room for the next one.
@@ -227,6 +246,11 @@ class WalbDevice:
     def log_capacity(self) -> int:
         return self.super.ring_buffer_size
 
+    def counters(self) -> IoCounters:
+        """A copy of the IO counters."""
+        with self._lock:
+            return replace(self._counters)
+
     @property
     def frozen(self) -> bool:
         with self._lock:
@@ -293,6 +317,13 @@ class WalbDevice:
             if self._closed:
                 raise DeviceIoError("device is shutting down", errno.EIO)
             self._queue.extend(requests)
+            nbytes = sum(request.io.blocks for request in requests) * LB
+            if requests[0].io.kind == IoKind.DISCARD:
+                self._counters.discards += 1
+                self._counters.discard_bytes += nbytes
+            else:
+                self._counters.writes += 1
+                self._counters.write_bytes += nbytes
         while True:
             with self._write_lock:
                 if all(request.done for request in requests):
@@ -357,6 +388,8 @@ class WalbDevice:
             if self.config.overflow == OverflowPolicy.ERROR:
                 error = DeviceIoError(f"{self.config.name}: log ring overflow (usage would be "
                                       f"{next_lsid - self._oldest} PB of {ring}); write refused")
+                with self._lock:
+                    self._counters.refused_writes += len(requests)
                 for request in requests:
                     request.error, request.done = error, True
                 return
@@ -370,6 +403,7 @@ class WalbDevice:
                 self._pending_bytes += request.io.nbytes if request.io.kind == IoKind.NORMAL else 0
                 request.done = True
             self._latest = self._completed = next_lsid
+            self._counters.logpacks += 1
         if self._pending_bytes >= self.config.flush_size:
             self._wake_flusher.set()
 
@@ -423,6 +457,8 @@ class WalbDevice:
         if end <= offset:
             return b""
         with self._lock:
+            self._counters.reads += 1
+            self._counters.read_bytes += end - offset
             data = bytearray(os.pread(self.ddev_fd, end - offset, offset))
             if len(data) < end - offset:
                 data.extend(bytes(end - offset - len(data)))
@@ -448,6 +484,7 @@ class WalbDevice:
             with self._lock:
                 if self._permanent >= target and self._applying is None and not len(self._pending):
                     return
+                self._counters.log_syncs += 1
                 target = self._completed
                 applying, self._pending = self._pending, IntervalMap(on_cut=lambda io: io)
                 self._applying = applying

@@ -27,6 +27,7 @@ from ..store.loop import run
 from .control import Controller, ControlServer
 from .core import LB, DeviceConfig, OverflowPolicy, WalbDevice
 from .frontend import VolumeFile
+from .metrics import DeviceMetrics
 from .registry import DevicePaths, check_name, device_using, read_info, write_info
 from .system import clear_stale, loop_busy
 
@@ -40,8 +41,10 @@ POLL = 0.01  # [s]
 class Daemon:
     """Owns the device, the control server, the FUSE mount and the loop device."""
 
-    def __init__(self, config: DeviceConfig, ready_fd: int | None) -> None:
+    def __init__(self, config: DeviceConfig, ready_fd: int | None, metrics_listen: str = "") -> None:
         self.config = config
+        self.metrics_listen = metrics_listen
+        self.metrics: DeviceMetrics | None = None
         self.paths = DevicePaths(config.name)
         self.ready_fd = ready_fd
         self.loop: str | None = None
@@ -66,7 +69,14 @@ class Daemon:
             "log_usage_pb": device.log_usage(), "log_capacity_pb": device.log_capacity(),
             "overflow": device.overflow, "overflow_policy": str(self.config.overflow), "frozen": device.frozen,
             "checkpoint_interval_ms": device.checkpoint_interval_ms,
+            "metrics_listen": self.metrics.server.listen if self.metrics else "",
         }
+
+    def set_metrics_listen(self, listen: str) -> None:
+        if self.metrics is None:
+            raise OperationError("device is not open")
+        self.metrics.listen(listen)
+        log.info("%s: metrics %s", self.config.name, f"at http://{listen}/metrics" if listen else "off")
 
     def serve(self) -> int:
         os.makedirs(self.paths.run_dir, exist_ok=True)
@@ -77,7 +87,15 @@ class Daemon:
             return 1
         with open(self.paths.volume, "a"):
             pass  # the FUSE mount point is a file
-        server = ControlServer(self.paths.control, Controller(self.device, self.status, self.stop))
+        self.metrics = DeviceMetrics(self.device, self.status)
+        try:
+            self.set_metrics_listen(self.metrics_listen)
+        except OperationError as exc:
+            self.report({"ok": False, "error": str(exc)})
+            self.device.close()
+            return 1
+        server = ControlServer(self.paths.control, Controller(self.device, self.status, self.stop,
+                                                              self.set_metrics_listen))
         server.start()
         threading.Thread(target=self._attach, args=(self.device,), name="walb-attach", daemon=True).start()
         try:
@@ -88,6 +106,7 @@ class Daemon:
             self.report({"ok": False, "error": f"FUSE mount failed: {exc}"})
         finally:
             server.shutdown()
+            self.metrics.close()
             self._detach_loop()
             self.device.close()
             clear_stale(self.paths)
@@ -166,6 +185,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--overflow", choices=[p.value for p in OverflowPolicy], default="overwrite")
     parser.add_argument("--checkpoint-interval-ms", type=int, default=10_000)
     parser.add_argument("--flush-interval-ms", type=int, default=100)
+    parser.add_argument("--metrics-listen", default="", help="serve Prometheus metrics on HOST:PORT")
     parser.add_argument("--ready-fd", type=int)
     return parser.parse_args(argv)
 
@@ -177,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                           ddev=os.path.abspath(args.ddev), overflow=OverflowPolicy(args.overflow),
                           checkpoint_interval_ms=args.checkpoint_interval_ms,
                           flush_interval_ms=args.flush_interval_ms)
-    daemon = Daemon(config, args.ready_fd)
+    daemon = Daemon(config, args.ready_fd, args.metrics_listen)
     if read_info(config.name) is not None or device_using(config.ldev) or device_using(config.ddev):
         daemon.report({"ok": False, "error": f"device {config.name} or its ldev/ddev is already in use"})
         return 1

@@ -98,13 +98,13 @@ def format_checked(ldev: str, ddev: str, name: str = "", pbs: int | None = None,
 
 def start_device(name: str, ldev: str, ddev: str, overflow: OverflowPolicy = DeviceConfig.overflow,
                  checkpoint_interval_ms: int = DeviceConfig.checkpoint_interval_ms,
-                 flush_interval_ms: int = DeviceConfig.flush_interval_ms) -> Started:
+                 flush_interval_ms: int = DeviceConfig.flush_interval_ms, metrics_listen: str = "") -> Started:
     """Start the daemon of device ``name`` over ``ldev`` and ``ddev``; returns once it is usable.
 
     The daemon outlives its caller (a new session, stdio to its log), and reports over
     an inherited pipe when its block device exists or why it failed; one that says
     nothing within START_TIMEOUT is terminated. The defaults are :class:`DeviceConfig`'s,
-    as the daemon's own.
+    as the daemon's own; ``metrics_listen`` (HOST:PORT) has it serve Prometheus metrics.
     """
     check_name(name)
     if read_info(name) is not None:
@@ -117,7 +117,8 @@ def start_device(name: str, ldev: str, ddev: str, overflow: OverflowPolicy = Dev
     command = [sys.executable, "-m", "walbops.device.daemon", "--name", name, "--ldev", os.path.abspath(ldev),
                "--ddev", os.path.abspath(ddev), "--overflow", str(overflow),
                "--checkpoint-interval-ms", str(checkpoint_interval_ms),
-               "--flush-interval-ms", str(flush_interval_ms), "--ready-fd", str(ready_write)]
+               "--flush-interval-ms", str(flush_interval_ms), "--metrics-listen", metrics_listen,
+               "--ready-fd", str(ready_write)]
     with open(paths.log, "ab") as log_file:
         process = subprocess.Popen(command, pass_fds=(ready_write,), start_new_session=True, stdin=subprocess.DEVNULL,
                                    stdout=log_file, stderr=subprocess.STDOUT, cwd="/")

@@ -45,6 +45,8 @@ def hash_batch(bulk_lb: int) -> int:
     return max(1, min(MAX_HASHES, HASH_BATCH_BYTES // (bulk_lb * 512)))
 VIRT_FULL_SCAN = "virt-full-scan"
 REPL_SYNC = "repl-sync"  # archive -> archive: replication (section 8.6)
+GATHER_LATEST_SNAP = "gather-latest-snap"  # storage -> archive: its latest snapshots (section 6.3)
+MAX_GATHERED_VOLUMES = 4096  # volumes one gather-latest-snap asks about
 REPL_KINDS = ("full", "resync", "diff")
 
 U32_MAX = 2**32 - 1
