@@ -29,7 +29,6 @@ logger = logging.getLogger("walbops.metrics")
 
 MAX_REQUEST_HEAD = 8192  # [bytes] a scrape's request line and headers are a few hundred bytes
 REQUEST_TIMEOUT = 10.0  # [s] to read a request head and write the answer
-LISTEN_PATTERN = r"[^\s:]+:[0-9]{1,5}"  # HOST:PORT of a metrics endpoint (metrics_listen)
 
 
 class AgentMetrics:

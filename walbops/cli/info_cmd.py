@@ -20,8 +20,8 @@ UNREACHABLE_EXIT = 1  # walbops info --fail-on unreachable (the default): an age
 THRESHOLD_FLAGS = (
     ("--rpo-warning", "rpo_warning", "warn when writes no proxy acknowledged are this old [s]"),
     ("--rpo-critical", "rpo_critical", "critical when they are this old [s]"),
-    ("--log-warning", "log_warning", "warn when a log ring is this full [%]"),
-    ("--log-critical", "log_critical", "critical when a log ring is this full [%]"),
+    ("--log-warning", "log_warning", "warn when a log ring is this full [%%]"),
+    ("--log-critical", "log_critical", "critical when a log ring is this full [%%]"),
 )
 
 

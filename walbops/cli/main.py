@@ -9,6 +9,7 @@ authentication, a closed or silent connection); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import re
@@ -18,45 +19,33 @@ from .. import __version__
 from ..allocator import tune_for_streaming
 from ..errors import UsageError, WalbopsError
 from ..logs import new_request_id, printable, request_id_var
-from . import (
-    agent_cmd,
-    ctl_cmd,
-    demo_cmd,
-    ensure_cmd,
-    info_cmd,
-    keygen_cmd,
-    pki_cmd,
-    retention_cmd,
-    wdev_cmd,
-    wdiff_cmd,
-    wlog_cmd,
-    worker_cmd,
-)
+
+# Each top-level command and the module that defines it. Only the module of the command given
+# is imported (all of them for --help or a mistake): importing every one costs about 0.3 s, paid
+# by each of the many short commands the Ansible modules run.
+COMMAND_MODULES = {
+    "wlog": "wlog_cmd", "wdiff": "wdiff_cmd", "wdev": "wdev_cmd", "keygen": "keygen_cmd", "pki": "pki_cmd",
+    "agent": "agent_cmd", "ctl": "ctl_cmd", "retention": "retention_cmd", "worker": "worker_cmd",
+    "demo": "demo_cmd", "ensure": "ensure_cmd", "info": "info_cmd", "check": "info_cmd",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="walbops", description="Continuous block-level backup in the manner of WalB.")
     parser.add_argument("--version", action="version", version=f"walbops {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    wlog_cmd.register(commands)
-    wdiff_cmd.register(commands)
-    wdev_cmd.register(commands)
-    keygen_cmd.register(commands)
-    pki_cmd.register(commands)
-    agent_cmd.register(commands)
-    ctl_cmd.register(commands)
-    retention_cmd.register(commands)
-    worker_cmd.register(commands)
-    demo_cmd.register(commands)
-    ensure_cmd.register(commands)
-    info_cmd.register(commands)
+    words = [word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")]
+    wanted = COMMAND_MODULES.get(words[0]) if words else None
+    for name in dict.fromkeys(COMMAND_MODULES.values()) if wanted is None else [wanted]:
+        importlib.import_module(f"{__package__}.{name}").register(commands)
     return parser
+
 
 REQUEST_ID = re.compile("[0-9a-f]{1,32}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     tune_for_streaming()
     # One id for everything this command asks of agents: their log lines name it. A caller may

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..agents.metrics import LISTEN_PATTERN
+from ..agents.config import LISTEN_PATTERN
 from ..errors import OperationError, UsageError, WalbopsError
 from .core import WalbDevice
 from .registry import DevicePaths, check_name
