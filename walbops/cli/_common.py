@@ -8,18 +8,18 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .. import units
 from ..blockdev import same_node
 from ..converge import Outcome
-from ..diff.files import read_header
 from ..durable import atomic_file
 from ..errors import FormatError, UsageError
-from ..formats.compression import CompressOpt
-from ..formats.ldev import LOGICAL_BLOCK_SIZE
-from ..formats.wdiff import DiffType
 from ..logs import printable
+
+if TYPE_CHECKING:  # the format modules (numpy) load only for the commands that read formats
+    from ..formats.compression import CompressOpt
+    from ..formats.wdiff import DiffType
 
 
 def parse_size(text: str) -> int:
@@ -32,6 +32,8 @@ def parse_size(text: str) -> int:
 
 def parse_lb_size(text: str) -> int:
     """A byte size that must be a positive multiple of 512; returned in LB."""
+    from ..formats.ldev import LOGICAL_BLOCK_SIZE
+
     value = parse_size(text)
     if value == 0 or value % LOGICAL_BLOCK_SIZE:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive multiple of 512 bytes")
@@ -39,6 +41,8 @@ def parse_lb_size(text: str) -> int:
 
 
 def parse_compression(text: str) -> CompressOpt:
+    from ..formats.compression import CompressOpt
+
     try:
         return CompressOpt.parse(text)
     except FormatError as exc:
@@ -138,10 +142,14 @@ def open_input(path: str) -> Iterator[BinaryIO]:
 
 def diff_type(path: str) -> DiffType:
     """Read a wdiff's header and return its type."""
+    from ..diff.files import read_header
+
     return read_header(path).type
 
 
 def diff_uuid(path: str) -> bytes:
+    from ..diff.files import read_header
+
     return read_header(path).uuid
 
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..controller import Controller, Layout, Server
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..controller import Controller, Server
 
 DEFAULT_LAYOUT = "/etc/walbops/layout.yml"  # written by the walbops_common role
 
 
 def open_controller(layout_path: str, timeout: float = 30.0) -> Controller:
+    # Imported here: the CLI registers the ensure commands, whose flags name DEFAULT_LAYOUT,
+    # also for the ones that reach no agent (ensure loop, ldev, device), which should not pay for it.
+    from ..controller import Controller, Layout
+
     return Controller(Layout.load(layout_path), timeout=timeout)
 
 
