@@ -10,8 +10,10 @@ import socket
 import urllib.error
 
 import pytest
-from devices import walbops, write_direct
+from devices import make_files, walbops, write_direct
 from helpers import documented_metrics, free_port, scrape, value
+
+from walbops.device.registry import DevicePaths
 
 MiB = 1 << 20
 
@@ -80,12 +82,20 @@ def test_a_running_device_moves_and_stops_its_endpoint(device_factory):
     assert device.status()["metrics_listen"] == ""
 
 
-def test_a_taken_port_is_refused_by_name(device_factory):
+def test_a_taken_port_is_refused_by_name(device_factory, tmp_path):
     device = device_factory()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
+        # At creation: no device comes up and nothing is left behind.
+        ldev, ddev = make_files(tmp_path, 16 * MiB, 16 * MiB)
+        name = device.name + "b"
+        walbops("wdev", "format-ldev", str(ldev), str(ddev), "--name", name, check=True)
+        created = walbops("wdev", "create", str(ldev), str(ddev), "--name", name, "--metrics-listen", address)
+        assert created.returncode != 0 and f"metrics at {address}" in created.stderr, created.stderr
+        assert walbops("wdev", "status", name).returncode != 0
+        assert not os.path.exists(DevicePaths(name).run_dir)
         refused = walbops("ensure", "device", device.name, "--ldev", str(device.ldev), "--ddev", str(device.ddev),
                           "--metrics-listen", address)
     assert refused.returncode != 0 and f"metrics at {address}" in refused.stderr

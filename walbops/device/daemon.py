@@ -93,6 +93,7 @@ class Daemon:
         except OperationError as exc:
             self.report({"ok": False, "error": str(exc)})
             self.device.close()
+            self._remove_runtime_files()
             return 1
         server = ControlServer(self.paths.control, Controller(self.device, self.status, self.stop,
                                                               self.set_metrics_listen))
@@ -109,13 +110,16 @@ class Daemon:
             self.metrics.close()
             self._detach_loop()
             self.device.close()
-            clear_stale(self.paths)
-            try:
-                os.rmdir(self.paths.run_dir)
-            except OSError:
-                pass
+            self._remove_runtime_files()
             log.info("%s: stopped", self.config.name)
         return 0
+
+    def _remove_runtime_files(self) -> None:
+        clear_stale(self.paths)
+        try:
+            os.rmdir(self.paths.run_dir)
+        except OSError:
+            pass  # not empty: another file someone put there stays
 
     def _attach(self, device: WalbDevice) -> None:
         """Once the FUSE file is mounted: loop device, symlink, info, ready."""
