@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers import free_port, loop_devices_under
+from helpers import free_port
 
 from walbops.agents.transfers import send_full_backup, send_wdiff
 from walbops.controller import Controller, Layout
@@ -32,6 +32,7 @@ from walbops.errors import WalbopsError
 from walbops.gid import MetaDiff
 from walbops.net.auth import load_key, write_key
 from walbops.net.transport import open_connection
+from walbops.store.loop import devices_under
 
 LB = 512
 KiB = 1 << 10
@@ -118,7 +119,7 @@ class ArchiveHistory:
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.stop()
-        for device in loop_devices_under(self.base_dir):
+        for device in devices_under(str(self.base_dir)):
             subprocess.run(["losetup", "--detach", device], capture_output=True)
 
     # ------------------------------------------------------------------ the history

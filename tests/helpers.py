@@ -12,8 +12,6 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from walbops.store.loop import devices_under
-
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT.parent / "shared" / "vectors" / "walb-tools-1.0.19"
 
@@ -87,11 +85,6 @@ def write_torn_pack(ldev: Path | str, lsid: int, ios: list[tuple[int, bytes]]) -
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def loop_devices_under(root: Path) -> list[str]:
-    """Loop devices whose backing file lies under ``root`` (restored images left attached)."""
-    return devices_under(str(root))
 
 
 def scrape(port: int, host: str = "127.0.0.1") -> dict[str, list[tuple[dict[str, str], float]]]:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import free_port, loop_devices_under
+from helpers import free_port
 
 from walbops.agents import config as agent_config
 from walbops.agents.archive import ArchiveAgent
@@ -29,6 +29,7 @@ from walbops.net.auth import load_key, write_key
 from walbops.net.frames import encode_json
 from walbops.net.transport import open_connection
 from walbops.store.dirstore import DirStore
+from walbops.store.loop import devices_under
 
 SIZE_LB = 8192  # 4 MiB volume
 MiB = 1 << 20
@@ -61,7 +62,7 @@ def archive(tmp_path):
     yield port, load_key(key), tmp_path
     process.terminate()
     process.wait(timeout=30)
-    for device in loop_devices_under(tmp_path):  # restored images stay attached when the agent stops
+    for device in devices_under(str(tmp_path)):  # restored images stay attached when the agent stops
         subprocess.run(["losetup", "--detach", device], capture_output=True)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from helpers import free_port, loop_devices_under
+from helpers import free_port
 from relay import Relay
 
 from walbops import pki
@@ -30,6 +30,7 @@ from walbops.controller import Controller, Layout
 from walbops.errors import WalbopsError
 from walbops.net.auth import Keys, load_key, write_key, write_keys
 from walbops.net.tls import Credentials, Secret, TlsFiles
+from walbops.store.loop import devices_under
 
 MiB = 1 << 20
 ROLES = ("archive", "proxy", "storage")
@@ -509,7 +510,7 @@ class Cluster:
         for relay in self.relays.values():
             relay.close()
         self.relays.clear()
-        for device in loop_devices_under(self.root / "archive"):
+        for device in devices_under(str(self.root / "archive")):
             subprocess.run(["losetup", "--detach", device], capture_output=True)
         for name in [self.device_name, *self.extra_devices]:
             if not name:

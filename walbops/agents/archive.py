@@ -964,15 +964,12 @@ class ArchiveAgent(Agent[ArchiveVolume]):
 
     async def cmd_gather_latest_snap(self, request: Request) -> Any:
         """The latest snapshot of each asked volume this archive holds (others are left out)."""
-        held = set(self.volume_ids())
         found = []
         for vol in dict.fromkeys(request.args["vols"]):
-            if vol not in held:
-                continue
             try:
                 volume = self.volume(vol)
-            except Refused:
-                continue  # broken metadata: get status says why
+            except OperationError:
+                continue  # not held here, or broken metadata (get status says why)
             if volume.state in ARCHIVE_ACTIVE:
                 latest = volume.latest_snap()
                 found.append({"name": vol, "gid": latest.gid_b, "timestamp": self.newest_timestamp(volume)})

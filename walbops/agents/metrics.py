@@ -193,15 +193,14 @@ class MetricsThread:
 
         async def render() -> bytes:
             return self._render()
+        self._loop, self._thread = loop, thread
         try:
             self._server = asyncio.run_coroutine_threadsafe(serve_metrics(host, int(port), render),
                                                             loop).result(REQUEST_TIMEOUT)
         except (OSError, ValueError) as exc:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join()
-            loop.close()
+            self.stop()
             raise OperationError(f"metrics at {listen}: {exc}") from None
-        self._loop, self._thread, self.listen = loop, thread, listen
+        self.listen = listen
 
     def stop(self) -> None:
         loop, thread, server = self._loop, self._thread, self._server
