@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import os
 import stat
@@ -108,3 +109,23 @@ def open_uncached(path: str) -> int:
         return os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
     except OSError:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """The ``(offset, end)`` byte ranges of ``fd`` that hold data, per SEEK_DATA/SEEK_HOLE.
+
+    A filesystem without hole reporting answers with one extent over the whole file.
+    """
+    extents = []
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data after offset
+                break
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        extents.append((start, end))
+        offset = end
+    return extents

@@ -5,6 +5,8 @@ from __future__ import annotations
 import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from walbops.errors import BadField, ChecksumMismatch, InvalidMessage, ProtocolError
 from walbops.net import messages
@@ -95,6 +97,39 @@ def test_unknown_or_missing_type(message):
 def test_booleans_are_not_integers():
     with pytest.raises(InvalidMessage, match="request.id"):
         messages.validate({"type": "request", "id": True, "command": "get", "args": {}})
+
+
+# bulks messages near and past every bound of the schema: types, ranges, lengths, extra members.
+_ANY_SCALAR = st.one_of(st.integers(-2, 2**64 + 1), st.booleans(), st.floats(allow_nan=False), st.text(max_size=2),
+                        st.none())
+_ITEM = st.one_of(st.tuples(st.integers(0, 2**64 - 1), st.integers(1, 2**32 - 1), st.sampled_from([0, 1])).map(list),
+                  st.lists(_ANY_SCALAR, min_size=0, max_size=4), _ANY_SCALAR)
+_BULKS = st.fixed_dictionaries({"type": st.just("bulks"),
+                                "items": st.one_of(st.lists(_ITEM, min_size=0, max_size=6), _ANY_SCALAR)},
+                               optional={"extra": _ANY_SCALAR})
+
+
+@given(_BULKS)
+@settings(max_examples=500, deadline=None)
+def test_the_bulks_fast_path_accepts_only_what_the_schema_accepts(message):
+    if messages._surely_valid_bulks(message):
+        assert messages._VALIDATORS["bulks"].is_valid(message)
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(1, 2**32 - 1), st.booleans()),
+                min_size=1, max_size=messages.MAX_HASHES))
+@settings(max_examples=100, deadline=None)
+def test_built_bulks_messages_take_the_fast_path(items):
+    assert messages._surely_valid_bulks(messages.bulks(items))
+
+
+@pytest.mark.parametrize("items, field", [
+    ([[1, 0, 0]], "bulks.items.0.1"), ([[1, 8, True]], "bulks.items.0.2"), ([[1, 8]], "bulks.items.0"),
+    ([[1.5, 8, 0]], "bulks.items.0.0"), ([], "bulks.items"),
+])
+def test_a_bulks_message_off_the_fast_path_is_refused_by_name(items, field):
+    with pytest.raises(InvalidMessage, match=field.replace(".", r"\.")):
+        messages.validate({"type": "bulks", "items": items})
 
 
 TRANSFER_ARGS = {

@@ -14,11 +14,12 @@ import mmap
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
 
-from ..diff.bhash import bulk_hash
+from ..diff.bhash import bulk_hashes
 from ..diff.io import is_all_zero
 from ..errors import BadField, InvalidMessage, OperationError, RemoteError, WalbopsError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
@@ -401,26 +402,41 @@ async def send_differing_bulks(channel: Channel, begin: Callable[[MetaSnap], Awa
 
 def _hashed_batches(fd: int, size_lb: int, bulk_lb: int, seed: int, batch: int) -> Iterator[tuple[int, bytes, bytes]]:
     """(offset_lb, data, hashes) of ``batch`` bulks of the device at a time: the region the archive's
-    next hashes message covers, read in one go, and the bulk_hash of each of its bulks."""
+    next hashes message covers, read in one go, and the bulk_hash of each of its bulks. The next
+    region is read while this one is hashed."""
     bulk = bulk_lb * LOGICAL_BLOCK_SIZE
-    step_lb = batch * bulk_lb
-    buffer = mmap.mmap(-1, step_lb * LOGICAL_BLOCK_SIZE)  # page-aligned, for O_DIRECT
-    for offset_lb in range(0, size_lb, step_lb):
-        count = min(step_lb, size_lb - offset_lb)
-        data = _read_bulk(fd, buffer, count * LOGICAL_BLOCK_SIZE, offset_lb * LOGICAL_BLOCK_SIZE)
-        view = memoryview(data)
-        yield offset_lb, data, b"".join(bulk_hash(view[at:at + bulk], seed) for at in range(0, len(data), bulk))
+    for offset_lb, data in _read_ahead(fd, size_lb, batch * bulk_lb):
+        yield offset_lb, data, bulk_hashes(data, bulk, seed)
 
 
 def _read_bulks(fd: int, size_lb: int, bulk_lb: int, start_lb: int = 0) -> Iterator[tuple[int, bytes]]:
     """(offset_lb, data) of the device from ``start_lb`` (a bulk boundary), whole bulks at a time,
     about BACKUP_READ bytes per read."""
-    step_lb = max(1, BACKUP_READ // (bulk_lb * LOGICAL_BLOCK_SIZE)) * bulk_lb
-    # Page-aligned, so an O_DIRECT descriptor can read into it; each read is copied out of it.
-    buffer = mmap.mmap(-1, step_lb * LOGICAL_BLOCK_SIZE)
-    for offset_lb in range(start_lb, size_lb, step_lb):
+    return _read_ahead(fd, size_lb, max(1, BACKUP_READ // (bulk_lb * LOGICAL_BLOCK_SIZE)) * bulk_lb, start_lb)
+
+
+def _read_ahead(fd: int, size_lb: int, step_lb: int, start_lb: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(offset_lb, data) of the device from ``start_lb``, ``step_lb`` at a time, the next read already
+    running on a thread of its own while the caller works on this one (a storage's disk is then
+    busy while it hashes). Closing the iterator waits for that read."""
+    # Page-aligned buffers, so an O_DIRECT descriptor can read into them; each read is copied out.
+    buffers = [mmap.mmap(-1, step_lb * LOGICAL_BLOCK_SIZE) for _ in range(2)]
+    offsets = range(start_lb, size_lb, step_lb)
+
+    def read(index: int) -> bytes:
+        offset_lb = offsets[index]
         count = min(step_lb, size_lb - offset_lb)
-        yield offset_lb, _read_bulk(fd, buffer, count * LOGICAL_BLOCK_SIZE, offset_lb * LOGICAL_BLOCK_SIZE)
+        return _read_bulk(fd, buffers[index % 2], count * LOGICAL_BLOCK_SIZE, offset_lb * LOGICAL_BLOCK_SIZE)
+
+    if not offsets:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as reader:
+        pending = reader.submit(read, 0)
+        for index, offset_lb in enumerate(offsets):
+            data = pending.result()
+            if index + 1 < len(offsets):
+                pending = reader.submit(read, index + 1)
+            yield offset_lb, data
 
 
 def _read_bulk(fd: int, buffer: mmap.mmap, size: int, offset: int) -> bytes:

@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 
 import mmh3
+import numpy as np
 
 from ..errors import UsageError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
@@ -48,6 +49,30 @@ def bulk_hash(bulk: bytes | bytearray | memoryview, seed: int) -> bytes:
     return bytes(mmh3.mmh3_x64_128_digest(bulk, seed % _SEED_MODULUS))
 
 
+def bulk_hashes(window: bytes | bytearray | memoryview, bulk: int, seed: int) -> bytes:
+    """The :func:`bulk_hash` of each bulk of ``window`` (whole LBs; the last bulk may be short),
+    end to end: what one ``hashes`` batch of a hash sync carries.
+
+    All-zero bulks, most of a sparse volume, share one hash computed once: they are found in
+    one numpy pass and only the others are hashed one by one.
+    """
+    view = memoryview(window).cast("B")
+    count = -(-len(view) // bulk)
+    if count == 0:
+        return b""
+    words = np.frombuffer(view, dtype=np.uint64)  # whole LBs: a multiple of 8 bytes
+    whole = len(view) // bulk
+    nonzero = np.ones(count, dtype=bool)
+    nonzero[:whole] = words[:whole * bulk // 8].reshape(whole, bulk // 8).any(axis=1)
+    hashes = np.empty((count, HASH_SIZE), dtype=np.uint8)
+    hashes[:] = np.frombuffer(bulk_hash(bytes(bulk), seed), dtype=np.uint8)
+    differing = np.flatnonzero(nonzero).tolist()
+    if differing:
+        hashes[differing] = np.frombuffer(b"".join(bulk_hash(view[index * bulk:(index + 1) * bulk], seed)
+                                                   for index in differing), dtype=np.uint8).reshape(-1, HASH_SIZE)
+    return hashes.tobytes()
+
+
 def virtual_bulk_hashes(base_fd: int | None, diff_paths: Sequence[str], size_lb: int, bulk: int, seed: int,
                         batch: int) -> Iterator[bytes]:
     """The :func:`bulk_hash` of every bulk of the base with ``diff_paths`` laid over it, ``batch``
@@ -64,8 +89,7 @@ def virtual_hashed_windows(base_fd: int | None, diff_paths: Sequence[str], size_
     ios = merged_ios(diff_paths) if diff_paths else iter(())
     window_lb = batch * bulk // LOGICAL_BLOCK_SIZE
     for index, window in enumerate(full_image(_within(ios, size_lb), size_lb, base_fd, window_lb)):
-        hashes = b"".join(bulk_hash(window[at:at + bulk], seed) for at in range(0, len(window), bulk))
-        yield index * window_lb, window, hashes
+        yield index * window_lb, window, bulk_hashes(window, bulk, seed)
 
 
 class StreamHasher:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from typing import BinaryIO
 
-from ..blockdev import ZERO_CHUNK, discard_range, zero_range
+from ..blockdev import ZERO_CHUNK, data_extents, discard_range, zero_range
 from ..errors import BadField, OperationError
 from ..formats.compression import Compression
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
@@ -188,15 +188,26 @@ def full_image(ios: Iterator[DiffIo], size_lb: int, base_fd: int | None = None,
         bulk_lb: bulk size [LB].
     """
     pending = next(ios, None)
+    # Only the base's data extents are read: a hole reads as zeros anyway, and reading one costs
+    # the kernel a page of zeros and a copy per 4 KiB (half the time of a sparse base's scan).
+    base = -1 if base_fd is None else base_fd
+    extents = [] if base_fd is None else data_extents(base, size_lb * LOGICAL_BLOCK_SIZE)
+    next_extent = 0
     for start in range(0, size_lb, bulk_lb):
         end = min(start + bulk_lb, size_lb)
         length = (end - start) * LOGICAL_BLOCK_SIZE
-        if base_fd is not None:
-            buffer = bytearray(os.pread(base_fd, length, start * LOGICAL_BLOCK_SIZE))
-            if len(buffer) < length:
-                buffer.extend(bytes(length - len(buffer)))
-        else:
-            buffer = bytearray(length)
+        buffer = bytearray(length)
+        window_start, window_end = start * LOGICAL_BLOCK_SIZE, end * LOGICAL_BLOCK_SIZE
+        while next_extent < len(extents) and extents[next_extent][1] <= window_start:
+            next_extent += 1
+        view = memoryview(buffer)
+        for extent_start, extent_end in extents[next_extent:]:
+            if extent_start >= window_end:
+                break
+            read_start, read_end = max(extent_start, window_start), min(extent_end, window_end)
+            # A short read (a base shorter than the image) leaves zeros.
+            os.preadv(base, [view[read_start - window_start:read_end - window_start]], read_start)
+        view.release()
         while pending is not None and pending.address < end:
             piece_start = max(pending.address, start)
             piece_end = min(pending.end, end)

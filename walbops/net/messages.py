@@ -8,6 +8,7 @@ builders return plain dicts that pass :func:`validate`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -150,6 +151,27 @@ def _check(validator: Draft202012Validator, instance: Any, where: str) -> None:
         raise InvalidMessage(f"{_field(error, where)}: {error.message}")
 
 
+def _surely_valid_bulks(message: dict[str, Any]) -> bool:
+    """True only for a ``bulks`` message its schema accepts, in one plain pass: the schema's
+    validator takes about 1 ms over a batch of 100 items, which a 10 % hash backup pays 500 times.
+    False sends the message to the schema, which then names what is wrong. Tested against it."""
+    items = message.get("items")
+    if len(message) != 2 or type(items) is not list or not 1 <= len(items) <= MAX_HASHES:
+        return False
+    for item in items:
+        if type(item) is not list or len(item) != 3:
+            return False
+        offset, count, zero = item
+        if type(offset) is not int or type(count) is not int or type(zero) is not int \
+                or not (0 <= offset <= U64_MAX and 1 <= count <= U32_MAX and zero in (0, 1)):
+            return False
+    return True
+
+
+# Plain checks that accept a subset of what a type's schema accepts, for the hot messages.
+_FAST_PATHS: dict[str, Callable[[dict[str, Any]], bool]] = {"bulks": _surely_valid_bulks}
+
+
 def validate(message: Any) -> str:
     """Check a control message against the schema of its type; return the type.
 
@@ -162,7 +184,9 @@ def validate(message: Any) -> str:
     type_name = message.get("type")
     if not isinstance(type_name, str) or type_name not in _VALIDATORS:
         raise InvalidMessage(f"unknown message type {type_name!r}")
-    _check(_VALIDATORS[type_name], message, type_name)
+    fast = _FAST_PATHS.get(type_name)
+    if fast is None or not fast(message):
+        _check(_VALIDATORS[type_name], message, type_name)
     return type_name
 
 

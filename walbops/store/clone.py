@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from ..blockdev import pwrite_all
+from ..blockdev import data_extents, pwrite_all
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int); fcntl.FICLONE only exists from Python 3.12
 
@@ -59,26 +59,6 @@ def reflink(src_fd: int, dst_fd: int) -> bool:
             return False
         raise
     return True
-
-
-def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """The ``(offset, end)`` byte ranges of ``fd`` that hold data, per SEEK_DATA/SEEK_HOLE.
-
-    A filesystem without hole reporting answers with one extent over the whole file.
-    """
-    extents = []
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # no data after offset
-                break
-            raise
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        extents.append((start, end))
-        offset = end
-    return extents
 
 
 def _write_nonzero(fd: int, data: memoryview, offset: int) -> int:
