@@ -32,14 +32,17 @@ before each timed step), because absolute times on shared machines are not stabl
     each method: walbops should have c ~ 0, the scan pays mostly c (with 1 MiB blocks, 1 % of
     random 4 KiB writes already touches ~92 % of the blocks, so it resends most of the volume).
 (d) VmHWM of each agent process at the end of (a).
-(e) hash backup: the volume of (a) goes standby (its logs are not shipped), 1 % and then 10 % of
-    it change by random 4 KiB writes, and ``hash-bkp`` with 4 KiB bulks brings the archive up to
-    it, timed from the request until the storage is Target again; against the full backup of
-    (a) on the same volume, and against ``rsync --inplace --no-whole-file`` bringing the previous
-    image (the raw copy of (a)) up to the changed one (the ddev file), the tool an operator
-    would reach for. The bytes each moves are reported: the hash backup's stored diff and the
-    hashes it exchanged; rsync's literal data and total bytes sent. The clock starts at the
-    ``hash-bkp`` request (the standby volume stopped before it, as the controller prepares it).
+(e) hash backup: a volume like (a)'s is backed up in full, goes standby (its logs are not
+    shipped), 1 % and then 10 % of it change by random 4 KiB writes, and ``hash-bkp`` with 4 KiB
+    bulks brings the archive up to it, timed from the request until the storage is Target again;
+    against that full backup, and against ``rsync --inplace --no-whole-file`` bringing the
+    previous image (a raw copy after the first full backup) up to the changed one (the ddev
+    file), the tool an operator would reach for. ``--hash-rounds`` rounds (3), each beginning
+    with a new full backup into the cleared archive; the medians are compared (one run each
+    swung by 20 % on this machine's disk). The bytes each moves are reported: the hash backup's
+    stored diff and the hashes it exchanged; rsync's literal data and total bytes sent. The clock
+    starts at the ``hash-bkp`` request (the standby volume stopped before it, as the controller
+    prepares it).
 (f) TLS: (a) and (b) at 1 % on fresh clusters in key mode and in TLS mode (docs/security.md),
     ``--tls-rounds`` rounds in alternating order; the cost is TLS's mean time over key mode's,
     minus one.
@@ -75,6 +78,7 @@ import shutil
 import signal
 import socket
 import stat
+import statistics
 import struct
 import subprocess
 import sys
@@ -498,7 +502,8 @@ def rsync_stats(output: str) -> dict[str, int]:
 
 
 def bench_hash_backup(work: Path, size: int, changes: list[float], args: argparse.Namespace) -> dict[str, Any]:
-    """(e): hash backups after each change rate, against the full backup and rsync, on one volume."""
+    """(e): hash backups after each change rate, against the full backup and rsync, on one volume,
+    ``args.hash_rounds`` times (each round begins with a new full backup); medians compared."""
     if shutil.which("rsync") is None:
         raise SystemExit("(e) needs rsync (apt-get install rsync)")
     root = work / f"hash-{label(size)}"
@@ -512,65 +517,48 @@ def bench_hash_backup(work: Path, size: int, changes: list[float], args: argpars
     cluster = Cluster(root, tuning={})
     ctl, vol = cluster.ctl, cluster.vol
     slow = slow_timeout(size)
+    full_runs: list[float] = []
+    samples: dict[float, list[dict[str, Any]]] = {percent: [] for percent in changes}
     try:
         device = start_group(cluster, f"bkh{os.getpid()}", ldev, ddev)
-        say(f"(e) {label(size)}: full backup")
-        full_seconds = timed_full_backup(cluster, slow)
-        say(f"(e) {label(size)}: the previous image for rsync")
-        raw_tcp_copy(device, previous)
+        for round_index in range(args.hash_rounds):
+            if round_index:
+                say(f"(e) {label(size)}: round {round_index + 1}: the archive cleared for a new full backup")
+                ctl.go_standby("s0", vol)
+                ctl.run("s0", "stop", vol=vol)  # SyncReady, as before the first one
+                ctl.clear("a0", vol)
+                ctl.run("a0", "init-vol", vol=vol)
+            say(f"(e) {label(size)}: full backup")
+            full_runs.append(timed_full_backup(cluster, slow))
+            if round_index == 0:
+                say(f"(e) {label(size)}: the previous image for rsync")
+                raw_tcp_copy(device, previous)  # rsync keeps it equal to the device from then on
+            for percent in changes:
+                samples[percent].append(hash_round(cluster, device, previous, size, percent, rng, slow, args))
         rounds = []
-        for percent in changes:
-            count = max(1, round(size // BLOCK * percent / 100))
-            say(f"(e) {label(size)}: standby, {percent} % changed ({count} random 4 KiB writes)")
-            ctl.go_standby("s0", vol)
-            random_writes(device, size, count, rng)
-            cluster.wait_applied()
-            diff_before = int(ctl.get("a0", "total-diff-size", vol))
-            say(f"(e) {label(size)}: {percent} %: hash backup")
-            ctl.run("s0", "stop", vol=vol)  # standby -> SyncReady, as Controller.hash_backup prepares it
-            drop_caches()
-            start = time.perf_counter()
-            ctl.run("s0", "hash-bkp", vol=vol, bulk_size=HASH_BULK)
-            cluster.wait(lambda: ctl.get_state("s0", vol) in ("Target", "SyncReady"), "the hash backup", slow)
-            hash_seconds = time.perf_counter() - start
-            if ctl.get_state("s0", vol) != "Target":
-                raise SystemExit(f"(e) {percent} %: the hash backup failed; see {root}/storage.log")
-            diff_bytes = int(ctl.get("a0", "total-diff-size", vol)) - diff_before
-            say(f"(e) {label(size)}: {percent} %: rsync --inplace --no-whole-file --ignore-times")
-            drop_caches()
-            start = time.perf_counter()
-            # --ignore-times: a loop device's writes do not touch its file's mtime, and within one
-            # second both images look alike by size and mtime: rsync would skip the copy.
-            result = subprocess.run(["rsync", "--inplace", "--no-whole-file", "--ignore-times", "--stats", ddev,
-                                     previous], capture_output=True, text=True)
-            rsync_seconds = time.perf_counter() - start
-            if result.returncode != 0:
-                raise SystemExit(f"rsync failed: {result.stderr.strip()}")
-            stats = rsync_stats(result.stdout)
-            row: dict[str, Any] = {
-                "changed_percent": percent, "changed_bytes": count * BLOCK,
+        full_seconds = statistics.median(full_runs)
+        for percent, runs in samples.items():
+            hash_seconds = statistics.median(run["hash_backup_s"] for run in runs)
+            rsync_seconds = statistics.median(run["rsync_s"] for run in runs)
+            changed = runs[0]["changed_bytes"]
+            data_bytes = max(run["hash_backup_data_bytes"] for run in runs)
+            rounds.append({
+                "changed_percent": percent, "changed_bytes": changed,
                 "hash_backup_s": round(hash_seconds, 3), "full_backup_s": round(full_seconds, 3),
                 "rsync_s": round(rsync_seconds, 3),
-                "hash_backup_data_bytes": diff_bytes, "hash_backup_hash_bytes": size // HASH_BULK * 16,
-                "rsync_literal_bytes": stats.get("literal_data"),
-                "rsync_total_bytes_sent": stats.get("total_bytes_sent"),
-                "data_bytes_vs_changed": round(diff_bytes / (count * BLOCK), 3),
+                "hash_backup_runs_s": [run["hash_backup_s"] for run in runs],
+                "full_backup_runs_s": [round(value, 3) for value in full_runs],
+                "rsync_runs_s": [run["rsync_s"] for run in runs],
+                "hash_backup_data_bytes": data_bytes, "hash_backup_hash_bytes": size // HASH_BULK * 16,
+                "rsync_literal_bytes": runs[-1]["rsync_literal_bytes"],
+                "rsync_total_bytes_sent": runs[-1]["rsync_total_bytes_sent"],
+                "data_bytes_vs_changed": round(data_bytes / changed, 3),
                 "speedup_vs_rsync": round(rsync_seconds / hash_seconds, 2),
                 "speedup_vs_full_backup": round(full_seconds / hash_seconds, 2),
-            }
-            if args.verify:
-                say(f"(e) {label(size)}: {percent} %: verifying")
-                gid = ctl.snapshot("s0", vol, timeout=slow)
-                expected = sha1_of(device)
-                restored = ctl.restore("a0", vol, gid, timeout=slow)
-                try:
-                    row["verified"] = sha1_of(restored) == expected and sha1_of(previous) == expected
-                finally:
-                    ctl.del_restored("a0", vol, gid)
-                if not row["verified"]:
-                    raise SystemExit(f"(e) {percent} %: the restored image or rsync's copy differs from the device")
-            rounds.append(row)
-        return {"volume": label(size), "bulk_bytes": HASH_BULK, "rounds": rounds,
+                **({"verified": all(run["verified"] for run in runs)} if args.verify else {}),
+            })
+        return {"volume": label(size), "bulk_bytes": HASH_BULK, "rounds_each": args.hash_rounds,
+                "compared": "medians", "rounds": rounds,
                 "ok": all(row["speedup_vs_rsync"] > 1 and row["speedup_vs_full_backup"] > 1 for row in rounds)}
     finally:
         with cleaning():
@@ -578,6 +566,57 @@ def bench_hash_backup(work: Path, size: int, changes: list[float], args: argpars
             shutil.rmtree(root, ignore_errors=True)
             if errors:
                 print("[backup bench] cleanup: " + "; ".join(errors), file=sys.stderr, flush=True)
+
+
+def hash_round(cluster: Cluster, device: str, previous: str, size: int, percent: float, rng: np.random.Generator,
+               slow: float, args: argparse.Namespace) -> dict[str, Any]:
+    """(e): ``percent`` of the volume changed in standby, then a hash backup and rsync, each timed
+    from a cold page cache."""
+    ctl, vol = cluster.ctl, cluster.vol
+    count = max(1, round(size // BLOCK * percent / 100))
+    say(f"(e) {label(size)}: standby, {percent} % changed ({count} random 4 KiB writes)")
+    ctl.go_standby("s0", vol)
+    random_writes(device, size, count, rng)
+    cluster.wait_applied()
+    diff_before = int(ctl.get("a0", "total-diff-size", vol))
+    say(f"(e) {label(size)}: {percent} %: hash backup")
+    ctl.run("s0", "stop", vol=vol)  # standby -> SyncReady, as Controller.hash_backup prepares it
+    drop_caches()
+    start = time.perf_counter()
+    ctl.run("s0", "hash-bkp", vol=vol, bulk_size=HASH_BULK)
+    cluster.wait(lambda: ctl.get_state("s0", vol) in ("Target", "SyncReady"), "the hash backup", slow)
+    hash_seconds = time.perf_counter() - start
+    if ctl.get_state("s0", vol) != "Target":
+        raise SystemExit(f"(e) {percent} %: the hash backup failed; see {cluster.root}/storage.log")
+    diff_bytes = int(ctl.get("a0", "total-diff-size", vol)) - diff_before
+    say(f"(e) {label(size)}: {percent} %: rsync --inplace --no-whole-file --ignore-times")
+    drop_caches()
+    start = time.perf_counter()
+    # --ignore-times: a loop device's writes do not touch its file's mtime, and within one
+    # second both images look alike by size and mtime: rsync would skip the copy.
+    result = subprocess.run(["rsync", "--inplace", "--no-whole-file", "--ignore-times", "--stats",
+                             str(cluster.root / "ddev.img"), previous], capture_output=True, text=True)
+    rsync_seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"rsync failed: {result.stderr.strip()}")
+    stats = rsync_stats(result.stdout)
+    run: dict[str, Any] = {
+        "changed_bytes": count * BLOCK, "hash_backup_s": round(hash_seconds, 3), "rsync_s": round(rsync_seconds, 3),
+        "hash_backup_data_bytes": diff_bytes, "rsync_literal_bytes": stats.get("literal_data"),
+        "rsync_total_bytes_sent": stats.get("total_bytes_sent"),
+    }
+    if args.verify:
+        say(f"(e) {label(size)}: {percent} %: verifying")
+        gid = ctl.snapshot("s0", vol, timeout=slow)
+        expected = sha1_of(device)
+        restored = ctl.restore("a0", vol, gid, timeout=slow)
+        try:
+            run["verified"] = sha1_of(restored) == expected and sha1_of(previous) == expected
+        finally:
+            ctl.del_restored("a0", vol, gid)
+        if not run["verified"]:
+            raise SystemExit(f"(e) {percent} %: the restored image or rsync's copy differs from the device")
+    return run
 
 
 def slow_timeout(size: int) -> float:
@@ -753,6 +792,9 @@ def main() -> int:
                         help="full-bkp bulk_size (default: the storage agent's, 256K)")
     parser.add_argument("--hash-changes", default="1,10",
                         help="(e): percentages changed before each hash backup ('none': skip (e))")
+    parser.add_argument("--hash-rounds", type=int, default=None,
+                        help="(e): rounds, each a full backup then a hash backup per change rate; medians are "
+                        "compared (default 3, 1 with --quick)")
     parser.add_argument("--metrics-rounds", type=int, default=2,
                         help="(g): rounds of (a) and (b) with metrics off and on (0: skip)")
     parser.add_argument("--tls-rounds", type=int, default=2,
@@ -781,6 +823,7 @@ def main() -> int:
     if not all(0 < percent <= 100 for percent in changes):
         raise SystemExit("--changes: percentages between 0 and 100")
     args.verify = args.verify or args.quick
+    args.hash_rounds = args.hash_rounds or (1 if args.quick else 3)
     if any(value % MiB for value in [size, *scale]) or args.hash_block % 4096:
         raise SystemExit("volume sizes must be multiples of 1 MiB, the hash block of 4 KiB")
     for number in (signal.SIGTERM, signal.SIGINT):

@@ -8,8 +8,8 @@ from collections.abc import Iterator, Sequence
 from ..errors import FormatError
 from ..formats.wdiff import FILE_HEADER_STRUCT, DiffType, FileHeader
 from .indexed_file import IndexedDiffReader
-from .io import DiffIo, IoKind, merge_ios
-from .sorted_file import SortedDiffReader
+from .io import DiffIo, merge_ios
+from .sorted_file import SortedDiffReader, verify_sorted
 
 
 def read_header(path: str) -> FileHeader:
@@ -57,9 +57,7 @@ def verify_wdiff(path: str) -> FileHeader:
         if header.type == DiffType.INDEXED:
             IndexedDiffReader(fd, path).verify()
         else:
-            for io in _sorted_ios(fd, path):
-                if io.kind == IoKind.NORMAL:
-                    io.data()
+            verify_sorted(fd, path)
     finally:
         os.close(fd)
     return header
