@@ -8,6 +8,7 @@ import pytest
 
 from walbops.agents.archive_volume import ArchiveVolume
 from walbops.agents.state import Refused
+from walbops.diff.files import iter_diff, merged_ios, read_header
 from walbops.diff.indexed_file import IndexedDiffWriter
 from walbops.diff.io import DiffIo
 from walbops.diff.sorted_file import SortedDiffWriter
@@ -241,11 +242,30 @@ def test_merge_plan_follows_walb(tmp_path):
         volume.plan_merge(2, gid_e=1)
 
 
-def test_merge_refuses_inputs_of_another_uuid_and_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("old", [(0,), (0, 1)])
+def test_merge_across_a_uuid_change_takes_the_newest_inputs_uuid(tmp_path, old):
+    """Diffs from before a hash backup carry the device's old uuid (found by scripts/chaos: merging
+    them failed for good). WalB's DiffMerger merges them and gives the output the newest input's
+    uuid; the merged data is the inputs' laid over each other."""
     volume = with_diffs(tmp_path, (False, True))
     plan = volume.plan_merge(0)
-    diff_file(plan.paths[1], uuid=bytes(16))
-    with pytest.raises(OperationError, match="uuid"):
+    previous = bytes(range(16))
+    for index in old:
+        diff_file(plan.paths[index], uuid=previous)
+    expected = {(io.address, io.blocks, bytes(io.data())) for io in merged_ios(list(plan.paths))}
+    stored, path = volume.write_merged(plan)
+    newest = previous if len(old) == 2 else volume.uuid
+    assert read_header(path).uuid == newest
+    assert {(io.address, io.blocks, bytes(io.data())) for io in iter_diff(path)} == expected
+
+
+def test_merge_of_a_corrupt_input_leaves_nothing(tmp_path):
+    volume = with_diffs(tmp_path, (False, True))
+    plan = volume.plan_merge(0)
+    with open(plan.paths[1], "r+b") as stream:
+        stream.seek(-600, os.SEEK_END)
+        stream.write(b"\xff" * 64)
+    with pytest.raises(FormatError):
         volume.write_merged(plan)
     assert not [name for name in os.listdir(volume.directory) if name.endswith(".merging")]
 

@@ -107,7 +107,6 @@ class MergePlan:
     inputs: tuple[MetaDiff, ...]
     paths: tuple[str, ...]
     merged: MetaDiff  # data_size 0 until written
-    uuid: bytes
 
 
 @dataclass(frozen=True)
@@ -541,7 +540,7 @@ class ArchiveVolume:
         merged = merge(*inputs)
         if self.diffs.chain.get(merged) is not None:
             raise OperationError(f"{self.vol}: a diff {merged.range_str()} exists already")
-        return MergePlan(tuple(inputs), tuple(self.diffs.path_of(diff) for diff in inputs), merged, self.uuid)
+        return MergePlan(tuple(inputs), tuple(self.diffs.path_of(diff) for diff in inputs), merged)
 
     def write_merged(self, plan: MergePlan, compression: Compression = Compression.LZ4) -> tuple[MetaDiff, str]:
         """Merge the inputs into one sorted wdiff, fsync it and give it its name (files only: a thread).
@@ -549,15 +548,14 @@ class ArchiveVolume:
         Every input record is read with its checksum checked; a corrupt input leaves nothing
         behind. The inputs stay until the caller removes them, after this returned.
         """
-        for path in plan.paths:
-            uuid = read_header(path).uuid
-            if uuid != plan.uuid:
-                raise OperationError(f"{path}: uuid {uuid.hex()} is not the volume's {plan.uuid.hex()}")
+        # The newest input's uuid, as WalB's DiffMerger gives it: inputs may differ where a hash
+        # backup began a new uuid between them, and the history before it must stay mergeable.
+        uuid = read_header(plan.paths[-1]).uuid
         tmp = os.path.join(self.directory, f"merged{MERGING_SUFFIX}")
         try:
             with open(tmp, "wb") as out:
                 write_sorted(merge_ios([iter_diff(path) for path in plan.paths]),
-                             SortedDiffWriter(out, plan.uuid, compression))
+                             SortedDiffWriter(out, uuid, compression))
                 out.flush()
                 os.fsync(out.fileno())
             crash_point("merge:written")
