@@ -354,14 +354,25 @@ class Chaos:
         return lost
 
     def close(self) -> list[str]:
+        errors = []
         if self.worker is not None and self.worker.poll() is None:
-            self.worker.terminate()
-            self.worker.wait(timeout=60)
+            self.worker.terminate()  # it waits for its running tasks; a second signal exits at once
+            try:
+                self.worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                errors.append("the worker still waited for its tasks 30 s after SIGTERM")
+                self.worker.terminate()
+                try:
+                    self.worker.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    errors.append("the worker ignored a second SIGTERM")
+                    self.worker.kill()
+                    self.worker.wait()
         for writer in self.writers.values():
             writer.stop()
         for relay in self.cluster.relays.values():
             relay.restore()
-        return self.cluster.teardown()
+        return errors + self.cluster.teardown()
 
 
 def main() -> int:

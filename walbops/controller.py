@@ -147,6 +147,12 @@ async def call(server: Server, key: Secret, command: str, args: dict[str, Any] |
         return await channel.request(command, args or {})
 
 
+def replicated_up_to(gid: int, restorable: list[int]) -> bool:
+    """Whether an archive whose restorable gids are ``restorable`` holds a volume up to ``gid``: its
+    newest is ``gid`` or later (walblib's ``gid <= gidL[-1]``)."""
+    return bool(restorable) and max(restorable) >= gid
+
+
 class Controller:
     """Blocking calls to the agents of a layout (walblib's Controller)."""
 
@@ -441,8 +447,16 @@ class Controller:
 
     def wait_for_replicated(self, source: Server | str, vol: str, destination: Server | str, gid: int,
                             timeout: float = DEFAULT_WAIT) -> None:
-        """Wait until ``destination`` can restore ``gid`` (walblib's wait_for_replicated)."""
-        self.wait_for_restorable(destination, vol, gid, timeout)
+        """Wait until ``destination`` holds the volume up to ``gid`` or later (walblib's
+        wait_for_replicated): its newest restorable snapshot, implicit ones included, is at least
+        ``gid``. Not ``gid`` itself: a synchronizing destination may have gone past it by a diff
+        the proxy merged over it, and then never lists it."""
+        deadline = time.monotonic() + timeout
+        while not replicated_up_to(gid, self.get_restorable(destination, vol, include_implicit=True)):
+            if time.monotonic() > deadline:
+                raise OperationError(f"{vol}: {self.layout.resolve(destination).name} has not reached snapshot {gid} "
+                                     f"after {timeout:.0f} s")
+            time.sleep(POLL)
 
     def gc_diff(self, archive: Server | str, vol: str) -> list[str]:
         return list(self.run(archive, "gc-diff", vol=vol)["removed"])
