@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from .agents.state import ARCHIVE_ACTIVE
 from .errors import OperationError, RemoteError, UsageError, WalbopsError
 from .gid import MetaDiff, MetaSnap, MetaState
 from .net.auth import Keys, load_keys
@@ -145,6 +146,9 @@ async def call(server: Server, key: Secret, command: str, args: dict[str, Any] |
     channel = await connect(server, key, timeout, client_id, role)
     async with channel:
         return await channel.request(command, args or {})
+
+
+HASH_BACKUP_ATTEMPTS = 3  # a hash backup that fails is started again this many times in all
 
 
 def replicated_up_to(gid: int, restorable: list[int]) -> bool:
@@ -682,14 +686,26 @@ class Controller:
                 backup failed (the storage is back in SyncReady and a retry starts over).
         """
         target = self._archive(archive)
+        deadline = time.monotonic() + timeout
         state = self._state_or_clear(target, vol)
+        if state in ARCHIVE_ACTIVE:
+            # Receiving a diff or a replication is a moment of Archived: wait it out.
+            state = self.wait_for_state(target, vol, {"Archived"}, timeout)
         if state != "Archived":
             raise OperationError(f"{vol}: archive {target.name} is {state}; a hash backup needs the volume "
                                  "archived there (a full backup first)")
-        deadline = time.monotonic() + timeout
-        latest = MetaSnap.parse(str(self.get(target, "latest-snap", vol)))
-        self._prepare_backup(storage, vol, target)
-        self._run_backup(storage, vol, "hash-bkp", bulk_size, timeout)
+        for attempt in range(1, HASH_BACKUP_ATTEMPTS + 1):
+            latest = MetaSnap.parse(str(self.get(target, "latest-snap", vol)))
+            self._prepare_backup(storage, vol, target)
+            try:
+                self._run_backup(storage, vol, "hash-bkp", bulk_size, max(1.0, deadline - time.monotonic()))
+                break
+            except OperationError:
+                # Nothing of a failed one stays (storage back in SyncReady, archive as it was): an apply
+                # or merge the archive was running refuses it (busy), and a cut connection ends it.
+                if attempt == HASH_BACKUP_ATTEMPTS or time.monotonic() > deadline:
+                    raise
+                time.sleep(POLL)
         gid = self._wait_for_restorable_after(target, vol, latest.gid_e, timeout, "hash backup")
         for other in self._synchronizing_archives(vol, target):
             # Its diff and the device's new uuid reached ``target`` only: the proxies would drop
