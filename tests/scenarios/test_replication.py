@@ -6,6 +6,8 @@ device at that snapshot.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import mmap
 import os
@@ -17,7 +19,12 @@ import pytest
 from cluster import RandomWriter, fill_random, sha1_of_device, wait_until, write_random
 from relay import Relay
 
+from walbops.agents.transfers import send_wdiff
+from walbops.diff.io import DiffIo
+from walbops.diff.sorted_file import SortedDiffWriter
 from walbops.errors import OperationError
+from walbops.gid import MetaDiff
+from walbops.net.transport import open_connection
 from walbops.worker import Worker, WorkerConfig
 
 VOL = "vol0"
@@ -408,3 +415,39 @@ def test_the_source_killed_during_a_hash_replication_leaves_the_destination_as_i
     assert cluster.ctl.replicate_once("a0", VOL, "a1", gid=second) == second
     assert cluster.restored_sha1(VOL, second, archive="a1") == expected
     assert cluster.restored_sha1(VOL, first, archive="a1") == first_sha1
+
+
+def test_a_secondary_that_holds_a_diff_the_primary_skipped_is_brought_back_by_hash(cluster):
+    """Found by scripts/chaos: a proxy delivered to a1 a diff of the device's old uuid that a0 never
+    got, because a hash backup began the device's new uuid on a0 from the snapshot before it. a1
+    then stood at a snapshot a0's history does not pass through, and replicating the diffs that
+    follow there by gid left a1 without the hash backup's bulks: later snapshots restored wrong on
+    a1. The replication now sends a1's image to a0's next clean snapshot by hash first."""
+    device, taken = replicated_volume(cluster)
+    ctl = cluster.ctl
+    ctl.replicate_once("a0", VOL, "a1")
+    latest = taken[-1][0]
+    assert max(ctl.get_restorable("a1", VOL, include_implicit=True)) == latest
+    # The diff only a1 gets: writes of the device's old uuid after a1's (and a0's) latest snapshot.
+    old_uuid = bytes.fromhex(ctl.get("a1", "uuid", VOL))
+    stray = io.BytesIO()
+    writer = SortedDiffWriter(stray, old_uuid)
+    for address in range(0, 8192, 512):
+        writer.write(DiffIo.normal(address, random.Random(address).randbytes(64 * 512)))
+    writer.close()
+    size_lb = cluster.device_size // 512
+
+    async def deliver() -> None:
+        async with await open_connection("127.0.0.1", cluster.ports["archive1"], cluster.secret("proxy"), "rogue",
+                                         "proxy", timeout=10) as channel:
+            await send_wdiff(channel, VOL, old_uuid, size_lb, MetaDiff(latest, latest + 1), [stray.getvalue()])
+
+    asyncio.run(deliver())
+    assert max(ctl.get_restorable("a1", VOL, include_implicit=True)) == latest + 1
+    ctl.hash_backup("s0", VOL)  # a0: |latest|-->|latest+1, E| with the device's new uuid
+    write_random(device, random.Random(95), count=16)
+    gid, expected = cluster.snapshot_restorable(VOL)
+    assert ctl.replicate_once("a0", VOL, "a1", gid) == gid
+    assert ctl.get("a0", "action-result", VOL, "ReplSyncAsClient")["diverged"] is True
+    assert cluster.restored_sha1(VOL, gid, archive="a1") == expected
+    assert cluster.restored_sha1(VOL, latest, archive="a1") == taken[-1][1]

@@ -764,7 +764,7 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                                        self.store.base_exists(volume.vol))
         source = request.channel.peer_id
         if kind == "diff":
-            await request.answer({"kind": "diff", "latest": str(volume.latest_snap())})
+            await request.answer({"kind": "diff", "latest": str(volume.latest_snap()), "uuid": volume.uuid.hex()})
             self.log.info("%s: replication from %s: after %s", volume.vol, source, volume.latest_snap())
             return None
         if kind == "resync":
@@ -877,6 +877,9 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                     latest = await self._send_resync(channel, volume, destination)
                 else:
                     latest = MetaSnap.parse(str(answer.get("latest")))
+                    latest, diverged = await self._leave_a_divergence(channel, volume, destination, latest,
+                                                                      answer.get("uuid"))
+                    action.detail["diverged"] = diverged
                 latest, sent, hashed = await self._send_diffs(channel, volume, destination, latest, args)
             if kind == "diff" and hashed:
                 kind = "hash"  # WalB's HASH: the destination was behind this archive's base
@@ -913,11 +916,10 @@ class ArchiveAgent(Agent[ArchiveVolume]):
                 REPL_BULK_LB, streamed, lambda lb: setattr(volume, "progress_lb", lb))
 
     async def _send_hash_replica(self, channel: Any, volume: ArchiveVolume, destination: str,
-                                 latest: MetaSnap) -> MetaSnap:
-        """The destination is at ``latest``, before this archive's base: the diffs in between are
-        applied here, so its image goes to this archive's replication point by hash, as one
-        compared diff (WalB's HASH kind); returns that point."""
-        point = _replication_point(volume)
+                                 latest: MetaSnap, point: MetaState) -> MetaSnap:
+        """The destination's image at ``latest`` goes to this archive's ``point`` by hash, as one
+        compared diff (WalB's HASH kind): where the diffs in between are applied here already, or
+        the destination's history left this one's; returns that point."""
         diff = MetaDiff(latest, point.snap_b, is_mergeable=True, is_comp_diff=True, timestamp=point.timestamp)
         await request_accepted(channel, messages.DIRTY_HASH_SYNC, {
             "vol": volume.vol, "size_lb": volume.size_lb, "bulk_lb": REPL_BULK_LB, "timestamp": point.timestamp,
@@ -932,6 +934,34 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         self._note_replica(volume, destination, point.snap_b, point.timestamp)
         return point.snap_b
 
+    async def _leave_a_divergence(self, channel: Any, volume: ArchiveVolume, destination: str, latest: MetaSnap,
+                                  destination_uuid: Any) -> tuple[MetaSnap, bool]:
+        """A destination whose latest snapshot this archive never passed through, reached by a diff
+        of another device uuid than the one this archive goes on with, holds a history of its own
+        from there: a proxy delivered to it a diff of the device's old uuid that a hash backup
+        made this archive skip (found by scripts/chaos: the diffs sent from there by gid left it
+        without the hash backup's bulks, and its later snapshots restored wrong). Its image goes
+        by hash to this archive's next clean snapshot; returns where it is then, and whether it
+        had diverged."""
+        if latest.gid_b < volume.base.snap_b.gid_b:
+            return latest, False  # behind the base: _send_diffs sends a hash replica anyway
+        points = _history(volume)
+        chain = volume.diffs.chain.applicable_diffs(latest)
+        if latest in {snap for snap, _ in points} or not chain or destination_uuid is None:
+            return latest, False
+        header = await asyncio.to_thread(read_header, volume.diffs.path_of(chain[0]))
+        if header.uuid.hex() == destination_uuid:
+            return latest, False  # the same device's history: a merge here passed over its snapshot
+        later = [(snap, timestamp) for snap, timestamp in points if snap.is_clean and snap.gid_b > latest.gid_e]
+        if not later:
+            return latest, False
+        snap, timestamp = later[0]
+        self.log.warning("%s: %s is at %s, which this archive's history does not pass through (uuid %s, "
+                         "here %s): sending its image at %s by hash", volume.vol, destination, latest,
+                         destination_uuid, header.uuid.hex(), snap)
+        return await self._send_hash_replica(channel, volume, destination, latest,
+                                             MetaState(snap, timestamp=timestamp)), True
+
     async def _send_diffs(self, channel: Any, volume: ArchiveVolume, destination: str, latest: MetaSnap,
                           args: dict[str, Any]) -> tuple[MetaSnap, int, int]:
         """Send the chain from ``latest`` until the destination reaches ``gid``, or at most ``size``
@@ -941,7 +971,8 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         sent = hashed = 0
         while target_gid is None or latest.gid_b < target_gid:
             if latest.gid_b < volume.base.snap_b.gid_b:
-                latest = await self._send_hash_replica(channel, volume, destination, latest)
+                latest = await self._send_hash_replica(channel, volume, destination, latest,
+                                                       _replication_point(volume))
                 sent += 1
                 hashed += 1
                 continue
@@ -1048,6 +1079,15 @@ def _resume_at(resume: Any, base: MetaState, bulk_lb: int) -> int:
     if not isinstance(start_lb, int) or isinstance(start_lb, bool) or start_lb < 0 or start_lb % bulk_lb:
         return 0
     return start_lb
+
+
+def _history(volume: ArchiveVolume) -> list[tuple[MetaSnap, int]]:
+    """Each snapshot the volume passes through from its base along its chain, with its time."""
+    snap, points = volume.base.snap_b, [(volume.base.snap_b, volume.base.timestamp)]
+    for diff in volume.diffs.chain.applicable_diffs(snap):
+        snap = apply(snap, diff)
+        points.append((snap, diff.timestamp))
+    return points
 
 
 def _replication_point(volume: ArchiveVolume) -> MetaState:
