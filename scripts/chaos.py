@@ -414,6 +414,8 @@ def main() -> int:
         if not failure and not errors:
             shutil.rmtree(work, ignore_errors=True)
     ok = not failure and not lost and not errors
+    if not ok:  # what the kept cluster's snapshots must restore to, for whoever looks into it
+        (work / "digests.json").write_text(json.dumps(chaos.digests, indent=1, sort_keys=True))
     report = {
         "chaos": "walbops", "seed": seed, "ok": ok, "rounds": len(rounds), "failure": failure or None,
         "lost_snapshots": lost, "restores": chaos.restores, "cleanup_errors": errors,
