@@ -419,14 +419,15 @@ def _read_ahead(fd: int, size_lb: int, step_lb: int, start_lb: int = 0) -> Itera
     """(offset_lb, data) of the device from ``start_lb``, ``step_lb`` at a time, the next read already
     running on a thread of its own while the caller works on this one (a storage's disk is then
     busy while it hashes). Closing the iterator waits for that read."""
-    # Page-aligned buffers, so an O_DIRECT descriptor can read into them; each read is copied out.
-    buffers = [mmap.mmap(-1, step_lb * LOGICAL_BLOCK_SIZE) for _ in range(2)]
+    # Page-aligned, so an O_DIRECT descriptor can read into it. One is enough: each read is copied
+    # out of it on the reader's thread before the next read is submitted.
+    buffer = mmap.mmap(-1, step_lb * LOGICAL_BLOCK_SIZE)
     offsets = range(start_lb, size_lb, step_lb)
 
     def read(index: int) -> bytes:
         offset_lb = offsets[index]
         count = min(step_lb, size_lb - offset_lb)
-        return _read_bulk(fd, buffers[index % 2], count * LOGICAL_BLOCK_SIZE, offset_lb * LOGICAL_BLOCK_SIZE)
+        return _read_bulk(fd, buffer, count * LOGICAL_BLOCK_SIZE, offset_lb * LOGICAL_BLOCK_SIZE)
 
     if not offsets:
         return

@@ -166,8 +166,9 @@ def _verify_packs(fd: int, source: str) -> int:
         at += PACK_SIZE
         normal = [rec for rec in pack.records if rec.is_normal]
         sizes = [rec.data_size for rec in normal]
-        data = os.pread(fd, sum(sizes), at)
-        if len(data) < sum(sizes):
+        total = sum(sizes)
+        data = os.pread(fd, total, at)
+        if len(data) < total:
             raise TruncatedRecord("the data of a pack is cut short", at, source)
         if csum.checksums_end_to_end(data, sizes) != [rec.checksum for rec in normal]:
             raise ChecksumMismatch("data checksum mismatch in a pack", at, source)
