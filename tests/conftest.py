@@ -18,7 +18,7 @@ settings.load_profile("walbops")
 @pytest.fixture(scope="session")
 def vectors() -> Path:
     if not VECTORS.is_dir():
-        pytest.fail(f"WalB test vectors not found at {VECTORS}: the shared/ folder must sit beside the repository")
+        pytest.fail(f"WalB test vectors not found at {VECTORS}: they are part of the repository")
     return VECTORS
 
 

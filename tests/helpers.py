@@ -13,7 +13,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
-VECTORS = ROOT.parent / "shared" / "vectors" / "walb-tools-1.0.19"
+VECTORS = ROOT / "tests" / "vectors" / "walb-tools-1.0.19"
 
 
 # Test agents listen on ports below the kernel's ephemeral range (32768-60999 here), from a range

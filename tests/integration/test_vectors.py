@@ -1,4 +1,4 @@
-"""Interoperability with WalB itself: files written by walb-tools 1.0.19 (shared/vectors)."""
+"""Interoperability with WalB itself: files written by walb-tools 1.0.19 (tests/vectors)."""
 
 from __future__ import annotations
 
