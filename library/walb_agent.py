@@ -47,19 +47,19 @@ options:
     description: How long to wait for a started agent to answer, or for a stopped one to exit before SIGKILL [s].
     type: float
     default: 30
-extends_documentation_fragment: [walbops, walbops.check_and_diff]
+extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.check_and_diff]
 author: walbops developers
 """
 
 EXAMPLES = r"""
 - name: The archive agent
-  walb_agent:
+  walbops.walbops.walb_agent:
     role: archive
     config: /etc/walbops/archive.yml
     pidfile: /run/walbops/archive.pid
 
 - name: Restart the storage agent after a config change
-  walb_agent:
+  walbops.walbops.walb_agent:
     role: storage
     config: /etc/walbops/storage.yml
     pidfile: /run/walbops/storage.pid
@@ -98,7 +98,7 @@ killed:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
 
 
 def main():

@@ -43,13 +43,13 @@ options:
     description: Replace an existing backup with a new full backup (the archive's history is deleted).
     type: bool
     default: false
-extends_documentation_fragment: [walbops, walbops.cluster, walbops.check_and_diff]
+extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.cluster, walbops.walbops.walbops.check_and_diff]
 author: walbops developers
 """
 
 EXAMPLES = r"""
 - name: First full backup of every volume, two at a time across the fleet
-  walb_backup:
+  walbops.walbops.walb_backup:
     vol: "{{ item.name }}"
     storage: "{{ inventory_hostname }}"
   loop: "{{ walbops_volumes }}"
@@ -85,7 +85,7 @@ archive:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
 
 
 def main():

@@ -56,20 +56,20 @@ options:
     description: C(state=absent) - stop the device even if it is mounted or open (its users then get IO errors).
     type: bool
     default: false
-extends_documentation_fragment: [walbops, walbops.check_and_diff]
+extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.check_and_diff]
 author: walbops developers
 """
 
 EXAMPLES = r"""
 - name: The volume's walb device
-  walb_device:
+  walbops.walbops.walb_device:
     name: vol0
     ldev: /dev/vg0/wlog
     ddev: /dev/vg0/wdata
   register: wdev
 
 - name: Stop it
-  walb_device:
+  walbops.walbops.walb_device:
     name: vol0
     state: absent
 """
@@ -124,7 +124,7 @@ cleared_stale:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
 
 
 def main():

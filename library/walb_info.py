@@ -53,7 +53,7 @@ options:
     description: Critical when a log ring is this full, in percent.
     type: float
     default: 95
-extends_documentation_fragment: [walbops, walbops.cluster]
+extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.cluster]
 attributes:
   check_mode:
     support: full
@@ -64,11 +64,11 @@ author: walbops developers
 
 EXAMPLES = r"""
 - name: What every archive can restore
-  walb_info:
+  walbops.walbops.walb_info:
   register: walbops
 
 - name: Fail the play when a log overflowed, an agent is down, or writes are unprotected for a day
-  walb_info:
+  walbops.walbops.walb_info:
     fail_on: critical
 
 - name: Fail when a volume's newest restorable snapshot is older than an hour
@@ -107,7 +107,7 @@ servers:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
 
 
 def main():

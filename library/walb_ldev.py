@@ -36,20 +36,20 @@ options:
     description: Format the ldev even if it is formatted (every run then formats it again, and reports a change).
     type: bool
     default: false
-extends_documentation_fragment: [walbops, walbops.check_and_diff]
+extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.check_and_diff]
 author: walbops developers
 """
 
 EXAMPLES = r"""
 - name: Log device of the volume
-  walb_ldev:
+  walbops.walbops.walb_ldev:
     ldev: /dev/vg0/wlog
     ddev: /dev/vg0/wdata
     name: vol0
   register: ldev
 
 - name: Start over, losing the logs
-  walb_ldev:
+  walbops.walbops.walb_ldev:
     ldev: /dev/vg0/wlog
     ddev: /dev/vg0/wdata
     pbs: 4096
@@ -89,7 +89,7 @@ ring_buffer_size:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
 
 
 def main():

@@ -31,19 +31,19 @@ options:
     description: Attach read-only. Changing it needs C(state=absent) first.
     type: bool
     default: false
-extends_documentation_fragment: [walbops, walbops.check_and_diff]
+extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.check_and_diff]
 author: walbops developers
 """
 
 EXAMPLES = r"""
 - name: Log device of the tutorial, on a sparse file
-  walb_loopdev:
+  walbops.walbops.walb_loopdev:
     file: /var/lib/walbops/disks/wlog.img
     size: 100M
   register: wlog
 
 - name: Detach it
-  walb_loopdev:
+  walbops.walbops.walb_loopdev:
     file: /var/lib/walbops/disks/wlog.img
     state: absent
 """
@@ -66,7 +66,7 @@ detached:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
 
 
 def main():

@@ -54,7 +54,7 @@ options:
     description:
       - With O(lv), the thin pool the thin volume is in; without, the thin pool to manage.
     type: str
-extends_documentation_fragment: [walbops, walbops.check_and_diff]
+extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.check_and_diff]
 notes:
   - Thin pools, and creating or removing thin volumes, need an active pool, so a kernel with device-mapper.
   - lvm2 runs with the LVM configuration of the managed host; C(LVM_SYSTEM_DIR) in the environment selects
@@ -66,27 +66,27 @@ author: walbops developers
 
 EXAMPLES = r"""
 - name: Thin pool for the archive's base images, half the VG
-  walb_lvm_lv:
+  walbops.walbops.walb_lvm_lv:
     vg: archive
     thinpool: pool
     size: 50%VG
 
 - name: A thin volume of 100 GiB (virtual) in it
-  walb_lvm_lv:
+  walbops.walbops.walb_lvm_lv:
     vg: archive
     lv: scratch
     thinpool: pool
     size: 100G
 
 - name: A thick LV; grown when the size grows, never shrunk
-  walb_lvm_lv:
+  walbops.walbops.walb_lvm_lv:
     vg: archive
     lv: spool
     size: 20G
     shrink: false
 
 - name: Remove it
-  walb_lvm_lv:
+  walbops.walbops.walb_lvm_lv:
     vg: archive
     lv: spool
     state: absent
@@ -124,7 +124,7 @@ removed:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
 
 
 def main():

@@ -42,7 +42,7 @@ options:
         overwritten).
     type: bool
     default: false
-extends_documentation_fragment: [walbops, walbops.check_and_diff]
+extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.check_and_diff]
 notes:
   - lvm2 runs with the LVM configuration of the managed host; C(LVM_SYSTEM_DIR) in the environment selects
     another lvm.conf.
@@ -53,13 +53,13 @@ author: walbops developers
 
 EXAMPLES = r"""
 - name: Volume group of the archive's base images, on two disks
-  walb_lvm_vg:
+  walbops.walbops.walb_lvm_vg:
     vg: archive
     pvs: [/dev/sdb, /dev/sdc]
     pesize: 32M
 
 - name: Remove it, with its LVs
-  walb_lvm_vg:
+  walbops.walbops.walb_lvm_vg:
     vg: archive
     state: absent
     force: true
@@ -97,7 +97,7 @@ removed_lvs:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
 
 
 def main():

@@ -41,13 +41,13 @@ options:
   source:
     description: C(archive) - the primary archive, when O(old) is a secondary (r4).
     type: str
-extends_documentation_fragment: [walbops, walbops.cluster, walbops.check_and_diff]
+extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.cluster, walbops.walbops.walbops.check_and_diff]
 author: walbops developers
 """
 
 EXAMPLES = r"""
 - name: Move the off-site copy of every volume to the new DR archive
-  walb_replace:
+  walbops.walbops.walb_replace:
     kind: archive
     vol: "{{ item }}"
     old: archive-dr-old
@@ -65,7 +65,7 @@ gid:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
 
 
 def main():

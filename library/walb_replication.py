@@ -46,13 +46,13 @@ options:
       failing; its own snapshots are lost.
     type: bool
     default: false
-extends_documentation_fragment: [walbops, walbops.cluster, walbops.check_and_diff]
+extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.cluster, walbops.walbops.walbops.check_and_diff]
 author: walbops developers
 """
 
 EXAMPLES = r"""
 - name: Keep every volume's copy on the off-site archive up to date
-  walb_replication:
+  walbops.walbops.walb_replication:
     vol: "{{ item.name }}"
     source: archive1
     destination: archive2
@@ -60,7 +60,7 @@ EXAMPLES = r"""
   loop: "{{ walbops_volumes }}"
 
 - name: Bring the secondary to the drill's snapshot
-  walb_replication:
+  walbops.walbops.walb_replication:
     vol: db1-pgdata
     destination: archive2
     gid: "{{ drill.gid }}"
@@ -95,7 +95,7 @@ lag_seconds:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
 
 
 def main():

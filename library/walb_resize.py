@@ -38,19 +38,19 @@ options:
     type: str
     choices: ['no', online, offline]
     default: 'no'
-extends_documentation_fragment: [walbops, walbops.cluster, walbops.check_and_diff]
+extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.cluster, walbops.walbops.walbops.check_and_diff]
 author: walbops developers
 """
 
 EXAMPLES = r"""
 - name: Grow vol0 on its archive first
-  walb_resize:
+  walbops.walbops.walb_resize:
     vol: vol0
     server: a0
     size: 96M
 
 - name: Then on its storage, with its filesystem
-  walb_resize:
+  walbops.walbops.walb_resize:
     vol: vol0
     server: s0
     size: 96M
@@ -69,7 +69,7 @@ fs_grown:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
 
 
 def main():

@@ -38,13 +38,13 @@ options:
     description: Return the sha256 of the restored image.
     type: bool
     default: false
-extends_documentation_fragment: [walbops, walbops.cluster, walbops.check_and_diff]
+extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.cluster, walbops.walbops.walbops.check_and_diff]
 author: walbops developers
 """
 
 EXAMPLES = r"""
 - name: Restore the newest snapshot of vol0
-  walb_restore:
+  walbops.walbops.walb_restore:
     vol: vol0
     archive: "{{ inventory_hostname }}"
     gid: latest
@@ -52,7 +52,7 @@ EXAMPLES = r"""
   register: restored
 
 - name: Remove every restore of vol0
-  walb_restore:
+  walbops.walbops.walb_restore:
     vol: vol0
     archive: a0
     gid: all
@@ -85,7 +85,7 @@ removed:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
 
 
 def main():

@@ -54,13 +54,13 @@ options:
     default: []
 notes:
   - At least one keep option must be given; without one the module fails and names them.
-extends_documentation_fragment: [walbops, walbops.cluster, walbops.check_and_diff]
+extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.cluster, walbops.walbops.walbops.check_and_diff]
 author: walbops developers
 """
 
 EXAMPLES = r"""
 - name: A day of every snapshot, two weeks of dailies, six months of monthlies
-  walb_retention:
+  walbops.walbops.walb_retention:
     archive: a0
     keep_within: 1d
     keep_daily: 14
@@ -68,7 +68,7 @@ EXAMPLES = r"""
   register: pruned
 
 - name: What would go, without changing anything
-  walb_retention:
+  walbops.walbops.walb_retention:
     archive: a0
     volumes: [vol0]
     keep_last: 10
@@ -110,7 +110,7 @@ policy:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
 
 RULES = ("keep_last", "keep_within", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
 

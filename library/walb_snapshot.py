@@ -40,7 +40,7 @@ options:
         computes at the gid from its base and diffs without restoring (C(walbops ctl bhash)).
     type: bool
     default: false
-extends_documentation_fragment: [walbops, walbops.cluster]
+extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.cluster]
 attributes:
   check_mode:
     support: full
@@ -51,7 +51,7 @@ author: walbops developers
 
 EXAMPLES = r"""
 - name: Snapshot vol0 and wait until the archive can restore it
-  walb_snapshot:
+  walbops.walbops.walb_snapshot:
     vol: vol0
     storage: "{{ inventory_hostname }}"
   register: snap
@@ -84,7 +84,7 @@ bhash:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
 
 
 def main():

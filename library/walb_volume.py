@@ -69,27 +69,27 @@ options:
     description: Clear a volume that holds a backup or unsent diffs.
     type: bool
     default: false
-extends_documentation_fragment: [walbops, walbops.cluster, walbops.check_and_diff]
+extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.cluster, walbops.walbops.walbops.check_and_diff]
 author: walbops developers
 """
 
 EXAMPLES = r"""
 - name: Bind vol0 to its walb device and let it run standby until the first full backup
-  walb_volume:
+  walbops.walbops.walb_volume:
     vol: vol0
     server: "{{ inventory_hostname }}"
     wdev: vol0
     state: started
 
 - name: Send vol0's diffs to the archive a0
-  walb_volume:
+  walbops.walbops.walb_volume:
     vol: vol0
     server: p0
     archives:
       - {name: a0, host: 10.0.0.20, port: 10200}
 
 - name: Forget vol0 on the archive, deleting its backup
-  walb_volume:
+  walbops.walbops.walb_volume:
     vol: vol0
     server: a0
     state: cleared
@@ -115,7 +115,7 @@ role:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
 
 
 def archive_flag(archive):

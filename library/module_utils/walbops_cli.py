@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-# Where walbops_common installs walbops; searched after PATH.
+# Where walbops.walbops.walbops installs walbops; searched after PATH.
 DEFAULT_VENV_BIN = "/opt/walbops/venv/bin"
 
 WALBOPS_COMMON_OPTIONS = dict(
@@ -27,7 +27,7 @@ WALBOPS_CLUSTER_OPTIONS = dict(
 
 
 def find_walbops(module):
-    """The walbops command: ``walbops_bin``, else PATH, else the walbops_common virtualenv."""
+    """The walbops command: ``walbops_bin``, else PATH, else the walbops.walbops.walbops virtualenv."""
     explicit = module.params.get("walbops_bin")
     if explicit:
         if not os.access(explicit, os.X_OK):

@@ -16,16 +16,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import ansible.module_utils
 import ansible.module_utils.basic as basic
 from helpers import ROOT
 
 LIBRARY = ROOT / "library"
 WALBOPS_BIN = str(Path(sys.executable).parent / "walbops")
-
-# Custom module_utils are found as ansible.module_utils.NAME, as Ansible packs them.
-if str(LIBRARY / "module_utils") not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(str(LIBRARY / "module_utils"))
+# The checkout's view of the collection: the modules import their shared code as
+# ansible_collections.walbops.walbops.plugins.module_utils.NAME, as Ansible packs it.
+COLLECTIONS = ROOT / "ansible" / "collections"
+if str(COLLECTIONS) not in sys.path:
+    sys.path.append(str(COLLECTIONS))
 
 
 class ModuleFailed(Exception):

@@ -42,10 +42,10 @@ def argument_spec(name: str) -> SpecCaptured:
 
 @pytest.fixture(scope="module")
 def docs() -> dict:
-    result = subprocess.run([ANSIBLE_DOC, "-M", "library", "--json", *MODULES], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([ANSIBLE_DOC, "--json", *(f"walbops.walbops.{name}" for name in MODULES)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return {fqcn.removeprefix("walbops.walbops."): doc for fqcn, doc in json.loads(result.stdout).items()}
 
 
 def test_there_are_the_modules_the_roles_use() -> None:
@@ -74,5 +74,5 @@ def test_documentation_matches_the_argument_spec(name: str, docs: dict) -> None:
 def test_examples_and_return_parse(name: str, docs: dict) -> None:
     examples = yaml.safe_load(docs[name]["examples"])
     assert isinstance(examples, list) and examples
-    assert any(name in task for task in examples), f"{name}: no example uses the module"
+    assert any(f"walbops.walbops.{name}" in task for task in examples), f"{name}: no example uses the module by FQCN"
     assert docs[name]["return"], f"{name}: RETURN is empty"

@@ -276,12 +276,12 @@ def test_planted_thin_pool_and_volume(vg: PrivateLvm) -> None:
 
 
 def test_ansible_doc_renders_both_modules() -> None:
-    # From the repository root, so ansible.cfg (doc fragments) is found; the venv's ansible-doc.
-    command = [str(Path(sys.executable).parent / "ansible-doc"), "-M", "library", "--json", "walb_lvm_vg",
-               "walb_lvm_lv"]
+    # From the repository root, so ansible.cfg (the collection) is found; the venv's ansible-doc.
+    command = [str(Path(sys.executable).parent / "ansible-doc"), "--json", "walbops.walbops.walb_lvm_vg",
+               "walbops.walbops.walb_lvm_lv"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    docs = json.loads(result.stdout)
+    docs = {fqcn.removeprefix("walbops.walbops."): doc for fqcn, doc in json.loads(result.stdout).items()}
     for name, options in (("walb_lvm_vg", {"vg", "pvs", "pesize", "state", "force", "walbops_bin"}),
                           ("walb_lvm_lv", {"vg", "lv", "size", "state", "force", "shrink", "thinpool"})):
         assert docs[name]["doc"]["module"] == name

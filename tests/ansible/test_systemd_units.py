@@ -15,7 +15,7 @@ import yaml
 from helpers import ROOT
 from playbooks import ANSIBLE_PLAYBOOK
 
-TEMPLATES = ROOT / "ansible" / "roles" / "walbops_common" / "templates"
+TEMPLATES = ROOT / "ansible" / "roles" / "walbops" / "templates"
 
 
 def render(out: Path) -> list[str]:

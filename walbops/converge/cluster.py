@@ -9,7 +9,7 @@ from ..errors import UsageError
 if TYPE_CHECKING:
     from ..controller import Controller, Server
 
-DEFAULT_LAYOUT = "/etc/walbops/layout.yml"  # written by the walbops_common role
+DEFAULT_LAYOUT = "/etc/walbops/layout.yml"  # written by the walbops.walbops.walbops role
 
 
 def open_controller(layout_path: str, timeout: float = 30.0) -> Controller:

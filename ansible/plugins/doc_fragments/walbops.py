@@ -8,10 +8,10 @@ options:
     description:
       - Path of the C(walbops) command.
       - By default C(walbops) is looked up on C(PATH), then in C(/opt/walbops/venv/bin), where the
-        C(walbops_common) role installs it.
+        C(walbops.walbops.walbops) role installs it.
     type: path
 requirements:
-  - walbops installed on the managed host (the C(walbops_common) role does it)
+  - walbops installed on the managed host (the C(walbops.walbops.walbops) role does it)
 notes:
   - The module runs C(walbops ... --json) on the managed host; the logic and its error messages live there,
     so the command line and the module behave alike.
@@ -23,7 +23,7 @@ options:
   layout:
     description:
       - The layout file naming every agent (name, address, port, role) and the cluster key file.
-      - The C(walbops_common) role writes it from the inventory.
+      - The C(walbops.walbops.walbops) role writes it from the inventory.
     type: path
     default: /etc/walbops/layout.yml
   timeout:

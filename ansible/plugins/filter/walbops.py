@@ -63,9 +63,9 @@ def walbops_auth_config(auth, role, key_file, tls_dir, keys_dir=""):
     """How an agent (``role``), or the layout (role ``controller``), authenticates.
 
     ``auth`` key: this host's role key file for that role in ``keys_dir`` (``ROLE.key``, as the
-    role_keys tasks of walbops_common put them), or without ``keys_dir`` the cluster key
+    role_keys tasks of the walbops role put them), or without ``keys_dir`` the cluster key
     ``key_file``; tls: this host's certificate and key for that role and the CA certificate, as
-    the tls tasks of walbops_common put them in ``tls_dir``.
+    the tls tasks of the walbops role put them in ``tls_dir``.
     """
     if auth == "key":
         path = f"{keys_dir}/{role}.key" if keys_dir else key_file
@@ -144,8 +144,8 @@ def walbops_drilled(volumes, on, default_replication):
 
 class FilterModule:
     def filters(self):
-        return {"walbops_endpoint": walbops_endpoint, "walbops_layout_servers": walbops_layout_servers,
-                "walbops_archived_volumes": walbops_archived_volumes, "walbops_targets": walbops_targets,
-                "walbops_auth_config": walbops_auth_config, "walbops_primary_archive": walbops_primary_archive,
-                "walbops_secondary_archives": walbops_secondary_archives,
-                "walbops_replications": walbops_replications, "walbops_drilled": walbops_drilled}
+        return {"endpoint": walbops_endpoint, "layout_servers": walbops_layout_servers,
+                "archived_volumes": walbops_archived_volumes, "targets": walbops_targets,
+                "auth_config": walbops_auth_config, "primary_archive": walbops_primary_archive,
+                "secondary_archives": walbops_secondary_archives,
+                "replications": walbops_replications, "drilled": walbops_drilled}
