@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, walbops developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module walb_agent: a walbops agent process on a host without systemd."""
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ options:
     description: How long to wait for a started agent to answer, or for a stopped one to exit before SIGKILL [s].
     type: float
     default: 30
-extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.check_and_diff]
-author: walbops developers
+extends_documentation_fragment:
+  - walbops.walbops.walbops
+  - walbops.walbops.walbops.check_and_diff
+author: walbops developers (@walbops)
 """
 
 EXAMPLES = r"""
@@ -98,7 +102,11 @@ killed:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import (
+    WALBOPS_COMMON_OPTIONS,
+    flag_args,
+    run_module,
+)
 
 
 def main():

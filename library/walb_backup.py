@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, walbops developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module walb_backup: a backup of a volume on its archive (full, or hash to catch up)."""
 
 from __future__ import annotations
@@ -43,8 +45,11 @@ options:
     description: Replace an existing backup with a new full backup (the archive's history is deleted).
     type: bool
     default: false
-extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.cluster, walbops.walbops.walbops.check_and_diff]
-author: walbops developers
+extends_documentation_fragment:
+  - walbops.walbops.walbops
+  - walbops.walbops.walbops.cluster
+  - walbops.walbops.walbops.check_and_diff
+author: walbops developers (@walbops)
 """
 
 EXAMPLES = r"""
@@ -85,7 +90,11 @@ archive:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import (
+    WALBOPS_CLUSTER_OPTIONS,
+    flag_args,
+    run_module,
+)
 
 
 def main():

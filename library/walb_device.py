@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, walbops developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module walb_device: a running walbops (userspace WalB) device."""
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ description:
   - C(present) starts it, as C(walbops wdev create) does, unless it already runs over the same O(ldev) and
     O(ddev), compared by inode (by device number for block devices), so another path to the same device is the
     same. A device of that name over other devices is refused; remove it with C(state=absent) first.
-  - The ldev must be formatted (M(walb_ldev)); an ldev or ddev that another running device uses is refused.
+  - The ldev must be formatted (M(walbops.walbops.walb_ldev)); an ldev or ddev that another running device uses
+    is refused.
   - C(absent) stops it gracefully (final flush and checkpoint); a mounted device is refused, naming the mount
     point, unless O(force).
   - A device whose daemon died without cleaning up counts as not running; C(absent) removes what it left (its
@@ -56,8 +59,10 @@ options:
     description: C(state=absent) - stop the device even if it is mounted or open (its users then get IO errors).
     type: bool
     default: false
-extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.check_and_diff]
-author: walbops developers
+extends_documentation_fragment:
+  - walbops.walbops.walbops
+  - walbops.walbops.walbops.check_and_diff
+author: walbops developers (@walbops)
 """
 
 EXAMPLES = r"""
@@ -124,7 +129,11 @@ cleared_stale:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import (
+    WALBOPS_COMMON_OPTIONS,
+    flag_args,
+    run_module,
+)
 
 
 def main():

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, walbops developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module walb_info: states, restorable snapshots and their ages, log usage."""
 
 from __future__ import annotations
@@ -53,13 +55,17 @@ options:
     description: Critical when a log ring is this full, in percent.
     type: float
     default: 95
-extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.cluster]
+extends_documentation_fragment:
+  - walbops.walbops.walbops
+  - walbops.walbops.walbops.cluster
 attributes:
   check_mode:
     support: full
+    description: Gathering facts changes nothing; check mode runs the same.
   diff_mode:
     support: none
-author: walbops developers
+    description: Facts have no before and after.
+author: walbops developers (@walbops)
 """
 
 EXAMPLES = r"""
@@ -107,7 +113,11 @@ servers:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import (
+    WALBOPS_CLUSTER_OPTIONS,
+    flag_args,
+    run_module,
+)
 
 
 def main():

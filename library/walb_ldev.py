@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, walbops developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module walb_ldev: a log device formatted for a walbops (WalB) device, once."""
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ description:
     loses its logs and makes the archives refuse the volume's next diffs. O(force) formats it anyway.
   - A formatted ldev whose physical block size differs from O(pbs) is refused unless O(force).
   - Never formats an ldev (or a ddev) that a running walb device uses, even with O(force); remove the device
-    with M(walb_device) C(state=absent) first.
+    with M(walbops.walbops.walb_device) C(state=absent) first.
 options:
   ldev:
     description: The log device (a block device, or a file).
@@ -36,8 +38,10 @@ options:
     description: Format the ldev even if it is formatted (every run then formats it again, and reports a change).
     type: bool
     default: false
-extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.check_and_diff]
-author: walbops developers
+extends_documentation_fragment:
+  - walbops.walbops.walbops
+  - walbops.walbops.walbops.check_and_diff
+author: walbops developers (@walbops)
 """
 
 EXAMPLES = r"""
@@ -89,7 +93,11 @@ ring_buffer_size:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import (
+    WALBOPS_COMMON_OPTIONS,
+    flag_args,
+    run_module,
+)
 
 
 def main():

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, walbops developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module walb_lvm_lv: an LVM logical volume, thin pool or thin volume, as community.general.lvol."""
 
 from __future__ import annotations
@@ -54,14 +56,16 @@ options:
     description:
       - With O(lv), the thin pool the thin volume is in; without, the thin pool to manage.
     type: str
-extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.check_and_diff]
+extends_documentation_fragment:
+  - walbops.walbops.walbops
+  - walbops.walbops.walbops.check_and_diff
 notes:
   - Thin pools, and creating or removing thin volumes, need an active pool, so a kernel with device-mapper.
   - lvm2 runs with the LVM configuration of the managed host; C(LVM_SYSTEM_DIR) in the environment selects
     another lvm.conf.
 seealso:
-  - module: walb_lvm_vg
-author: walbops developers
+  - module: walbops.walbops.walb_lvm_vg
+author: walbops developers (@walbops)
 """
 
 EXAMPLES = r"""
@@ -124,7 +128,11 @@ removed:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import (
+    WALBOPS_COMMON_OPTIONS,
+    flag_args,
+    run_module,
+)
 
 
 def main():

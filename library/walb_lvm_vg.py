@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, walbops developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module walb_lvm_vg: an LVM volume group, as community.general.lvg makes it."""
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ options:
         overwritten).
     type: bool
     default: false
-extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.check_and_diff]
+extends_documentation_fragment:
+  - walbops.walbops.walbops
+  - walbops.walbops.walbops.check_and_diff
 notes:
   - lvm2 runs with the LVM configuration of the managed host; C(LVM_SYSTEM_DIR) in the environment selects
     another lvm.conf.
 seealso:
-  - module: walb_lvm_lv
-author: walbops developers
+  - module: walbops.walbops.walb_lvm_lv
+author: walbops developers (@walbops)
 """
 
 EXAMPLES = r"""
@@ -97,7 +101,11 @@ removed_lvs:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_COMMON_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import (
+    WALBOPS_COMMON_OPTIONS,
+    flag_args,
+    run_module,
+)
 
 
 def main():

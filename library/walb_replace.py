@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, walbops developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module walb_replace: a host of a backup group replaced by another for a volume (WalB's r1-r4)."""
 
 from __future__ import annotations
@@ -41,8 +43,11 @@ options:
   source:
     description: C(archive) - the primary archive, when O(old) is a secondary (r4).
     type: str
-extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.cluster, walbops.walbops.walbops.check_and_diff]
-author: walbops developers
+extends_documentation_fragment:
+  - walbops.walbops.walbops
+  - walbops.walbops.walbops.cluster
+  - walbops.walbops.walbops.check_and_diff
+author: walbops developers (@walbops)
 """
 
 EXAMPLES = r"""
@@ -65,7 +70,11 @@ gid:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import (
+    WALBOPS_CLUSTER_OPTIONS,
+    flag_args,
+    run_module,
+)
 
 
 def main():

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, walbops developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module walb_resize: a volume grown on an archive or a storage, and its filesystem."""
 
 from __future__ import annotations
@@ -8,7 +10,8 @@ module: walb_resize
 short_description: Grow a walbops volume on its archive or its storage, and the filesystem on it
 description:
   - On an archive, grows the volume's base (WalB's archive resize); on a storage, grows the walb device online
-    over its data device, which must be large enough already (M(walb_loopdev) and M(walb_lvm_lv) grow it).
+    over its data device, which must be large enough already (M(walbops.walbops.walb_loopdev) and
+    M(walbops.walbops.walb_lvm_lv) grow it).
   - With O(grow_fs), the filesystem mounted on the walb device grows to fill it - C(online) (resize2fs,
     xfs_growfs; an ext online resize needs CAP_SYS_RESOURCE, which containers often drop) or C(offline) (ext
     only - unmounted, checked, grown and mounted again with its options).
@@ -38,8 +41,11 @@ options:
     type: str
     choices: ['no', online, offline]
     default: 'no'
-extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.cluster, walbops.walbops.walbops.check_and_diff]
-author: walbops developers
+extends_documentation_fragment:
+  - walbops.walbops.walbops
+  - walbops.walbops.walbops.cluster
+  - walbops.walbops.walbops.check_and_diff
+author: walbops developers (@walbops)
 """
 
 EXAMPLES = r"""
@@ -69,7 +75,11 @@ fs_grown:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import (
+    WALBOPS_CLUSTER_OPTIONS,
+    flag_args,
+    run_module,
+)
 
 
 def main():

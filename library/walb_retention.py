@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, walbops developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module walb_retention: keep the snapshots a policy names on an archive, remove the rest."""
 
 from __future__ import annotations
@@ -54,8 +56,11 @@ options:
     default: []
 notes:
   - At least one keep option must be given; without one the module fails and names them.
-extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.cluster, walbops.walbops.walbops.check_and_diff]
-author: walbops developers
+extends_documentation_fragment:
+  - walbops.walbops.walbops
+  - walbops.walbops.walbops.cluster
+  - walbops.walbops.walbops.check_and_diff
+author: walbops developers (@walbops)
 """
 
 EXAMPLES = r"""
@@ -110,7 +115,11 @@ policy:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import (
+    WALBOPS_CLUSTER_OPTIONS,
+    flag_args,
+    run_module,
+)
 
 RULES = ("keep_last", "keep_within", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
 

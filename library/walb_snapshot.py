@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, walbops developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module walb_snapshot: an explicit snapshot of a volume."""
 
 from __future__ import annotations
@@ -40,13 +42,17 @@ options:
         computes at the gid from its base and diffs without restoring (C(walbops ctl bhash)).
     type: bool
     default: false
-extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.cluster]
+extends_documentation_fragment:
+  - walbops.walbops.walbops
+  - walbops.walbops.walbops.cluster
 attributes:
   check_mode:
     support: full
+    description: Check mode tells whether a snapshot would be taken, taking none.
   diff_mode:
     support: none
-author: walbops developers
+    description: A snapshot is an event, not a state to diff.
+author: walbops developers (@walbops)
 """
 
 EXAMPLES = r"""
@@ -84,7 +90,11 @@ bhash:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import (
+    WALBOPS_CLUSTER_OPTIONS,
+    flag_args,
+    run_module,
+)
 
 
 def main():

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, walbops developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module walb_volume: a volume's state on a storage, proxy or archive agent."""
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ description:
   - C(initialized) - the agent holds the volume (a storage bound to its walb device; a proxy with its
     archives; an archive waiting for a full backup).
   - C(started) - a storage ships logs (as target after a full backup, else standby); a proxy forwards
-    diffs; an archive takes them (only after a full backup; use M(walb_backup)).
+    diffs; an archive takes them (only after a full backup; use M(walbops.walbops.walb_backup)).
   - C(stopped) and C(cleared) - stopped, or forgotten. Clearing what holds a backup, or diffs not yet sent,
     needs O(force).
 options:
@@ -69,8 +71,11 @@ options:
     description: Clear a volume that holds a backup or unsent diffs.
     type: bool
     default: false
-extends_documentation_fragment: [walbops.walbops.walbops, walbops.walbops.walbops.cluster, walbops.walbops.walbops.check_and_diff]
-author: walbops developers
+extends_documentation_fragment:
+  - walbops.walbops.walbops
+  - walbops.walbops.walbops.cluster
+  - walbops.walbops.walbops.check_and_diff
+author: walbops developers (@walbops)
 """
 
 EXAMPLES = r"""
@@ -115,7 +120,11 @@ role:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import WALBOPS_CLUSTER_OPTIONS, flag_args, run_module
+from ansible_collections.walbops.walbops.plugins.module_utils.walbops_cli import (
+    WALBOPS_CLUSTER_OPTIONS,
+    flag_args,
+    run_module,
+)
 
 
 def archive_flag(archive):

@@ -1,3 +1,5 @@
+# Copyright: (c) 2026, walbops developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What every walbops module shares: find the ``walbops`` command, run it with ``--json``, exit.
 
 The modules are thin on purpose: the logic (what exists, what would change, how to change

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -11,7 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import netns  # noqa: E402  (found through the sys.path entry above)
+import collection  # noqa: E402  (found through the sys.path entry above)
+import netns  # noqa: E402
+from helpers import ROOT  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,3 +31,18 @@ def netns_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[
             return running.enter_context(netns.test_hosts(names, workdir))
 
         yield start
+
+
+@pytest.fixture(scope="session")
+def built_collection(tmp_path_factory: pytest.TempPathFactory) -> collection.Built:
+    """The collection tarball and the walbops wheel, built once by scripts/build-collection."""
+    return collection.build(tmp_path_factory.mktemp("collection-build"))
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """walbops and its dependencies as wheels: a package index for hosts that cannot reach PyPI."""
+    directory = tmp_path_factory.mktemp("wheelhouse")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(directory),
+                    f"{ROOT}[snappy,zstd]"], check=True, capture_output=True, timeout=600)
+    return directory

@@ -1,6 +1,7 @@
 """Run the modules in library/ in-process, as Ansible's own module unit tests do.
 
-The module reads its arguments from ``_ANSIBLE_ARGS`` and leaves by ``exit_json`` or
+The module reads its arguments as ansible-core's ``patch_module_args`` hands them over (the way
+Ansible's own module tests do) and leaves by ``exit_json`` or
 ``fail_json`` (SystemExit with the result on stdout). Everything under it is real: the
 module runs the installed ``walbops`` command, which touches real loop devices, LVM and
 agents.
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import ansible.module_utils.basic as basic
+from ansible.module_utils.testing import patch_module_args
 from helpers import ROOT
 
 LIBRARY = ROOT / "library"
@@ -42,17 +43,13 @@ def run_module(name: str, args: dict[str, Any], check: bool = False, diff: bool 
     spec.loader.exec_module(module)
     full_args = {"walbops_bin": WALBOPS_BIN, **args, "_ansible_check_mode": check, "_ansible_diff": diff,
                  "_ansible_remote_tmp": "/tmp", "_ansible_keep_remote_files": False}
-    saved = basic._ANSIBLE_ARGS
-    basic._ANSIBLE_ARGS = json.dumps({"ANSIBLE_MODULE_ARGS": full_args}).encode()
     out = io.StringIO()
     try:
-        with contextlib.redirect_stdout(out):
+        with patch_module_args(full_args), contextlib.redirect_stdout(out):
             module.main()
     except SystemExit as leave:
         result = json.loads(out.getvalue())
         if leave.code not in (0, None) or result.get("failed"):
             raise ModuleFailed(result) from None
         return result
-    finally:
-        basic._ANSIBLE_ARGS = saved
     raise AssertionError(f"{name} returned without exit_json or fail_json")

@@ -1,4 +1,6 @@
-"""Run ansible-playbook from the repository root (so ansible.cfg applies) and read its recap."""
+"""Run ansible-playbook and read its recap: from the repository root (its ansible.cfg finds the
+checkout's view of the collection), or as a user does, from a directory of one's own with the
+collection installed by ansible-galaxy."""
 
 from __future__ import annotations
 
@@ -18,6 +20,33 @@ RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\
 
 
 @dataclass(frozen=True)
+class Project:
+    """Where ansible-playbook runs, and how it finds the collection walbops.walbops."""
+
+    directory: Path
+    collections_path: Path | None = None  # None: the checkout, through its ansible.cfg
+
+    def playbook(self, name: str) -> str:
+        """A playbook by its absolute path or by its file name in the directory, else the
+        collection's: by path in the checkout, by FQCN (walbops.walbops.site) where installed."""
+        if Path(name).is_absolute() or ((self.directory / name).is_file() and self.collections_path is not None):
+            return name
+        if self.collections_path is None:
+            return f"ansible/playbooks/{name}"
+        return f"walbops.walbops.{name.removesuffix('.yml')}"
+
+    def env(self) -> dict[str, str]:
+        if self.collections_path is None:
+            return dict(os.environ)
+        # A user's shell: no ANSIBLE_* of ours, only the installed collections.
+        env = {key: value for key, value in os.environ.items() if not key.startswith("ANSIBLE_")}
+        return {**env, "ANSIBLE_COLLECTIONS_PATH": str(self.collections_path)}
+
+
+CHECKOUT = Project(ROOT)
+
+
+@dataclass(frozen=True)
 class PlaybookRun:
     returncode: int
     output: str
@@ -31,14 +60,15 @@ class PlaybookRun:
 
 
 def run_playbook(playbook: str, inventory: Path | str, *args: str, extra_vars: dict | None = None,
-                 timeout: float = 1200) -> PlaybookRun:
-    """``ansible-playbook ansible/playbooks/PLAYBOOK -i INVENTORY ARGS``; the output and the recap."""
-    command = [ANSIBLE_PLAYBOOK, "-i", str(inventory), f"ansible/playbooks/{playbook}", *args]
+                 timeout: float = 1200, project: Project = CHECKOUT) -> PlaybookRun:
+    """``ansible-playbook -i INVENTORY PLAYBOOK ARGS`` in ``project``; the output and the recap."""
+    command = [ANSIBLE_PLAYBOOK, "-i", str(inventory), project.playbook(playbook), *args]
     if extra_vars:
         command += ["-e", json.dumps(extra_vars)]
-    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "PYTHONUNBUFFERED": "1",
+    env = {**project.env(), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "PYTHONUNBUFFERED": "1",
            "ANSIBLE_LOCAL_TEMP": str(Path(str(inventory)).parent / ".ansible-tmp")}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, cwd=project.directory, env=env, capture_output=True, text=True,
+                            timeout=timeout)
     output = result.stdout + result.stderr
     recap = {match["host"]: {key: int(match[key]) for key in ("ok", "changed", "unreachable", "failed")}
              for match in RECAP.finditer(result.stdout)}

@@ -91,7 +91,7 @@ def test_check_mode_changes_nothing(local: dict) -> None:
 def test_changed_config_restarts_only_that_agent(local: dict) -> None:
     pidfile = Path(local["walbops_local_root"]) / "run" / "walbops-agents" / "storage.pid"
     before = pidfile.read_text().strip()
-    changed = run_playbook("site.yml", INVENTORY, extra_vars={**local, "walbops_implicit_snapshot_interval": 3})
+    changed = run_playbook("site.yml", INVENTORY, extra_vars={**local, "walbops_storage_implicit_snapshot_interval": 3})
     assert changed.returncode == 0, changed.describe()
     assert changed.changed() == {"s0": 2, "p0": 0, "a0": 0}, changed_tasks(changed.output)  # config + restart
     assert "implicit_snapshot_interval: 3.0" in (Path(local["walbops_local_root"]) / "etc" / "walbops" /

@@ -11,6 +11,7 @@ runs its worker; retention.yml prunes over ssh and a second run changes nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -18,40 +19,76 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import collection
 import netns
 import pytest
-from helpers import ROOT
-from playbooks import changed_tasks, run_playbook
+from playbooks import Project, changed_tasks, run_playbook
 
 from walbops import pki
 
 STORAGES = ("storage0", "storage1")
 HOSTS = (*STORAGES, "proxy0", "archive0", "archive1")
 CA_PASSPHRASE = "fleet test passphrase"
+# The team's playbook: the collection's site playbook, then its storage role and a module by FQCN.
+ROLLOUT = """\
+---
+- name: Roll walbops out
+  ansible.builtin.import_playbook: walbops.walbops.site
 
+- name: Storage hosts - the collection's role again, and each volume checked with its module
+  hosts: walbops_storage
+  gather_facts: false
+  environment: "{{ walbops_environment | default({}) }}"
+  roles:
+    - role: walbops.walbops.walbops_storage
+  tasks:
+    - name: Each volume ships its writes
+      walbops.walbops.walb_volume:
+        vol: "{{ item.name }}"
+        server: "{{ walbops_agent_name }}"
+        wdev: "{{ item.name }}"
+        state: started
+        start_as: "{{ 'standby' if item.role | default('target') == 'standby' else omit }}"
+        layout: "{{ walbops_layout_file }}"
+        walbops_bin: "{{ walbops_venv }}/bin/walbops"
+      loop: "{{ walbops_volumes }}"
+      loop_control:
+        label: "{{ item.name }}"
+      register: rollout_volumes
 
-@pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """walbops's dependencies as wheels, for hosts that cannot reach PyPI."""
-    directory = tmp_path_factory.mktemp("wheelhouse")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(directory),
-                    f"{ROOT}[snappy,zstd]"], check=True, capture_output=True, timeout=600)
-    return directory
+    - name: Nothing was left to start
+      ansible.builtin.assert:
+        that: rollout_volumes is not changed
+"""
 
 
 @pytest.fixture(scope="module")
 def fleet(netns_hosts: Callable[[Sequence[str]], netns.TestHosts], wheelhouse: Path,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+          built_collection: collection.Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     hosts = netns_hosts(list(HOSTS))
     root = tmp_path_factory.mktemp("fleet")
+    # As a team with its own playbook repository uses walbops: the collection installed with
+    # ansible-galaxy into an empty collections path, and a directory of theirs that holds nothing
+    # but the inventory and a playbook naming the collection's content by FQCN.
+    project = root / "playbooks"
+    project.mkdir()
+    (project / "rollout.yml").write_text(ROLLOUT)
+    play = functools.partial(run_playbook, project=Project(project, root / "collections"))
+    collection.install(built_collection, root / "collections")
     host_vars = {}
     for name in HOSTS:
         home = root / name  # each host's own corner of the shared filesystem
         host_vars[name] = {
+            # What a team's ansible.cfg would say ([ssh_connection] pipelining): one ssh round
+            # trip per task instead of four; the playbook directory has no ansible.cfg of its own.
+            "ansible_pipelining": True,
             "walbops_venv": str(home / "venv"),
             "walbops_config_dir": str(home / "etc"),
             "walbops_data_dir": str(home / "data"),
             "walbops_run_dir": str(home / "run"),
+            # The wheel built beside the collection; its dependencies from a wheelhouse.
+            "walbops_install_from": "wheel",
+            "walbops_wheel": str(built_collection.wheel),
             "walbops_pip_extra_args": f"--no-index --find-links {wheelhouse}",
             # The fleet runs in TLS mode: a CA on the controller (its key encrypted with a
             # passphrase that a real inventory keeps in Ansible Vault), a certificate per host and role.
@@ -61,15 +98,15 @@ def fleet(netns_hosts: Callable[[Sequence[str]], netns.TestHosts], wheelhouse: P
             "walbops_service_manager": "process",
             # The hosts share this machine's /etc: no logrotate file of theirs there.
             "walbops_manage_logrotate": False,
-            "walbops_implicit_snapshot_interval": 2,
+            "walbops_storage_implicit_snapshot_interval": 2,
             "walbops_environment": {"WALBOPS_RUN_DIR": str(home / "walbops-run"),
                                     "WALBOPS_DEV_DIR": str(home / "dev")},
         }
     host_vars["archive1"]["walbops_archive_secondary"] = True  # the off-site copy
     host_vars["archive0"].update({
-        "walbops_worker_enabled": True,
-        "walbops_worker_merge": {"interval": "10m", "max_nr": 20},
-        "walbops_worker_retention": {"interval": "1h", "keep_within": "1d", "keep_daily": 7},
+        "walbops_archive_worker_enabled": True,
+        "walbops_archive_worker_merge": {"interval": "10m", "max_nr": 20},
+        "walbops_archive_worker_retention": {"interval": "1h", "keep_within": "1d", "keep_daily": 7},
     })
     for name in STORAGES:
         host_vars[name]["walbops_volumes"] = [{"name": f"{name}-vol0", "size": "32M", "log_size": "16M",
@@ -80,8 +117,9 @@ def fleet(netns_hosts: Callable[[Sequence[str]], netns.TestHosts], wheelhouse: P
     groups = {"walbops_storage": list(STORAGES), "walbops_proxy": ["proxy0"],
               "walbops_archive": ["archive0", "archive1"]}
     inventory = hosts.write_inventory(root / "inventory" / "hosts.yml", groups, host_vars)
-    yield {"inventory": inventory, "root": root, "hosts": hosts, "groups": groups, "host_vars": host_vars}
-    teardown = run_playbook("teardown.yml", inventory, "--tags", "all,destroy_backups,destroy_disks")
+    yield {"inventory": inventory, "root": root, "hosts": hosts, "groups": groups, "host_vars": host_vars,
+           "play": play, "project": project}
+    teardown = play("teardown.yml", inventory, "--tags", "all,destroy_backups,destroy_disks")
     leftovers = subprocess.run(["losetup", "--list", "--noheadings", "--output", "BACK-FILE"], capture_output=True,
                                text=True).stdout
     assert teardown.returncode == 0, teardown.describe()
@@ -89,7 +127,7 @@ def fleet(netns_hosts: Callable[[Sequence[str]], netns.TestHosts], wheelhouse: P
 
 
 def test_site_over_ssh_from_nothing(fleet: dict) -> None:
-    first = run_playbook("site.yml", fleet["inventory"], extra_vars={"walbops_batch_size": 1})
+    first = fleet["play"]("rollout.yml", fleet["inventory"], extra_vars={"walbops_batch_size": 1})
     assert first.returncode == 0, first.describe()
     assert set(first.recap) == set(HOSTS)
     assert all(count > 0 for count in first.changed().values()), first.recap
@@ -125,13 +163,13 @@ def test_site_over_ssh_from_nothing(fleet: dict) -> None:
 
 
 def test_site_again_changes_nothing(fleet: dict) -> None:
-    again = run_playbook("site.yml", fleet["inventory"])
+    again = fleet["play"]("site.yml", fleet["inventory"])
     assert again.returncode == 0, again.describe()
     assert set(again.changed().values()) == {0}, changed_tasks(again.output)
 
 
 def test_check_mode_changes_nothing(fleet: dict) -> None:
-    checked = run_playbook("site.yml", fleet["inventory"], "--check")
+    checked = fleet["play"]("site.yml", fleet["inventory"], "--check")
     assert checked.returncode == 0, checked.describe()
     assert set(checked.changed().values()) == {0}, changed_tasks(checked.output)
 
@@ -139,7 +177,7 @@ def test_check_mode_changes_nothing(fleet: dict) -> None:
 def drill(fleet: dict, directory: str, inventory: Path | None = None, **extra_vars: str) -> tuple[dict, Path]:
     """dr_drill.yml with its reports in ``directory`` of the fleet's root; (the JSON report, its path)."""
     reports = fleet["root"] / directory
-    run = run_playbook("dr_drill.yml", inventory or fleet["inventory"],
+    run = fleet["play"]("dr_drill.yml", inventory or fleet["inventory"],
                        extra_vars={"walbops_report_dir": str(reports), **extra_vars})
     assert run.returncode == 0, run.describe()
     (report_path,) = reports.glob("dr-drill-*.json")
@@ -167,7 +205,7 @@ def test_dr_drill_on_the_secondary_archive(fleet: dict) -> None:
     known_hosts.write_text("")
     control = {"walbops_drill_control": "ssh", "walbops_ssh_known_hosts": str(known_hosts),
                "walbops_ssh_key_file": str(hosts.client_key)}
-    refused = run_playbook("dr_drill.yml", fleet["inventory"], extra_vars={
+    refused = fleet["play"]("dr_drill.yml", fleet["inventory"], extra_vars={
         "walbops_report_dir": str(fleet["root"] / "refused-reports"), "walbops_drill_on": "secondary", **control})
     assert refused.returncode != 0 and f"is not in {known_hosts}" in refused.output, refused.describe()
     lines = []
@@ -190,11 +228,11 @@ def test_worker_and_retention_over_ssh(fleet: dict) -> None:
     pid = int((fleet["root"] / "archive0" / "run" / "worker.pid").read_text())
     assert b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes()  # the shared /proc sees the archive's worker
     policy = {"walbops_retention_policy": {"keep_last": 3}}
-    pruned = run_playbook("retention.yml", fleet["inventory"], extra_vars=policy)
+    pruned = fleet["play"]("retention.yml", fleet["inventory"], extra_vars=policy)
     assert pruned.returncode == 0, pruned.describe()
     for name in STORAGES:
         assert f"{name}-vol0: kept" in pruned.output
-    again = run_playbook("retention.yml", fleet["inventory"], extra_vars={"walbops_retention_policy": {
+    again = fleet["play"]("retention.yml", fleet["inventory"], extra_vars={"walbops_retention_policy": {
         "keep_within": "1d"}})
     assert again.returncode == 0 and set(again.changed().values()) == {0}, changed_tasks(again.output)
 
@@ -219,10 +257,10 @@ def test_recover_over_ssh_after_an_overflow(fleet: dict) -> None:
                                        f"rm {burst} && sync", timeout=120)
         assert result.returncode == 0, result.stderr
     assert hosts.ssh("storage0", f"{agent} started").returncode == 0
-    recovered = run_playbook("recover.yml", fleet["inventory"])
+    recovered = fleet["play"]("recover.yml", fleet["inventory"])
     assert recovered.returncode == 0, recovered.describe()
     assert "storage0-vol0: hash backup, gid" in recovered.output
-    again = run_playbook("recover.yml", fleet["inventory"])
+    again = fleet["play"]("recover.yml", fleet["inventory"])
     assert again.returncode == 0 and set(again.changed().values()) == {0}, changed_tasks(again.output)
 
 
@@ -235,11 +273,11 @@ def test_resize_over_ssh(fleet: dict) -> None:
         host_vars[name]["walbops_volumes"] = [{**volume, "size": "40M"}
                                               for volume in host_vars[name]["walbops_volumes"]]
     inventory = fleet["hosts"].write_inventory(fleet["root"] / "inventory" / "grown.yml", fleet["groups"], host_vars)
-    resized = run_playbook("resize.yml", inventory, extra_vars={"walbops_resize_fs": "offline"})
+    resized = fleet["play"]("resize.yml", inventory, extra_vars={"walbops_resize_fs": "offline"})
     assert resized.returncode == 0, resized.describe()
     assert resized.changed()["archive0"] == resized.changed()["archive1"] == 1  # the secondary grows too
     assert all(resized.changed()[name] == 2 for name in STORAGES)
-    again = run_playbook("resize.yml", inventory, extra_vars={"walbops_resize_fs": "offline"})
+    again = fleet["play"]("resize.yml", inventory, extra_vars={"walbops_resize_fs": "offline"})
     assert again.returncode == 0 and set(again.changed().values()) == {0}, changed_tasks(again.output)
     drill(fleet, "resize-reports", inventory)
     # The secondary followed the recovery's hash backup (by replication) and the grown volume.
@@ -252,11 +290,11 @@ def test_switch_the_target_over_ssh_and_back(fleet: dict) -> None:
     catches the archive up by hash backup), then switches it back; each second run changes nothing."""
     for target, standby in (("storage1", "storage0"), ("storage0", "storage1")):
         chosen = {"walbops_vol": "storage0-vol0", "walbops_target": target}
-        switched = run_playbook("switch.yml", fleet["inventory"], extra_vars=chosen)
+        switched = fleet["play"]("switch.yml", fleet["inventory"], extra_vars=chosen)
         assert switched.returncode == 0, switched.describe()
         assert f"storage0-vol0: {target} is its target, restorable at gid" in switched.output
         assert switched.changed()[standby] == 1, changed_tasks(switched.output)
-        again = run_playbook("switch.yml", fleet["inventory"], extra_vars=chosen)
+        again = fleet["play"]("switch.yml", fleet["inventory"], extra_vars=chosen)
         assert again.returncode == 0 and set(again.changed().values()) == {0}, changed_tasks(again.output)
 
 
@@ -264,8 +302,18 @@ def test_replace_the_storage_host_over_ssh(fleet: dict) -> None:
     """r1 with replace.yml: storage1, standby with its own copy of storage0-vol0, takes the volume
     over (a hash backup) and storage0 gives it up; a second run changes nothing."""
     request = {"walbops_replace": "storage", "walbops_old": "storage0", "walbops_new": "storage1"}
-    replaced = run_playbook("replace.yml", fleet["inventory"], extra_vars=request)
+    replaced = fleet["play"]("replace.yml", fleet["inventory"], extra_vars=request)
     assert replaced.returncode == 0, replaced.describe()
     assert "storage0-vol0: on storage1 now, restorable at gid" in replaced.output
-    again = run_playbook("replace.yml", fleet["inventory"], extra_vars=request)
+    again = fleet["play"]("replace.yml", fleet["inventory"], extra_vars=request)
     assert again.returncode == 0 and set(again.changed().values()) == {0}, changed_tasks(again.output)
+
+
+def test_module_docs_render_from_the_team_directory(fleet: dict) -> None:
+    """ansible-doc finds the installed collection's modules from a directory that is not the checkout."""
+    result = subprocess.run([str(Path(sys.executable).parent / "ansible-doc"), "walbops.walbops.walb_backup"],
+                            cwd=fleet["project"], env=Project(fleet["project"], fleet["root"] / "collections").env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "walbops.walbops.walb_backup" in result.stdout and "OPTIONS" in result.stdout
+    assert sorted(path.name for path in fleet["project"].iterdir()) == ["rollout.yml"]

@@ -29,9 +29,10 @@ def render(out: Path) -> list[str]:
                  "walbops_config_dir": "/etc/walbops",
                  "walbops_data_dir": "/var/lib/walbops", "walbops_device_run_dir": "/run/walbops",
                  "walbops_device_link_dir": "/dev/walbops", "walbops_environment": {},
-                 "walbops_disk_dir": "/var/lib/walbops/disks", "walbops_device_log_dir": "/var/log/walbops",
+                 "walbops_device_disk_dir": "/var/lib/walbops/disks", "walbops_device_log_dir": "/var/log/walbops",
                  "walbops_log_rotate": 8,
-                 "walbops_volume": {"name": "vol0", "mount": "/srv/vol0", "fs": "ext4", "mount_options": "noatime"}},
+                 "walbops_device_volume": {"name": "vol0", "mount": "/srv/vol0", "fs": "ext4",
+                                           "mount_options": "noatime"}},
         "tasks": [
             {"name": "Agents", "ansible.builtin.template": {"src": str(TEMPLATES / "walbops-agent.service.j2"),
                                                             "dest": f"{out}/walbops-{{{{ item }}}}.service"},

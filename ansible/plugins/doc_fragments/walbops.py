@@ -1,3 +1,5 @@
+# Copyright: (c) 2026, walbops developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Options every walbops module takes (``extends_documentation_fragment: walbops``)."""
 
 

@@ -1,3 +1,5 @@
+# Copyright: (c) 2026, walbops developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Jinja filters of the walbops roles: where an agent of the inventory listens."""
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def walbops_layout_servers(groups, hostvars, role_groups, ports, ssh=False):
         hosts = _archives_primaries_first(groups, hostvars, role_groups) if role == "archive" \
             else groups.get(role_groups[role], [])
         for host in hosts:
-            address, _, port = walbops_endpoint(host, hostvars, ports[role]).rpartition(":")
+            address, port = walbops_endpoint(host, hostvars, ports[role]).rsplit(":", 1)
             name = hostvars[host].get("walbops_agent_name") or host
             server = {"name": name, "address": address, "port": int(port), "role": role}
             if ssh:
