@@ -36,10 +36,9 @@ def install(built: Built, collections_path: Path) -> Path:
     # Outside the checkout and with only that path configured: from the checkout, its ansible.cfg
     # lists ansible/collections, where walbops.walbops of this version "is already installed".
     collections_path.mkdir(parents=True, exist_ok=True)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ANSIBLE_")}
     subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", str(built.tarball), "-p",
                     str(collections_path)], check=True, capture_output=True, text=True, timeout=300,
-                   cwd=collections_path, env={**env, "ANSIBLE_COLLECTIONS_PATH": str(collections_path)})
+                   cwd=collections_path, env=user_env(collections_path))
     installed = collections_path / "ansible_collections" / "walbops" / "walbops"
     if not (installed / "MANIFEST.json").is_file():
         raise RuntimeError(f"ansible-galaxy installed nothing in {installed}")
@@ -56,3 +55,9 @@ def unpack(built: Built, directory: Path) -> Path:
         packed.extractall(target, filter="data")
     return target
 
+
+
+def user_env(collections_path: Path) -> dict[str, str]:
+    """A user's shell: no ANSIBLE_* of ours, only the collections installed in ``collections_path``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ANSIBLE_")}
+    return {**env, "ANSIBLE_COLLECTIONS_PATH": str(collections_path)}

@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import collection
 from helpers import ROOT
 
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
@@ -36,11 +37,7 @@ class Project:
         return f"walbops.walbops.{name.removesuffix('.yml')}"
 
     def env(self) -> dict[str, str]:
-        if self.collections_path is None:
-            return dict(os.environ)
-        # A user's shell: no ANSIBLE_* of ours, only the installed collections.
-        env = {key: value for key, value in os.environ.items() if not key.startswith("ANSIBLE_")}
-        return {**env, "ANSIBLE_COLLECTIONS_PATH": str(self.collections_path)}
+        return dict(os.environ) if self.collections_path is None else collection.user_env(self.collections_path)
 
 
 CHECKOUT = Project(ROOT)

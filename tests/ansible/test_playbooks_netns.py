@@ -73,7 +73,8 @@ def fleet(netns_hosts: Callable[[Sequence[str]], netns.TestHosts], wheelhouse: P
     project = root / "playbooks"
     project.mkdir()
     (project / "rollout.yml").write_text(ROLLOUT)
-    play = functools.partial(run_playbook, project=Project(project, root / "collections"))
+    team = Project(project, root / "collections")
+    play = functools.partial(run_playbook, project=team)
     collection.install(built_collection, root / "collections")
     host_vars = {}
     for name in HOSTS:
@@ -118,7 +119,7 @@ def fleet(netns_hosts: Callable[[Sequence[str]], netns.TestHosts], wheelhouse: P
               "walbops_archive": ["archive0", "archive1"]}
     inventory = hosts.write_inventory(root / "inventory" / "hosts.yml", groups, host_vars)
     yield {"inventory": inventory, "root": root, "hosts": hosts, "groups": groups, "host_vars": host_vars,
-           "play": play, "project": project}
+           "play": play, "project": team}
     teardown = play("teardown.yml", inventory, "--tags", "all,destroy_backups,destroy_disks")
     leftovers = subprocess.run(["losetup", "--list", "--noheadings", "--output", "BACK-FILE"], capture_output=True,
                                text=True).stdout
@@ -312,8 +313,8 @@ def test_replace_the_storage_host_over_ssh(fleet: dict) -> None:
 def test_module_docs_render_from_the_team_directory(fleet: dict) -> None:
     """ansible-doc finds the installed collection's modules from a directory that is not the checkout."""
     result = subprocess.run([str(Path(sys.executable).parent / "ansible-doc"), "walbops.walbops.walb_backup"],
-                            cwd=fleet["project"], env=Project(fleet["project"], fleet["root"] / "collections").env(),
+                            cwd=fleet["project"].directory, env=fleet["project"].env(),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "walbops.walbops.walb_backup" in result.stdout and "OPTIONS" in result.stdout
-    assert sorted(path.name for path in fleet["project"].iterdir()) == ["rollout.yml"]
+    assert sorted(path.name for path in fleet["project"].directory.iterdir()) == ["rollout.yml"]
