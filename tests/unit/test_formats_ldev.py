@@ -9,10 +9,10 @@ from __future__ import annotations
 import lzma
 import struct
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import VECTORS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,7 +35,6 @@ from walbops.formats.ldev import (
     super_sector_offset_pb,
 )
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "walb-tools-1.0.19"
 MASK32 = 0xFFFF_FFFF
 EXIST, PADDING, DISCARD = 0x1, 0x2, 0x4
 SALT = 0xDEAD_BEEF

@@ -6,10 +6,10 @@ The vector tests walk walb-tools' own wlog files pack by pack with the ldev code
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import VECTORS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +18,6 @@ from walbops.formats import checksum as csum
 from walbops.formats.ldev import UINT64_MAX, LogpackHeader
 from walbops.formats.wlog import WLOG_HEADER_SIZE, WlogHeader
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "walb-tools-1.0.19"
 S2_UUID = bytes.fromhex("9bb39ac6009665dbf643fce5338d7876")
 
 HEADER = WlogHeader(physical_bs=4096, log_checksum_salt=0x88BC_0EA4, uuid=S2_UUID, begin_lsid=0x100,
