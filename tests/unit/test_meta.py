@@ -333,6 +333,19 @@ def test_meta_diff_manager_1():
     assert list(chain) == [merged1, merged2]
 
 
+def test_passage_lists_every_snapshot_from_the_base_even_inside_an_applying_range():
+    """Replication asks whether a destination's snapshot is on this archive's history: the
+    snapshots an applying base passes over still are (their diffs are held until the apply ends)."""
+    v = [diff(0, 1, True, 1000), diff(1, 2, False, 1001), diff(2, 3, True, 1002)]
+    chain = DiffChain(v)
+    assert chain.passage(state(snap(0), ts=900)) == [(snap(0), 900), (snap(1), 1000), (snap(2), 1001),
+                                                     (snap(3), 1002)]
+    applying = begin_applying(state(snap(0), ts=900), *v[:2])
+    assert [point for point, _ in chain.passage(applying)] == [snap(0), snap(1), snap(2), snap(3)]
+    assert chain.oldest_clean_state(applying).snap_b == snap(2)  # which, by contrast, finishes the apply
+    assert DiffChain().passage(state(snap(5), ts=7)) == [(snap(5), 7)]
+
+
 def test_meta_diff_manager_2():
     """Base |0,10|; d0 |0|-->|5|, d1 |5,10|-->|15,20|, d2 |15|-->|20|, d3 |20|-->|25|."""
     base = state(snap(0, 10))

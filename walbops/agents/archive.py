@@ -945,7 +945,7 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         had diverged."""
         if latest.gid_b < volume.base.snap_b.gid_b:
             return latest, False  # behind the base: _send_diffs sends a hash replica anyway
-        points = _history(volume)
+        points = volume.diffs.chain.passage(volume.base)
         chain = volume.diffs.chain.applicable_diffs(latest)
         if latest in {snap for snap, _ in points} or not chain or destination_uuid is None:
             return latest, False
@@ -1079,15 +1079,6 @@ def _resume_at(resume: Any, base: MetaState, bulk_lb: int) -> int:
     if not isinstance(start_lb, int) or isinstance(start_lb, bool) or start_lb < 0 or start_lb % bulk_lb:
         return 0
     return start_lb
-
-
-def _history(volume: ArchiveVolume) -> list[tuple[MetaSnap, int]]:
-    """Each snapshot the volume passes through from its base along its chain, with its time."""
-    snap, points = volume.base.snap_b, [(volume.base.snap_b, volume.base.timestamp)]
-    for diff in volume.diffs.chain.applicable_diffs(snap):
-        snap = apply(snap, diff)
-        points.append((snap, diff.timestamp))
-    return points
 
 
 def _replication_point(volume: ArchiveVolume) -> MetaState:

@@ -205,6 +205,20 @@ class DiffChain:
             current = end_applying(current, diff)
         return current
 
+    def passage(self, state: MetaState) -> list[tuple[MetaSnap, int]]:
+        """Each snapshot the volume passes through from ``state``'s snap_b along the whole chain,
+        with its time (the base's, then each diff's), oldest first.
+
+        An applying base is not finished first: the snapshots inside its applying range are on
+        the volume's history too (their diffs are still held), which is what a replication
+        destination sitting at one of them must be told.
+        """
+        snap, points = state.snap_b, [(state.snap_b, state.timestamp)]
+        for diff in self.applicable_diffs(snap):
+            snap = apply_one(snap, diff)
+            points.append((snap, diff.timestamp))
+        return points
+
     def restorable_list(self, state: MetaState, include_implicit: bool = False) -> list[Restorable]:
         """Clean snapshots reachable from the base (``get restorable [all]``), oldest first.
 
