@@ -232,3 +232,26 @@ def certificate_info(path: str) -> CertificateInfo:
         uris, names = [], ()
     return CertificateInfo(path, cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(),
                            role_of_uris(list(uris)), cert.not_valid_after_utc, names)
+
+
+def check_key_pair(cert_pem: bytes, key_pem: bytes, source: str) -> None:
+    """Refuse a private key that is not the one of the certificate beside it (a host handed
+    another host's key would fail every handshake, and only at the agent's next start).
+
+    Raises:
+        BadField: either is not PEM, or the key's public half is not the certificate's.
+    """
+    x509, _, serialization, _, _, _ = _crypto()
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise BadField(f"not a PEM certificate ({exc})", source=f"{source}.crt") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise BadField(f"not an unencrypted PEM private key ({exc})", source=f"{source}.key") from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if (key.public_key().public_bytes(serialization.Encoding.DER, public)
+            != cert.public_key().public_bytes(serialization.Encoding.DER, public)):
+        raise BadField(f"the key is not the one of {source}.crt ({cert.subject.rfc4514_string()})",
+                       source=f"{source}.key")

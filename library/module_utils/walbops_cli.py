@@ -55,16 +55,17 @@ def flag_args(pairs):
     return args
 
 
-def run_walbops(module, args, check_aware=True):
+def run_walbops(module, args, check_aware=True, stdin=None):
     """Run ``walbops ARGS --json`` (and ``--check`` in check mode); return its JSON object.
 
+    ``stdin``: text for the command's standard input (secrets go there, never into ARGS).
     A non-zero exit fails the task with walbops's own message, which names the object
     and the option that would override a refusal.
     """
     command = [find_walbops(module), *args, "--json"]
     if check_aware and module.check_mode:
         command.append("--check")
-    rc, out, err = module.run_command(command)
+    rc, out, err = module.run_command(command, data=stdin, binary_data=stdin is not None)
     if rc != 0:
         message = err.strip().removeprefix("walbops: ") or out.strip() or f"walbops exited with {rc}"
         module.fail_json(msg=message, rc=rc, cmd=command, stderr=err)
@@ -87,5 +88,5 @@ def exit_with(module, result):
     module.exit_json(changed=changed, **values)
 
 
-def run_module(module, args, check_aware=True):
-    exit_with(module, run_walbops(module, args, check_aware))
+def run_module(module, args, check_aware=True, stdin=None):
+    exit_with(module, run_walbops(module, args, check_aware, stdin))

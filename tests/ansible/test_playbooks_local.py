@@ -88,6 +88,23 @@ def test_check_mode_changes_nothing(local: dict) -> None:
     assert set(checked.changed().values()) == {0}, changed_tasks(checked.output)
 
 
+def test_a_replaced_key_file_restarts_only_its_agent(local: dict) -> None:
+    """The agents read their key files at start: a file the role puts back (a rotated key, a
+    renewed certificate) restarts the agent that uses it, and no other."""
+    root = Path(local["walbops_local_root"])
+    key = root / "etc" / "walbops" / "keys" / "storage.key"
+    pidfile = root / "run" / "walbops-agents" / "storage.pid"
+    before = pidfile.read_text().strip()
+    key.write_text("stale\n")  # as a host left with the key of before a rotation
+    run = run_playbook("site.yml", INVENTORY, extra_vars=local)
+    assert run.returncode == 0, run.describe()
+    # The key file, the restart notice, the restart.
+    assert run.changed() == {"s0": 3, "p0": 0, "a0": 0}, changed_tasks(run.output)
+    assert "storage.key changed: the storage agent restarts" in run.output
+    controller_copy = Path(local["walbops_cluster_key_src"]).parent / "role-keys" / "s0" / "storage.key"
+    assert key.read_text() == controller_copy.read_text() and pidfile.read_text().strip() != before
+
+
 def test_changed_config_restarts_only_that_agent(local: dict) -> None:
     pidfile = Path(local["walbops_local_root"]) / "run" / "walbops-agents" / "storage.pid"
     before = pidfile.read_text().strip()

@@ -252,3 +252,24 @@ def test_full_image_up_to_a_gid_picks_the_chain_by_walb_names(tmp_path: Path):
     (diffs / "not-a-walb-name.wdiff").write_bytes(b"")
     assert_one_line_error(walbops("wdiff", "full", "--diff-dir", str(diffs), "--gid", "1", "--size", "2M", "-o",
                                   str(tmp_path / "x.img")), 3, "not-a-walb-name.wdiff")
+
+
+def test_pki_issue_gives_a_host_all_its_roles_in_one_run_and_keeps_them(tmp_path: Path):
+    """What the roles run once per host and run: a certificate per role, kept while valid."""
+    ca = str(tmp_path / "ca")
+    assert walbops("pki", "init", ca).returncode == 0
+    issue = ("pki", "issue", ca, "h1", "--role", "storage", "--role", "controller", "--name", "10.0.0.1", "--out",
+             str(tmp_path / "issued" / "{role}"), "--json")
+    first = json.loads(walbops(*issue).stdout)
+    assert first["changed"] and [cert["role"] for cert in first["certificates"]] == ["storage", "controller"]
+    assert {cert["reason"] for cert in first["certificates"]} == {"missing"}
+    for role in ("storage", "controller"):
+        assert (tmp_path / "issued" / role / "h1.key").stat().st_mode & 0o777 == 0o600
+    again = json.loads(walbops(*issue).stdout)
+    assert not again["changed"] and [cert["path"] for cert in again["certificates"]] == [
+        cert["path"] for cert in first["certificates"]]
+    one = json.loads(walbops("pki", "issue", ca, "h1", "--role", "storage", "--name", "10.0.0.1", "--out",
+                             str(tmp_path / "issued" / "storage"), "--json").stdout)
+    assert not one["changed"] and one["role"] == "storage"  # one role: its fields at the top level too
+    assert_one_line_error(walbops("pki", "issue", ca, "h1", "--role", "storage", "--role", "proxy", "--out",
+                                  str(tmp_path / "flat")), 2, "must contain {role} when several roles")

@@ -34,9 +34,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="walbops", description="Continuous block-level backup in the manner of WalB.")
     parser.add_argument("--version", action="version", version=f"walbops {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    words = [word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")]
+    given = sys.argv[1:] if argv is None else argv
+    words = [word for word in given if not word.startswith("-")]
     wanted = COMMAND_MODULES.get(words[0]) if words else None
-    for name in dict.fromkeys(COMMAND_MODULES.values()) if wanted is None else [wanted]:
+    modules = list(dict.fromkeys(COMMAND_MODULES.values())) if wanted is None else [wanted]
+    if not words and "--version" in given and not {"-h", "--help"} & set(given):
+        modules = []  # ``walbops --version`` alone, which the roles run on every host and run
+    for name in modules:
         importlib.import_module(f"{__package__}.{name}").register(commands)
     return parser
 

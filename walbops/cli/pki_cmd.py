@@ -6,6 +6,7 @@ import argparse
 import os
 
 from .. import pki
+from ..errors import UsageError
 from ..net.messages import ROLES
 from ._common import add_json_flag, emit
 
@@ -24,13 +25,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_json_flag(init)
     init.set_defaults(handler=cmd_init)
 
-    issue = sub.add_parser("issue", help="issue HOST.key and HOST.crt for a role, signed by the CA in DIR")
+    issue = sub.add_parser("issue", help="issue HOST.key and HOST.crt for a role (or several), signed by the CA "
+                                         "in DIR")
     issue.add_argument("dir", help="the CA directory")
     issue.add_argument("host", help="the host's name (the certificate's CN and first subjectAltName)")
-    issue.add_argument("--role", required=True, choices=ROLES)
+    issue.add_argument("--role", required=True, choices=ROLES, action="append", dest="roles",
+                       help="the role (repeatable: one certificate each, in --out with {role} in it)")
     issue.add_argument("--name", action="append", default=[], dest="names",
                        help="another DNS name or IP address the host is reached by (repeatable)")
-    issue.add_argument("--out", help="where the key and certificate go (default: DIR)")
+    issue.add_argument("--out", help="where the key and certificate go (default: DIR); {role} stands for the role, "
+                                     "which several roles need")
     issue.add_argument("--days", type=int, default=pki.HOST_DAYS, help="lifetime [days]")
     issue.add_argument("--renew-within", type=float, default=30.0,
                        help="keep a valid certificate of this CA, role and names unless it expires within "
@@ -60,12 +64,24 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
+    """One certificate per role, each kept or (re)issued as :func:`pki.reissue_reason` says; one
+    process for all of a host's roles (the roles issue every host's on every run)."""
     out = args.out or args.dir
-    cert = os.path.join(out, f"{args.host}.crt")
-    reason = pki.reissue_reason(args.dir, cert, args.role, [args.host, *args.names], args.renew_within)
-    if reason is not None:
-        pki.issue(args.dir, args.host, args.role, out, args.names, args.days, pki.ca_passphrase())
-    emit({"changed": reason is not None, "reason": reason, **pki.certificate_info(cert).as_dict()}, args.json)
+    roles = list(dict.fromkeys(args.roles))
+    if len(roles) > 1 and "{role}" not in out:
+        raise UsageError(f"--out {out} must contain {{role}} when several roles are issued at once")
+    passphrase = pki.ca_passphrase()
+    results = []
+    for role in roles:
+        directory = out.replace("{role}", role)
+        cert = os.path.join(directory, f"{args.host}.crt")
+        reason = pki.reissue_reason(args.dir, cert, role, [args.host, *args.names], args.renew_within)
+        if reason is not None:
+            pki.issue(args.dir, args.host, role, directory, args.names, args.days, passphrase)
+        results.append({"changed": reason is not None, "reason": reason, **pki.certificate_info(cert).as_dict()})
+    # One role: that certificate's fields at the top level, as before several could be asked for.
+    summary = results[0] if len(results) == 1 else {}
+    emit({**summary, "changed": any(result["changed"] for result in results), "certificates": results}, args.json)
     return 0
 
 
