@@ -212,6 +212,15 @@ def bundle(out: str, ca_certificates: Sequence[str]) -> str:
     return out
 
 
+def _load_certificate(pem: bytes, source: str) -> Any:
+    """A PEM certificate; BadField naming ``source`` when it is not one."""
+    x509, _, _, _, _, _ = _crypto()
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise BadField(f"not a PEM certificate ({exc})", source=source) from None
+
+
 def certificate_info(path: str) -> CertificateInfo:
     """Read a PEM certificate.
 
@@ -220,10 +229,7 @@ def certificate_info(path: str) -> CertificateInfo:
     """
     x509, _, _, _, _, _ = _crypto()
     with open(path, "rb") as stream:
-        try:
-            cert = x509.load_pem_x509_certificate(stream.read())
-        except ValueError as exc:
-            raise BadField(f"not a PEM certificate ({exc})", source=path) from None
+        cert = _load_certificate(stream.read(), path)
     try:
         alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = alt.get_values_for_type(x509.UniformResourceIdentifier)
@@ -241,11 +247,8 @@ def check_key_pair(cert_pem: bytes, key_pem: bytes, source: str) -> None:
     Raises:
         BadField: either is not PEM, or the key's public half is not the certificate's.
     """
-    x509, _, serialization, _, _, _ = _crypto()
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError as exc:
-        raise BadField(f"not a PEM certificate ({exc})", source=f"{source}.crt") from None
+    _, _, serialization, _, _, _ = _crypto()
+    cert = _load_certificate(cert_pem, f"{source}.crt")
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as exc:
