@@ -178,6 +178,11 @@ def test_e13_connection_cut_during_a_hash_backup_then_retry(cluster):
     cluster.ctl.wait_for_state("a0", VOL, {"Archived"}, timeout=60)
     assert cluster.ctl.get_restorable("a0", VOL, include_implicit=True) == before
     assert cluster.ctl.get_num_diff("a0", VOL) == diffs
+    # While the link is down another is refused, by an answer: the storage's broken connection to
+    # the archive is not the caller's (the storage closed the controller's connection before).
+    with pytest.raises(OperationError, match="archive"):
+        cluster.ctl.run("s0", "hash-bkp", vol=VOL)
+    assert cluster.ctl.get_state("s0", VOL) == "SyncReady"
     relay.restore()
     cluster.ctl.run("s0", "set-full-scan-bps", bps=0)
     hash_backup_and_verify(cluster)

@@ -19,7 +19,7 @@ from ..blockdev import open_uncached
 from ..device.control import DeviceClient
 from ..device.lifecycle import resize_device
 from ..device.wlogs import Extent, RingLogs
-from ..errors import OperationError, UsageError, WalbopsError
+from ..errors import OperationError, ProtocolError, UsageError, WalbopsError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
 from ..gid import MetaSnap
 from ..net import messages
@@ -348,6 +348,11 @@ class StorageAgent(Agent[StorageVolume]):
             if task.cancelled():
                 raise OperationError(f"{volume.vol}: the {kind} backup was cancelled")
             error = task.exception()
+            if isinstance(error, ProtocolError):
+                # The archive's connection broke, not the caller's: a ProtocolError raised here
+                # would close the caller's connection instead of answering it.
+                raise OperationError(f"{volume.vol}: the {kind} backup to archive {self.config.archive} "
+                                     f"did not start: {error}") from error
             if error is not None:
                 raise error
         return messages.ACCEPTED
