@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import lzma
 import shutil
 from pathlib import Path
 
 import pytest
-from helpers import VECTORS
+from helpers import VECTORS, take_asyncio_debug
 from hypothesis import HealthCheck, settings
 
 # Shared machines are noisy: no per-example deadline, and slow data generation is no failure.
 settings.register_profile("walbops", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("walbops")
+
+
+class _DebugLoops(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        loop = super().new_event_loop()
+        loop.set_debug(True)
+        return loop
+
+
+if take_asyncio_debug():
+    asyncio.set_event_loop_policy(_DebugLoops())
 
 
 @pytest.fixture(scope="session")

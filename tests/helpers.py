@@ -24,11 +24,45 @@ TEST_PORTS = range(12000, 20000)
 _ports_given: set[int] = set()
 
 
+ASYNCIO_DEBUG_FOR_TESTS = "WALBOPS_TESTS_ASYNCIO_DEBUG"  # set once PYTHONASYNCIODEBUG was taken
+
+
+def take_asyncio_debug() -> bool:
+    """Whether scripts/test asked for asyncio's debug mode (PYTHONASYNCIODEBUG), taking it out of
+    the environment the tests' processes inherit.
+
+    Debug mode keeps a stack for every handle and task and raises on calls from the wrong thread.
+    The tests' own event loops keep it (tests/conftest.py); the agents, device daemons and modules
+    the tests start run without it, as in production, where it cost them a third of their CPU
+    time, unless a test asks for it (``agent_env(asyncio_debug=True)``: the canary scenarios).
+    """
+    if os.environ.pop("PYTHONASYNCIODEBUG", ""):
+        os.environ[ASYNCIO_DEBUG_FOR_TESTS] = "1"  # pytest-xdist's workers start from this environment
+    return os.environ.get(ASYNCIO_DEBUG_FOR_TESTS) == "1"
+
+
+def agent_env(asyncio_debug: bool) -> dict[str, str] | None:
+    """The environment of an agent a test starts: asyncio's debug mode on when ``asyncio_debug``
+    and scripts/test asked for it; None (inherit) otherwise."""
+    if asyncio_debug and os.environ.get(ASYNCIO_DEBUG_FOR_TESTS) == "1":
+        return {**os.environ, "PYTHONASYNCIODEBUG": "1"}
+    return None
+
+
+def worker_ports() -> range:
+    """This process's share of TEST_PORTS: pytest-xdist's workers (gw0, gw1, ...) take every Nth
+    port, so that two workers never hand out the same port (each knows only its own)."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    return TEST_PORTS[index::count]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now and that no earlier call returned."""
-    start = random.randrange(len(TEST_PORTS))
-    for offset in range(len(TEST_PORTS)):
-        port = TEST_PORTS[(start + offset) % len(TEST_PORTS)]
+    ports = worker_ports()
+    start = random.randrange(len(ports))
+    for offset in range(len(ports)):
+        port = ports[(start + offset) % len(ports)]
         if port in _ports_given:
             continue
         with socket.socket() as sock:
@@ -38,7 +72,7 @@ def free_port() -> int:
                 continue
         _ports_given.add(port)
         return port
-    raise AssertionError(f"no free port left in {TEST_PORTS}")
+    raise AssertionError(f"no free port left in {ports}")
 
 
 def sha1_of(path: Path | str) -> str:

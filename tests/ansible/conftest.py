@@ -43,6 +43,8 @@ def built_collection(tmp_path_factory: pytest.TempPathFactory) -> collection.Bui
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """walbops and its dependencies as wheels: a package index for hosts that cannot reach PyPI."""
     directory = tmp_path_factory.mktemp("wheelhouse")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(directory),
-                    f"{ROOT}[snappy,zstd]"], check=True, capture_output=True, timeout=600)
+    # Under scripts/build-collection's lock: setuptools builds walbops in the checkout.
+    subprocess.run(["flock", str(ROOT / "pyproject.toml"), sys.executable, "-m", "pip", "wheel", "--quiet",
+                    "--wheel-dir", str(directory), f"{ROOT}[snappy,zstd]"], check=True, capture_output=True,
+                   timeout=600)
     return directory

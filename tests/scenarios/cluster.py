@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from helpers import free_port
+from helpers import agent_env, free_port
 from relay import Relay
 
 from walbops import pki
@@ -241,6 +241,8 @@ class Cluster:
     # Key mode with role key files (docs/protocol.md 4.7): each agent and the controller hold only
     # their own role's keys; the cluster key stays with the test.
     role_keys: bool = False
+    # The agents run asyncio in debug mode if scripts/test asked for it (helpers.agent_env).
+    asyncio_debug: bool = False
 
     def __post_init__(self) -> None:
         self.key = self.root / "cluster.key"
@@ -383,7 +385,8 @@ class Cluster:
             proxies = ",".join(f"127.0.0.1:{self.port_for(role, proxy)}" for proxy in self.proxies())
             args += ["--archive", f"127.0.0.1:{self.port_for(role, 'archive')}", "--proxies", proxies]
         args += self.tuning.get(kind(role), []) + self.agent_args.get(role, [])
-        process = self.processes[role] = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        process = self.processes[role] = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                                          env=agent_env(self.asyncio_debug))
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -19,8 +19,8 @@ def private_device_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    group = Cluster(tmp_path)
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    group = Cluster(tmp_path, asyncio_debug=request.node.get_closest_marker("agents_asyncio_debug") is not None)
     try:
         yield group
     finally:

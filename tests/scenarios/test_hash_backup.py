@@ -19,6 +19,10 @@ from test_failures import wait_until
 
 from walbops.errors import OperationError
 
+# A canary: these scenarios' agents run asyncio in debug mode (wrong-thread calls raise, slow
+# callbacks are logged), as every agent did before it cost the suite minutes (tests/helpers.py).
+pytestmark = pytest.mark.agents_asyncio_debug
+
 VOL = "vol0"
 
 

@@ -9,7 +9,12 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 from cluster import fill_random_at, write_random
+
+# A canary: these scenarios' agents run asyncio in debug mode (wrong-thread calls raise, slow
+# callbacks are logged), as every agent did before it cost the suite minutes (tests/helpers.py).
+pytestmark = pytest.mark.agents_asyncio_debug
 
 VOL = "vol0"
 
