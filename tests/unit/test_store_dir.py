@@ -11,12 +11,13 @@ import pytest
 
 from walbops.diff.chain import DiffDirectory
 from walbops.diff.engine import DiscardPolicy, convert_to_indexed
+from walbops.diff.files import merged_ios
 from walbops.diff.io import DiffIo, IoKind
 from walbops.diff.sorted_file import SortedDiffWriter
 from walbops.errors import FormatError, OperationError, UsageError
 from walbops.formats.compression import Compression
 from walbops.gid import MetaDiff, MetaState, diff_file_name
-from walbops.store import CloneMethod, ClonePolicy, Restored, open_store
+from walbops.store import CloneMethod, ClonePolicy, Restored, diffs, open_store
 from walbops.store import clone as clone_mod
 from walbops.store.dirstore import DirStore
 
@@ -170,7 +171,15 @@ def test_base_operations_need_a_base(store):
         pass
 
 
-def test_apply_to_base_equals_the_model(store, diff_dir):
+# The verify pass keeps every IO for the apply pass, none (the apply reads the files again), or
+# stops keeping them in the middle of the second file.
+KEEP_BUDGETS = [None, 0, 40 * LB]
+
+
+@pytest.mark.parametrize("keep", KEEP_BUDGETS)
+def test_apply_to_base_equals_the_model(store, diff_dir, keep, monkeypatch):
+    if keep is not None:
+        monkeypatch.setattr(diffs, "KEEP_VERIFIED_BYTES", keep)
     base = filled_base(store)
     paths = diff_dir.restore_paths(MetaState.parse("<|0|>"), 7)
     stats = store.apply_to_base(VOL, paths, DiscardPolicy.ZERO)
@@ -188,6 +197,21 @@ def test_apply_to_base_refuses_a_corrupt_chain_untouched(store, diff_dir, tmp_pa
     assert isinstance(caught.value.__cause__, FormatError)
     with open(store.base_path(VOL), "rb") as stream:
         assert stream.read() == base
+
+
+@pytest.mark.parametrize("keep", KEEP_BUDGETS)
+def test_verified_diffs_merge_as_the_files_do(diff_dir, keep):
+    paths = diff_dir.restore_paths(MetaState.parse("<|0|>"), 7)
+    verified = diffs.verify_diffs(paths, SIZE_LB, DiscardPolicy.ZERO, keep)
+    assert (verified.kept is not None) == (keep is None)
+    if verified.kept is not None:
+        assert len(verified.kept) == len(CHAIN) and all(verified.kept)
+
+    def described(ios):
+        return [(io.address, io.blocks, io.kind, bytes(io.data()) if io.kind == IoKind.NORMAL else b"")
+                for io in ios]
+
+    assert described(verified.merged()) == described(merged_ios(paths))
 
 
 # -- restore -----------------------------------------------------------------------------

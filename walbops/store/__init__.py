@@ -174,13 +174,13 @@ class Store(abc.ABC):
                 has not run.
         """
         what = f"volume {vol}: cannot apply to the base {self.base_path(vol)}"
-        stats = verify_or_refuse(what, diff_paths, self.base_size_lb(vol), discard)
+        verified = verify_or_refuse(what, diff_paths, self.base_size_lb(vol), discard)
         if on_verified is not None:
             on_verified()
         with self.open_base(vol, writable=True, discard=discard) as target:
-            apply_diffs(diff_paths, target, on_io)
+            apply_diffs(verified, target, on_io)
         logger.info("volume %s: applied %d diffs to the base %s", vol, len(diff_paths), self.base_path(vol))
-        return stats
+        return verified.stats
 
     # -- restored images ----------------------------------------------------------------
 

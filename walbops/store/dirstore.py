@@ -164,7 +164,7 @@ class DirStore(Store):
             raise OperationError(f"volume {vol}: gid {gid} is restored already at {final}")
         base = self._require_base(vol)
         size_lb = self.base_size_lb(vol)
-        stats = verify_or_refuse(f"volume {vol}: cannot restore gid {gid}", diff_paths, size_lb, discard)
+        verified = verify_or_refuse(f"volume {vol}: cannot restore gid {gid}", diff_paths, size_lb, discard)
         tmp = self._tmp_path(vol, gid)
         os.makedirs(os.path.dirname(tmp), exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -177,7 +177,7 @@ class DirStore(Store):
                     method = clone_file(src, dst, self.clone)
                 except OSError as exc:
                     raise OperationError(f"volume {vol}: cannot clone {base} to {tmp} for gid {gid}: {exc}") from exc
-                apply_diffs(diff_paths, BlockTarget(dst, size_lb, discard))
+                apply_diffs(verified, BlockTarget(dst, size_lb, discard))
             finally:
                 os.close(dst)
             os.rename(tmp, final)
@@ -189,7 +189,7 @@ class DirStore(Store):
         finally:
             os.close(src)
         logger.info("volume %s: restored gid %d at %s (%s, %d diffs)", vol, gid, final, method, len(diff_paths))
-        return Restored(vol, gid, final, method, stats)
+        return Restored(vol, gid, final, method, verified.stats)
 
     def _restored_names(self, vol: str) -> Iterator[tuple[str, int, bool]]:
         """(file name, gid, is_tmp) of the restored images of ``vol``."""

@@ -354,7 +354,7 @@ class LvmStore(Store):
         if base is None:
             raise OperationError(f"volume {vol}: no base LV {self.vg}/{base_name(vol)} to restore gid {gid} from")
         what = f"volume {vol}: cannot restore gid {gid}"
-        stats = verify_or_refuse(what, diff_paths, base.size // LOGICAL_BLOCK_SIZE, discard)
+        verified = verify_or_refuse(what, diff_paths, base.size // LOGICAL_BLOCK_SIZE, discard)
         missing = device_mapper_missing()
         if missing is not None:
             raise OperationError(f"{what}: a snapshot of LV {self.vg}/{base.name} needs device-mapper, but {missing}; "
@@ -369,7 +369,7 @@ class LvmStore(Store):
         self.lvm.snapshot(base.name, tmp, cow_size)
         try:
             with self._open_lv(tmp, what, writable=True, discard=discard) as target:
-                apply_diffs(diff_paths, target)
+                apply_diffs(verified, target)
             self.lvm.rename(tmp, final)
         except BaseException:
             with contextlib.suppress(OperationError):
@@ -377,7 +377,7 @@ class LvmStore(Store):
             raise
         logger.info("volume %s: restored gid %d as LV %s/%s (%s, %d diffs)", vol, gid, self.vg, final, method,
                     len(diff_paths))
-        return Restored(vol, gid, self.lvm.path(final), method, stats)
+        return Restored(vol, gid, self.lvm.path(final), method, verified.stats)
 
     def _volume_lvs(self, vol: str) -> Iterator[tuple[str, int, bool]]:
         """(LV name, gid, is_tmp) of the restored LVs of ``vol``."""
