@@ -25,6 +25,18 @@ recorded snapshot that no apply has taken into the base must still be restorable
 
     ./scripts/chaos [--rounds 10] [--minutes 30] [--seed N] [--bound 120] [--dir /var/tmp]
 
+``--soak`` runs the same group without faults for ``--minutes``, under the same writes, with the
+worker also applying, merging and enforcing a retention policy on a0 (SOAK_WORKER). Every
+``--sample-interval`` seconds it samples each daemon (the five agents, the worker, the three walb
+device daemons: resident memory, open file descriptors, threads), the archives' disk use, and
+each volume's RPO on a0 (now minus the timestamp of its newest restorable snapshot). It fails
+when a series grows without bound: a least-squares line over the last half of the samples rises
+by more than GROWTH_LIMITS allows over that half, once that half spans MIN_JUDGED_SPAN (shorter
+soaks report the rises unjudged). At the end a digest snapshot must restore right on both
+archives. a1 runs a worker of its own too (apply, merge, retention), as every archive would.
+
+    ./scripts/chaos --soak [--minutes 60] [--sample-interval 60] [--seed N] [--dir /var/tmp]
+
 Prints one JSON document (each round's faults, commands, recoveries and convergence time) and a
 one-line summary on stderr; exit 1 when a restore was wrong, a snapshot was lost or a round did
 not converge. Needs root (FUSE, loop devices). Not in CI.
@@ -66,6 +78,25 @@ AGENTS = ("storage", "storage1", "proxy", "archive", "archive1")
 LINKS = (("storage", "proxy"), ("storage1", "proxy"), ("proxy", "archive"), ("storage", "archive"),
          ("storage1", "archive"))
 COMMANDS = ("snapshot", "merge", "apply", "hash-backup", "restore")
+
+# The soak's worker on a0: what a deployment runs (docs/worker.md), with periods short enough
+# that a few minutes see every task several times (bare numbers are seconds).
+SOAK_WORKER = {
+    "apply": {"keep_period": "30", "interval": "20"},
+    "merge": {"interval": "10", "max_nr": 20, "threshold_nr": 40},
+    "retention": {"interval": "15", "keep_last": 20},
+}
+# How much a soak series may rise over the last half of the run (a fitted line's rise), as a
+# fraction of its mean or an absolute amount, whichever is larger; more is a leak.
+GROWTH_LIMITS = {
+    "rss_kib": (0.10, 8 * 1024),  # [KiB]
+    "fds": (0.0, 4),
+    "threads": (0.0, 2),
+    "disk_bytes": (0.25, 16 * MiB),
+}
+# [s] The last half of a soak must span this long for its rises to be judged: a shorter run (the
+# test command's 2 minutes) still sees caches fill and the archive's chain reach its steady length.
+MIN_JUDGED_SPAN = 600
 
 
 class ChaosError(Exception):
@@ -122,7 +153,7 @@ class Chaos:
         self.digests: dict[str, dict[int, str]] = {vol: {} for vol in VOLUMES}  # gid -> sha1 of the device
         self.applied: dict[str, int] = {vol: 0 for vol in VOLUMES}  # the newest gid an apply took in
         self.cut: set[tuple[str, str]] = set()
-        self.worker: subprocess.Popen[bytes] | None = None
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}  # archive name -> its worker
         self.current: dict[str, Any] | None = None  # the round being healed
         self.restores = {"checked": 0, "wrong": 0}
 
@@ -132,7 +163,7 @@ class Chaos:
 
     # -- setting up ---------------------------------------------------------------------------
 
-    def build(self) -> None:
+    def build(self, worker_tasks: dict[str, Any] | None = None) -> None:
         cluster = self.cluster
         _, self.devices["vol2"] = cluster.add_storage(f"chs1x{os.getpid()}")
         cluster.add_archive("archive1")
@@ -147,19 +178,26 @@ class Chaos:
             self.writers[vol] = Writer(device, scenario.block_size(device), self.rng.randrange(2**32)).start()
         for vol in VOLUMES:
             self.ctl.synchronize("a0", vol, "a1", timeout=self.bound)
-        self.start_worker()
+        # a0's worker replicates to a1 whatever synchronizing did not bring there (after a hash
+        # backup whose replication a fault cut, say).
+        self.start_worker("a0", {"repl": {"servers": {"a1": {"interval": "5"}}}, **(worker_tasks or {})})
+        if worker_tasks:
+            self.start_worker("a1", worker_tasks)
 
-    def start_worker(self) -> None:
-        """a0's walbops worker, replicating to a1 whatever synchronizing did not bring there (after a
-        hash backup whose replication a fault cut, say), as a deployment runs it (docs/worker.md)."""
-        config = self.cluster.root / "worker.yml"
+    def start_worker(self, archive: str, tasks: dict[str, Any]) -> None:
+        """The walbops worker of ``archive`` with ``tasks`` (sections of its config), as a deployment
+        runs one beside each archive (docs/worker.md)."""
+        config = self.cluster.root / f"worker-{archive}.yml"
         config.write_text(yaml.safe_dump({
-            "general": {"layout": str(self.cluster.layout_path), "server": "a0", "kick_interval": 1},
-            "repl": {"servers": {"a1": {"interval": "5"}}},
-        }))
-        self.worker = subprocess.Popen([sys.executable, "-m", "walbops.cli.main", "worker", "--config", str(config),
-                                        "--log-file", str(self.cluster.root / "worker.log")],
-                                       stdin=subprocess.DEVNULL)
+            "general": {"layout": str(self.cluster.layout_path), "server": archive, "kick_interval": 1}, **tasks}))
+        self.workers[archive] = subprocess.Popen(
+            [sys.executable, "-m", "walbops.cli.main", "worker", "--config", str(config),
+             "--log-file", str(self.cluster.root / f"worker-{archive}.log")], stdin=subprocess.DEVNULL)
+
+    def check_workers(self) -> None:
+        for archive, worker in self.workers.items():
+            if worker.poll() is not None:
+                raise ChaosError(f"the worker of {archive} exited with {worker.returncode}: see worker-{archive}.log")
 
     def _second_device(self, name: str) -> str:
         root = self.cluster.root
@@ -205,6 +243,10 @@ class Chaos:
             # A restore a fault cut from its caller may have finished: the image stays until deleted,
             # as in WalB (a drill purges them first too).
             self.ctl.del_restored(archive, vol, gid)
+        return self.check_gid(vol, archive, gid)
+
+    def check_gid(self, vol: str, archive: str, gid: int) -> str:
+        """Restore recorded snapshot ``gid`` and compare it with its digest."""
         device = self.ctl.restore(archive, vol, gid, timeout=self.bound)
         try:
             actual = hashlib.sha1(Path(device).read_bytes()).hexdigest()
@@ -214,7 +256,7 @@ class Chaos:
         if actual != self.digests[vol][gid]:
             self.restores["wrong"] += 1
             raise ChaosError(f"{vol}: gid {gid} restored on {archive} differs from the device at that snapshot")
-        return f"gid {gid} on {archive} matches"
+        return f"{vol}: gid {gid} on {archive} matches"
 
     def command(self, name: str, vol: str) -> dict[str, Any]:
         """Run one racing command; a refusal or a failure a fault caused is its outcome, not an error
@@ -300,8 +342,7 @@ class Chaos:
         for role in AGENTS:
             if not self.cluster.alive(role):
                 self.cluster.start(role)
-        if self.worker is not None and self.worker.poll() is not None:
-            raise ChaosError(f"the worker exited with {self.worker.returncode}: see worker.log")
+        self.check_workers()
         for link in list(self.cut):
             self.cluster.relays[link].restore()
         self.cut.clear()
@@ -351,26 +392,146 @@ class Chaos:
             lost += [f"{vol}: gid {gid}" for gid in digests if gid > base_gid and gid not in listed]
         return lost
 
+    # -- soak -------------------------------------------------------------------------------
+
+    def daemons(self) -> dict[str, int]:
+        """The pid of every daemon of the group: agents by id, the worker, walb devices by name."""
+        pids = {scenario.agent_id(role): process.pid for role, process in self.cluster.processes.items()
+                if process.poll() is None}
+        pids.update({f"worker {archive}": worker.pid for archive, worker in self.workers.items()
+                     if worker.poll() is None})
+        for pidfile in Path(os.environ["WALBOPS_RUN_DIR"]).glob("*/daemon.pid"):
+            pids[f"device {pidfile.parent.name}"] = int(pidfile.read_text().split()[0])
+        return pids
+
+    def sample(self, started: float) -> dict[str, Any]:
+        """One soak sample: each daemon's memory, fds and threads, the archives' disk use, the RPOs."""
+        taken: dict[str, Any] = {"t": round(time.monotonic() - started, 1), "daemons": {}}
+        for name, pid in self.daemons().items():
+            try:
+                taken["daemons"][name] = process_usage(pid)
+            except OSError:
+                pass  # exited between the listing and the reading: the next sample shows it
+        for archive in ("archive", "archive1"):
+            taken[f"disk_bytes {scenario.agent_id(archive)}"] = disk_use(self.cluster.root / archive)
+        now = time.time()
+        for vol in VOLUMES:
+            entries = self.ctl.get("a0", "restorable", vol, "all")
+            taken[f"rpo_s {vol}"] = round(now - max(int(entry["timestamp"]) for entry in entries), 1) \
+                if entries else None
+        for vol, writer in self.writers.items():
+            if writer.error is not None:
+                raise ChaosError(f"{vol}: the writer failed: {writer.error!r}")
+        self.check_workers()
+        return taken
+
+    def soak(self, seconds: float, interval: float) -> dict[str, Any]:
+        """Run without faults for ``seconds``, sampling every ``interval``; then a digest snapshot
+        restores right on both archives. Returns the samples and what grew."""
+        started = time.monotonic()
+        samples = [self.sample(started)]
+        while time.monotonic() - started < seconds:
+            time.sleep(max(0.0, min(interval, seconds - (time.monotonic() - started))))
+            samples.append(self.sample(started))
+        deadline = time.monotonic() + self.bound
+        checks = []
+        for vol in VOLUMES:
+            gid = self.digest_snapshot(vol)
+            for archive in ("a0", "a1"):
+                self._wait_restorable(archive, vol, gid, deadline)
+                checks.append(self.check_gid(vol, archive, gid))
+        rpos = {vol: max((sample[f"rpo_s {vol}"] or 0.0) for sample in samples) for vol in VOLUMES}
+        half = samples[len(samples) // 2:]
+        judged = half[-1]["t"] - half[0]["t"] >= MIN_JUDGED_SPAN
+        return {"samples": samples, "judged": judged, "grown": grown_series(samples), "worst_rpo_s": rpos,
+                "checks": checks}
+
     def close(self) -> list[str]:
         errors = []
-        if self.worker is not None and self.worker.poll() is None:
-            self.worker.terminate()  # it waits for its running tasks; a second signal exits at once
-            try:
-                self.worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                errors.append("the worker still waited for its tasks 30 s after SIGTERM")
-                self.worker.terminate()
-                try:
-                    self.worker.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    errors.append("the worker ignored a second SIGTERM")
-                    self.worker.kill()
-                    self.worker.wait()
+        for archive, worker in self.workers.items():
+            errors += stop_worker(archive, worker)
         for writer in self.writers.values():
             writer.stop()
         for relay in self.cluster.relays.values():
             relay.restore()
         return errors + self.cluster.teardown()
+
+
+def stop_worker(archive: str, worker: subprocess.Popen[bytes]) -> list[str]:
+    """SIGTERM: it waits for its running tasks; a second signal exits at once. What went wrong."""
+    if worker.poll() is not None:
+        return []
+    worker.terminate()
+    try:
+        worker.wait(timeout=30)
+        return []
+    except subprocess.TimeoutExpired:
+        errors = [f"the worker of {archive} still waited for its tasks 30 s after SIGTERM"]
+    worker.terminate()
+    try:
+        worker.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        errors.append(f"the worker of {archive} ignored a second SIGTERM")
+        worker.kill()
+        worker.wait()
+    return errors
+
+
+def process_usage(pid: int) -> dict[str, int]:
+    """A process's resident memory [KiB], open file descriptors and threads, from /proc."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {"rss_kib": int(fields["VmRSS"].split()[0]), "threads": int(fields["Threads"]),
+            "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+def disk_use(directory: Path) -> int:
+    """Bytes allocated under ``directory`` (sparse files count what they hold, as du does)."""
+    total = 0
+    for path in directory.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_blocks * 512
+        except OSError:
+            pass  # removed while we walked (a merge's inputs, a restore's tmp)
+    return total
+
+
+def rise(points: list[tuple[float, float]]) -> float:
+    """How much a least-squares line through ``points`` (t, value) rises from the first t to the last."""
+    count = len(points)
+    mean_t = sum(t for t, _ in points) / count
+    mean_v = sum(v for _, v in points) / count
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    if spread == 0:
+        return 0.0
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in points) / spread
+    return slope * (points[-1][0] - points[0][0])
+
+
+def grown_series(samples: list[dict[str, Any]]) -> list[str]:
+    """The series that rose over the last half of ``samples`` by more than GROWTH_LIMITS allows."""
+    half = samples[len(samples) // 2:]
+    if len(half) < 3:
+        return []
+    series: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for sample in half:
+        for name, usage in sample["daemons"].items():
+            for key, value in usage.items():
+                series.setdefault((name, key), []).append((sample["t"], value))
+        for key, value in sample.items():
+            if key.startswith("disk_bytes "):
+                series.setdefault((key.split()[1], "disk_bytes"), []).append((sample["t"], value))
+    grown = []
+    for (name, key), points in sorted(series.items()):
+        if len(points) < 3:
+            continue  # a daemon restarted meanwhile
+        fraction, amount = GROWTH_LIMITS[key]
+        mean = sum(value for _, value in points) / len(points)
+        limit = max(fraction * mean, amount)
+        if (up := rise(points)) > limit:
+            grown.append(f"{name} {key}: +{up:.0f} over the last {points[-1][0] - points[0][0]:.0f} s "
+                         f"(mean {mean:.0f}, limit {limit:.0f})")
+    return grown
 
 
 def main() -> int:
@@ -380,6 +541,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None, help="default: drawn and printed")
     parser.add_argument("--bound", type=float, default=120, help="[s] a round must converge within this")
     parser.add_argument("--dir", default="/var/tmp", help="scratch directory")
+    parser.add_argument("--soak", action="store_true", help="no faults: sample the daemons for --minutes")
+    parser.add_argument("--sample-interval", type=float, default=60, help="[s] between two soak samples")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("scripts/chaos needs root (FUSE, loop devices)")
@@ -393,14 +556,19 @@ def main() -> int:
     failure = ""
     chaos = Chaos(work / "cluster", seed, args.bound)
     lost: list[str] = []
+    soaked: dict[str, Any] | None = None
     try:
-        chaos.build()
-        for index in range(args.rounds):
+        chaos.build(SOAK_WORKER if args.soak else None)
+        if args.soak:
+            soaked = chaos.soak(args.minutes * 60, args.sample_interval)
+            if soaked["judged"] and soaked["grown"]:
+                failure = "grew without bound: " + "; ".join(soaked["grown"])
+        for index in range(0 if args.soak else args.rounds):
             if time.monotonic() - started > args.minutes * 60:
                 break
             print(f"[chaos] round {index + 1}/{args.rounds}", file=sys.stderr, flush=True)
             rounds.append(chaos.round(index + 1))
-        lost = chaos.final_check()
+        lost = [] if args.soak else chaos.final_check()
     except ChaosError as exc:
         failure = str(exc)
     except Exception as exc:  # noqa: BLE001  (a fault of the harness or of walbops: reported, kept)
@@ -420,10 +588,12 @@ def main() -> int:
         "writes": {vol: writer.writes for vol, writer in chaos.writers.items()},
         "max_converge_s": max((entry["converged_s"] for entry in rounds), default=None),
         "kept": None if ok else str(work), "round_log": rounds,
-        "failed_round": None if ok else chaos.current,
+        "failed_round": None if ok or args.soak else chaos.current,
+        "soak": soaked,
     }
     print(json.dumps(report, indent=1))
-    print(f"[chaos] seed {seed}: {len(rounds)} rounds, {chaos.restores['checked']} restores checked, "
+    what = f"soak of {args.minutes:g} min" if args.soak else f"{len(rounds)} rounds"
+    print(f"[chaos] seed {seed}: {what}, {chaos.restores['checked']} restores checked, "
           f"{chaos.restores['wrong']} wrong, {len(lost)} snapshots lost, "
           f"{'ok' if ok else 'FAILED: ' + (failure or 'see the report')}", file=sys.stderr)
     return 0 if ok else 1
