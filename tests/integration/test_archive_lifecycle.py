@@ -7,21 +7,29 @@ archive), and the gids that should be gone are.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import mmh3
 import pytest
-from archive_history import BASE_TIME, ArchiveHistory, MiB
+from archive_history import BASE_TIME, LB, UUID, ArchiveHistory, MiB
 
+from walbops.agents.transfers import send_wdiff
+from walbops.controller import call
+from walbops.diff.engine import convert_to_sorted
 from walbops.errors import RemoteError
+from walbops.gid import MetaDiff
+from walbops.net.transport import open_connection
 
 HOUR = 3600
 
@@ -265,6 +273,44 @@ def test_lifecycle_refusals_name_what_runs(history):
         with pytest.raises(RemoteError, match="bad state Stopped") as refused:
             history.ctl.run("a0", command, vol=history.vol, **args)
         assert refused.value.reason == "bad-state"
+
+
+def test_stop_waits_for_a_diff_being_received(history):
+    """WalB's stop waits for a transfer being received (WdiffRecv, a moment of Archived) to end: it
+    refused one before, so a proxy's diff that came just before an operator's stop failed the
+    stop (scenarios/test_replication.py e6 under load)."""
+    history.full_backup()
+    payload = io.BytesIO()
+    convert_to_sorted(iter(history._write_random(8)), payload, UUID)
+    data = payload.getvalue()
+    gid = history.latest + 1
+    diff = MetaDiff(history.latest, gid, timestamp=BASE_TIME + 60)
+    archive = history.ctl.layout.resolve("a0")
+
+    async def stop_during_a_transfer() -> tuple[bool, object]:
+        release = asyncio.Event()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield data[:len(data) // 2]
+            await release.wait()
+            yield data[len(data) // 2:]
+
+        async with await open_connection("127.0.0.1", history.port, history.key, "p0", "proxy") as channel:
+            sending = asyncio.create_task(send_wdiff(channel, history.vol, UUID, history.size // LB, diff, chunks()))
+            while await call(archive, history.ctl.key, "get", {"target": "state", "vol": history.vol}) != "WdiffRecv":
+                await asyncio.sleep(0.02)
+            stopping = asyncio.create_task(call(archive, history.ctl.key, "stop", {"vol": history.vol}))
+            await asyncio.sleep(1.0)
+            waited = not stopping.done()
+            release.set()
+            await sending
+            return waited, await stopping
+
+    waited, stopped = asyncio.run(stop_during_a_transfer())
+    assert waited, "stop did not wait for the diff being received"
+    assert stopped == {"state": "Stopped"}
+    history.ctl.run("a0", "start", vol=history.vol)
+    assert gid in history.ctl.get_restorable("a0", history.vol, include_implicit=True)
 
 
 def test_the_hash_is_documented_with_an_example():

@@ -67,6 +67,8 @@ REPL_CHECKPOINT = 64 << 20  # [bytes] a full replication syncs and records its p
 MAX_BULK = 64 << 20  # [bytes] the largest bulk a bhash or virt-full-scan may ask for
 DIFF_SLACK = 64 << 20  # [bytes] headers and end marker of a diff of a tiny volume, and then some
 SCAN_READ = 4 << 20  # [bytes] a virt-full-scan reads and sends this much of the image at a time
+STOP_WAIT = 20.0  # [s] stop waits this long for a transfer being received (under a caller's 30 s timeout)
+STOP_POLL = 0.05  # [s] between its looks
 _BULK = {"type": "integer", "minimum": LOGICAL_BLOCK_SIZE, "maximum": MAX_BULK, "multipleOf": LOGICAL_BLOCK_SIZE}
 _SIZE = {"type": "integer", "minimum": 1, "maximum": messages.U64_MAX}
 _HOST = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\s]+$"}
@@ -269,8 +271,14 @@ class ArchiveAgent(Agent[ArchiveVolume]):
         return {"state": volume.state}
 
     async def cmd_stop(self, request: Request) -> Any:
+        """Archived -> Stopped. As WalB's stop, a transfer being received (WdiffRecv, HashSync,
+        ReplSyncAsServer: moments of Archived) is waited for, up to STOP_WAIT; an action (a restore,
+        an apply ...) is refused by name."""
         volume = self.volume(request.args["vol"])
-        volume.stop()
+        deadline = time.monotonic() + STOP_WAIT
+        while volume.state in ARCHIVE_ACTIVE - {"Archived"} and time.monotonic() < deadline:
+            await asyncio.sleep(STOP_POLL)
+        volume.stop()  # no await between the last look and the transaction: nothing starts in between
         return {"state": volume.state}
 
     async def cmd_restore(self, request: Request) -> Any:
