@@ -65,6 +65,4 @@ def verify_wdiff(path: str) -> FileHeader:
 
 def merged_ios(paths: Sequence[str]) -> Iterator[DiffIo]:
     """The IOs of ``paths`` (oldest first) merged: sorted, non-overlapping, newer data wins."""
-    if len(paths) == 1:
-        return iter_diff(paths[0])
     return merge_ios([iter_diff(path) for path in paths])

@@ -261,6 +261,16 @@ class IntervalMap:
 def merge_ios(sources: list[Iterator[DiffIo]]) -> Iterator[DiffIo]:
     """Merge sorted, non-overlapping IO streams, oldest first; newer data wins.
 
+    A single stream is already merged and passes through as it is.
+    """
+    if len(sources) == 1:
+        return sources[0]
+    return _swept(sources)
+
+
+def _swept(sources: list[Iterator[DiffIo]]) -> Iterator[DiffIo]:
+    """:func:`merge_ios` of several streams.
+
     Memory is one IO per source. The merge sweeps the address space: at each point the newest
     IO covering it wins, and an IO is cut only where a newer one takes over, so an IO that no
     newer one overlaps passes whole (the same object). Three heaps keep each step at

@@ -37,8 +37,6 @@ class VerifiedDiffs:
         """The IOs of every file merged: sorted, non-overlapping, newer data wins."""
         if self.kept is None:
             return merged_ios(self.paths)
-        if len(self.kept) == 1:
-            return iter(self.kept[0])
         return merge_ios([iter(ios) for ios in self.kept])
 
 
