@@ -105,15 +105,11 @@ def test_a_second_signal_cancels_what_a_graceful_shutdown_waits_for(tmp_path) ->
     assert cancelled == [True] and waited < 10
 
 
-def test_a_command_that_fails_unexpectedly_is_refused_and_the_connection_serves_on(tmp_path, caplog) -> None:
-    """A bug in one command (replaced here: an error branch) answers ``internal-error``, logs the
-    traceback, and the same connection is served on."""
+def archive_agent_on_a_free_port(tmp_path):
+    """An archive agent (not started) listening on a free loopback port."""
     import socket
 
-    from walbops.agents._server import Command
     from walbops.agents.archive import ArchiveAgent
-    from walbops.errors import RemoteError
-    from walbops.net.transport import open_connection
 
     write_key(tmp_path / "key")
     with socket.socket() as probe:
@@ -121,27 +117,71 @@ def test_a_command_that_fails_unexpectedly_is_refused_and_the_connection_serves_
         port = probe.getsockname()[1]
     config = agent_config.load("archive", overrides={
         "base_dir": str(tmp_path), "cluster_key_file": str(tmp_path / "key"), "port": port, "listen": "127.0.0.1"})
-    agent = ArchiveAgent(config)
+    return ArchiveAgent(config)
+
+
+async def refusal_then_next_answer(agent, command: str):
+    """Start ``agent``, send ``command`` (which must be refused), then ``get host-type`` on the same
+    connection; the refusal and that answer."""
+    from walbops.errors import RemoteError
+    from walbops.net.transport import open_connection
+
+    await agent.startup()
+    try:
+        channel = await open_connection("127.0.0.1", agent.port, agent.key, "c0", "controller")
+        async with channel:
+            with pytest.raises(RemoteError) as info:
+                await channel.request(command, {})
+            return info.value, await channel.request("get", {"target": "host-type"})
+    finally:
+        agent.should_exit = True
+        await agent.shutdown()
+
+
+def test_a_command_that_fails_unexpectedly_is_refused_and_the_connection_serves_on(tmp_path, caplog) -> None:
+    """A bug in one command (replaced here: an error branch) answers ``internal-error``, logs the
+    traceback, and the same connection is served on."""
+    from walbops.agents._server import Command
+
+    agent = archive_agent_on_a_free_port(tmp_path)
 
     async def broken(request):
         raise KeyError("a bug")
 
     agent.commands["broken"] = Command(broken)
-
-    async def scenario() -> tuple[RemoteError, str]:
-        await agent.startup()
-        try:
-            channel = await open_connection("127.0.0.1", agent.port, agent.key, "c0", "controller")
-            async with channel:
-                with pytest.raises(RemoteError) as info:
-                    await channel.request("broken", {})
-                return info.value, await channel.request("get", {"target": "host-type"})
-        finally:
-            agent.should_exit = True
-            await agent.shutdown()
-
     with caplog.at_level(logging.ERROR):
-        refusal, host_type = asyncio.run(asyncio.wait_for(scenario(), 30))
+        refusal, host_type = asyncio.run(asyncio.wait_for(refusal_then_next_answer(agent, "broken"), 30))
     assert refusal.reason == "internal-error" and "its log has the traceback" in refusal.error
     assert host_type == "archive"
     assert "broken: internal error" in caplog.text and "KeyError: 'a bug'" in caplog.text
+
+
+def test_a_command_whose_own_peer_breaks_is_refused_and_the_connection_serves_on(tmp_path) -> None:
+    """A command that fails because a connection it opened broke (here a peer that accepts and
+    hangs up at once) is refused with ``peer-failed``; the caller's connection is not the one
+    that broke, so it stays open and serves the next request."""
+    from walbops.agents._server import Command
+    from walbops.net.transport import open_connection
+
+    agent = archive_agent_on_a_free_port(tmp_path)
+
+    async def scenario():
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        rude = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        rude_port = rude.sockets[0].getsockname()[1]
+
+        async def ask_the_rude_peer(request):
+            async with await open_connection("127.0.0.1", rude_port, agent.key, "a0", "archive"):
+                return None
+
+        agent.commands["ask"] = Command(ask_the_rude_peer)
+        try:
+            return await refusal_then_next_answer(agent, "ask")
+        finally:
+            rude.close()
+
+    refusal, host_type = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert refusal.reason == "peer-failed" and refusal.error.startswith("ask: 127.0.0.1:")
+    assert host_type == "archive"

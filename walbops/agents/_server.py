@@ -426,8 +426,11 @@ class Agent(Generic[V]):
             await self._refuse(request, str(exc), exc.reason)
         except RemoteError as exc:
             await self._refuse(request, str(exc), exc.reason)
-        except ProtocolError:
-            raise  # the connection is broken; the transport closes it
+        except ProtocolError as exc:
+            if channel.closed:
+                raise  # the request's own connection broke (the channel closes itself then)
+            # Another connection the handler made broke (an archive, a proxy): answer with why.
+            await self._refuse(request, f"{request.command}: {exc}", "peer-failed")
         except WalbopsError as exc:
             await self._refuse(request, str(exc), "bad-args" if isinstance(exc, UsageError) else None)
         except OSError as exc:

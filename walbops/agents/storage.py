@@ -349,8 +349,7 @@ class StorageAgent(Agent[StorageVolume]):
                 raise OperationError(f"{volume.vol}: the {kind} backup was cancelled")
             error = task.exception()
             if isinstance(error, ProtocolError):
-                # The archive's connection broke, not the caller's: a ProtocolError raised here
-                # would close the caller's connection instead of answering it.
+                # Name the link that broke: the caller sees only its own, which is fine.
                 raise OperationError(f"{volume.vol}: the {kind} backup to archive {self.config.archive} "
                                      f"did not start: {error}") from error
             if error is not None:
