@@ -330,9 +330,7 @@ class Chaos:
         converged = round(time.monotonic() - started, 2)
         checks = [self.check_restore(vol, archive) for vol, archive in
                   ((self.rng.choice(list(VOLUMES)), self.rng.choice(["a0", "a1"])) for _ in range(2))]
-        for vol, writer in self.writers.items():
-            if writer.error is not None:
-                raise ChaosError(f"{vol}: the writer failed: {writer.error!r}")
+        self.check_writers()
         return {"round": index, "faults": fault_results, "commands": command_results, "recovered": recovered,
                 "converged_s": converged, "checks": checks}
 
@@ -354,11 +352,23 @@ class Chaos:
             if state != "Target":
                 self.ctl.recover(storage, vol, timeout=max(1.0, deadline - time.monotonic()))
                 recovered.append(f"{vol}: {storage} was {state}: recovered by a hash backup")
+        self.snapshot_everywhere(deadline)
+        return recovered
+
+    def snapshot_everywhere(self, deadline: float) -> list[tuple[str, int]]:
+        """A digest snapshot of every volume, waited for until restorable on a0 and a1; (vol, gid)s."""
+        taken = []
         for vol in VOLUMES:
             gid = self.digest_snapshot(vol)
             for archive in ("a0", "a1"):
                 self._wait_restorable(archive, vol, gid, deadline)
-        return recovered
+            taken.append((vol, gid))
+        return taken
+
+    def check_writers(self) -> None:
+        for vol, writer in self.writers.items():
+            if writer.error is not None:
+                raise ChaosError(f"{vol}: the writer failed: {writer.error!r}")
 
     def _settled_state(self, storage: str, vol: str, deadline: float) -> str:
         """The storage's state once it stops moving (Target, or one a broken backup left)."""
@@ -419,9 +429,7 @@ class Chaos:
             entries = self.ctl.get("a0", "restorable", vol, "all")
             taken[f"rpo_s {vol}"] = round(now - max(int(entry["timestamp"]) for entry in entries), 1) \
                 if entries else None
-        for vol, writer in self.writers.items():
-            if writer.error is not None:
-                raise ChaosError(f"{vol}: the writer failed: {writer.error!r}")
+        self.check_writers()
         self.check_workers()
         return taken
 
@@ -433,13 +441,8 @@ class Chaos:
         while time.monotonic() - started < seconds:
             time.sleep(max(0.0, min(interval, seconds - (time.monotonic() - started))))
             samples.append(self.sample(started))
-        deadline = time.monotonic() + self.bound
-        checks = []
-        for vol in VOLUMES:
-            gid = self.digest_snapshot(vol)
-            for archive in ("a0", "a1"):
-                self._wait_restorable(archive, vol, gid, deadline)
-                checks.append(self.check_gid(vol, archive, gid))
+        taken = self.snapshot_everywhere(time.monotonic() + self.bound)
+        checks = [self.check_gid(vol, archive, gid) for vol, gid in taken for archive in ("a0", "a1")]
         rpos = {vol: max((sample[f"rpo_s {vol}"] or 0.0) for sample in samples) for vol in VOLUMES}
         half = samples[len(samples) // 2:]
         judged = half[-1]["t"] - half[0]["t"] >= MIN_JUDGED_SPAN
