@@ -185,3 +185,43 @@ def test_a_command_whose_own_peer_breaks_is_refused_and_the_connection_serves_on
     refusal, host_type = asyncio.run(asyncio.wait_for(scenario(), 30))
     assert refusal.reason == "peer-failed" and refusal.error.startswith("ask: 127.0.0.1:")
     assert host_type == "archive"
+
+
+def test_an_archive_keeps_the_link_alive_while_it_computes_hashes(tmp_path, monkeypatch) -> None:
+    """The archive's side of a hash backup sends keepalives while a batch of hashes is computed:
+    on a chain of 1,800 diffs the first batch took longer than the storage's socket timeout, and
+    the storage gave up on every retry (found by scripts/chaos). The computation is replaced by a
+    slow one here (an error branch of timing); the channels are real."""
+    import time
+
+    from walbops.diff import bhash
+    from walbops.net import messages
+    from walbops.net.stream import HashSyncCursor
+    from walbops.net.transport import open_connection, serve
+
+    agent = archive_agent_on_a_free_port(tmp_path)
+    key = bytes(range(32))
+    size_lb, bulk_lb = 16, 8
+
+    def slow_hashes(base_fd, paths, size_lb, bulk_bytes, seed, batch):
+        time.sleep(3.5)  # more than the storage's socket timeout below, and than the keepalive interval
+        yield bytes(2 * messages.HASH_SIZE)
+
+    monkeypatch.setattr(bhash, "virtual_bulk_hashes", slow_hashes)
+
+    async def scenario():
+        async def send(channel) -> None:
+            await agent._send_hashes(channel, HashSyncCursor(size_lb, bulk_lb), -1, [], size_lb, bulk_lb, 7)
+            await channel.recv_request()  # until the storage hangs up
+
+        server = await serve("127.0.0.1", 0, key, "a0", "archive", send)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with await open_connection("127.0.0.1", port, key, "s0", "storage", timeout=2.5) as channel:
+                return await channel.recv_json("hashes"), await channel.recv()
+        finally:
+            server.close()
+
+    announced, frame = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert announced["offset_lb"] == 0 and announced["count"] == 2
+    assert frame.data == bytes(2 * messages.HASH_SIZE)

@@ -359,6 +359,17 @@ def test_a_receiver_abort_after_the_channel_failed_writes_nothing():
 
 # After the handshake.
 
+def test_an_error_after_the_handshake_is_not_called_a_refused_handshake():
+    async def scenario():
+        reader = asyncio.StreamReader()
+        reader.feed_data(encode_json(messages.error("timeout", "127.0.0.1:1 sent nothing for 10 s")))
+        channel = Channel(reader, StrictWriter(), timeout=1)  # type: ignore[arg-type]
+        channel._authenticated("s0", "storage")
+        with pytest.raises(PeerTimeout, match=r"^peer gave up on the connection: timeout \(127.0.0.1:1 sent "):
+            await channel.recv()
+    run(scenario())
+
+
 @pytest.mark.parametrize("bad, error", [
     (HEADER.pack(3, 0x09) + b"xy", ProtocolError),  # unknown frame type
     (HEADER.pack(MAX_PAYLOAD_SIZE + 2, FrameType.DATA), FrameTooLarge),  # oversized: refused unread

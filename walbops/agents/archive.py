@@ -702,10 +702,14 @@ class ArchiveAgent(Agent[ArchiveVolume]):
 
     async def _send_hashes(self, channel: Any, cursor: HashSyncCursor, base_fd: int, paths: list[str], size_lb: int,
                            bulk_lb: int, seed: int) -> None:
-        """Send the hash of every bulk of the image at the synced snapshot, a batch at a time."""
+        """Send the hash of every bulk of the image at the synced snapshot, a batch at a time.
+
+        Keepalives go out while a batch is computed: the first one merges the heads of every diff
+        over the base, which takes more than the sender's socket timeout on a long chain.
+        """
         batches = bhash.virtual_bulk_hashes(base_fd, paths, size_lb, bulk_lb * LOGICAL_BLOCK_SIZE, seed,
                                             messages.hash_batch(bulk_lb))
-        async with contextlib.aclosing(prefetched(batches)) as hashed:
+        async with channel.keepalive(), contextlib.aclosing(prefetched(batches)) as hashed:
             async for batch in hashed:
                 count = len(batch) // messages.HASH_SIZE
                 offset_lb, _ = cursor.hashed(count)

@@ -503,8 +503,8 @@ def error_message(exc: Exception) -> dict[str, Any]:
     return messages.error(reason, str(exc))
 
 
-def peer_error(message: dict[str, Any]) -> ProtocolError:
-    """The exception for an ``error`` message the peer sent during the handshake.
+def peer_error(message: dict[str, Any], handshake: bool = True) -> ProtocolError:
+    """The exception for an ``error`` message the peer sent, during the handshake or after it.
 
     Raises:
         InvalidMessage: the error message itself breaks its schema.
@@ -512,5 +512,6 @@ def peer_error(message: dict[str, Any]) -> ProtocolError:
     messages.validate(message)
     reason = message["reason"]
     detail = message.get("detail")
-    text = f"peer refused the handshake: {reason}" + (f" ({detail})" if detail else "")
+    what = "peer refused the handshake" if handshake else "peer gave up on the connection"
+    text = f"{what}: {reason}" + (f" ({detail})" if detail else "")
     return _PEER_ERRORS.get(reason, ProtocolError)(text)

@@ -336,7 +336,7 @@ class Channel:
                 raise
             if kind == "error":
                 await self.close()  # never answer an error
-                raise peer_error(frame.message)
+                raise peer_error(frame.message, handshake=self.peer_role is None)
             if kind in ("end", "abort"):
                 self._stream_ended = True
             elif kind == "request":
