@@ -417,34 +417,44 @@ def test_the_source_killed_during_a_hash_replication_leaves_the_destination_as_i
     assert cluster.restored_sha1(VOL, first, archive="a1") == first_sha1
 
 
-def test_a_secondary_that_holds_a_diff_the_primary_skipped_is_brought_back_by_hash(cluster):
-    """Found by scripts/chaos: a proxy delivered to a1 a diff of the device's old uuid that a0 never
-    got, because a hash backup began the device's new uuid on a0 from the snapshot before it. a1
-    then stood at a snapshot a0's history does not pass through, and replicating the diffs that
-    follow there by gid left a1 without the hash backup's bulks: later snapshots restored wrong on
-    a1. The replication now sends a1's image to a0's next clean snapshot by hash first."""
+@pytest.mark.parametrize("strays", [1, 2])
+def test_a_secondary_that_holds_a_diff_the_primary_skipped_is_brought_back_by_hash(cluster, strays):
+    """Found by scripts/chaos: a proxy delivered to a1 diffs of the device's old uuid that a0 never
+    got, because a hash backup began the device's new uuid on a0 from the snapshot before them.
+    With one such diff a1 stood at a snapshot a0's history does not pass through; with two, at
+    one a0 passes through too (|L+2|: a0 reached it by the hash backup |L|-->|L+1,L+2| and the
+    scan's writes |L+1|-->|L+2|), but in the other history. Replicating the diffs that follow by
+    gid left a1 without the hash backup's bulks: later snapshots restored wrong on a1. The
+    replication now sends a1's image to a0's next clean snapshot by hash first."""
     device, taken = replicated_volume(cluster)
     ctl = cluster.ctl
     ctl.replicate_once("a0", VOL, "a1")
     latest = taken[-1][0]
     assert max(ctl.get_restorable("a1", VOL, include_implicit=True)) == latest
-    # The diff only a1 gets: writes of the device's old uuid after a1's (and a0's) latest snapshot.
+    # The diffs only a1 gets: writes of the device's old uuid after a1's (and a0's) latest snapshot.
     old_uuid = bytes.fromhex(ctl.get("a1", "uuid", VOL))
-    stray = io.BytesIO()
-    writer = SortedDiffWriter(stray, old_uuid)
-    for address in range(0, 8192, 512):
-        writer.write(DiffIo.normal(address, random.Random(address).randbytes(64 * 512)))
-    writer.close()
     size_lb = cluster.device_size // 512
+
+    def stray(gid: int) -> bytes:
+        diff = io.BytesIO()
+        writer = SortedDiffWriter(diff, old_uuid)
+        for address in range(0, 8192, 512):
+            writer.write(DiffIo.normal(address, random.Random(address + gid).randbytes(64 * 512)))
+        writer.close()
+        return diff.getvalue()
 
     async def deliver() -> None:
         async with await open_connection("127.0.0.1", cluster.ports["archive1"], cluster.secret("proxy"), "rogue",
                                          "proxy", timeout=10) as channel:
-            await send_wdiff(channel, VOL, old_uuid, size_lb, MetaDiff(latest, latest + 1), [stray.getvalue()])
+            for gid in range(latest, latest + strays):
+                await send_wdiff(channel, VOL, old_uuid, size_lb, MetaDiff(gid, gid + 1), [stray(gid)])
 
     asyncio.run(deliver())
-    assert max(ctl.get_restorable("a1", VOL, include_implicit=True)) == latest + 1
-    ctl.hash_backup("s0", VOL)  # a0: |latest|-->|latest+1, E| with the device's new uuid
+    assert max(ctl.get_restorable("a1", VOL, include_implicit=True)) == latest + strays
+    ctl.hash_backup("s0", VOL)  # a0: |L|-->|L+1,L+2| with the device's new uuid, then |L+1|-->|L+2|
+    ctl.kick_proxies(VOL)
+    wait_until(lambda: latest + 2 in ctl.get_restorable("a0", VOL, include_implicit=True), 60,
+               f"a0 at |{latest + 2}|")
     write_random(device, random.Random(95), count=16)
     gid, expected = cluster.snapshot_restorable(VOL)
     assert ctl.replicate_once("a0", VOL, "a1", gid) == gid

@@ -948,22 +948,37 @@ class ArchiveAgent(Agent[ArchiveVolume]):
 
     async def _leave_a_divergence(self, channel: Any, volume: ArchiveVolume, destination: str, latest: MetaSnap,
                                   destination_uuid: Any) -> tuple[MetaSnap, bool]:
-        """A destination whose latest snapshot this archive never passed through, reached by a diff
-        of another device uuid than the one this archive goes on with, holds a history of its own
-        from there: a proxy delivered to it a diff of the device's old uuid that a hash backup
-        made this archive skip (found by scripts/chaos: the diffs sent from there by gid left it
-        without the hash backup's bulks, and its later snapshots restored wrong). Its image goes
-        by hash to this archive's next clean snapshot; returns where it is then, and whether it
-        had diverged."""
-        if latest.gid_b < volume.base.snap_b.gid_b:
+        """A destination at a snapshot of another device history than this archive's holds a
+        history of its own from there: a proxy delivered to it diffs of the device's old uuid that
+        a hash backup made this archive skip (found by scripts/chaos: the diffs sent from there by
+        gid left it without the hash backup's bulks, and its later snapshots restored wrong). Its
+        image goes by hash to this archive's next clean snapshot; returns where it is then, and
+        whether it had diverged.
+
+        The destination's uuid is that of the history it holds (an archive takes a proxy's diff
+        only of its own uuid, and a replicated one sets it). It diverged if this archive never
+        passed through its latest snapshot and goes on from there with another uuid, or passed
+        through it, but by a diff of another uuid: the same gid, reached in the other history
+        (the old uuid's diffs brought it there, the hash backup's new uuid brought this archive).
+        """
+        if latest.gid_b < volume.base.snap_b.gid_b or destination_uuid is None:
             return latest, False  # behind the base: _send_diffs sends a hash replica anyway
         points = volume.diffs.chain.passage(volume.base)
-        chain = volume.diffs.chain.applicable_diffs(latest)
-        if latest in {snap for snap, _ in points} or not chain or destination_uuid is None:
-            return latest, False
-        header = await asyncio.to_thread(read_header, volume.diffs.path_of(chain[0]))
-        if header.uuid.hex() == destination_uuid:
-            return latest, False  # the same device's history: a merge here passed over its snapshot
+        if latest in {snap for snap, _ in points}:
+            reaching = _diff_reaching(volume.diffs.chain.applicable_diffs(volume.base.snap_b), volume.base.snap_b,
+                                      latest)
+            if reaching is None:
+                return latest, False  # the base itself
+            header = await asyncio.to_thread(read_header, volume.diffs.path_of(reaching))
+            if header.uuid.hex() == destination_uuid:
+                return latest, False
+        else:
+            chain = volume.diffs.chain.applicable_diffs(latest)
+            if not chain:
+                return latest, False
+            header = await asyncio.to_thread(read_header, volume.diffs.path_of(chain[0]))
+            if header.uuid.hex() == destination_uuid:
+                return latest, False  # the same device's history: a merge here passed over its snapshot
         later = [(snap, timestamp) for snap, timestamp in points if snap.is_clean and snap.gid_b > latest.gid_e]
         if not later:
             return latest, False
@@ -1054,6 +1069,19 @@ def _finally(step: Callable[[], None]) -> Iterator[None]:
         yield
     finally:
         step()
+
+
+def _diff_reaching(chain: list[MetaDiff], start: MetaSnap, snap: MetaSnap) -> MetaDiff | None:
+    """The diff of ``chain`` (applicable from ``start``) after which the volume is at ``snap``;
+    None if it is there at ``start``, or never."""
+    if start == snap:
+        return None
+    at = start
+    for diff in chain:
+        at = apply(at, diff)
+        if at == snap:
+            return diff
+    return None
 
 
 def _replicated_diff(args: dict[str, Any], peer_role: str | None) -> MetaDiff | None:
