@@ -111,8 +111,11 @@ size:
   returned: always
   type: int
   sample: 67108864
-path:
-  description: Its device node, which exists only while the LV is active; null once absent.
+device:
+  description:
+    - Its device node, which exists only while the LV is active; null once absent.
+    - It is not called C(path) because Ansible adds a file's attributes to a result with C(path), and the C(size)
+      of the node's symlink would replace the LV's.
   returned: always
   type: str
   sample: /dev/archive/spool

@@ -43,6 +43,15 @@ def size_of(fd: int) -> int:
     return os.fstat(fd).st_size
 
 
+def size_of_path(path: str) -> int:
+    """Size in bytes of the block device or regular file at ``path``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return size_of(fd)
+    finally:
+        os.close(fd)
+
+
 def physical_block_size(fd: int) -> int | None:
     """The device's physical block size, or None for a regular file."""
     if not is_block_device(fd):

@@ -147,7 +147,7 @@ def test_lv_create_then_unchanged_and_check_mode_predicts(vg: PrivateLvm) -> Non
     assert predicted["changed"] and predicted["size"] == 12 * MiB, "a size rounds up to whole extents"
     assert vg.lv_sizes(VG) == {}, "check mode made nothing"
     created = lv_module(lv="lv1", size="10M")
-    assert created["changed"] and created["size"] == 12 * MiB and created["path"] == f"/dev/{VG}/lv1"
+    assert created["changed"] and created["size"] == 12 * MiB and created["device"] == f"/dev/{VG}/lv1"
     assert created["thinpool"] is None and created["diff"]["before"]["exists"] is False
     assert vg.lv_sizes(VG) == {"lv1": 12 * MiB}
     for same in ("10M", "12M", "12", "12582912b", "24576s"):
@@ -208,7 +208,7 @@ def test_lv_remove_needs_force(vg: PrivateLvm) -> None:
     predicted = lv_module(lv="lv1", state="absent", force=True, check=True)
     assert predicted["changed"] and predicted["removed"] == ["lv1"] and vg.lv_sizes(VG) == {"lv1": 8 * MiB}
     removed = lv_module(lv="lv1", state="absent", force=True)
-    assert removed["changed"] and removed["path"] is None and removed["diff"]["before"]["size"] == 8 * MiB
+    assert removed["changed"] and removed["device"] is None and removed["diff"]["before"]["size"] == 8 * MiB
     assert vg.lv_sizes(VG) == {}
     assert not lv_module(lv="lv1", state="absent", force=True)["changed"]
     assert not lv_module(vg="novg", lv="lv1", state="absent")["changed"], "no VG: nothing to remove"

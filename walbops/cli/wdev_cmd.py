@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from ..blockdev import size_of
+from ..blockdev import size_of_path
 from ..device.control import DeviceClient
 from ..device.core import OverflowPolicy
 from ..device.lifecycle import format_checked, resize_device, start_device, stop_device
@@ -257,10 +257,3 @@ def cmd_cat_wlog(args: argparse.Namespace) -> int:
               "size": size_of_path(args.output)}, args.json)
     return 0
 
-
-def size_of_path(path: str) -> int:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return size_of(fd)
-    finally:
-        os.close(fd)

@@ -312,7 +312,7 @@ def _describe_lv(vg: str, name: str, info: LvInfo | None) -> dict[str, Any]:
 def _lv_values(lvm: Lvm, description: dict[str, Any]) -> dict[str, Any]:
     exists = description["exists"]
     return {"vg": description["vg"], "lv": description["lv"], "size": description["size"],
-            "path": lvm.path(description["lv"]) if exists else None, "thinpool": description["thinpool"]}
+            "device": lvm.path(description["lv"]) if exists else None, "thinpool": description["thinpool"]}
 
 
 def _where(info: LvInfo) -> str:
@@ -390,13 +390,16 @@ def ensure_lv(vg: str, lv: str | None = None, size: str | None = None, state: st
             return Outcome(False, before, before, _lv_values(lvm, before))
         if not force:
             raise OperationError(f"{vg}/{name} exists; set force: true to remove it (its data is lost)")
-        if info.attr[_OPEN_ATTR_INDEX:_OPEN_ATTR_INDEX + 1] == "o":
-            raise OperationError(f"{vg}/{name} is open (mounted or in use); close it before state: absent")
         removed = [name]
         if info.attr.startswith(_THIN_POOL_ATTR):
             removed += sorted(other for other, entry in lvs.items() if entry.pool == name)  # lvremove takes them too
         elif info.attr.startswith(_THIN_VOLUME_ATTR):
             _require_device_mapper(f"{vg}/{name}: removing a thin volume")
+        # An active thin pool is always open (its active thin volumes hold it): what must not be
+        # open is what lvremove takes with it, its thin volumes; otherwise the LV itself.
+        for held in removed[1:] or removed:
+            if lvs[held].attr[_OPEN_ATTR_INDEX:_OPEN_ATTR_INDEX + 1] == "o":
+                raise OperationError(f"{vg}/{held} is open (mounted or in use); close it before state: absent")
         if not check:
             lvm.remove(name)
         after = {**before, "exists": False, "size": None, "thinpool": None}

@@ -109,6 +109,11 @@ class LvInfo:
         return bool(self.pool)
 
 
+def _is_active(info: LvInfo) -> bool:
+    """The state column of lv_attr: "a" for active."""
+    return len(info.attr) > 4 and info.attr[4] == "a"
+
+
 class Lvm:
     """lvm2 commands on one volume group, with the configuration given at construction.
 
@@ -187,8 +192,12 @@ class Lvm:
     def remove(self, lv: str) -> None:
         self.run("lvremove", "--yes", f"{self.vg}/{lv}")
 
+    def deactivate(self, lv: str) -> None:
+        self.run("lvchange", "--activate", "n", f"{self.vg}/{lv}")
+
     def activate(self, lv: str) -> None:
-        self.run("lvchange", "--activate", "y", "--ignoreactivationskip", f"{self.vg}/{lv}")
+        # --yes: activating a classic snapshot activates its origin too, which lvm2 asks about.
+        self.run("lvchange", "--yes", "--activate", "y", "--ignoreactivationskip", f"{self.vg}/{lv}")
 
 
 class LvmStore(Store):
@@ -256,7 +265,8 @@ class LvmStore(Store):
         if missing is not None:
             raise OperationError(f"{what}: LV {self.vg}/{lv} must be active as {node}, but {missing}; "
                                  "data IO on the lvm store needs a kernel with device-mapper (docs/stores.md)")
-        self.lvm.activate(lv)
+        if not is_block_device(node):  # active already: a classic snapshot is active once made
+            self.lvm.activate(lv)
         if not is_block_device(node):
             raise OperationError(f"{what}: LV {self.vg}/{lv} has no device {node} after activation "
                                  "(activation disabled in the LVM configuration, or device-mapper unusable)")
@@ -327,13 +337,35 @@ class LvmStore(Store):
         if zero:
             # Fail before extending: a retry would find the size reached and zero nothing.
             self.activated(info.name, what)
-        self.lvm.extend(info.name, size_lb * LOGICAL_BLOCK_SIZE)
+        self._extend_origin(vol, info, size_lb * LOGICAL_BLOCK_SIZE)
         grown = self._require_base(vol).size
         if zero:
             self._zero(info.name, what, info.size, grown)
         logger.info("volume %s: grew base LV %s/%s from %d to %d LB", vol, self.vg, info.name, current,
                     grown // LOGICAL_BLOCK_SIZE)
         return grown // LOGICAL_BLOCK_SIZE
+
+    def _extend_origin(self, vol: str, base: LvInfo, size: int) -> None:
+        """Extend the base LV. lvm2 extends a thick LV with classic snapshots (restored gids) only
+        while it is inactive: deactivate it (its snapshots with it), extend, and activate again
+        what was active. A restored image in use keeps it active, and the grow is refused."""
+        lvs = self.lvm.lvs()
+        snapshots = [info for info in lvs.values() if info.origin == base.name]
+        if base.is_thin or not snapshots:
+            self.lvm.extend(base.name, size)
+            return
+        active = [info.name for info in (base, *snapshots) if _is_active(info)]
+        try:
+            self.lvm.deactivate(base.name)
+        except OperationError as exc:
+            gids = ", ".join(str(parsed[1]) for info in snapshots if (parsed := parse_restored_name(info.name)))
+            raise OperationError(f"volume {vol}: growing the base LV {self.vg}/{base.name} needs it inactive, with "
+                                 f"its restored snapshots (gids {gids}); one is in use: {exc}") from None
+        try:
+            self.lvm.extend(base.name, size)
+        finally:
+            for name in active:
+                self.lvm.activate(name)
 
     @contextlib.contextmanager
     def open_base(self, vol: str, writable: bool = True,
