@@ -965,20 +965,17 @@ class ArchiveAgent(Agent[ArchiveVolume]):
             return latest, False  # behind the base: _send_diffs sends a hash replica anyway
         points = volume.diffs.chain.passage(volume.base)
         if latest in {snap for snap, _ in points}:
-            reaching = _diff_reaching(volume.diffs.chain.applicable_diffs(volume.base.snap_b), volume.base.snap_b,
-                                      latest)
-            if reaching is None:
-                return latest, False  # the base itself
-            header = await asyncio.to_thread(read_header, volume.diffs.path_of(reaching))
-            if header.uuid.hex() == destination_uuid:
-                return latest, False
+            # passage's points after the base are the snapshots after each diff of this chain.
+            passed = zip(points[1:], volume.diffs.chain.applicable_diffs(volume.base.snap_b), strict=True)
+            telling = next((diff for (snap, _), diff in passed if snap == latest), None)  # None: the base
         else:
-            chain = volume.diffs.chain.applicable_diffs(latest)
-            if not chain:
-                return latest, False
-            header = await asyncio.to_thread(read_header, volume.diffs.path_of(chain[0]))
-            if header.uuid.hex() == destination_uuid:
-                return latest, False  # the same device's history: a merge here passed over its snapshot
+            # A merge here may have passed over the destination's snapshot in the same history.
+            telling = next(iter(volume.diffs.chain.applicable_diffs(latest)), None)
+        if telling is None:
+            return latest, False
+        header = await asyncio.to_thread(read_header, volume.diffs.path_of(telling))
+        if header.uuid.hex() == destination_uuid:
+            return latest, False
         later = [(snap, timestamp) for snap, timestamp in points if snap.is_clean and snap.gid_b > latest.gid_e]
         if not later:
             return latest, False
@@ -1069,19 +1066,6 @@ def _finally(step: Callable[[], None]) -> Iterator[None]:
         yield
     finally:
         step()
-
-
-def _diff_reaching(chain: list[MetaDiff], start: MetaSnap, snap: MetaSnap) -> MetaDiff | None:
-    """The diff of ``chain`` (applicable from ``start``) after which the volume is at ``snap``;
-    None if it is there at ``start``, or never."""
-    if start == snap:
-        return None
-    at = start
-    for diff in chain:
-        at = apply(at, diff)
-        if at == snap:
-            return diff
-    return None
 
 
 def _replicated_diff(args: dict[str, Any], peer_role: str | None) -> MetaDiff | None:

@@ -51,7 +51,6 @@ _EXTENT_GRANULE = 128 * KiB  # [bytes]
 # lv_attr's first character for the LVs thin provisioning is made of (lvs(8)).
 _THIN_POOL_ATTR = "t"
 _THIN_VOLUME_ATTR = "V"
-_OPEN_ATTR_INDEX = 5  # lv_attr's sixth character is "o" while the LV is open (mounted, in use)
 
 
 def human_size(size: int) -> str:
@@ -398,7 +397,7 @@ def ensure_lv(vg: str, lv: str | None = None, size: str | None = None, state: st
         # An active thin pool is always open (its active thin volumes hold it): what must not be
         # open is what lvremove takes with it, its thin volumes; otherwise the LV itself.
         for held in removed[1:] or removed:
-            if lvs[held].attr[_OPEN_ATTR_INDEX:_OPEN_ATTR_INDEX + 1] == "o":
+            if lvs[held].is_open:
                 raise OperationError(f"{vg}/{held} is open (mounted or in use); close it before state: absent")
         if not check:
             lvm.remove(name)

@@ -108,10 +108,13 @@ class LvInfo:
     def is_thin(self) -> bool:
         return bool(self.pool)
 
+    @property
+    def is_active(self) -> bool:
+        return self.attr[4:5] == "a"  # lv_attr's fifth character: the state
 
-def _is_active(info: LvInfo) -> bool:
-    """The state column of lv_attr: "a" for active."""
-    return len(info.attr) > 4 and info.attr[4] == "a"
+    @property
+    def is_open(self) -> bool:
+        return self.attr[5:6] == "o"  # the sixth: open (mounted, in use)
 
 
 class Lvm:
@@ -354,7 +357,7 @@ class LvmStore(Store):
         if base.is_thin or not snapshots:
             self.lvm.extend(base.name, size)
             return
-        active = [info.name for info in (base, *snapshots) if _is_active(info)]
+        active = [info.name for info in (base, *snapshots) if info.is_active]
         try:
             self.lvm.deactivate(base.name)
         except OperationError as exc:
