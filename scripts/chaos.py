@@ -23,17 +23,20 @@ would, by ``Controller.recover``: noted in the round), a new digest snapshot res
 archives. Two recorded snapshots are restored at random and compared; at the end every
 recorded snapshot that no apply has taken into the base must still be restorable on a0.
 
+Beside each archive runs its worker (CHAOS_WORKER: apply what is older than a minute, merge
+implicit diffs; a0's also replicates to a1), so that chains stay as short as a deployment's.
+
     ./scripts/chaos [--rounds 10] [--minutes 30] [--seed N] [--bound 120] [--dir /var/tmp]
 
 ``--soak`` runs the same group without faults for ``--minutes``, under the same writes, with the
-worker also applying, merging and enforcing a retention policy on a0 (SOAK_WORKER). Every
+workers also enforcing a retention policy (SOAK_WORKER). Every
 ``--sample-interval`` seconds it samples each daemon (the five agents, the worker, the three walb
 device daemons: resident memory, open file descriptors, threads), the archives' disk use, and
 each volume's RPO on a0 (now minus the timestamp of its newest restorable snapshot). It fails
 when a series grows without bound: a least-squares line over the last half of the samples rises
 by more than GROWTH_LIMITS allows over that half, once that half spans MIN_JUDGED_SPAN (shorter
 soaks report the rises unjudged). At the end a digest snapshot must restore right on both
-archives. a1 runs a worker of its own too (apply, merge, retention), as every archive would.
+archives.
 
     ./scripts/chaos --soak [--minutes 60] [--sample-interval 60] [--seed N] [--dir /var/tmp]
 
@@ -79,8 +82,16 @@ LINKS = (("storage", "proxy"), ("storage1", "proxy"), ("proxy", "archive"), ("st
          ("storage1", "archive"))
 COMMANDS = ("snapshot", "merge", "apply", "hash-backup", "restore")
 
-# The soak's worker on a0: what a deployment runs (docs/worker.md), with periods short enough
-# that a few minutes see every task several times (bare numbers are seconds).
+# The worker beside each archive in the fault rounds: applies and merges keep every chain short,
+# as a deployment's would (docs/worker.md; bare numbers are seconds). Without it, chains of
+# thousands of diffs make each hash backup and replication outgrow the convergence bound.
+# No retention here: every recorded snapshot newer than the base must stay restorable.
+CHAOS_WORKER = {
+    "apply": {"keep_period": "60", "interval": "20"},
+    "merge": {"interval": "10", "max_nr": 20, "threshold_nr": 40},
+}
+# The soak's worker: the same, with a retention policy on top and periods short enough that a few
+# minutes see every task several times.
 SOAK_WORKER = {
     "apply": {"keep_period": "30", "interval": "20"},
     "merge": {"interval": "10", "max_nr": 20, "threshold_nr": 40},
@@ -151,7 +162,6 @@ class Chaos:
         self.devices: dict[str, str] = {}
         self.writers: dict[str, Writer] = {}
         self.digests: dict[str, dict[int, str]] = {vol: {} for vol in VOLUMES}  # gid -> sha1 of the device
-        self.applied: dict[str, int] = {vol: 0 for vol in VOLUMES}  # the newest gid an apply took in
         self.cut: set[tuple[str, str]] = set()
         self.workers: dict[str, subprocess.Popen[bytes]] = {}  # archive name -> its worker
         self.current: dict[str, Any] | None = None  # the round being healed
@@ -163,7 +173,7 @@ class Chaos:
 
     # -- setting up ---------------------------------------------------------------------------
 
-    def build(self, worker_tasks: dict[str, Any] | None = None) -> None:
+    def build(self, worker_tasks: dict[str, Any]) -> None:
         cluster = self.cluster
         _, self.devices["vol2"] = cluster.add_storage(f"chs1x{os.getpid()}")
         cluster.add_archive("archive1")
@@ -180,9 +190,8 @@ class Chaos:
             self.ctl.synchronize("a0", vol, "a1", timeout=self.bound)
         # a0's worker replicates to a1 whatever synchronizing did not bring there (after a hash
         # backup whose replication a fault cut, say).
-        self.start_worker("a0", {"repl": {"servers": {"a1": {"interval": "5"}}}, **(worker_tasks or {})})
-        if worker_tasks:
-            self.start_worker("a1", worker_tasks)
+        self.start_worker("a0", {"repl": {"servers": {"a1": {"interval": "5"}}}, **worker_tasks})
+        self.start_worker("a1", worker_tasks)
 
     def start_worker(self, archive: str, tasks: dict[str, Any]) -> None:
         """The walbops worker of ``archive`` with ``tasks`` (sections of its config), as a deployment
@@ -234,16 +243,23 @@ class Chaos:
 
     def check_restore(self, vol: str, archive: str = "a0") -> str:
         """Restore a recorded snapshot the archive lists and compare it with its digest."""
-        listed = set(self.ctl.get_restorable(archive, vol, include_implicit=True))
-        candidates = sorted(gid for gid in self.digests[vol] if gid in listed)
-        if not candidates:
-            return "nothing recorded restorable yet"
-        gid = self.rng.choice(candidates)
-        if gid in self.ctl.get(archive, "restored", vol):
-            # A restore a fault cut from its caller may have finished: the image stays until deleted,
-            # as in WalB (a drill purges them first too).
-            self.ctl.del_restored(archive, vol, gid)
-        return self.check_gid(vol, archive, gid)
+        for _ in range(3):
+            listed = set(self.ctl.get_restorable(archive, vol, include_implicit=True))
+            candidates = sorted(gid for gid in self.digests[vol] if gid in listed)
+            if not candidates:
+                return "nothing recorded restorable yet"
+            gid = self.rng.choice(candidates)
+            if gid in self.ctl.get(archive, "restored", vol):
+                # A restore a fault cut from its caller may have finished: the image stays until
+                # deleted, as in WalB (a drill purges them first too).
+                self.ctl.del_restored(archive, vol, gid)
+            try:
+                return self.check_gid(vol, archive, gid)
+            except WalbopsError:
+                if gid >= self.base_gid(archive, vol):
+                    raise
+                # The worker's apply took it into the base between the listing and the restore.
+        return f"{vol}: every snapshot drawn on {archive} was applied meanwhile"
 
     def check_gid(self, vol: str, archive: str, gid: int) -> str:
         """Restore recorded snapshot ``gid`` and compare it with its digest."""
@@ -278,7 +294,6 @@ class Chaos:
                 if len(restorable) >= 2:
                     gid = restorable[len(restorable) // 2]
                     self.ctl.apply("a0", vol, gid, timeout=self.bound)
-                    self.applied[vol] = max(self.applied[vol], gid)
                     outcome["gid"] = gid
                 outcome["result"] = "done"
             elif name == "hash-backup":
@@ -398,9 +413,15 @@ class Chaos:
         lost = []
         for vol, digests in self.digests.items():
             listed = set(self.ctl.get_restorable("a0", vol, include_implicit=True))
-            base_gid = self.applied[vol]
-            lost += [f"{vol}: gid {gid}" for gid in digests if gid > base_gid and gid not in listed]
+            floor = self.base_gid("a0", vol)
+            lost += [f"{vol}: gid {gid}" for gid in digests if gid >= floor and gid not in listed]
         return lost
+
+    def base_gid(self, archive: str, vol: str) -> int:
+        """The oldest gid the archive can still restore: its base's, or while an apply runs, the
+        gid it is applying to (snapshots before it go as the apply ends)."""
+        base = self.ctl.get_base(archive, vol)
+        return (base.snap_e or base.snap_b).gid_b
 
     # -- soak -------------------------------------------------------------------------------
 
@@ -561,7 +582,7 @@ def main() -> int:
     lost: list[str] = []
     soaked: dict[str, Any] | None = None
     try:
-        chaos.build(SOAK_WORKER if args.soak else None)
+        chaos.build(SOAK_WORKER if args.soak else CHAOS_WORKER)
         if args.soak:
             soaked = chaos.soak(args.minutes * 60, args.sample_interval)
             if soaked["judged"] and soaked["grown"]:
