@@ -30,9 +30,9 @@ from walbops.diff.engine import convert_to_sorted
 from walbops.diff.io import DiffIo, IoKind
 from walbops.errors import WalbopsError
 from walbops.gid import MetaDiff
+from walbops.loop import devices_under
 from walbops.net.auth import load_key, write_key
 from walbops.net.transport import open_connection
-from walbops.store.loop import devices_under
 
 LB = 512
 KiB = 1 << 10

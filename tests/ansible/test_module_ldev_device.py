@@ -16,9 +16,9 @@ import pytest
 from helpers import ROOT
 from modules import WALBOPS_BIN, ModuleFailed, run_module
 
+from walbops import loop
 from walbops.converge.ldev import formatted_super
 from walbops.device.registry import DevicePaths, pid_alive, read_info
-from walbops.store import loop
 
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from devices import can_run_devices, make_files  # noqa: E402

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from modules import ModuleFailed, run_module
 
-from walbops.store import loop
+from walbops import loop
 
 
 def test_create_attach_then_unchanged(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from helpers import ROOT
 from lvmtest import EXTENT, MiB, PrivateLvm, private_lvm
 from modules import ModuleFailed, run_module
 
-from walbops.store.lvmstore import device_mapper_missing
+from walbops.lvm import device_mapper_missing
 
 VG = f"wbans{os.getpid()}"
 VG_EXTENTS = 15  # a 64 MiB disk less lvm2's metadata area

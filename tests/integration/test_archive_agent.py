@@ -24,12 +24,12 @@ from walbops.diff.gen import GenConfig, generate_wlog
 from walbops.diff.logs import WlogReader
 from walbops.errors import AuthenticationError, ProtocolError, RemoteError
 from walbops.gid import MetaDiff
+from walbops.loop import devices_under
 from walbops.net import messages
 from walbops.net.auth import load_key, write_key
 from walbops.net.frames import encode_json
 from walbops.net.transport import open_connection
 from walbops.store.dirstore import DirStore
-from walbops.store.loop import devices_under
 
 SIZE_LB = 8192  # 4 MiB volume
 MiB = 1 << 20

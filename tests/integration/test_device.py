@@ -20,7 +20,7 @@ from helpers import sha1_of
 
 from walbops.device.registry import DevicePaths, pid_alive
 from walbops.formats.ldev import SuperSector
-from walbops.store.loop import backing_file
+from walbops.loop import backing_file
 
 MiB = 1 << 20
 
@@ -392,7 +392,7 @@ def test_loop_devices_are_listed_while_a_daemon_is_stopped(device_factory, tmp_p
     image = tmp_path / "image"
     image.write_bytes(bytes(1 << 20))
     lister = (
-        "import sys; from walbops.store import loop\n"
+        "import sys; from walbops import loop\n"
         "assert loop.attachments(sys.argv[1]) == [loop.Attachment(sys.argv[2], False)]\n"
         "print(loop.attach(sys.argv[3], read_only=True)); loop.detach(sys.argv[3])\n"
     )

@@ -13,9 +13,9 @@ import pytest
 from walbops.diff.io import DiffIo
 from walbops.diff.sorted_file import SortedDiffWriter
 from walbops.errors import OperationError
+from walbops.loop import attachments
 from walbops.store import CloneMethod
 from walbops.store.dirstore import DirStore
-from walbops.store.loop import attachments
 
 MiB = 1 << 20
 LB = 512

@@ -28,9 +28,9 @@ from relay import Relay
 from walbops import pki
 from walbops.controller import Controller, Layout
 from walbops.errors import WalbopsError
+from walbops.loop import devices_under
 from walbops.net.auth import Keys, load_key, write_key, write_keys
 from walbops.net.tls import Credentials, Secret, TlsFiles
-from walbops.store.loop import devices_under
 
 MiB = 1 << 20
 ROLES = ("archive", "proxy", "storage")

@@ -17,7 +17,7 @@ import pytest
 import walbops.converge.lvm as converge_lvm
 from walbops.converge.lvm import VgInfo, ensure_lv, ensure_vg, human_size, parse_extent_size, parse_lv_size
 from walbops.errors import OperationError, UsageError
-from walbops.store.lvmstore import Lvm
+from walbops.lvm import Lvm
 
 MiB = 1 << 20
 EXTENT = 4 * MiB  # [bytes]

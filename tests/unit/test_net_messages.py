@@ -113,7 +113,7 @@ _BULKS = st.fixed_dictionaries({"type": st.just("bulks"),
 @settings(max_examples=500, deadline=None)
 def test_the_bulks_fast_path_accepts_only_what_the_schema_accepts(message):
     if messages._surely_valid_bulks(message):
-        assert messages._VALIDATORS["bulks"].is_valid(message)
+        assert messages.validator("bulks").is_valid(message)
 
 
 @given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(1, 2**32 - 1), st.booleans()),

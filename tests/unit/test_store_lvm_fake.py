@@ -21,8 +21,9 @@ from walbops.diff.engine import DiscardPolicy
 from walbops.diff.io import DiffIo
 from walbops.diff.sorted_file import SortedDiffWriter
 from walbops.errors import OperationError, UsageError
+from walbops.lvm import Lvm
 from walbops.store import CloneMethod, open_store
-from walbops.store.lvmstore import Lvm, LvmStore
+from walbops.store.lvmstore import LvmStore
 
 LB = 512
 EXTENT = 4 << 20  # [bytes] lvm2's default extent size
@@ -142,7 +143,7 @@ def test_commands_carry_prefix_config_and_env(monkeypatch):
         seen.update(argv=argv, env=kwargs["env"])
         return subprocess.CompletedProcess(argv, 0, '{"report": [{"lv": []}]}', "")
 
-    monkeypatch.setattr(lvmstore.subprocess, "run", run)
+    monkeypatch.setattr(subprocess, "run", run)
     lvm = Lvm("vg0", config="global{activation=0}", command_prefix=["sudo", "-n"], env={"LVM_SYSTEM_DIR": "/x"})
     assert lvm.lvs() == {}
     assert seen["argv"][:6] == ["sudo", "-n", "lvm", "lvs", "--config", "global{activation=0}"]

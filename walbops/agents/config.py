@@ -18,13 +18,13 @@ import yaml
 
 from ..errors import UsageError
 from ..logs import FORMATS, LEVELS
+from ..net import LISTEN_PATTERN
 from ..net.auth import Keys, load_keys
 from ..net.tls import Credentials, Secret, TlsFiles
 from ..store import parse_store_flag, store_config_schema
 from ..units import parse_size
 
 ROLES = ("storage", "proxy", "archive")
-LISTEN_PATTERN = r"[^\s:]+:[0-9]{1,5}"  # HOST:PORT of a metrics endpoint (metrics_listen)
 DEFAULT_PORTS = {"storage": 10000, "proxy": 10100, "archive": 10200}  # the WalB tutorial's ports
 
 _SIZE = {"type": ["integer", "string"], "pattern": r"^[0-9]+[kKmMgGtT]?$", "minimum": 0}

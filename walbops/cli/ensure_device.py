@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..agents.config import ROLES
-from ..converge.agent import DEFAULT_TIMEOUT
-from ..device.core import OverflowPolicy
+from ..converge import AGENT_TIMEOUT
+from ..device.policy import OverflowPolicy
+from ..net.messages import HOST_TYPES
 from ._common import add_ensure_flags, report
 
 
@@ -55,13 +55,13 @@ def cmd_device(args: argparse.Namespace) -> int:
 
 def register_agent(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("agent", help="an agent process kept by a pidfile (started|stopped|restarted)")
-    parser.add_argument("role", choices=(*ROLES, "worker"))
+    parser.add_argument("role", choices=(*HOST_TYPES, "worker"))
     parser.add_argument("--config", required=True, help="the agent's YAML configuration")
     parser.add_argument("--pidfile", required=True, help="file naming the agent's pid")
     parser.add_argument("--state", choices=("started", "stopped", "restarted"), default="started")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+    parser.add_argument("--timeout", type=float, default=AGENT_TIMEOUT,
                         help=f"longest wait for the agent to answer, or to exit before SIGKILL "
-                             f"(default {DEFAULT_TIMEOUT:g}) [s]")
+                             f"(default {AGENT_TIMEOUT:g}) [s]")
     add_ensure_flags(parser)
     parser.set_defaults(handler=cmd_agent)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from ..blockdev import size_of_path
 from ..device.control import DeviceClient
-from ..device.core import OverflowPolicy
 from ..device.lifecycle import format_checked, resize_device, start_device, stop_device
+from ..device.policy import OverflowPolicy
 from ..device.registry import DevicePaths, check_name, running_devices
 from ..diff import bhash
 from ..diff.logs import LdevLogReader, WlogWriter, read_super

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+AGENT_TIMEOUT = 30.0  # [s] for an agent to answer after its start, or to exit after SIGTERM
+
 
 @dataclass(frozen=True)
 class Outcome:

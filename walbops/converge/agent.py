@@ -26,9 +26,8 @@ from ..durable import atomic_write
 from ..errors import OperationError, UsageError, WalbopsError
 from ..net.tls import Secret
 from ..worker import WorkerConfig
-from . import Outcome
+from . import AGENT_TIMEOUT, Outcome
 
-DEFAULT_TIMEOUT = 30.0  # [s] for an agent to answer after its start, or to exit after SIGTERM
 KILL_WAIT = 5.0  # [s] for a SIGKILLed agent to be gone
 POLL = 0.1  # [s]
 AGENT_CWD = "/"  # the agent's working directory: it pins no mount; relative config paths start here
@@ -102,7 +101,7 @@ def _validated(role: str, config: str) -> tuple[agent_config.Config, Secret]:
         raise UsageError(f"{config}: key 'cluster_key_file': {exc}") from None
 
 
-def ensure_agent(role: str, config: str, pidfile: str, state: str = "started", timeout: float = DEFAULT_TIMEOUT,
+def ensure_agent(role: str, config: str, pidfile: str, state: str = "started", timeout: float = AGENT_TIMEOUT,
                  check: bool = False) -> Outcome:
     """Make ``walbops agent ROLE --config CONFIG`` run (started), not run (stopped), or run anew (restarted)."""
     if role not in PROCESS_ROLES:

@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
+from .. import loop
 from ..device.registry import DevicePaths, check_name
 from ..errors import OperationError, UsageError
-from ..store import loop
 from .device import ensure_device
 from .loopdev import ensure_loopdev
 

@@ -15,12 +15,13 @@ from typing import Any
 
 from ..blockdev import same_node
 from ..device.control import DeviceClient
-from ..device.core import DeviceConfig, OverflowPolicy
+from ..device.core import DeviceConfig
 from ..device.lifecycle import start_device, stop_device
+from ..device.policy import OverflowPolicy
 from ..device.registry import DevicePaths, check_name, read_info
 from ..device.system import clear_stale
 from ..errors import OperationError, UsageError
-from ..store.loop import mount_points
+from ..loop import mount_points
 from . import Outcome
 from .ldev import formatted_super, refuse_if_used, require_exists
 

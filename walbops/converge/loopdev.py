@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .. import loop
 from ..errors import OperationError, UsageError
-from ..store import loop
 from . import Outcome
 
 

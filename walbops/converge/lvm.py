@@ -12,7 +12,7 @@ where those lose data silently or mispredict in check mode:
   predicts is the size lvm2 makes;
 - ``shrink: false`` never shrinks, not even for a ``-N`` size.
 
-lvm2 runs through :class:`walbops.store.lvmstore.Lvm` (no shell, ``LVM_SUPPRESS_FD_WARNINGS``,
+lvm2 runs through :class:`walbops.lvm.Lvm` (no shell, ``LVM_SUPPRESS_FD_WARNINGS``,
 lvm2's message in the OperationError); its configuration is the caller's, so
 ``LVM_SYSTEM_DIR`` in the environment selects a private lvm.conf.
 """
@@ -30,7 +30,7 @@ from fractions import Fraction
 from typing import Any
 
 from ..errors import OperationError, UsageError
-from ..store.lvmstore import LvInfo, Lvm, check_lvm_name, device_mapper_missing
+from ..lvm import LvInfo, Lvm, check_lvm_name, device_mapper_missing
 from . import Outcome
 
 KiB = 1 << 10

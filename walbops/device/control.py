@@ -16,12 +16,14 @@ import socket
 import socketserver
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..agents.config import LISTEN_PATTERN
 from ..errors import OperationError, UsageError, WalbopsError
-from .core import WalbDevice
+from ..net import LISTEN_PATTERN
 from .registry import DevicePaths, check_name
+
+if TYPE_CHECKING:
+    from .core import WalbDevice
 
 log = logging.getLogger("walbops.device.control")
 

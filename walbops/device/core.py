@@ -11,7 +11,6 @@ overlay). A checkpointer thread saves ``written`` in the super sector.
 
 from __future__ import annotations
 
-import enum
 import errno
 import logging
 import os
@@ -33,6 +32,7 @@ from ..formats.ldev import (
     ring_buffer_size_for,
     super_sector_offset_pb,
 )
+from .policy import OverflowPolicy
 
 log = logging.getLogger("walbops.device")
 
@@ -45,13 +45,6 @@ MAX_LOGGED_IO_LB = 2048
 def min_ring_pb(pbs: int) -> int:
     """The smallest ring that takes a largest record twice (once as padding) [PB]."""
     return 2 * (1 + MAX_LOGGED_IO_LB * LB // pbs)
-
-
-class OverflowPolicy(enum.StrEnum):
-    """What happens when the ring is full (latest - oldest would exceed its size)."""
-
-    OVERWRITE = "overwrite"  # keep writing, raise the overflow flag until reset-wal (WalB's default)
-    ERROR = "error"  # fail new writes with EIO (WalB's is_error_before_overflow)
 
 
 class DeviceIoError(WalbopsError):

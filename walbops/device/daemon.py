@@ -23,7 +23,7 @@ import mfusepy
 
 from .. import logs
 from ..errors import OperationError, WalbopsError
-from ..store.loop import run
+from ..loop import run
 from .control import Controller, ControlServer
 from .core import LB, DeviceConfig, OverflowPolicy, WalbDevice
 from .frontend import VolumeFile

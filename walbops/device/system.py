@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 
-from ..store.loop import backing_file, resolved
+from ..loop import backing_file, resolved
 from .registry import DevicePaths
 
 

@@ -26,3 +26,5 @@ transfer
 
 The modules other than :mod:`.transport` do no I/O.
 """
+
+LISTEN_PATTERN = r"[^\s:]+:[0-9]{1,5}"  # HOST:PORT of a metrics endpoint (an agent's or a device's metrics_listen)

@@ -8,14 +8,16 @@ builders return plain dicts that pass :func:`validate`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, best_match
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError, InvalidMessage
 from ..gid import MetaDiff
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 PROTOCOL_VERSION = 2  # 2: the handshake proves a link key of the client's role (section 4.7)
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
@@ -136,8 +138,15 @@ ARGS_SCHEMAS: dict[str, dict[str, Any]] = {
                       "do_resync": {"type": "boolean"}}, {"bulk_lb": _BULK_LB}),
 }
 
-_VALIDATORS = {name: Draft202012Validator(schema) for name, schema in SCHEMAS.items()}
-_ARGS_VALIDATORS = {name: Draft202012Validator(schema) for name, schema in ARGS_SCHEMAS.items()}
+
+@functools.cache
+def validator(schema_name: str, of_args: bool = False) -> Draft202012Validator:
+    """The validator of a message type's schema (or of a transfer command's arguments), made when
+    first needed: jsonschema takes about 0.3 s to import, which every short command that only
+    names a role or a host type (``walbops keygen``, ``walbops ensure``) would pay."""
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator((ARGS_SCHEMAS if of_args else SCHEMAS)[schema_name])
 
 
 def _field(error: ValidationError, prefix: str) -> str:
@@ -145,8 +154,10 @@ def _field(error: ValidationError, prefix: str) -> str:
     return f"{prefix}.{path}" if path else prefix
 
 
-def _check(validator: Draft202012Validator, instance: Any, where: str) -> None:
-    error = best_match(validator.iter_errors(instance))
+def _check(schema: Draft202012Validator, instance: Any, where: str) -> None:
+    from jsonschema.exceptions import best_match
+
+    error = best_match(schema.iter_errors(instance))
     if error is not None:
         raise InvalidMessage(f"{_field(error, where)}: {error.message}")
 
@@ -182,11 +193,11 @@ def validate(message: Any) -> str:
     if not isinstance(message, dict):
         raise InvalidMessage(f"a control message is an object, not {type(message).__name__}")
     type_name = message.get("type")
-    if not isinstance(type_name, str) or type_name not in _VALIDATORS:
+    if not isinstance(type_name, str) or type_name not in SCHEMAS:
         raise InvalidMessage(f"unknown message type {type_name!r}")
     fast = _FAST_PATHS.get(type_name)
     if fast is None or not fast(message):
-        _check(_VALIDATORS[type_name], message, type_name)
+        _check(validator(type_name), message, type_name)
     return type_name
 
 
@@ -196,10 +207,9 @@ def validate_args(command: str, args: dict[str, Any]) -> None:
     Raises:
         InvalidMessage: a missing, extra or malformed argument (named as ``args.diff`` …).
     """
-    validator = _ARGS_VALIDATORS.get(command)
-    if validator is None:
+    if command not in ARGS_SCHEMAS:
         return
-    _check(validator, args, "args")
+    _check(validator(command, of_args=True), args, "args")
     if "diff" in args:
         try:
             MetaDiff.parse(args["diff"])

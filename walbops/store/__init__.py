@@ -31,10 +31,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .. import loop
 from ..diff.engine import BlockTarget, DiscardPolicy
 from ..diff.io import Stats
 from ..durable import fsync_dir  # noqa: F401  (the store's modules import it from here)
-from . import loop
 from .clone import CloneMethod, ClonePolicy
 from .diffs import apply_diffs, verify_or_refuse
 from .names import check_gid, check_volume_id

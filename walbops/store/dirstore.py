@@ -20,10 +20,11 @@ import shutil
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
+from .. import loop
 from ..diff.engine import BlockTarget, DiscardPolicy
 from ..errors import OperationError, UsageError
 from ..formats.ldev import LOGICAL_BLOCK_SIZE
-from . import Restored, Store, fsync_dir, loop
+from . import Restored, Store, fsync_dir
 from .clone import ClonePolicy, clone_file
 from .diffs import apply_diffs, verify_or_refuse
 from .names import VOLUME_ID_RE, check_gid, check_size_lb, check_volume_id, parse_restored_name, restored_name

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import OperationError
+from .errors import OperationError
 
 SYS_BLOCK = Path("/sys/block")
 DELETED_SUFFIX = " (deleted)"  # what the kernel appends to the name of an unlinked backing file
