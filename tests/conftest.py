@@ -26,6 +26,17 @@ class _DebugLoops(asyncio.DefaultEventLoopPolicy):
 if take_asyncio_debug():
     asyncio.set_event_loop_policy(_DebugLoops())
 
+# The order test directories are handed to the workers (scripts/test: --dist loadfile gives each
+# file whole to one worker, in collection order): the long files first (a guest boot, netns
+# fleets, whole clusters), the many short ones last, so that they fill the end of both workers'
+# time instead of one worker finishing a long file alone. Files of one directory keep their order.
+DIRECTORY_ORDER = {"vm": 0, "ansible": 1, "scenarios": 2, "integration": 3, "unit": 4}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    items.sort(key=lambda item: DIRECTORY_ORDER.get(item.path.relative_to(tests).parts[0], len(DIRECTORY_ORDER)))
+
 
 @pytest.fixture(scope="session")
 def vectors() -> Path:
