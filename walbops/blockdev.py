@@ -123,8 +123,11 @@ def open_uncached(path: str) -> int:
 def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     """The ``(offset, end)`` byte ranges of ``fd`` that hold data, per SEEK_DATA/SEEK_HOLE.
 
-    A filesystem without hole reporting answers with one extent over the whole file.
+    A filesystem without hole reporting answers with one extent over the whole file; so does a
+    block device (an LV base: the kernel's block devices answer SEEK_DATA with EINVAL).
     """
+    if is_block_device(fd):
+        return [(0, size)] if size > 0 else []
     extents = []
     offset = 0
     while offset < size:
