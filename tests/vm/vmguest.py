@@ -43,10 +43,12 @@ POLL_INTERVAL = 0.2  # [s] between two looks for a job's result (host) or a new 
 POWEROFF_TIMEOUT = 30.0  # [s] for the guest to power off once told to
 
 # Modules the guest loads, in load order (each after what it needs): virtio and 9p for the root,
-# overlay for a writable root, device-mapper with snapshot and thin-pool, loop, ext4.
+# overlay for a writable root, a network card for forwarded ports, device-mapper with snapshot and
+# thin-pool, loop, ext4.
 MODULES = (
     "virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk",
-    "virtio-rng", "9pnet", "9pnet_virtio", "netfs", "fscache", "9p", "overlay",
+    "virtio-rng", "9pnet", "9pnet_virtio", "netfs", "fscache", "9p", "overlay", "failover", "net_failover",
+    "virtio_net",
     "dm-mod", "dm-bufio", "dm-snapshot", "crc32c-intel", "crc32c_generic", "libcrc32c", "dm-bio-prison",
     "dm-persistent-data", "dm-thin-pool", "loop", "jbd2", "mbcache", "crc16", "ext4",
 )
@@ -79,6 +81,10 @@ exec </dev/console >/dev/console 2>&1
 while read module; do
     insmod "/modules/$module" || echo "walbops-guest: insmod $module failed"
 done </modules.list
+ip link set lo up
+if [ -e /sys/class/net/eth0 ]; then
+    ip link set eth0 up && ip addr add {guest_address}/24 dev eth0
+fi
 mkdir -p /lower /rw /root
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /lower \
     || { echo "walbops-guest: no host root"; poweroff -f; }
@@ -123,6 +129,11 @@ while [ ! -e $share/quit ]; do
     fi
 done
 """
+
+# qemu's user network: the guest's own address, where the ports forwarded from the host's loopback
+# arrive. The guest is restricted: it reaches neither the host nor anything beyond.
+GUEST_ADDRESS = "10.0.2.15"
+INIT = INIT.replace("{guest_address}", GUEST_ADDRESS)
 
 
 class GuestError(Exception):
@@ -296,9 +307,11 @@ class Guest:
     Args:
         workdir: the host directory shared into the guest (``/run/share``) and holding its disks.
         disks: sizes [bytes] of sparse scratch disks, /dev/vda, /dev/vdb … in the guest.
+        forwards: TCP ports of the host's 127.0.0.1 forwarded to the same port of GUEST_ADDRESS
+            (an agent in the guest that the host's agents and controller reach).
     """
 
-    def __init__(self, workdir: Path, disks: Sequence[int]) -> None:
+    def __init__(self, workdir: Path, disks: Sequence[int], forwards: Sequence[int] = ()) -> None:
         self.workdir = workdir
         self.console = workdir / "console.log"
         self._jobs = 0
@@ -313,6 +326,9 @@ class Guest:
                 "-fsdev", f"local,id=share,path={workdir},security_model=none",
                 "-device", "virtio-9p-pci,fsdev=share,mount_tag=share",
                 "-device", "virtio-rng-pci"]
+        if forwards:
+            rules = "".join(f",hostfwd=tcp:127.0.0.1:{port}-{GUEST_ADDRESS}:{port}" for port in forwards)
+            argv += ["-netdev", f"user,id=net0,restrict=on{rules}", "-device", "virtio-net-pci,netdev=net0"]
         for index, size in enumerate(disks):
             image = workdir / f"disk{index}.img"
             with open(image, "wb") as stream:
@@ -393,9 +409,10 @@ def _die_with_parent() -> None:
 
 
 @contextlib.contextmanager
-def booted_guest(workdir: Path, disks: Sequence[int] = ()) -> Iterator[Guest]:
-    """A guest booted with scratch ``disks`` in ``workdir``; powered off afterwards, its disks deleted."""
-    guest = Guest(workdir, disks)
+def booted_guest(workdir: Path, disks: Sequence[int] = (), forwards: Sequence[int] = ()) -> Iterator[Guest]:
+    """A guest booted with scratch ``disks`` and ``forwards`` (Guest) in ``workdir``; powered off
+    afterwards, its disks deleted."""
+    guest = Guest(workdir, disks, forwards)
     try:
         yield guest
     finally:
