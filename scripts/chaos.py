@@ -33,8 +33,8 @@ workers also enforcing a retention policy (SOAK_WORKER). Every
 ``--sample-interval`` seconds it samples each daemon (the five agents, the worker, the three walb
 device daemons: resident memory, open file descriptors, threads), the archives' disk use, and
 each volume's RPO on a0 (now minus the timestamp of its newest restorable snapshot). It fails
-when a series grows without bound: a least-squares line over the last half of the samples rises
-by more than GROWTH_LIMITS allows over that half, once that half spans MIN_JUDGED_SPAN (shorter
+when a series grows without bound: a least-squares line over the last half of the samples'
+floors (FLOOR_SAMPLES) rises by more than GROWTH_LIMITS allows over that half, once that half spans MIN_JUDGED_SPAN (shorter
 soaks report the rises unjudged). At the end a digest snapshot must restore right on both
 archives.
 
@@ -105,6 +105,10 @@ GROWTH_LIMITS = {
     "threads": (0.0, 2),
     "disk_bytes": (0.25, 16 * MiB),
 }
+# A series is judged by its floor: each sample replaced by the lowest of it and the samples just
+# before it, this many in all. Connections and diffs in flight add fds and disk use for a moment
+# (a sample that catches a replication sees 30 fds where 12 is the rule); a leak raises the floor.
+FLOOR_SAMPLES = 5
 # [s] The last half of a soak must span this long for its rises to be judged: a shorter run (the
 # test command's 2 minutes) still sees caches fill and the archive's chain reach its steady length.
 MIN_JUDGED_SPAN = 600
@@ -532,13 +536,19 @@ def rise(points: list[tuple[float, float]]) -> float:
     return slope * (points[-1][0] - points[0][0])
 
 
+def floors(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Each (t, value) with the lowest value of it and the FLOOR_SAMPLES - 1 points before it."""
+    return [(t, min(value for _, value in points[max(0, index - FLOOR_SAMPLES + 1):index + 1]))
+            for index, (t, _) in enumerate(points)]
+
+
 def grown_series(samples: list[dict[str, Any]]) -> list[str]:
     """The series that rose over the last half of ``samples`` by more than GROWTH_LIMITS allows."""
     half = samples[len(samples) // 2:]
     if len(half) < 3:
         return []
     series: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for sample in half:
+    for sample in samples:
         for name, usage in sample["daemons"].items():
             for key, value in usage.items():
                 series.setdefault((name, key), []).append((sample["t"], value))
@@ -546,7 +556,9 @@ def grown_series(samples: list[dict[str, Any]]) -> list[str]:
             if key.startswith("disk_bytes "):
                 series.setdefault((key.split()[1], "disk_bytes"), []).append((sample["t"], value))
     grown = []
-    for (name, key), points in sorted(series.items()):
+    for (name, key), values in sorted(series.items()):
+        # The floors come from every sample (the first of the last half has its predecessors).
+        points = [(t, value) for t, value in floors(values) if t >= half[0]["t"]]
         if len(points) < 3:
             continue  # a daemon restarted meanwhile
         fraction, amount = GROWTH_LIMITS[key]

@@ -13,9 +13,10 @@ chaos = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(chaos)
 
 
-def samples(rss, disk=lambda t: 100 << 20, count: int = 40, step: float = 30) -> list[dict]:
-    return [{"t": index * step, "daemons": {"a0": {"rss_kib": rss(index * step), "fds": 12, "threads": 8}},
-             "disk_bytes a0": disk(index * step)} for index in range(count)]
+def samples(rss, disk=lambda t: 100 << 20, count: int = 40, step: float = 30, fds=lambda t: 12) -> list[dict]:
+    return [{"t": index * step, "disk_bytes a0": disk(index * step),
+             "daemons": {"a0": {"rss_kib": rss(index * step), "fds": fds(index * step), "threads": 8}}}
+            for index in range(count)]
 
 
 def test_rise_is_the_fitted_lines_rise():
@@ -40,3 +41,14 @@ def test_a_daemon_that_restarted_or_too_few_samples_are_not_judged():
     for sample in restarted[21:]:
         sample["daemons"] = {"a0 (restarted)": sample["daemons"]["a0"]}
     assert [line.split(":")[0] for line in chaos.grown_series(restarted)] == ["a0 (restarted) rss_kib"]
+
+
+def test_connections_in_flight_are_no_leak_and_a_rising_floor_is():
+    """The 60-minute soak's a1 had 11-41 fds, 12 at rest, and a line through the samples rose by 6
+    where the spikes fell; their floor stays. A floor that rises (an fd kept per minute) is found."""
+    rng = random.Random(2)
+    spikes = [rng.random() < 0.3 for _ in range(40)]
+    in_flight = samples(lambda t: 100_000, fds=lambda t: 12 + (25 if spikes[int(t // 30)] and t > 900 else 0))
+    assert chaos.grown_series(in_flight) == []
+    leaking = samples(lambda t: 100_000, fds=lambda t: 12 + int(t // 60) + (25 if spikes[int(t // 30)] else 0))
+    assert [line.split(":")[0] for line in chaos.grown_series(leaking)] == ["a0 fds"]
