@@ -223,6 +223,7 @@ class Cluster:
     """
 
     failure: ClassVar[type[BaseException]] = AssertionError
+    restore_timeout: ClassVar[float] = 120  # [s] for a restore of restored_sha1
 
     root: Path
     device_size: int = 32 * MiB
@@ -387,16 +388,22 @@ class Cluster:
         args += self.tuning.get(kind(role), []) + self.agent_args.get(role, [])
         process = self.processes[role] = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                                           env=agent_env(self.asyncio_debug))
-        deadline = time.monotonic() + 30
+        # Ready when the process we started answers (not one left over on the port).
+        self.wait_for_agent(role, 30, process.pid, lambda: process.poll() is not None)
+
+    def wait_for_agent(self, role: str, timeout: float, pid: int | None = None,
+                       gone: Callable[[], bool] = lambda: False) -> None:
+        """Wait until agent ``role`` answers, as process ``pid`` if given; ``failure`` with its log
+        after ``timeout`` [s] or once ``gone()``."""
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                # Ready when the process we started answers (not one left over on the port).
-                if self.ctl.get(agent_id(role), "pid") == process.pid:
+                if self.ctl.get(agent_id(role), "pid") == pid or pid is None:
                     return
             except (WalbopsError, OSError):
                 pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise self.failure(f"the {role} agent did not start ({self.root / f'{role}.log'}):\n{self.log(role)}")
+            if time.monotonic() > deadline or gone():
+                raise self.failure(f"the {role} agent did not start:\n{self.log(role)}")
             time.sleep(0.05)
 
     def stop(self, role: str, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
@@ -451,11 +458,15 @@ class Cluster:
 
     def restored_sha1(self, vol: str, gid: int, size: int | None = None, archive: str = "a0") -> str:
         """sha1 of snapshot gid restored on ``archive`` (of its first ``size`` bytes: a volume grown since)."""
-        device = self.ctl.restore(archive, vol, gid, timeout=120)
+        device = self.ctl.restore(archive, vol, gid, timeout=self.restore_timeout)
         try:
-            return sha1_of_device(device, size)
+            return self.image_sha1(device, size)
         finally:
             self.ctl.del_restored(archive, vol, gid)
+
+    def image_sha1(self, path: str, size: int | None = None) -> str:
+        """sha1 of a restored image or a base where the archive keeps it (here: this machine)."""
+        return sha1_of_device(path, size)
 
     def snapshot_and_verify(self, vol: str = "vol0", timeout: float = 120) -> int:
         """WalB's restore_and_verify_sha1: sha1 of the device, snapshot, restorable, restore, compare.

@@ -16,10 +16,10 @@ import random
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import vmguest
@@ -27,8 +27,6 @@ from helpers import ROOT, free_port
 
 sys.path.insert(0, str(ROOT / "tests" / "scenarios"))
 import cluster as scenario  # noqa: E402  (tests/scenarios/cluster.py)
-
-from walbops.errors import WalbopsError  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -103,6 +101,8 @@ class GuestArchiveCluster(scenario.Cluster):
     guest's loopback. The cluster key reaches them through the guest's share.
     """
 
+    restore_timeout: ClassVar[float] = GUEST_JOB_TIMEOUT
+
     guest: vmguest.Guest | None = None
     archive_ports: dict[str, int] = field(default_factory=dict)
 
@@ -124,7 +124,7 @@ class GuestArchiveCluster(scenario.Cluster):
         for role in self.archive_ports:
             self._launch_in_guest(role)
         for role in self.archive_ports:
-            self._wait_for_answer(role)
+            self.wait_for_agent(role, AGENT_START_TIMEOUT)
         for role in ("proxy", "storage"):
             self.start(role)
 
@@ -139,24 +139,12 @@ class GuestArchiveCluster(scenario.Cluster):
         guest_shell(self.guest, f"nohup {shlex.join(argv)} >/run/share/{role}.out 2>&1 </dev/null &\n"
                                 f"echo $! >/run/share/{role}.pid\n")
 
-    def _wait_for_answer(self, role: str) -> None:
-        deadline = time.monotonic() + AGENT_START_TIMEOUT
-        while True:
-            try:
-                self.ctl.get(scenario.agent_id(role), "pid")
-                return
-            except (WalbopsError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                output = (self.share / f"{role}.out").read_text(errors="replace")
-                raise AssertionError(f"{role} in the guest did not answer:\n{self.log(role)}{output}")
-            time.sleep(0.5)
-
     def log(self, role: str) -> str:
+        """An agent's log; for one in the guest, with what it printed before it could log."""
         if role not in self.archive_ports:
             return super().log(role)
-        path = self.share / f"{role}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return "".join(path.read_text(errors="replace") for path in (self.share / f"{role}.log",
+                                                                     self.share / f"{role}.out") if path.exists())
 
     def stop_archives(self) -> None:
         """SIGTERM to the archive agents in the guest, waited for."""
@@ -165,17 +153,12 @@ class GuestArchiveCluster(scenario.Cluster):
             guest_shell(self.guest, f"pid=$(cat /run/share/{role}.pid); kill $pid\n"
                                     "while kill -0 $pid 2>/dev/null; do sleep 0.2; done\n")
 
-    def guest_sha1(self, path: str) -> str:
-        """sha1 of the volume's size of ``path`` in the guest (an LV is rounded up to extents)."""
+    def image_sha1(self, path: str, size: int | None = None) -> str:
+        """sha1 of the first ``size`` bytes (the volume's) of ``path`` in the guest: an LV is rounded
+        up to extents."""
         assert self.guest is not None
-        return guest_shell(self.guest, f"head -c {self.device_size} {shlex.quote(path)} | sha1sum").split()[0]
-
-    def restored_sha1(self, vol: str, gid: int, size: int | None = None, archive: str = "a0") -> str:
-        device = self.ctl.restore(archive, vol, gid, timeout=GUEST_JOB_TIMEOUT)
-        try:
-            return self.guest_sha1(device)
-        finally:
-            self.ctl.del_restored(archive, vol, gid)
+        count = size or self.device_size
+        return guest_shell(self.guest, f"head -c {count} {shlex.quote(path)} | sha1sum").split()[0]
 
 
 def test_archive_agents_on_lvm_stores(guest: vmguest.Guest, archive_ports: dict[str, int], tmp_path: Path,
@@ -204,7 +187,7 @@ def test_archive_agents_on_lvm_stores(guest: vmguest.Guest, archive_ports: dict[
         group.setup_volume()
         formatted = scenario.sha1_of_device(device)
         group.full_backup(timeout=GUEST_JOB_TIMEOUT)
-        assert group.guest_sha1(f"/dev/{thick}/wb_vol0") == formatted, "the full backup's base LV"
+        assert group.image_sha1(f"/dev/{thick}/wb_vol0") == formatted, "the full backup's base LV"
 
         mnt = tmp_path / "mnt"
         mnt.mkdir()
@@ -222,7 +205,7 @@ def test_archive_agents_on_lvm_stores(guest: vmguest.Guest, archive_ports: dict[
         restored = group.ctl.restore("a1", "vol0", first, timeout=GUEST_JOB_TIMEOUT)
         assert restored.startswith("/dev/loop")
         assert lvs(thin) == sorted(["pool", "wb_vol0", f"wr_vol0_{first}"])
-        assert group.guest_sha1(restored) == group.guest_sha1(f"/dev/{thin}/wr_vol0_{first}") == first_sha1
+        assert group.image_sha1(restored) == group.image_sha1(f"/dev/{thin}/wr_vol0_{first}") == first_sha1
         shown = guest_shell(guest, f"e2fsck -fn {restored} && mkdir -p /mnt/r && mount -o ro {restored} /mnt/r "
                                    "&& cat /mnt/r/hello.txt; umount /mnt/r")
         assert "restored from an LV" in shown
@@ -235,7 +218,7 @@ def test_archive_agents_on_lvm_stores(guest: vmguest.Guest, archive_ports: dict[
         second, second_sha1 = group.snapshot_restorable(timeout=GUEST_JOB_TIMEOUT)
         assert group.restored_sha1("vol0", second) == second_sha1
         group.ctl.apply("a0", "vol0", second, timeout=GUEST_JOB_TIMEOUT)
-        assert group.guest_sha1(f"/dev/{thick}/wb_vol0") == second_sha1
+        assert group.image_sha1(f"/dev/{thick}/wb_vol0") == second_sha1
         assert first not in group.ctl.get_restorable("a0", "vol0", include_implicit=True)
         scenario.write_random(device, random.Random(8), count=16)
         third, third_sha1 = group.snapshot_restorable(timeout=GUEST_JOB_TIMEOUT)
@@ -245,7 +228,7 @@ def test_archive_agents_on_lvm_stores(guest: vmguest.Guest, archive_ports: dict[
         # a1 catches up by replication and applies into its thin base LV too.
         assert group.ctl.replicate_once("a0", "vol0", "a1", timeout=GUEST_JOB_TIMEOUT) == third
         group.ctl.apply("a1", "vol0", third, timeout=GUEST_JOB_TIMEOUT)
-        assert group.guest_sha1(f"/dev/{thin}/wb_vol0") == third_sha1
+        assert group.image_sha1(f"/dev/{thin}/wb_vol0") == third_sha1
         assert group.restored_sha1("vol0", third, archive="a1") == third_sha1
         assert lvs(thin) == ["pool", "wb_vol0"]
         group.stop_archives()

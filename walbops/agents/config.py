@@ -20,11 +20,12 @@ from ..errors import UsageError
 from ..logs import FORMATS, LEVELS
 from ..net import LISTEN_PATTERN
 from ..net.auth import Keys, load_keys
+from ..net.messages import HOST_TYPES
 from ..net.tls import Credentials, Secret, TlsFiles
 from ..store import parse_store_flag, store_config_schema
 from ..units import parse_size
 
-ROLES = ("storage", "proxy", "archive")
+ROLES = HOST_TYPES  # the agents: what each server says it is in the handshake
 DEFAULT_PORTS = {"storage": 10000, "proxy": 10100, "archive": 10200}  # the WalB tutorial's ports
 
 _SIZE = {"type": ["integer", "string"], "pattern": r"^[0-9]+[kKmMgGtT]?$", "minimum": 0}
